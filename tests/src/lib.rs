@@ -1,1 +1,429 @@
-//! x
+//! The end-to-end harness of ingot: a test image built from `/bin/busybox` (a rootfs directory or
+//! an OCI archive), a private containerd (its own root, state and sockets in a temp dir, CRI plugin
+//! disabled), and helpers to find the binaries this workspace builds. Used by the integration
+//! tests in `tests/` and by the benchmarks.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+pub const SHIM_BINARY: &str = "containerd-shim-ingot-v2";
+pub const INGOT_RUNTIME: &str = "io.containerd.ingot.v2";
+pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+pub const TEST_IMAGE: &str = "docker.io/library/ingot-busybox:test";
+
+/// The directory holding this workspace's binaries (`target/<profile>`), found from the running
+/// test executable (`target/<profile>/deps/<test>`).
+pub fn target_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("current exe")?;
+    let mut dir = exe.parent().context("exe dir")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let shim = dir.join(SHIM_BINARY);
+    if !shim.exists() {
+        bail!(
+            "{} not built; run `cargo build --workspace --bins` first",
+            shim.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// A name unique to this process and call, for namespaces, ids and cgroup parents.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Writes a busybox rootfs: `/bin/busybox`, a link per applet, and the directories and files a
+/// container expects.
+pub fn busybox_rootfs(rootfs: &Path) -> Result<()> {
+    let bin = rootfs.join("bin");
+    fs::create_dir_all(&bin)?;
+    fs::copy("/bin/busybox", bin.join("busybox")).context("copy /bin/busybox (busybox-static)")?;
+    for dir in ["proc", "sys", "dev", "tmp", "etc", "root", "run"] {
+        fs::create_dir_all(rootfs.join(dir))?;
+    }
+    fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )?;
+    fs::write(rootfs.join("etc/group"), "root:x:0:\nnobody:x:65534:\n")?;
+    for applet in applets()? {
+        let link = bin.join(&applet);
+        if !link.exists() {
+            symlink("/bin/busybox", link)?;
+        }
+    }
+    Ok(())
+}
+
+fn applets() -> Result<Vec<String>> {
+    let output = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .context("run /bin/busybox --list")?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .filter(|a| !a.is_empty() && a != "busybox" && !a.contains('/'))
+        .collect())
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let digest = Sha256::digest(data);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Builds an OCI image archive (oci-layout, index.json, blobs) of the busybox rootfs, named
+/// `name` through the `io.containerd.image.name` annotation.
+pub fn busybox_oci_archive(archive: &Path, name: &str) -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let rootfs = work.path().join("rootfs");
+    busybox_rootfs(&rootfs)?;
+
+    let mut layer = tar::Builder::new(Vec::new());
+    layer.follow_symlinks(false);
+    layer.mode(tar::HeaderMode::Deterministic);
+    layer.append_dir_all(".", &rootfs)?;
+    let layer = layer.into_inner()?;
+    let layer_digest = sha256_hex(&layer);
+
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["sh"],
+            "WorkingDir": "/"
+        },
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]},
+        "history": [{"created_by": "ingot test harness"}]
+    });
+    let config = serde_json::to_vec(&config)?;
+    let config_digest = sha256_hex(&config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": format!("sha256:{config_digest}"),
+            "size": config.len()
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": format!("sha256:{layer_digest}"),
+            "size": layer.len()
+        }]
+    });
+    let manifest = serde_json::to_vec(&manifest)?;
+    let manifest_digest = sha256_hex(&manifest);
+    let tag = name.rsplit(':').next().unwrap_or("latest");
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{manifest_digest}"),
+            "size": manifest.len(),
+            "platform": {"architecture": "amd64", "os": "linux"},
+            "annotations": {
+                "io.containerd.image.name": name,
+                "org.opencontainers.image.ref.name": tag
+            }
+        }]
+    });
+
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    files.insert(
+        "oci-layout".into(),
+        br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+    );
+    files.insert("index.json".into(), serde_json::to_vec(&index)?);
+    files.insert(format!("blobs/sha256/{layer_digest}"), layer);
+    files.insert(format!("blobs/sha256/{config_digest}"), config);
+    files.insert(format!("blobs/sha256/{manifest_digest}"), manifest);
+
+    let mut out = tar::Builder::new(fs::File::create(archive)?);
+    for (path, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        out.append_data(&mut header, path, data.as_slice())?;
+    }
+    out.finish()?;
+    Ok(())
+}
+
+/// A private containerd, stopped (by pid) and cleaned up on drop.
+pub struct Containerd {
+    pub dir: tempfile::TempDir,
+    pub namespace: String,
+    child: Child,
+}
+
+impl Containerd {
+    /// Starts containerd with the workspace's binaries first on its PATH, in a fresh namespace.
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ingot-ctd").tempdir()?;
+        let d = dir.path();
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  level = "info"
+"#,
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = d.join("c.sock").display(),
+        );
+        fs::write(d.join("config.toml"), config)?;
+        let log = fs::File::create(d.join("containerd.log"))?;
+        let path = format!(
+            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            target_dir()?.display()
+        );
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start containerd (package containerd)")?;
+        let containerd = Containerd {
+            dir,
+            namespace: unique("ingot-test"),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !containerd.socket().exists() {
+            if Instant::now() > deadline {
+                bail!("containerd did not start: {}", containerd.log());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(containerd)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("c.sock")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr` against this containerd, in its namespace.
+    pub fn ctr(&self) -> Command {
+        let mut command = Command::new("ctr");
+        command
+            .arg("--address")
+            .arg(self.socket())
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `ctr` with `args` and returns its output, whatever the exit status.
+    pub fn ctr_output(&self, args: &[&str]) -> Result<Output> {
+        self.ctr()
+            .args(args)
+            .output()
+            .with_context(|| format!("run ctr {args:?}"))
+    }
+
+    /// Runs `ctr` with `args`, failing unless it exits 0; returns stdout.
+    pub fn ctr_ok(&self, args: &[&str]) -> Result<String> {
+        let output = self.ctr_output(args)?;
+        if !output.status.success() {
+            bail!(
+                "ctr {args:?} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Imports the busybox test image as [`TEST_IMAGE`].
+    pub fn import_test_image(&self) -> Result<()> {
+        let archive = self.dir.path().join("busybox-oci.tar");
+        busybox_oci_archive(&archive, TEST_IMAGE)?;
+        let archive = archive.to_string_lossy().into_owned();
+        self.ctr_ok(&["images", "import", &archive])?;
+        Ok(())
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Delete what is left in our namespace, stop containerd, and remove the cgroup parent
+        // that ctr's default cgroupsPath (/<namespace>/<id>) created.
+        if let Ok(out) = self.ctr_output(&["tasks", "ls", "-q"]) {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = self.ctr_output(&["tasks", "kill", "-a", "-s", "SIGKILL", id]);
+                let _ = self.ctr_output(&["tasks", "delete", "-f", id]);
+            }
+        }
+        if let Ok(out) = self.ctr_output(&["containers", "ls", "-q"]) {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = self.ctr_output(&["containers", "delete", id]);
+            }
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0)),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        remove_cgroup_parent(&self.namespace);
+        let root = self.dir.path().join("root");
+        unmount_below(&root);
+    }
+}
+
+/// Removes `/sys/fs/cgroup/<hierarchy>/<parent>` in every hierarchy, deepest first. Only for
+/// parents a test created itself.
+pub fn remove_cgroup_parent(parent: &str) {
+    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for hierarchy in hierarchies.flatten() {
+        let dir = hierarchy.path().join(parent);
+        if dir.is_dir() {
+            remove_cgroup_tree(&dir);
+        }
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// Lazily unmounts every mount at or below `dir` (deepest first).
+pub fn unmount_below(dir: &Path) {
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut targets: Vec<String> = mounts()
+        .into_iter()
+        .filter(|m| m == &prefix || m.starts_with(&format!("{prefix}/")))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for target in targets {
+        let _ = nix::mount::umount2(target.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Mount points of this mount namespace.
+pub fn mounts() -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .collect()
+}
+
+/// Cgroup directories (in any hierarchy) whose path contains `needle`.
+pub fn cgroups_named(parent: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") {
+        for hierarchy in hierarchies.flatten() {
+            let dir = hierarchy.path().join(parent);
+            if dir.exists() {
+                found.push(dir);
+            }
+        }
+    }
+    found
+}
+
+/// Pids of processes whose command line contains all of `needles`.
+pub fn pids_with_cmdline(needles: &[&str]) -> Vec<i32> {
+    let mut pids = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if needles.iter().all(|n| cmdline.contains(n)) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes a runtime bundle (config.json + busybox rootfs) for `args`, with `cgroups_path`.
+pub fn write_bundle(
+    bundle: &Path,
+    args: &[&str],
+    cgroups_path: &str,
+    extra: impl FnOnce(&mut serde_json::Value),
+) -> Result<()> {
+    busybox_rootfs(&bundle.join("rootfs"))?;
+    let output = Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(bundle)
+        .output()
+        .context("runc spec")?;
+    if !output.status.success() {
+        bail!("runc spec: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&path)?)?;
+    spec["process"]["terminal"] = serde_json::json!(false);
+    spec["process"]["args"] = serde_json::json!(args);
+    spec["linux"]["cgroupsPath"] = serde_json::json!(cgroups_path);
+    extra(&mut spec);
+    let mut file = fs::File::create(&path)?;
+    file.write_all(&serde_json::to_vec_pretty(&spec)?)?;
+    Ok(())
+}

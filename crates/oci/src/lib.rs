@@ -191,16 +191,15 @@ pub fn prepare(
                 HugetlbSupport::V1 | HugetlbSupport::Unified => {}
                 HugetlbSupport::UnifiedBeside => {
                     for limit in &limits {
-                        let bytes = u64::try_from(limit.limit()).map_err(|_| {
-                            OciError::InvalidField {
+                        let bytes =
+                            u64::try_from(limit.limit()).map_err(|_| OciError::InvalidField {
                                 field: "linux.resources.hugepageLimits",
                                 reason: format!(
                                     "negative limit {} for page size {}",
                                     limit.limit(),
                                     limit.page_size()
                                 ),
-                            }
-                        })?;
+                            })?;
                         unified_hugetlb.insert(limit.page_size().clone(), bytes);
                     }
                     resources.set_hugepage_limits(None);

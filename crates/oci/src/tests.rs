@@ -53,7 +53,13 @@ fn with_hugepages(mut spec: Spec, limit: i64) -> Spec {
 #[test]
 fn cgroups_path_must_be_absolute_without_parent_dirs() {
     assert!(validate_cgroups_path("/ingot/pod/c1").is_ok());
-    for bad in ["ingot/c1", "../c1", "/ingot/../../c1", "/", "system.slice:ingot:c1"] {
+    for bad in [
+        "ingot/c1",
+        "../c1",
+        "/ingot/../../c1",
+        "/",
+        "system.slice:ingot:c1",
+    ] {
         let err = validate_cgroups_path(bad).expect_err(bad).to_string();
         assert!(err.contains("linux.cgroupsPath"), "{bad}: {err}");
     }
@@ -129,7 +135,10 @@ fn oom_score_adj_is_clamped_to_the_floor() {
     let prepared = prepare(s, "c1", bundle.path(), &host()).expect("prepare");
     let process = prepared.spec.process().as_ref().expect("process");
     assert_eq!(process.oom_score_adj(), Some(0));
-    assert!(prepared.warnings.iter().any(|w| w.contains("oomScoreAdj -998")));
+    assert!(prepared
+        .warnings
+        .iter()
+        .any(|w| w.contains("oomScoreAdj -998")));
 }
 
 #[test]
@@ -141,9 +150,18 @@ fn hugetlb_unavailable_accepts_zero_refuses_nonzero() {
             reason: "not delegated".into(),
         },
     };
-    let prepared =
-        prepare(with_hugepages(spec(&["sh"]), 0), "c1", bundle.path(), &unavailable).expect("zero");
-    let resources = prepared.spec.linux().as_ref().and_then(|l| l.resources().clone());
+    let prepared = prepare(
+        with_hugepages(spec(&["sh"]), 0),
+        "c1",
+        bundle.path(),
+        &unavailable,
+    )
+    .expect("zero");
+    let resources = prepared
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().clone());
     assert!(resources.expect("resources").hugepage_limits().is_none());
     assert!(prepared.warnings.iter().any(|w| w.contains("2MB")));
 
@@ -174,14 +192,30 @@ fn hugetlb_beside_v1_moves_limits_out_of_the_spec() {
     )
     .expect("beside");
     assert_eq!(prepared.unified_hugetlb.get("2MB"), Some(&(4 << 20)));
-    let resources = prepared.spec.linux().as_ref().and_then(|l| l.resources().clone());
+    let resources = prepared
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().clone());
     assert!(resources.expect("resources").hugepage_limits().is_none());
 
-    let v1 = prepare(with_hugepages(spec(&["sh"]), 4 << 20), "c1", bundle.path(), &host())
-        .expect("v1");
+    let v1 = prepare(
+        with_hugepages(spec(&["sh"]), 4 << 20),
+        "c1",
+        bundle.path(),
+        &host(),
+    )
+    .expect("v1");
     assert!(v1.unified_hugetlb.is_empty());
     let resources = v1.spec.linux().as_ref().and_then(|l| l.resources().clone());
-    assert_eq!(resources.expect("resources").hugepage_limits().as_ref().map(Vec::len), Some(1));
+    assert_eq!(
+        resources
+            .expect("resources")
+            .hugepage_limits()
+            .as_ref()
+            .map(Vec::len),
+        Some(1)
+    );
 }
 
 #[test]

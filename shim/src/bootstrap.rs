@@ -1,0 +1,304 @@
+//! The shim's command line, as containerd drives it: `start` (find or spawn the pod's shim and
+//! print its address), `delete` (clean up after a shim that died), and the serving mode.
+//!
+//! The bootstrap is our own rather than containerd-shim's `run`: that one answers `start` in the
+//! containerd 2.x format and serves only `containerd.task.v3.Task`, while containerd 1.6 reads a
+//! plain address and calls `containerd.task.v2.Task`. The task API is the same message set under
+//! both names, so the service is registered under both.
+
+use std::{
+    collections::HashMap,
+    env,
+    io::Write,
+    os::{
+        fd::{AsRawFd, IntoRawFd, OwnedFd},
+        unix::{
+            net::{UnixListener, UnixStream},
+            process::CommandExt,
+        },
+    },
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{atomic::AtomicBool, mpsc, Arc},
+    thread,
+};
+
+use anyhow::{bail, Context as _};
+use containerd_shim::{
+    api::DeleteResponse,
+    protos::{
+        protobuf::Message,
+        shim::shim_ttrpc::create_task,
+        ttrpc::{context::Context, MethodHandler, Server},
+    },
+    publisher::RemotePublisher,
+    ExitSignal, Flags,
+};
+use libcontainer::container::Container as Runtime;
+
+use crate::{
+    reaper::Reaper,
+    service::{self, Event, Service},
+};
+
+/// Where the shim keeps libcontainer state and per-container work files.
+pub const STATE_ROOT: &str = "/run/ingot/shim";
+const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+const LISTEN_FD_ENV: &str = "INGOT_SHIM_LISTEN_FD";
+const LISTEN_FD: i32 = 3;
+
+pub fn run() -> anyhow::Result<()> {
+    let args: Vec<_> = env::args_os().collect();
+    let flags = containerd_shim::parse(&args[1..]).context("parse shim flags")?;
+    if flags.namespace.is_empty() {
+        bail!("-namespace is required");
+    }
+    match flags.action.as_str() {
+        "start" => start(&flags),
+        "delete" => delete(&flags),
+        "" => serve(&flags),
+        other => bail!("unknown action {other:?}"),
+    }
+}
+
+fn state_root(namespace: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(namespace)
+}
+
+fn bundle_dir(flags: &Flags) -> anyhow::Result<PathBuf> {
+    if flags.bundle.is_empty() {
+        env::current_dir().context("current directory")
+    } else {
+        Ok(PathBuf::from(&flags.bundle))
+    }
+}
+
+/// The pod a container belongs to: its CRI sandbox id, or itself.
+pub fn grouping(bundle: &Path, id: &str) -> String {
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
+        .and_then(|spec| {
+            spec.get("annotations")?
+                .get(SANDBOX_ID_ANNOTATION)?
+                .as_str()
+                .map(str::to_string)
+        })
+        .filter(|sandbox| !sandbox.is_empty())
+        .unwrap_or_else(|| id.to_string())
+}
+
+fn socket_path(address: &str) -> &str {
+    address.strip_prefix("unix://").unwrap_or(address)
+}
+
+fn start(flags: &Flags) -> anyhow::Result<()> {
+    let bundle = bundle_dir(flags)?;
+    let group = grouping(&bundle, &flags.id);
+    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &group);
+    let path = socket_path(&address);
+
+    if UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+        if let Some(parent) = Path::new(path).parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("create {}", parent.display()))?;
+        }
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("bind shim socket {path}"))?;
+        spawn_server(flags, &bundle, &address, listener)?;
+    }
+    std::fs::write(bundle.join("address"), &address).context("write address file")?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(address.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+fn spawn_server(
+    flags: &Flags,
+    bundle: &Path,
+    address: &str,
+    listener: UnixListener,
+) -> anyhow::Result<()> {
+    let exe = env::current_exe().context("find shim binary")?;
+    let listen_fd: OwnedFd = listener.into();
+    let raw = listen_fd.as_raw_fd();
+    let mut command = Command::new(exe);
+    command
+        .current_dir(bundle)
+        .args(["-namespace", &flags.namespace, "-id", &flags.id])
+        .args(["-address", &flags.address, "-socket", address])
+        .env(LISTEN_FD_ENV, LISTEN_FD.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if !flags.publish_binary.is_empty() {
+        command.args(["-publish-binary", &flags.publish_binary]);
+    }
+    if flags.debug {
+        command.arg("-debug");
+    }
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if raw == LISTEN_FD {
+                if libc::fcntl(LISTEN_FD, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, LISTEN_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // The server outlives this process; containerd reaps nothing of ours.
+    command.spawn().context("spawn shim server")?;
+    drop(listen_fd);
+    Ok(())
+}
+
+fn delete(flags: &Flags) -> anyhow::Result<()> {
+    let bundle = bundle_dir(flags)?;
+    let root = state_root(&flags.namespace);
+    if let Ok(mut runtime) = Runtime::load(root.join(&flags.id)) {
+        if let Err(err) = runtime.delete(true) {
+            eprintln!("delete container {}: {err}", flags.id);
+        }
+    }
+    let rootfs = bundle.join("rootfs");
+    if is_mount_point(&rootfs) {
+        service::unmount(&rootfs);
+    }
+    let _ = std::fs::remove_dir_all(root.join(format!("{}.ingot", flags.id)));
+    let response = DeleteResponse {
+        exit_status: 128 + 9,
+        exited_at: Some(containerd_shim::util::timestamp()?).into(),
+        ..Default::default()
+    };
+    let mut stdout = std::io::stdout().lock();
+    response.write_to_writer(&mut stdout)?;
+    stdout.flush()?;
+    Ok(())
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let target = path.to_string_lossy();
+    mountinfo
+        .lines()
+        .any(|line| line.split_whitespace().nth(4) == Some(target.as_ref()))
+}
+
+fn serve(flags: &Flags) -> anyhow::Result<()> {
+    if containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id).is_err() {
+        // No log fifo (started by hand): containerd is not reading our logs anyway.
+        log::set_max_level(log::LevelFilter::Off);
+    }
+    nix::sys::prctl::set_child_subreaper(true).context("become a subreaper")?;
+    // containerd may signal the shim's process group; the shim stays for its containers.
+    let ignored = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&ignored)).context("signal handler")?;
+    }
+
+    let root = state_root(&flags.namespace);
+    std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
+    // The first container's bundle may be deleted before the pod ends.
+    env::set_current_dir(&root).with_context(|| format!("chdir {}", root.display()))?;
+
+    let (events_tx, events_rx) = mpsc::channel::<Event>();
+    start_publisher(events_rx, flags.namespace.clone());
+
+    let reaper = Arc::new(Reaper::default());
+    let exit = Arc::new(ExitSignal::default());
+    let service = Service::new(
+        &flags.namespace,
+        root,
+        events_tx,
+        Arc::clone(&reaper),
+        Arc::clone(&exit),
+    );
+    let on_exit = service.clone();
+    reaper
+        .start(move |pid, code| on_exit.on_exit(pid, code))
+        .context("start reaper")?;
+
+    let mut server = Server::new()
+        .set_thread_count_default(2)
+        .set_thread_count_min(1)
+        .set_thread_count_max(4);
+    server = match env::var(LISTEN_FD_ENV) {
+        Ok(fd) => {
+            let fd: i32 = fd.parse().context("listen fd")?;
+            server.add_listener(fd)?
+        }
+        Err(_) => {
+            let path = socket_path(&flags.socket);
+            let listener =
+                UnixListener::bind(path).with_context(|| format!("bind shim socket {path}"))?;
+            server.add_listener(listener.into_raw_fd())?
+        }
+    };
+    server = server
+        .register_service(task_methods(&service, "containerd.task.v3.Task"))
+        .register_service(task_methods(&service, "containerd.task.v2.Task"));
+    server.start().context("start ttrpc server")?;
+    tracing::info!(namespace = %flags.namespace, id = %flags.id, "shim serving");
+
+    exit.wait();
+    server.shutdown();
+    if !flags.socket.is_empty() {
+        let _ = std::fs::remove_file(socket_path(&flags.socket));
+    }
+    // Removed only when no other pod's shim of this namespace keeps state there.
+    let _ = std::fs::remove_dir(state_root(&flags.namespace));
+    Ok(())
+}
+
+/// The task service's methods under one ttrpc service name.
+fn task_methods(
+    service: &Service,
+    name: &str,
+) -> HashMap<String, Box<dyn MethodHandler + Send + Sync>> {
+    let task: Arc<dyn containerd_shim::Task + Send + Sync> = Arc::new(service.clone());
+    create_task(task)
+        .into_iter()
+        .map(|(method, handler)| {
+            let short = method.rsplit('/').next().unwrap_or_default().to_string();
+            (format!("/{name}/{short}"), handler)
+        })
+        .collect()
+}
+
+fn start_publisher(events: mpsc::Receiver<Event>, namespace: String) {
+    let spawned = thread::Builder::new().name("events".into()).spawn(move || {
+        let publisher = match env::var("TTRPC_ADDRESS")
+            .context("TTRPC_ADDRESS is not set")
+            .and_then(|address| {
+                RemotePublisher::new(&address)
+                    .with_context(|| format!("connect to containerd events at {address}"))
+            }) {
+            Ok(publisher) => Some(publisher),
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "events will not be published");
+                None
+            }
+        };
+        for (topic, event) in events {
+            if let Some(publisher) = &publisher {
+                if let Err(err) = publisher.publish(Context::default(), topic, &namespace, event) {
+                    tracing::warn!(topic, error = %err, "publish event");
+                }
+            }
+        }
+    });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "events thread");
+    }
+}

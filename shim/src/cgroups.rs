@@ -1,0 +1,427 @@
+//! cgroup facts and metrics for the shim: where the hugetlb controller lives, the oom_score_adj
+//! floor, stats in containerd's metrics types, resource updates, and hugepage limits written into
+//! the unified hierarchy when a v1 manager runs the rest (hybrid hosts). Every reader takes its
+//! root so it can be tested on a fixture tree.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use containerd_shim::protos::{
+    cgroups::metrics::{
+        CPUStat, CPUUsage, HugetlbStat, MemoryEntry, MemoryStat, Metrics, PidsStat, Throttle,
+    },
+    protobuf::{well_known_types::any::Any, Message},
+};
+use ingot_oci::HugetlbSupport;
+use libcgroups::{
+    common::{create_cgroup_manager, AnyCgroupManager, CgroupConfig, CgroupManager},
+    stats::Stats,
+};
+
+use crate::error::{Result, ShimError};
+
+/// Where hugetlb lives on this host, and the unified mount when limits go there by hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HugetlbPlacement {
+    pub support: HugetlbSupport,
+    pub unified_mount: Option<PathBuf>,
+}
+
+/// Decides where hugepage limits can land from `/proc/self/mountinfo` and the unified root's
+/// control files (read under `root`, `/` in production).
+pub fn hugetlb_placement(mountinfo: &str, root: &Path) -> HugetlbPlacement {
+    let mut unified = None;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mount_point = left.split_whitespace().nth(4).unwrap_or_default();
+        let mut right = right.split_whitespace();
+        let fs_type = right.next().unwrap_or_default();
+        let super_options = right.nth(1).unwrap_or_default();
+        if fs_type == "cgroup" && super_options.split(',').any(|o| o == "hugetlb") {
+            return HugetlbPlacement {
+                support: HugetlbSupport::V1,
+                unified_mount: None,
+            };
+        }
+        if fs_type == "cgroup2" {
+            unified = Some(PathBuf::from(mount_point));
+        }
+    }
+    let Some(mount) = unified else {
+        return HugetlbPlacement {
+            support: HugetlbSupport::Unavailable {
+                reason: "no hugetlb cgroup hierarchy is mounted".into(),
+            },
+            unified_mount: None,
+        };
+    };
+    let read = |name: &str| {
+        let relative = mount.strip_prefix("/").unwrap_or(&mount);
+        fs::read_to_string(root.join(relative).join(name)).unwrap_or_default()
+    };
+    let has = |text: String| text.split_whitespace().any(|c| c == "hugetlb");
+    if !has(read("cgroup.controllers")) {
+        return HugetlbPlacement {
+            support: HugetlbSupport::Unavailable {
+                reason: format!(
+                    "the cgroup2 hierarchy at {} has no hugetlb",
+                    mount.display()
+                ),
+            },
+            unified_mount: None,
+        };
+    }
+    let pure_v2 = mount == Path::new("/sys/fs/cgroup");
+    if pure_v2 {
+        return HugetlbPlacement {
+            support: HugetlbSupport::Unified,
+            unified_mount: None,
+        };
+    }
+    if has(read("cgroup.subtree_control")) {
+        HugetlbPlacement {
+            support: HugetlbSupport::UnifiedBeside,
+            unified_mount: Some(mount),
+        }
+    } else {
+        HugetlbPlacement {
+            support: HugetlbSupport::Unavailable {
+                reason: format!(
+                    "hugetlb sits on the cgroup2 hierarchy at {} whose root does not delegate it \
+                     (cgroup.subtree_control lacks hugetlb)",
+                    mount.display()
+                ),
+            },
+            unified_mount: None,
+        }
+    }
+}
+
+/// The lowest oom_score_adj this process can give a child: -1000 with CAP_SYS_RESOURCE, else its
+/// own value.
+pub fn oom_score_floor(proc_self: &Path) -> i32 {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let status = fs::read_to_string(proc_self.join("status")).unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    if cap_eff & (1 << CAP_SYS_RESOURCE) != 0 {
+        return -1000;
+    }
+    fs::read_to_string(proc_self.join("oom_score_adj"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn manager(id: &str, cgroups_path: &Path) -> Result<AnyCgroupManager> {
+    create_cgroup_manager(CgroupConfig {
+        cgroup_path: cgroups_path.to_path_buf(),
+        systemd_cgroup: false,
+        container_name: id.to_string(),
+    })
+    .map_err(|err| ShimError::Runtime {
+        id: id.to_string(),
+        op: "open cgroup",
+        message: err.to_string(),
+    })
+}
+
+fn cgroup_err(id: &str, op: &'static str) -> impl FnOnce(String) -> ShimError {
+    let id = id.to_string();
+    move |message| ShimError::Runtime { id, op, message }
+}
+
+pub fn pids(id: &str, cgroups_path: &Path) -> Result<Vec<i32>> {
+    let pids = manager(id, cgroups_path)?
+        .get_all_pids()
+        .map_err(|err| cgroup_err(id, "list pids")(err.to_string()))?;
+    Ok(pids.into_iter().map(|pid| pid.as_raw()).collect())
+}
+
+pub fn update(id: &str, cgroups_path: &Path, any: &Any) -> Result<()> {
+    let resources: oci_spec::runtime::LinuxResources =
+        serde_json::from_slice(&any.value).map_err(|err| ShimError::InvalidArgument {
+            what: format!("update of container {id}: resources"),
+            reason: err.to_string(),
+        })?;
+    manager(id, cgroups_path)?
+        .apply(&libcgroups::common::ControllerOpt {
+            resources: &resources,
+            disable_oom_killer: false,
+            oom_score_adj: None,
+            freezer_state: None,
+        })
+        .map_err(|err| cgroup_err(id, "update resources")(err.to_string()))
+}
+
+pub fn stats(id: &str, cgroups_path: &Path) -> Result<Any> {
+    let stats = manager(id, cgroups_path)?
+        .stats()
+        .map_err(|err| cgroup_err(id, "read stats")(err.to_string()))?;
+    let metrics = v1_metrics(&stats);
+    let value = metrics
+        .write_to_bytes()
+        .map_err(|err| cgroup_err(id, "encode stats")(err.to_string()))?;
+    Ok(Any {
+        type_url: "io.containerd.cgroups.v1.Metrics".into(),
+        value,
+        ..Default::default()
+    })
+}
+
+/// libcgroups' stats in containerd's cgroup v1 metrics message (what `ctr task metrics` decodes).
+pub fn v1_metrics(stats: &Stats) -> Metrics {
+    let memory_stat = |key: &str| stats.memory.stats.get(key).copied().unwrap_or(0);
+    let entry = |data: &libcgroups::stats::MemoryData| MemoryEntry {
+        limit: data.limit,
+        usage: data.usage,
+        max: data.max_usage,
+        failcnt: data.fail_count,
+        ..Default::default()
+    };
+    let hugetlb: BTreeMap<_, _> = stats.hugetlb.iter().collect();
+    Metrics {
+        pids: Some(PidsStat {
+            current: stats.pids.current,
+            limit: stats.pids.limit,
+            ..Default::default()
+        })
+        .into(),
+        cpu: Some(CPUStat {
+            usage: Some(CPUUsage {
+                total: stats.cpu.usage.usage_total,
+                kernel: stats.cpu.usage.usage_kernel,
+                user: stats.cpu.usage.usage_user,
+                per_cpu: stats.cpu.usage.per_core_usage_total.clone(),
+                ..Default::default()
+            })
+            .into(),
+            throttling: Some(Throttle {
+                periods: stats.cpu.throttling.periods,
+                throttled_periods: stats.cpu.throttling.throttled_periods,
+                throttled_time: stats.cpu.throttling.throttled_time,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        })
+        .into(),
+        memory: Some(MemoryStat {
+            cache: stats.memory.cache,
+            rss: memory_stat("rss"),
+            rss_huge: memory_stat("rss_huge"),
+            mapped_file: memory_stat("mapped_file"),
+            dirty: memory_stat("dirty"),
+            writeback: memory_stat("writeback"),
+            pg_fault: memory_stat("pgfault"),
+            pg_maj_fault: memory_stat("pgmajfault"),
+            inactive_anon: memory_stat("inactive_anon"),
+            active_anon: memory_stat("active_anon"),
+            inactive_file: memory_stat("inactive_file"),
+            active_file: memory_stat("active_file"),
+            unevictable: memory_stat("unevictable"),
+            hierarchical_memory_limit: memory_stat("hierarchical_memory_limit"),
+            total_cache: memory_stat("total_cache"),
+            total_rss: memory_stat("total_rss"),
+            usage: Some(entry(&stats.memory.memory)).into(),
+            swap: Some(entry(&stats.memory.memswap)).into(),
+            kernel: Some(entry(&stats.memory.kernel)).into(),
+            kernel_tcp: Some(entry(&stats.memory.kernel_tcp)).into(),
+            ..Default::default()
+        })
+        .into(),
+        hugetlb: hugetlb
+            .into_iter()
+            .map(|(pagesize, h)| HugetlbStat {
+                usage: h.usage,
+                max: h.max_usage,
+                failcnt: h.fail_count,
+                pagesize: pagesize.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Hugepage limits in the unified hierarchy beside v1 controllers: creates the cgroup (enabling
+/// hugetlb on each level it creates), writes `hugetlb.<size>.max`, and moves `pid` in.
+/// Returns the directories created, deepest last, for removal.
+pub fn apply_unified_hugetlb(
+    unified_mount: &Path,
+    cgroups_path: &Path,
+    limits: &BTreeMap<String, u64>,
+    pid: i32,
+) -> Result<Vec<PathBuf>> {
+    let mut created = Vec::new();
+    let mut dir = unified_mount.to_path_buf();
+    let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
+    for component in relative.components() {
+        let parent = dir.clone();
+        dir.push(component);
+        if !dir.exists() {
+            fs::write(parent.join("cgroup.subtree_control"), "+hugetlb").map_err(ShimError::io(
+                format!("enable hugetlb in {}", parent.display()),
+            ))?;
+            fs::create_dir(&dir).map_err(ShimError::io(format!("create {}", dir.display())))?;
+            created.push(dir.clone());
+        }
+    }
+    let result = (|| {
+        for (size, bytes) in limits {
+            let file = dir.join(format!("hugetlb.{size}.max"));
+            fs::write(&file, bytes.to_string())
+                .map_err(ShimError::io(format!("write {}", file.display())))?;
+        }
+        let procs = dir.join("cgroup.procs");
+        fs::write(&procs, pid.to_string())
+            .map_err(ShimError::io(format!("write {}", procs.display())))
+    })();
+    if let Err(err) = result {
+        remove_dirs(&created);
+        return Err(err);
+    }
+    Ok(created)
+}
+
+/// Removes cgroup directories made by [`apply_unified_hugetlb`], deepest first.
+pub fn remove_dirs(created: &[PathBuf]) {
+    for dir in created.iter().rev() {
+        if let Err(err) = fs::remove_dir(dir) {
+            tracing::warn!(dir = %dir.display(), error = %err, "remove hugetlb cgroup");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+30 24 0:26 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:6 - cgroup2 cgroup2 rw
+31 24 0:27 / /sys/fs/cgroup/memory rw,nosuid shared:7 - cgroup cgroup rw,memory
+32 24 0:28 / /sys/fs/cgroup/cpuset rw,nosuid shared:8 - cgroup cgroup rw,cpuset
+";
+
+    fn fixture(controllers: &str, subtree: &str) -> tempfile::TempDir {
+        let root = tempfile::tempdir().expect("tempdir");
+        let unified = root.path().join("sys/fs/cgroup/unified");
+        fs::create_dir_all(&unified).expect("mkdir");
+        fs::write(unified.join("cgroup.controllers"), controllers).expect("write");
+        fs::write(unified.join("cgroup.subtree_control"), subtree).expect("write");
+        root
+    }
+
+    #[test]
+    fn hybrid_without_delegation_is_unavailable() {
+        let root = fixture("hugetlb\n", "\n");
+        let placement = hugetlb_placement(HYBRID, root.path());
+        match placement.support {
+            HugetlbSupport::Unavailable { reason } => {
+                assert!(reason.contains("/sys/fs/cgroup/unified"), "{reason}");
+                assert!(reason.contains("subtree_control"), "{reason}");
+            }
+            other => panic!("expected unavailable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hybrid_with_delegation_writes_beside() {
+        let root = fixture("hugetlb\n", "hugetlb\n");
+        let placement = hugetlb_placement(HYBRID, root.path());
+        assert_eq!(placement.support, HugetlbSupport::UnifiedBeside);
+        assert_eq!(
+            placement.unified_mount,
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn v1_hugetlb_mount_wins() {
+        let mountinfo = format!(
+            "{HYBRID}40 24 0:30 / /sys/fs/cgroup/hugetlb rw shared:9 - cgroup cgroup rw,hugetlb\n"
+        );
+        let root = fixture("", "");
+        assert_eq!(
+            hugetlb_placement(&mountinfo, root.path()).support,
+            HugetlbSupport::V1
+        );
+    }
+
+    #[test]
+    fn pure_v2_with_hugetlb_is_managed_by_libcgroups() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let cg = root.path().join("sys/fs/cgroup");
+        fs::create_dir_all(&cg).expect("mkdir");
+        fs::write(cg.join("cgroup.controllers"), "cpu memory hugetlb pids\n").expect("write");
+        let mountinfo = "25 1 0:22 / /sys/fs/cgroup rw shared:4 - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            hugetlb_placement(mountinfo, root.path()).support,
+            HugetlbSupport::Unified
+        );
+    }
+
+    #[test]
+    fn oom_floor_follows_capability() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("oom_score_adj"), "-500\n").expect("write");
+        fs::write(dir.path().join("status"), "CapEff:\t000001fffeffffff\n").expect("write");
+        assert_eq!(oom_score_floor(dir.path()), -1000);
+        let without = format!("CapEff:\t{:016x}\n", 0x1ff_feff_ffff_u64 & !(1 << 24));
+        fs::write(dir.path().join("status"), without).expect("write");
+        assert_eq!(oom_score_floor(dir.path()), -500);
+    }
+
+    #[test]
+    fn unified_hugetlb_limits_written_and_removed() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mount = root.path().join("unified");
+        fs::create_dir_all(&mount).expect("mkdir");
+        let limits = BTreeMap::from([("2MB".to_string(), 4u64 << 20)]);
+        let created =
+            apply_unified_hugetlb(&mount, Path::new("/ingot/pod/c1"), &limits, 42).expect("apply");
+        assert_eq!(created.len(), 3);
+        let leaf = mount.join("ingot/pod/c1");
+        assert_eq!(
+            fs::read_to_string(leaf.join("hugetlb.2MB.max")).expect("read"),
+            "4194304"
+        );
+        assert_eq!(
+            fs::read_to_string(leaf.join("cgroup.procs")).expect("read"),
+            "42"
+        );
+        assert_eq!(
+            fs::read_to_string(mount.join("cgroup.subtree_control")).expect("read"),
+            "+hugetlb"
+        );
+        // A fixture directory holds files, so rmdir fails there; the real cgroupfs allows it.
+        for dir in created.iter().rev() {
+            fs::remove_dir_all(dir).ok();
+        }
+        assert!(!mount.join("ingot").exists());
+    }
+
+    #[test]
+    fn metrics_carry_cpu_memory_pids() {
+        let mut stats = Stats::default();
+        stats.cpu.usage.usage_total = 1234;
+        stats.memory.memory.usage = 4096;
+        stats.memory.memory.limit = 1 << 20;
+        stats.pids.current = 3;
+        stats.pids.limit = 10;
+        let metrics = v1_metrics(&stats);
+        assert_eq!(metrics.cpu.usage.total, 1234);
+        assert_eq!(metrics.memory.usage.usage, 4096);
+        assert_eq!(metrics.memory.usage.limit, 1 << 20);
+        assert_eq!(metrics.pids.current, 3);
+        assert_eq!(metrics.pids.limit, 10);
+    }
+}

@@ -1,0 +1,184 @@
+//! The create/exec helper: a short-lived child of the shim (the shim binary itself, started with
+//! `__ingot-helper`) that runs libcontainer's `build()`, as runc's CLI runs under runc's shim.
+//! Keeping `build()` out of the shim process matters: it forks from the calling process, writes
+//! `oom_score_adj` and the dumpable flag into the caller, and waits on helper children of its
+//! own; none of that may touch a long-lived, multi-threaded shim. The container's processes
+//! re-parent to the shim (a subreaper) when the helper exits.
+//!
+//! Protocol: one JSON argument; fds 0-2 are the container process's stdio; fd 3 carries an error
+//! message back. Exit 0 means the pid file holds the new process's pid.
+
+use std::{
+    io::{Read, Write},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::process::CommandExt,
+    },
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use libcontainer::{container::builder::ContainerBuilder, syscall::syscall::SyscallType};
+use nix::{fcntl::OFlag, unistd::pipe2};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    error::{Result, ShimError},
+    io::ChildStdio,
+    reaper::Reaper,
+};
+
+pub const HELPER_ARG: &str = "__ingot-helper";
+const ERROR_FD: i32 = 3;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Op {
+    /// Create the container from `bundle/config.json` (init process, waiting for start).
+    Create { bundle: PathBuf },
+    /// Run the process in `process` (a process.json) inside the running container.
+    Exec { process: PathBuf },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub op: Op,
+    /// libcontainer's state root.
+    pub root: PathBuf,
+    pub id: String,
+    pub pid_file: PathBuf,
+    pub console_socket: Option<PathBuf>,
+}
+
+/// Entry point inside the helper process; returns the exit code.
+pub fn main(arg: &str) -> i32 {
+    match run(arg) {
+        Ok(()) => 0,
+        Err(message) => {
+            // SAFETY: fd 3 is the error pipe the shim set up for us; we own it from here on.
+            let mut pipe = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(ERROR_FD) });
+            let _ = pipe.write_all(message.as_bytes());
+            1
+        }
+    }
+}
+
+fn run(arg: &str) -> std::result::Result<(), String> {
+    let request: Request =
+        serde_json::from_str(arg).map_err(|err| format!("helper request: {err}"))?;
+    let builder = ContainerBuilder::new(request.id.clone(), SyscallType::default())
+        .with_root_path(&request.root)
+        .map_err(|err| err.to_string())?
+        .with_pid_file(Some(&request.pid_file))
+        .map_err(|err| err.to_string())?
+        .with_console_socket(request.console_socket.as_ref());
+    match request.op {
+        Op::Create { bundle } => {
+            builder
+                .as_init(bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+                .map_err(|err| err.to_string())?;
+        }
+        Op::Exec { process } => {
+            let pid = builder
+                .as_tenant()
+                .with_detach(true)
+                .with_process(Some(process))
+                .build()
+                .map_err(|err| err.to_string())?;
+            std::fs::write(&request.pid_file, pid.to_string())
+                .map_err(|err| format!("write pid file: {err}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the helper and returns the new process's pid. `register` runs with the pid while the
+/// reaper is still held off, so an exit of a short-lived process is never seen before the shim
+/// knows the pid.
+pub fn spawn(
+    reaper: &Reaper,
+    request: &Request,
+    stdio: ChildStdio,
+    register: impl FnOnce(i32),
+) -> Result<i32> {
+    let id = request.id.as_str();
+    let arg = serde_json::to_string(request).map_err(|err| ShimError::Runtime {
+        id: id.to_string(),
+        op: "encode helper request",
+        message: err.to_string(),
+    })?;
+    let (error_read, error_write) = pipe2(OFlag::O_CLOEXEC).map_err(|errno| ShimError::Io {
+        context: "create helper error pipe".into(),
+        source: errno.into(),
+    })?;
+    let error_fd = error_write.as_raw_fd();
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .arg(HELPER_ARG)
+        .arg(arg)
+        .stdin(Stdio::from(stdio.stdin))
+        .stdout(Stdio::from(stdio.stdout))
+        .stderr(Stdio::from(stdio.stderr));
+    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if error_fd == ERROR_FD {
+                if libc::fcntl(ERROR_FD, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(error_fd, ERROR_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+
+    let _hold = reaper.hold();
+    let mut child = command
+        .spawn()
+        .map_err(ShimError::io("spawn container helper"))?;
+    drop(command);
+    drop(error_write);
+    // Wait first, then read what the helper wrote: the container's init is cloned from the
+    // helper and holds the pipe's write end until it execs, so EOF would wait for Start.
+    let status = child
+        .wait()
+        .map_err(ShimError::io("wait for container helper"))?;
+    let mut message = String::new();
+    if nix::fcntl::fcntl(
+        error_read.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+    )
+    .is_ok()
+    {
+        let _ = std::fs::File::from(error_read).read_to_string(&mut message);
+    }
+    if !status.success() {
+        let message = if message.is_empty() {
+            format!("helper {status}")
+        } else {
+            message
+        };
+        return Err(ShimError::Runtime {
+            id: id.to_string(),
+            op: match request.op {
+                Op::Create { .. } => "create",
+                Op::Exec { .. } => "exec",
+            },
+            message,
+        });
+    }
+    let text = std::fs::read_to_string(&request.pid_file).map_err(ShimError::io(format!(
+        "read pid file {}",
+        request.pid_file.display()
+    )))?;
+    let pid: i32 = text.trim().parse().map_err(|_| ShimError::Runtime {
+        id: id.to_string(),
+        op: "read pid file",
+        message: format!("{:?} is not a pid", text.trim()),
+    })?;
+    register(pid);
+    Ok(pid)
+}

@@ -1,0 +1,300 @@
+//! A process's stdio: the fifos (or files) containerd names, a pipe for stdin so CloseIO can end it,
+//! and, in terminal mode, the console socket that receives the pty master and the copy threads
+//! that join it to the fifos. Copy threads block in read(2): no polling, no wakeups while idle.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{IoSliceMut, Read, Write},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::net::UnixListener,
+    },
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    thread,
+};
+
+use nix::{
+    pty::Winsize,
+    sys::socket::{recvmsg, ControlMessageOwned, MsgFlags},
+    unistd::pipe,
+};
+
+use crate::error::{Result, ShimError};
+
+/// The stdio a process was created with, as containerd gave it.
+#[derive(Debug, Clone, Default)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// The stdio fds the helper hands to the container process (fds 0, 1, 2).
+pub struct ChildStdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+type SharedWriter = Arc<Mutex<Option<File>>>;
+
+/// What the shim keeps of a process's stdio once the process runs.
+#[derive(Default)]
+pub struct ProcessIo {
+    /// The shim's end of the process's stdin; dropping it is CloseIO.
+    stdin: Option<SharedWriter>,
+    /// The pty master in terminal mode, for ResizePty.
+    console: Option<Arc<File>>,
+}
+
+impl ProcessIo {
+    pub fn close_stdin(&mut self) {
+        if let Some(writer) = self.stdin.take() {
+            lock(&writer).take();
+        }
+    }
+
+    pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        let console = self
+            .console
+            .as_ref()
+            .ok_or_else(|| ShimError::FailedPrecondition {
+                what: "resize pty".into(),
+                reason: "the process has no terminal".into(),
+            })?;
+        let size = Winsize {
+            ws_row: u16::try_from(height).unwrap_or(u16::MAX),
+            ws_col: u16::try_from(width).unwrap_or(u16::MAX),
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one Winsize from a valid pointer on a fd we own.
+        let rc = unsafe { libc::ioctl(console.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        if rc < 0 {
+            return Err(ShimError::Io {
+                context: "resize pty".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn lock(writer: &SharedWriter) -> std::sync::MutexGuard<'_, Option<File>> {
+    writer
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn dev_null() -> Result<OwnedFd> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(ShimError::io("open /dev/null"))
+}
+
+/// Opens an output destination: a fifo or file path, or a `file://` URI. A fifo is opened
+/// read-write so the open never blocks, and its reader sees EOF once the process exits.
+fn open_output(name: &str, which: &str) -> Result<OwnedFd> {
+    if name.is_empty() {
+        return dev_null();
+    }
+    if let Some(path) = name.strip_prefix("file://") {
+        return OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map(OwnedFd::from)
+            .map_err(ShimError::io(format!("open {which} file {path}")));
+    }
+    if name.contains("://") {
+        return Err(ShimError::InvalidArgument {
+            what: which.to_string(),
+            reason: format!("{name:?}: only fifo paths and file:// URIs are supported"),
+        });
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name)
+        .map(OwnedFd::from)
+        .map_err(ShimError::io(format!("open {which} fifo {name}")))
+}
+
+/// Copies the stdin fifo into `writer` until EOF or until CloseIO drops the writer.
+fn spawn_stdin_copy(path: String, writer: SharedWriter) -> Result<()> {
+    thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            // Blocks until containerd opens the writing end; EOF follows its close.
+            let mut fifo = match File::open(&path) {
+                Ok(file) => file,
+                Err(err) => {
+                    tracing::warn!(path, error = %err, "open stdin fifo");
+                    lock(&writer).take();
+                    return;
+                }
+            };
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = match fifo.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let mut guard = lock(&writer);
+                let Some(out) = guard.as_mut() else { break };
+                if out.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            lock(&writer).take();
+        })
+        .map_err(ShimError::io("spawn stdin copy thread"))?;
+    Ok(())
+}
+
+fn spawn_output_copy(mut from: File, mut to: File) -> Result<()> {
+    thread::Builder::new()
+        .name("stdout".into())
+        .spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                match from.read(&mut buf) {
+                    // EIO: the pty's last slave closed.
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(ShimError::io("spawn output copy thread"))?;
+    Ok(())
+}
+
+/// Sets up non-terminal stdio: the fds for the child, and what the shim keeps.
+pub fn plain(paths: &StdioPaths) -> Result<(ChildStdio, ProcessIo)> {
+    let mut io = ProcessIo::default();
+    let stdin = if paths.stdin.is_empty() {
+        dev_null()?
+    } else {
+        let (read_end, write_end) = pipe().map_err(|errno| ShimError::Io {
+            context: "create stdin pipe".into(),
+            source: errno.into(),
+        })?;
+        let writer: SharedWriter = Arc::new(Mutex::new(Some(File::from(write_end))));
+        spawn_stdin_copy(paths.stdin.clone(), Arc::clone(&writer))?;
+        io.stdin = Some(writer);
+        read_end
+    };
+    let stdout = open_output(&paths.stdout, "stdout")?;
+    let stderr = open_output(&paths.stderr, "stderr")?;
+    Ok((
+        ChildStdio {
+            stdin,
+            stdout,
+            stderr,
+        },
+        io,
+    ))
+}
+
+/// A listening console socket for one process; the container's init sends the pty master to it.
+pub struct ConsoleSocket {
+    path: PathBuf,
+    listener: UnixListener,
+}
+
+impl ConsoleSocket {
+    pub fn bind(path: PathBuf) -> Result<Self> {
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).map_err(ShimError::io(format!(
+            "bind console socket {}",
+            path.display()
+        )))?;
+        Ok(ConsoleSocket { path, listener })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Receives the pty master (the helper has exited, so it was sent already), and joins it to
+    /// the fifos.
+    pub fn finish(self, paths: &StdioPaths) -> Result<ProcessIo> {
+        self.listener
+            .set_nonblocking(true)
+            .map_err(ShimError::io("console socket"))?;
+        let (stream, _) = self.listener.accept().map_err(ShimError::io(
+            "console socket: the container sent no terminal",
+        ))?;
+        stream
+            .set_nonblocking(false)
+            .map_err(ShimError::io("console socket"))?;
+        let master = receive_fd(stream.as_raw_fd())?;
+        let master = Arc::new(File::from(master));
+        let mut io = ProcessIo {
+            stdin: None,
+            console: Some(Arc::clone(&master)),
+        };
+        if !paths.stdout.is_empty() {
+            let out = File::from(open_output(&paths.stdout, "stdout")?);
+            let reader = master
+                .try_clone()
+                .map_err(ShimError::io("dup pty master"))?;
+            spawn_output_copy(reader, out)?;
+        }
+        if !paths.stdin.is_empty() {
+            let writer = master
+                .try_clone()
+                .map_err(ShimError::io("dup pty master"))?;
+            let shared: SharedWriter = Arc::new(Mutex::new(Some(writer)));
+            spawn_stdin_copy(paths.stdin.clone(), Arc::clone(&shared))?;
+            io.stdin = Some(shared);
+        }
+        Ok(io)
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn receive_fd(socket: i32) -> Result<OwnedFd> {
+    let mut name = [0u8; 4096];
+    let mut iov = [IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([i32; 1]);
+    let msg = recvmsg::<()>(
+        socket,
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|errno| ShimError::Io {
+        context: "receive pty master".into(),
+        source: errno.into(),
+    })?;
+    for cmsg in msg.cmsgs().map_err(|errno| ShimError::Io {
+        context: "receive pty master".into(),
+        source: errno.into(),
+    })? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel just installed this fd for us; nothing else owns it.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err(ShimError::Io {
+        context: "receive pty master".into(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no fd in message"),
+    })
+}

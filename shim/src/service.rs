@@ -1,0 +1,1074 @@
+//! The Task service: one instance per shim, serving every container of one pod.
+//!
+//! Locking: the reaper gate (see `reaper`) is always taken before the state mutex, never after,
+//! so the reaper (gate, then state) cannot deadlock with an RPC.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc::Sender,
+        Arc, Condvar, Mutex, MutexGuard,
+    },
+    time::SystemTime,
+};
+
+use containerd_shim::{
+    api,
+    protos::{
+        events::task::{
+            TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+            TaskResumed, TaskStart,
+        },
+        protobuf::{well_known_types::timestamp::Timestamp, MessageDyn},
+        topics,
+        types::task::ProcessInfo,
+    },
+    ExitSignal, TtrpcContext, TtrpcResult,
+};
+use ingot_oci::HostFacts;
+use libcontainer::container::Container as Runtime;
+use nix::{sys::signal::Signal, unistd::Pid};
+
+use crate::{
+    cgroups::{self, HugetlbPlacement},
+    error::{Result, ShimError},
+    helper,
+    io::{self, ConsoleSocket, ProcessIo, StdioPaths},
+    reaper::Reaper,
+};
+
+/// An event for containerd, queued in order and published by one thread.
+pub type Event = (&'static str, Box<dyn MessageDyn>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProcState {
+    Created,
+    Running,
+    Stopped,
+}
+
+struct Proc {
+    pid: i32,
+    state: ProcState,
+    exit_status: u32,
+    exited_at: Option<SystemTime>,
+    stdio: StdioPaths,
+    io: ProcessIo,
+    /// An exec's process.json, written at Exec, run at Start.
+    process_file: Option<PathBuf>,
+}
+
+impl Proc {
+    fn new(stdio: StdioPaths) -> Self {
+        Proc {
+            pid: 0,
+            state: ProcState::Created,
+            exit_status: 0,
+            exited_at: None,
+            stdio,
+            io: ProcessIo::default(),
+            process_file: None,
+        }
+    }
+
+    fn exited_at(&self) -> Timestamp {
+        timestamp(self.exited_at.unwrap_or_else(SystemTime::now))
+    }
+}
+
+struct Container {
+    id: String,
+    bundle: PathBuf,
+    cgroups_path: PathBuf,
+    /// Where the shim mounted the rootfs containerd passed, to unmount at delete.
+    rootfs_mount: Option<PathBuf>,
+    /// The prepared spec and pid files live here; removed at delete.
+    work_dir: PathBuf,
+    /// Unified-hierarchy cgroup directories made for hugepage limits (hybrid hosts).
+    hugetlb_dirs: Vec<PathBuf>,
+    init: Proc,
+    execs: BTreeMap<String, Proc>,
+    paused: bool,
+}
+
+impl Container {
+    fn process(&self, exec_id: &str) -> Result<&Proc> {
+        if exec_id.is_empty() {
+            return Ok(&self.init);
+        }
+        self.execs
+            .get(exec_id)
+            .ok_or_else(|| ShimError::ExecNotFound {
+                id: self.id.clone(),
+                exec_id: exec_id.to_string(),
+            })
+    }
+
+    fn process_mut(&mut self, exec_id: &str) -> Result<&mut Proc> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.init);
+        }
+        let id = self.id.clone();
+        self.execs
+            .get_mut(exec_id)
+            .ok_or_else(|| ShimError::ExecNotFound {
+                id,
+                exec_id: exec_id.to_string(),
+            })
+    }
+}
+
+#[derive(Default)]
+struct State {
+    containers: HashMap<String, Container>,
+    /// Ids being created: reserved so a concurrent duplicate is refused.
+    creating: Vec<String>,
+}
+
+pub struct Inner {
+    namespace: String,
+    /// libcontainer's state root for this shim's containers.
+    root: PathBuf,
+    state: Mutex<State>,
+    exited: Condvar,
+    events: Mutex<Sender<Event>>,
+    reaper: Arc<Reaper>,
+    exit: Arc<ExitSignal>,
+    hugetlb: HugetlbPlacement,
+    counter: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+fn timestamp(time: SystemTime) -> Timestamp {
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+        ..Default::default()
+    }
+}
+
+fn not_found(id: &str) -> ShimError {
+    ShimError::ContainerNotFound { id: id.to_string() }
+}
+
+impl Service {
+    pub fn new(
+        namespace: &str,
+        root: PathBuf,
+        events: Sender<Event>,
+        reaper: Arc<Reaper>,
+        exit: Arc<ExitSignal>,
+    ) -> Self {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        Service {
+            inner: Arc::new(Inner {
+                namespace: namespace.to_string(),
+                root,
+                state: Mutex::default(),
+                exited: Condvar::new(),
+                events: Mutex::new(events),
+                reaper,
+                exit,
+                hugetlb: cgroups::hugetlb_placement(&mountinfo, Path::new("/")),
+                counter: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
+        let sender = self
+            .inner
+            .events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if sender.send((topic, event)).is_err() {
+            tracing::warn!(topic, "event publisher is gone");
+        }
+    }
+
+    /// Called by the reaper for every child it reaps.
+    pub fn on_exit(&self, pid: i32, code: i32) {
+        let mut state = self.state();
+        let now = SystemTime::now();
+        for container in state.containers.values_mut() {
+            let id = container.id.clone();
+            let found = if container.init.pid == pid {
+                Some((String::new(), &mut container.init))
+            } else {
+                container
+                    .execs
+                    .iter_mut()
+                    .find(|(_, p)| p.pid == pid)
+                    .map(|(exec_id, p)| (exec_id.clone(), p))
+            };
+            if let Some((exec_id, process)) = found {
+                if process.state == ProcState::Stopped {
+                    return;
+                }
+                process.state = ProcState::Stopped;
+                process.exit_status = u32::try_from(code).unwrap_or(255);
+                process.exited_at = Some(now);
+                tracing::info!(container_id = %id, exec_id, pid, code, "process exited");
+                let event = TaskExit {
+                    container_id: id.clone(),
+                    id: if exec_id.is_empty() { id } else { exec_id },
+                    pid: u32::try_from(pid).unwrap_or(0),
+                    exit_status: process.exit_status,
+                    exited_at: Some(timestamp(now)).into(),
+                    ..Default::default()
+                };
+                self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event));
+                self.inner.exited.notify_all();
+                return;
+            }
+        }
+    }
+
+    fn work_dir(&self, id: &str) -> PathBuf {
+        self.inner.root.join(format!("{id}.ingot"))
+    }
+
+    fn create(&self, req: &api::CreateTaskRequest) -> Result<u32> {
+        let id = req.id.as_str();
+        validate_id(id)?;
+        if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
+            return Err(ShimError::InvalidArgument {
+                what: format!("container {id}: checkpoint"),
+                reason: "restore from a checkpoint is not supported".into(),
+            });
+        }
+        {
+            let mut state = self.state();
+            if state.containers.contains_key(id) || state.creating.iter().any(|c| c == id) {
+                return Err(ShimError::AlreadyExists { id: id.to_string() });
+            }
+            state.creating.push(id.to_string());
+        }
+        let mut cleanup = CreateCleanup::default();
+        let result = self.create_reserved(req, &mut cleanup);
+        let mut state = self.state();
+        state.creating.retain(|c| c != id);
+        match result {
+            Ok(container) => {
+                let pid = container.init.pid;
+                state.containers.insert(id.to_string(), container);
+                drop(state);
+                Ok(u32::try_from(pid).unwrap_or(0))
+            }
+            Err(err) => {
+                drop(state);
+                cleanup.run(&self.inner.root, id);
+                Err(err)
+            }
+        }
+    }
+
+    fn create_reserved(
+        &self,
+        req: &api::CreateTaskRequest,
+        cleanup: &mut CreateCleanup,
+    ) -> Result<Container> {
+        let id = req.id.as_str();
+        let bundle = PathBuf::from(&req.bundle);
+        let spec_error = |source| ShimError::Spec {
+            id: id.to_string(),
+            source,
+        };
+        let spec = ingot_oci::load_spec(&bundle).map_err(spec_error)?;
+
+        let rootfs_target = bundle.join("rootfs");
+        for mount in &req.rootfs {
+            if cleanup.rootfs_mount.is_none() {
+                std::fs::create_dir_all(&rootfs_target)
+                    .map_err(ShimError::io(format!("create {}", rootfs_target.display())))?;
+            }
+            crate::mount::mount(&mount.type_, &mount.source, &mount.options, &rootfs_target)
+                .map_err(|err| ShimError::Runtime {
+                    id: id.to_string(),
+                    op: "mount rootfs",
+                    message: err,
+                })?;
+            cleanup.rootfs_mount = Some(rootfs_target.clone());
+        }
+
+        let host = HostFacts {
+            min_oom_score_adj: cgroups::oom_score_floor(Path::new("/proc/self")),
+            hugetlb: self.inner.hugetlb.support.clone(),
+        };
+        let prepared = ingot_oci::prepare(spec, id, &bundle, &host).map_err(spec_error)?;
+        for warning in &prepared.warnings {
+            tracing::warn!(container_id = id, "{warning}");
+        }
+
+        let work_dir = self.work_dir(id);
+        std::fs::create_dir_all(&work_dir)
+            .map_err(ShimError::io(format!("create {}", work_dir.display())))?;
+        cleanup.work_dir = Some(work_dir.clone());
+        let config = serde_json::to_vec(&prepared.spec).map_err(|err| ShimError::Runtime {
+            id: id.to_string(),
+            op: "encode spec",
+            message: err.to_string(),
+        })?;
+        std::fs::write(work_dir.join("config.json"), config).map_err(ShimError::io(format!(
+            "write {}/config.json",
+            work_dir.display()
+        )))?;
+        cleanup.cgroups_path = Some(prepared.cgroups_path.clone());
+
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let request = helper::Request {
+            op: helper::Op::Create {
+                bundle: work_dir.clone(),
+            },
+            root: self.inner.root.clone(),
+            id: id.to_string(),
+            pid_file: work_dir.join("init.pid"),
+            console_socket: None,
+        };
+        let (pid, process_io) = self.run_helper(request, &stdio, |_| {})?;
+        cleanup.pid = Some(pid);
+
+        let mut hugetlb_dirs = Vec::new();
+        if let Some(mount) = &self.inner.hugetlb.unified_mount {
+            if !prepared.unified_hugetlb.is_empty() {
+                hugetlb_dirs = cgroups::apply_unified_hugetlb(
+                    mount,
+                    &prepared.cgroups_path,
+                    &prepared.unified_hugetlb,
+                    pid,
+                )?;
+            }
+        }
+
+        let mut init = Proc::new(stdio.clone());
+        init.pid = pid;
+        init.io = process_io;
+        self.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: id.to_string(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: Some(TaskIO {
+                    stdin: stdio.stdin,
+                    stdout: stdio.stdout,
+                    stderr: stdio.stderr,
+                    terminal: stdio.terminal,
+                    ..Default::default()
+                })
+                .into(),
+                pid: u32::try_from(pid).unwrap_or(0),
+                ..Default::default()
+            }),
+        );
+        tracing::info!(container_id = id, pid, "container created");
+        Ok(Container {
+            id: id.to_string(),
+            bundle,
+            cgroups_path: prepared.cgroups_path,
+            rootfs_mount: cleanup.rootfs_mount.take(),
+            work_dir,
+            hugetlb_dirs,
+            init,
+            execs: BTreeMap::new(),
+            paused: false,
+        })
+    }
+
+    /// Sets up stdio, runs the helper, and returns the pid with the stdio the shim keeps.
+    fn run_helper(
+        &self,
+        mut request: helper::Request,
+        stdio: &StdioPaths,
+        register: impl FnOnce(i32),
+    ) -> Result<(i32, ProcessIo)> {
+        if stdio.terminal {
+            let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+            let socket = ConsoleSocket::bind(
+                self.inner
+                    .root
+                    .join(format!("console-{}-{n}.sock", std::process::id())),
+            )?;
+            request.console_socket = Some(socket.path().to_path_buf());
+            let (child, _) = io::plain(&StdioPaths::default())?;
+            let pid = helper::spawn(&self.inner.reaper, &request, child, register)?;
+            let process_io = socket.finish(stdio)?;
+            Ok((pid, process_io))
+        } else {
+            let (child, process_io) = io::plain(stdio)?;
+            let pid = helper::spawn(&self.inner.reaper, &request, child, register)?;
+            Ok((pid, process_io))
+        }
+    }
+
+    fn runtime(&self, id: &str) -> Result<Runtime> {
+        Runtime::load(self.inner.root.join(id)).map_err(ShimError::runtime(id, "load state"))
+    }
+
+    fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
+        if exec_id.is_empty() {
+            return self.start_init(id);
+        }
+        let (stdio, process_file) = {
+            let state = self.state();
+            let container = state.containers.get(id).ok_or_else(|| not_found(id))?;
+            if container.init.state != ProcState::Running {
+                return Err(ShimError::FailedPrecondition {
+                    what: format!("start exec {exec_id} in container {id}"),
+                    reason: "the container is not running".into(),
+                });
+            }
+            let process = container.process(exec_id)?;
+            if process.state != ProcState::Created {
+                return Err(ShimError::FailedPrecondition {
+                    what: format!("start exec {exec_id} in container {id}"),
+                    reason: "already started".into(),
+                });
+            }
+            (process.stdio.clone(), process.process_file.clone())
+        };
+        let process_file = process_file.ok_or_else(|| ShimError::ExecNotFound {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+        })?;
+        let request = helper::Request {
+            op: helper::Op::Exec {
+                process: process_file.clone(),
+            },
+            root: self.inner.root.clone(),
+            id: id.to_string(),
+            pid_file: process_file.with_extension("pid"),
+            console_socket: None,
+        };
+        let this = self.clone();
+        let (pid, process_io) = self.run_helper(request, &stdio, |pid| {
+            // Registered while the reaper is held off: an instant exit is still ours.
+            let mut state = this.state();
+            if let Some(process) = state
+                .containers
+                .get_mut(id)
+                .and_then(|c| c.execs.get_mut(exec_id))
+            {
+                process.pid = pid;
+                process.state = ProcState::Running;
+            }
+            this.publish(
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                Box::new(TaskExecStarted {
+                    container_id: id.to_string(),
+                    exec_id: exec_id.to_string(),
+                    pid: u32::try_from(pid).unwrap_or(0),
+                    ..Default::default()
+                }),
+            );
+        })?;
+        let mut state = self.state();
+        if let Some(process) = state
+            .containers
+            .get_mut(id)
+            .and_then(|c| c.execs.get_mut(exec_id))
+        {
+            process.io = process_io;
+        }
+        tracing::info!(container_id = id, exec_id, pid, "exec started");
+        Ok(u32::try_from(pid).unwrap_or(0))
+    }
+
+    fn start_init(&self, id: &str) -> Result<u32> {
+        // Held across start and the state change, so an instant exit lands after "running".
+        let _hold = self.inner.reaper.hold();
+        let pid = {
+            let state = self.state();
+            let container = state.containers.get(id).ok_or_else(|| not_found(id))?;
+            if container.init.state != ProcState::Created {
+                return Err(ShimError::FailedPrecondition {
+                    what: format!("start container {id}"),
+                    reason: "already started".into(),
+                });
+            }
+            container.init.pid
+        };
+        self.runtime(id)?
+            .start()
+            .map_err(ShimError::runtime(id, "start"))?;
+        let mut state = self.state();
+        if let Some(container) = state.containers.get_mut(id) {
+            if container.init.state == ProcState::Created {
+                container.init.state = ProcState::Running;
+            }
+        }
+        self.publish(
+            topics::TASK_START_EVENT_TOPIC,
+            Box::new(TaskStart {
+                container_id: id.to_string(),
+                pid: u32::try_from(pid).unwrap_or(0),
+                ..Default::default()
+            }),
+        );
+        tracing::info!(container_id = id, pid, "container started");
+        Ok(u32::try_from(pid).unwrap_or(0))
+    }
+
+    fn delete(&self, id: &str, exec_id: &str) -> Result<api::DeleteResponse> {
+        if !exec_id.is_empty() {
+            let mut state = self.state();
+            let container = state.containers.get_mut(id).ok_or_else(|| not_found(id))?;
+            let process = container.process(exec_id)?;
+            if process.state == ProcState::Running {
+                return Err(ShimError::FailedPrecondition {
+                    what: format!("delete exec {exec_id} of container {id}"),
+                    reason: "the process is running".into(),
+                });
+            }
+            let mut process =
+                container
+                    .execs
+                    .remove(exec_id)
+                    .ok_or_else(|| ShimError::ExecNotFound {
+                        id: id.to_string(),
+                        exec_id: exec_id.to_string(),
+                    })?;
+            process.io.close_stdin();
+            if let Some(file) = &process.process_file {
+                let _ = std::fs::remove_file(file);
+                let _ = std::fs::remove_file(file.with_extension("pid"));
+            }
+            return Ok(api::DeleteResponse {
+                pid: u32::try_from(process.pid).unwrap_or(0),
+                exit_status: process.exit_status,
+                exited_at: Some(process.exited_at()).into(),
+                ..Default::default()
+            });
+        }
+
+        {
+            let state = self.state();
+            let container = state.containers.get(id).ok_or_else(|| not_found(id))?;
+            if container.init.state == ProcState::Running {
+                return Err(ShimError::FailedPrecondition {
+                    what: format!("delete container {id}"),
+                    reason: "the task is running; kill it first".into(),
+                });
+            }
+        }
+        // Created or stopped: libcontainer kills what is left, removes the cgroup and its state.
+        if let Ok(mut runtime) = self.runtime(id) {
+            runtime
+                .delete(true)
+                .map_err(ShimError::runtime(id, "delete"))?;
+        }
+        let mut container = self
+            .state()
+            .containers
+            .remove(id)
+            .ok_or_else(|| not_found(id))?;
+        container.init.io.close_stdin();
+        for process in container.execs.values_mut() {
+            process.io.close_stdin();
+        }
+        cgroups::remove_dirs(&container.hugetlb_dirs);
+        if let Some(target) = &container.rootfs_mount {
+            unmount(target);
+        }
+        let _ = std::fs::remove_dir_all(&container.work_dir);
+        let response = api::DeleteResponse {
+            pid: u32::try_from(container.init.pid).unwrap_or(0),
+            exit_status: container.init.exit_status,
+            exited_at: Some(container.init.exited_at()).into(),
+            ..Default::default()
+        };
+        self.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: id.to_string(),
+                pid: response.pid,
+                exit_status: response.exit_status,
+                exited_at: response.exited_at.clone(),
+                id: id.to_string(),
+                ..Default::default()
+            }),
+        );
+        tracing::info!(container_id = id, "container deleted");
+        Ok(response)
+    }
+
+    fn exec(&self, req: &api::ExecProcessRequest) -> Result<()> {
+        let (id, exec_id) = (req.id.as_str(), req.exec_id.as_str());
+        validate_id(exec_id).map_err(|_| ShimError::InvalidArgument {
+            what: format!("exec in container {id}"),
+            reason: format!("exec id {exec_id:?} is empty or not a plain name"),
+        })?;
+        let spec = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| ShimError::InvalidArgument {
+                what: format!("exec {exec_id} in container {id}"),
+                reason: "no process spec".into(),
+            })?;
+        let process = ingot_oci::parse_process(&spec.value).map_err(|source| ShimError::Spec {
+            id: id.to_string(),
+            source,
+        })?;
+        let mut state = self.state();
+        let container = state.containers.get_mut(id).ok_or_else(|| not_found(id))?;
+        if container.init.state != ProcState::Running {
+            return Err(ShimError::FailedPrecondition {
+                what: format!("exec {exec_id} in container {id}"),
+                reason: "the container is not running".into(),
+            });
+        }
+        if container.execs.contains_key(exec_id) {
+            return Err(ShimError::ExecExists {
+                id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            });
+        }
+        let rootfs_dir = container_rootfs(&container.work_dir)?;
+        ingot_oci::check_executable(&rootfs_dir, &process).map_err(|source| ShimError::Spec {
+            id: id.to_string(),
+            source,
+        })?;
+        let file = container.work_dir.join(format!("exec-{exec_id}.json"));
+        std::fs::write(&file, &spec.value)
+            .map_err(ShimError::io(format!("write {}", file.display())))?;
+        let mut proc = Proc::new(StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        });
+        proc.process_file = Some(file);
+        container.execs.insert(exec_id.to_string(), proc);
+        self.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                ..Default::default()
+            }),
+        );
+        Ok(())
+    }
+
+    fn kill(&self, req: &api::KillRequest) -> Result<()> {
+        let (id, exec_id) = (req.id.as_str(), req.exec_id.as_str());
+        let signal = Signal::try_from(i32::try_from(req.signal).unwrap_or(-1)).map_err(|_| {
+            ShimError::InvalidArgument {
+                what: format!("kill container {id}"),
+                reason: format!("unknown signal {}", req.signal),
+            }
+        })?;
+        let pid = {
+            let state = self.state();
+            let container = state.containers.get(id).ok_or_else(|| not_found(id))?;
+            let process = container.process(exec_id)?;
+            if process.state == ProcState::Stopped && !(exec_id.is_empty() && req.all) {
+                return Err(ShimError::ProcessFinished {
+                    id: id.to_string(),
+                    exec_id: exec_id.to_string(),
+                });
+            }
+            process.pid
+        };
+        if exec_id.is_empty() {
+            let mut runtime = self.runtime(id)?;
+            runtime
+                .kill(signal, req.all)
+                .map_err(ShimError::runtime(id, "kill"))?;
+        } else {
+            nix::sys::signal::kill(Pid::from_raw(pid), signal).map_err(|errno| {
+                if errno == nix::errno::Errno::ESRCH {
+                    ShimError::ProcessFinished {
+                        id: id.to_string(),
+                        exec_id: exec_id.to_string(),
+                    }
+                } else {
+                    ShimError::Io {
+                        context: format!("kill exec {exec_id} of container {id}"),
+                        source: errno.into(),
+                    }
+                }
+            })?;
+        }
+        tracing::info!(container_id = id, exec_id, signal = %signal, all = req.all, "killed");
+        Ok(())
+    }
+
+    fn state_of(&self, id: &str, exec_id: &str) -> Result<api::StateResponse> {
+        let state = self.state();
+        let container = state.containers.get(id).ok_or_else(|| not_found(id))?;
+        let process = container.process(exec_id)?;
+        let status = match process.state {
+            ProcState::Created => api::Status::CREATED,
+            ProcState::Running if container.paused => api::Status::PAUSED,
+            ProcState::Running => api::Status::RUNNING,
+            ProcState::Stopped => api::Status::STOPPED,
+        };
+        Ok(api::StateResponse {
+            id: if exec_id.is_empty() {
+                id.to_string()
+            } else {
+                exec_id.to_string()
+            },
+            bundle: container.bundle.display().to_string(),
+            pid: u32::try_from(process.pid).unwrap_or(0),
+            status: status.into(),
+            stdin: process.stdio.stdin.clone(),
+            stdout: process.stdio.stdout.clone(),
+            stderr: process.stdio.stderr.clone(),
+            terminal: process.stdio.terminal,
+            exit_status: process.exit_status,
+            exited_at: process.exited_at.map(timestamp).into(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        })
+    }
+
+    fn wait(&self, id: &str, exec_id: &str) -> Result<api::WaitResponse> {
+        let mut state = self.state();
+        loop {
+            let container = state.containers.get(id).ok_or_else(|| not_found(id))?;
+            let process = container.process(exec_id)?;
+            if process.state == ProcState::Stopped {
+                return Ok(api::WaitResponse {
+                    exit_status: process.exit_status,
+                    exited_at: Some(process.exited_at()).into(),
+                    ..Default::default()
+                });
+            }
+            state = self
+                .inner
+                .exited
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    fn cgroups_path(&self, id: &str) -> Result<PathBuf> {
+        let state = self.state();
+        let container = state.containers.get(id).ok_or_else(|| not_found(id))?;
+        Ok(container.cgroups_path.clone())
+    }
+
+    fn pause(&self, id: &str, pause: bool) -> Result<()> {
+        let mut runtime = self.runtime(id)?;
+        if pause {
+            runtime.pause().map_err(ShimError::runtime(id, "pause"))?;
+        } else {
+            runtime.resume().map_err(ShimError::runtime(id, "resume"))?;
+        }
+        if let Some(container) = self.state().containers.get_mut(id) {
+            container.paused = pause;
+        }
+        if pause {
+            self.publish(
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                Box::new(TaskPaused {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                }),
+            );
+        } else {
+            self.publish(
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                Box::new(TaskResumed {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    fn with_process<T>(
+        &self,
+        id: &str,
+        exec_id: &str,
+        f: impl FnOnce(&mut Proc) -> Result<T>,
+    ) -> Result<T> {
+        let mut state = self.state();
+        let container = state.containers.get_mut(id).ok_or_else(|| not_found(id))?;
+        f(container.process_mut(exec_id)?)
+    }
+
+    fn init_pid(&self, id: &str) -> u32 {
+        let state = self.state();
+        state
+            .containers
+            .get(id)
+            .map(|c| u32::try_from(c.init.pid).unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+/// The rootfs recorded in the prepared spec (always absolute there).
+fn container_rootfs(work_dir: &Path) -> Result<PathBuf> {
+    let spec = ingot_oci::load_spec(work_dir).map_err(|source| ShimError::Spec {
+        id: work_dir.display().to_string(),
+        source,
+    })?;
+    spec.root()
+        .as_ref()
+        .map(|root| root.path().clone())
+        .ok_or_else(|| ShimError::InvalidArgument {
+            what: "prepared spec".into(),
+            reason: "no root".into(),
+        })
+}
+
+/// Container and exec ids become file names: refuse anything that is not a plain name.
+fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 1024
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ShimError::InvalidArgument {
+            what: "container id".into(),
+            reason: format!("{id:?} must be 1-1024 characters of [A-Za-z0-9_.+-]"),
+        })
+    }
+}
+
+pub fn unmount(target: &Path) {
+    if let Err(err) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+        tracing::warn!(target = %target.display(), error = %err, "unmount rootfs");
+    }
+}
+
+/// What a failed create must undo.
+#[derive(Default)]
+struct CreateCleanup {
+    rootfs_mount: Option<PathBuf>,
+    work_dir: Option<PathBuf>,
+    cgroups_path: Option<PathBuf>,
+    pid: Option<i32>,
+}
+
+impl CreateCleanup {
+    fn run(self, root: &Path, id: &str) {
+        if let Some(pid) = self.pid {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if let Ok(mut runtime) = Runtime::load(root.join(id)) {
+            if let Err(err) = runtime.delete(true) {
+                tracing::warn!(container_id = id, error = %err, "cleanup after failed create");
+            }
+        } else if let Some(path) = &self.cgroups_path {
+            // libcontainer removes its cgroup when build() fails; make sure.
+            if let Ok(manager) = cgroups::manager(id, path) {
+                use libcgroups::common::CgroupManager;
+                let _ = manager.remove();
+            }
+        }
+        if let Some(target) = &self.rootfs_mount {
+            unmount(target);
+        }
+        if let Some(dir) = &self.work_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn to_ttrpc<T>(result: Result<T>, rpc: &str, id: &str) -> TtrpcResult<T> {
+    result.map_err(|err| {
+        tracing::warn!(rpc, container_id = id, error = %err, "rpc failed");
+        err.into()
+    })
+}
+
+impl containerd_shim::Task for Service {
+    fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+        to_ttrpc(self.state_of(&req.id, &req.exec_id), "state", &req.id)
+    }
+
+    fn create(
+        &self,
+        _: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        let span = tracing::info_span!("create", container_id = %req.id);
+        let _enter = span.enter();
+        let pid = to_ttrpc(self.create(&req), "create", &req.id)?;
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        let span = tracing::info_span!("start", container_id = %req.id, exec_id = %req.exec_id);
+        let _enter = span.enter();
+        let pid = to_ttrpc(self.start(&req.id, &req.exec_id), "start", &req.id)?;
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn delete(
+        &self,
+        _: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        let span = tracing::info_span!("delete", container_id = %req.id, exec_id = %req.exec_id);
+        let _enter = span.enter();
+        to_ttrpc(self.delete(&req.id, &req.exec_id), "delete", &req.id)
+    }
+
+    fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let result = self
+            .cgroups_path(&req.id)
+            .and_then(|path| cgroups::pids(&req.id, &path));
+        let pids = to_ttrpc(result, "pids", &req.id)?;
+        Ok(api::PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|pid| ProcessInfo {
+                    pid: u32::try_from(pid).unwrap_or(0),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        to_ttrpc(self.pause(&req.id, true), "pause", &req.id)?;
+        Ok(api::Empty::new())
+    }
+
+    fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        to_ttrpc(self.pause(&req.id, false), "resume", &req.id)?;
+        Ok(api::Empty::new())
+    }
+
+    fn checkpoint(
+        &self,
+        _: &TtrpcContext,
+        req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        to_ttrpc(
+            Err(ShimError::FailedPrecondition {
+                what: format!("checkpoint container {}", req.id),
+                reason: "checkpoint is not supported by ingot".into(),
+            }),
+            "checkpoint",
+            &req.id,
+        )
+    }
+
+    fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        to_ttrpc(self.kill(&req), "kill", &req.id)?;
+        Ok(api::Empty::new())
+    }
+
+    fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        let span = tracing::info_span!("exec", container_id = %req.id, exec_id = %req.exec_id);
+        let _enter = span.enter();
+        to_ttrpc(self.exec(&req), "exec", &req.id)?;
+        Ok(api::Empty::new())
+    }
+
+    fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+        let result = self.with_process(&req.id, &req.exec_id, |p| {
+            p.io.resize(req.width, req.height)
+        });
+        to_ttrpc(result, "resize_pty", &req.id)?;
+        Ok(api::Empty::new())
+    }
+
+    fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        let result = self.with_process(&req.id, &req.exec_id, |p| {
+            if req.stdin {
+                p.io.close_stdin();
+            }
+            Ok(())
+        });
+        to_ttrpc(result, "close_io", &req.id)?;
+        Ok(api::Empty::new())
+    }
+
+    fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        let result = self.cgroups_path(&req.id).and_then(|path| {
+            let resources = req
+                .resources
+                .as_ref()
+                .ok_or_else(|| ShimError::InvalidArgument {
+                    what: format!("update container {}", req.id),
+                    reason: "no resources".into(),
+                })?;
+            cgroups::update(&req.id, &path, resources)
+        });
+        to_ttrpc(result, "update", &req.id)?;
+        Ok(api::Empty::new())
+    }
+
+    fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        to_ttrpc(self.wait(&req.id, &req.exec_id), "wait", &req.id)
+    }
+
+    fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        let result = self
+            .cgroups_path(&req.id)
+            .and_then(|path| cgroups::stats(&req.id, &path));
+        let stats = to_ttrpc(result, "stats", &req.id)?;
+        Ok(api::StatsResponse {
+            stats: Some(stats).into(),
+            ..Default::default()
+        })
+    }
+
+    fn connect(
+        &self,
+        _: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: self.init_pid(&req.id),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(&self, _: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        let remaining = self.state().containers.len();
+        if remaining > 0 && !req.now {
+            tracing::info!(
+                remaining,
+                "shutdown requested; containers remain, staying up"
+            );
+            return Ok(api::Empty::new());
+        }
+        tracing::info!(namespace = %self.inner.namespace, "shutting down");
+        self.inner.exit.signal();
+        Ok(api::Empty::new())
+    }
+}
