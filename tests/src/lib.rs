@@ -427,3 +427,68 @@ pub fn write_bundle(
     file.write_all(&serde_json::to_vec_pretty(&spec)?)?;
     Ok(())
 }
+
+/// ingot's shim started by hand (no containerd): a ttrpc Task client on a socket in a temp dir.
+/// Events go nowhere; everything else is the real shim. Killed by pid on drop.
+pub struct ShimProcess {
+    pub dir: tempfile::TempDir,
+    pub namespace: String,
+    child: Child,
+    pub client: containerd_shim_protos::TaskClient,
+}
+
+impl ShimProcess {
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ingot-shim").tempdir()?;
+        let namespace = unique("ingot-shimtest");
+        let socket = dir.path().join("shim.sock");
+        let address = format!("unix://{}", socket.display());
+        let child = Command::new(target_dir()?.join(SHIM_BINARY))
+            .args([
+                "-namespace",
+                &namespace,
+                "-id",
+                "direct",
+                "-address",
+                "/nonexistent",
+            ])
+            .args(["-socket", &address])
+            .current_dir(dir.path())
+            .env_remove("TTRPC_ADDRESS")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("start shim")?;
+        if !wait_until(Duration::from_secs(10), || socket.exists()) {
+            bail!("shim did not listen on {}", socket.display());
+        }
+        let client = containerd_shim_protos::Client::connect(&address)
+            .with_context(|| format!("connect {address}"))?;
+        Ok(ShimProcess {
+            dir,
+            namespace,
+            child,
+            client: containerd_shim_protos::TaskClient::new(client),
+        })
+    }
+
+    /// The shim's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ShimProcess {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0)),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+        let _ = fs::remove_dir(Path::new("/run/ingot/shim").join(&self.namespace));
+    }
+}
+
+/// A ttrpc context with a deadline, so a hung call fails the test instead of hanging it.
+pub fn ctx() -> containerd_shim_protos::ttrpc::context::Context {
+    containerd_shim_protos::ttrpc::context::with_timeout(30_000_000_000)
+}

@@ -1,0 +1,482 @@
+//! ingot's shim driven directly over ttrpc: bad input gets the right status code and a message
+//! that names the thing, and leaves nothing behind; terminal mode, CloseIO, ResizePty, Update,
+//! Stats and Pids behave. Needs root and `busybox-static`, `runc` (for `runc spec`).
+
+use std::{fs, path::Path, time::Duration};
+
+use containerd_shim_protos::{
+    api,
+    protobuf::well_known_types::any::Any,
+    ttrpc::{self, Code},
+};
+use ingot_tests::{
+    cgroups_named, ctx, pids_with_cmdline, remove_cgroup_parent, unique, wait_until, write_bundle,
+    ShimProcess,
+};
+
+struct Fixture {
+    shim: ShimProcess,
+    parent: String,
+    work: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Fixture {
+            shim: ShimProcess::start().expect("shim"),
+            parent: unique("ingot-shimtest"),
+            work: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn cgroup(&self, id: &str) -> String {
+        format!("/{}/{id}", self.parent)
+    }
+
+    /// A bundle for `args` whose stdout and stderr go to `<bundle>/out`.
+    fn bundle(
+        &self,
+        id: &str,
+        args: &[&str],
+        extra: impl FnOnce(&mut serde_json::Value),
+    ) -> std::path::PathBuf {
+        let bundle = self.work.path().join(id);
+        write_bundle(&bundle, args, &self.cgroup(id), extra).expect("bundle");
+        fs::write(bundle.join("out"), b"").expect("out");
+        bundle
+    }
+
+    fn create(&self, id: &str, bundle: &Path) -> ttrpc::Result<api::CreateTaskResponse> {
+        let out = bundle.join("out").display().to_string();
+        self.shim.client.create(
+            ctx(),
+            &api::CreateTaskRequest {
+                id: id.into(),
+                bundle: bundle.display().to_string(),
+                stdout: out.clone(),
+                stderr: out,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn start(&self, id: &str, exec_id: &str) -> ttrpc::Result<api::StartResponse> {
+        self.shim.client.start(
+            ctx(),
+            &api::StartRequest {
+                id: id.into(),
+                exec_id: exec_id.into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn wait(&self, id: &str, exec_id: &str) -> u32 {
+        self.shim
+            .client
+            .wait(
+                ctx(),
+                &api::WaitRequest {
+                    id: id.into(),
+                    exec_id: exec_id.into(),
+                    ..Default::default()
+                },
+            )
+            .expect("wait")
+            .exit_status
+    }
+
+    fn kill(&self, id: &str, exec_id: &str, signal: u32) -> ttrpc::Result<api::Empty> {
+        self.shim.client.kill(
+            ctx(),
+            &api::KillRequest {
+                id: id.into(),
+                exec_id: exec_id.into(),
+                signal,
+                all: false,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn delete(&self, id: &str, exec_id: &str) -> ttrpc::Result<api::DeleteResponse> {
+        self.shim.client.delete(
+            ctx(),
+            &api::DeleteRequest {
+                id: id.into(),
+                exec_id: exec_id.into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Nothing of `id` is left: no cgroup, no libcontainer state, no process.
+    fn assert_clean(&self, id: &str) {
+        let cgroups = cgroups_named(&format!("{}/{id}", self.parent));
+        assert!(cgroups.is_empty(), "{id}: cgroups left {cgroups:?}");
+        let state = Path::new("/run/ingot/shim").join(&self.shim.namespace);
+        assert!(!state.join(id).exists(), "{id}: libcontainer state left");
+        assert!(
+            !state.join(format!("{id}.ingot")).exists(),
+            "{id}: work dir left"
+        );
+        let helpers = pids_with_cmdline(&["__ingot-helper", id]);
+        assert!(helpers.is_empty(), "{id}: helpers left {helpers:?}");
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        remove_cgroup_parent(&self.parent);
+    }
+}
+
+fn status(result: ttrpc::Result<impl std::fmt::Debug>) -> (Code, String) {
+    match result {
+        Err(ttrpc::Error::RpcStatus(status)) => (status.code(), status.message().to_string()),
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+fn out(bundle: &Path) -> String {
+    fs::read_to_string(bundle.join("out")).expect("read out")
+}
+
+#[test]
+fn bad_create_requests_are_refused_with_named_causes() {
+    let f = Fixture::new();
+
+    let bundle = f.bundle("norootfs", &["true"], |_| {});
+    fs::remove_dir_all(bundle.join("rootfs")).expect("rm rootfs");
+    let (code, message) = status(f.create("norootfs", &bundle));
+    assert_eq!(code, Code::NOT_FOUND, "{message}");
+    assert!(
+        message.contains("rootfs") && message.contains("does not exist"),
+        "{message}"
+    );
+    f.assert_clean("norootfs");
+
+    let bundle = f.bundle("malformed", &["true"], |_| {});
+    fs::write(bundle.join("config.json"), b"{\"ociVersion\": 1,").expect("write");
+    let (code, message) = status(f.create("malformed", &bundle));
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+    assert!(message.contains("config.json"), "{message}");
+    f.assert_clean("malformed");
+
+    let bundle = f.bundle("nobinary", &["nope"], |_| {});
+    let (code, message) = status(f.create("nobinary", &bundle));
+    assert_eq!(code, Code::NOT_FOUND, "{message}");
+    assert!(
+        message.contains("exec: \"nope\": executable file not found in $PATH"),
+        "{message}"
+    );
+    f.assert_clean("nobinary");
+
+    let bundle = f.bundle("relcgroup", &["true"], |spec| {
+        spec["linux"]["cgroupsPath"] = serde_json::json!("ingot/relative");
+    });
+    let (code, message) = status(f.create("relcgroup", &bundle));
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+    assert!(message.contains("linux.cgroupsPath"), "{message}");
+
+    let bundle = f.bundle("dotdot", &["true"], |spec| {
+        spec["linux"]["cgroupsPath"] = serde_json::json!("/ingot/../../escape");
+    });
+    let (code, message) = status(f.create("dotdot", &bundle));
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+    assert!(message.contains("\"..\""), "{message}");
+
+    let bundle = f.bundle("badid", &["true"], |_| {});
+    let (code, message) = status(f.create("../badid", &bundle));
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+    assert!(message.contains("container id"), "{message}");
+
+    let bundle = f.bundle("dup", &["sleep", "100"], |_| {});
+    f.create("dup", &bundle).expect("first create");
+    let (code, message) = status(f.create("dup", &bundle));
+    assert_eq!(code, Code::ALREADY_EXISTS, "{message}");
+    assert!(message.contains("dup"), "{message}");
+    f.delete("dup", "").expect("delete created");
+    f.assert_clean("dup");
+}
+
+#[test]
+fn hugepage_limits_follow_where_hugetlb_lives() {
+    let f = Fixture::new();
+    let limits = |limit: u64| {
+        move |spec: &mut serde_json::Value| {
+            spec["linux"]["resources"]["hugepageLimits"] =
+                serde_json::json!([{"pageSize": "2MB", "limit": limit}]);
+        }
+    };
+    // A zero limit is always accepted (with a warning where hugetlb is unreachable).
+    let bundle = f.bundle("hugezero", &["true"], limits(0));
+    f.create("hugezero", &bundle).expect("zero hugepage limit");
+    f.delete("hugezero", "").expect("delete");
+    f.assert_clean("hugezero");
+
+    let v1 = Path::new("/sys/fs/cgroup/hugetlb").exists();
+    let delegated = fs::read_to_string("/sys/fs/cgroup/unified/cgroup.subtree_control")
+        .map(|s| s.contains("hugetlb"))
+        .unwrap_or(false);
+    let bundle = f.bundle("hugeset", &["true"], limits(4 << 20));
+    let result = f.create("hugeset", &bundle);
+    if v1 || delegated || Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        result.expect("hugetlb available: the limit is applied");
+        f.delete("hugeset", "").expect("delete");
+    } else {
+        // This host: hugetlb on the hybrid unified hierarchy, not delegated.
+        let (code, message) = status(result);
+        assert_eq!(code, Code::FAILED_PRECONDITION, "{message}");
+        assert!(
+            message.contains("hugepageLimits[2MB] = 4194304"),
+            "{message}"
+        );
+        assert!(message.contains("subtree_control"), "{message}");
+    }
+    f.assert_clean("hugeset");
+}
+
+#[test]
+fn unknown_ids_and_finished_processes() {
+    let f = Fixture::new();
+    let (code, message) = status(f.start("ghost", ""));
+    assert_eq!(code, Code::NOT_FOUND, "{message}");
+    assert!(message.contains("ghost"), "{message}");
+    let (code, _) = status(f.kill("ghost", "", 9));
+    assert_eq!(code, Code::NOT_FOUND);
+    let (code, _) = status(f.delete("ghost", ""));
+    assert_eq!(code, Code::NOT_FOUND);
+
+    let bundle = f.bundle("short", &["sh", "-c", "echo done; exit 4"], |_| {});
+    f.create("short", &bundle).expect("create");
+    f.start("short", "").expect("start");
+    assert_eq!(f.wait("short", ""), 4);
+    assert_eq!(out(&bundle), "done\n");
+
+    let (code, message) = status(f.kill("short", "", 15));
+    assert_eq!(code, Code::NOT_FOUND, "{message}");
+    assert!(message.contains("process already finished"), "{message}");
+    let (code, message) = status(f.kill("short", "nope", 15));
+    assert_eq!(code, Code::NOT_FOUND, "{message}");
+    assert!(message.contains("exec \"nope\" not found"), "{message}");
+
+    let bad_exec = f.shim.client.exec(
+        ctx(),
+        &api::ExecProcessRequest {
+            id: "short".into(),
+            exec_id: "e1".into(),
+            spec: Some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                value: b"{not json".to_vec(),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        },
+    );
+    let (code, message) = status(bad_exec);
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+    assert!(message.contains("exec process spec"), "{message}");
+
+    let deleted = f.delete("short", "").expect("delete");
+    assert_eq!(deleted.exit_status, 4);
+    f.assert_clean("short");
+}
+
+fn process_any(args: &[&str], terminal: bool) -> Any {
+    let process = serde_json::json!({
+        "terminal": terminal,
+        "user": {"uid": 0, "gid": 0},
+        "args": args,
+        "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+        "cwd": "/",
+    });
+    Any {
+        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+        value: serde_json::to_vec(&process).expect("json"),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn exec_stdin_close_io_terminal_resize_update_stats() {
+    let f = Fixture::new();
+    let bundle = f.bundle("box", &["sleep", "1000"], |_| {});
+    let created = f.create("box", &bundle).expect("create");
+    let started = f.start("box", "").expect("start");
+    assert_eq!(created.pid, started.pid);
+
+    // An exec reading stdin from a fifo; CloseIO ends its input.
+    let fifo = f.work.path().join("stdin.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let exec_out = f.work.path().join("exec.out");
+    fs::write(&exec_out, b"").expect("out");
+    f.shim
+        .client
+        .exec(
+            ctx(),
+            &api::ExecProcessRequest {
+                id: "box".into(),
+                exec_id: "cat".into(),
+                stdin: fifo.display().to_string(),
+                stdout: exec_out.display().to_string(),
+                spec: Some(process_any(&["cat"], false)).into(),
+                ..Default::default()
+            },
+        )
+        .expect("exec");
+    f.start("box", "cat").expect("start exec");
+    let mut writer = fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .expect("open fifo");
+    std::io::Write::write_all(&mut writer, b"through stdin\n").expect("write");
+    f.shim
+        .client
+        .close_io(
+            ctx(),
+            &api::CloseIORequest {
+                id: "box".into(),
+                exec_id: "cat".into(),
+                stdin: true,
+                ..Default::default()
+            },
+        )
+        .expect("close io");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            fs::read_to_string(&exec_out).unwrap_or_default() == "through stdin\n"
+        }),
+        "cat output: {:?}",
+        fs::read_to_string(&exec_out)
+    );
+    assert_eq!(f.wait("box", "cat"), 0);
+    drop(writer);
+    f.delete("box", "cat").expect("delete exec");
+    let (code, _) = status(f.delete("box", "cat"));
+    assert_eq!(code, Code::NOT_FOUND);
+
+    // A terminal exec: the pty size set by ResizePty is what the process sees.
+    let tty_out = f.work.path().join("tty.out");
+    fs::write(&tty_out, b"").expect("out");
+    f.shim
+        .client
+        .exec(
+            ctx(),
+            &api::ExecProcessRequest {
+                id: "box".into(),
+                exec_id: "tty".into(),
+                terminal: true,
+                stdout: tty_out.display().to_string(),
+                spec: Some(process_any(
+                    &["sh", "-c", "sleep 0.3; stty size; tty"],
+                    true,
+                ))
+                .into(),
+                ..Default::default()
+            },
+        )
+        .expect("exec tty");
+    f.start("box", "tty").expect("start tty");
+    f.shim
+        .client
+        .resize_pty(
+            ctx(),
+            &api::ResizePtyRequest {
+                id: "box".into(),
+                exec_id: "tty".into(),
+                width: 91,
+                height: 27,
+                ..Default::default()
+            },
+        )
+        .expect("resize");
+    assert_eq!(f.wait("box", "tty"), 0);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            fs::read_to_string(&tty_out)
+                .unwrap_or_default()
+                .contains("/dev/pts/")
+        }),
+        "tty output: {:?}",
+        fs::read_to_string(&tty_out)
+    );
+    let text = fs::read_to_string(&tty_out).expect("tty out");
+    assert!(text.starts_with("27 91\r\n"), "{text:?}");
+    f.delete("box", "tty").expect("delete tty");
+
+    // Update: a new memory limit lands in the container's cgroup.
+    let resources = serde_json::json!({"memory": {"limit": 96 * 1024 * 1024}});
+    f.shim
+        .client
+        .update(
+            ctx(),
+            &api::UpdateTaskRequest {
+                id: "box".into(),
+                resources: Some(Any {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+                        .into(),
+                    value: serde_json::to_vec(&resources).expect("json"),
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            },
+        )
+        .expect("update");
+    let limit = fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{}/memory.limit_in_bytes",
+        f.cgroup("box")
+    ))
+    .expect("limit");
+    assert_eq!(limit.trim(), (96 * 1024 * 1024).to_string());
+
+    let stats = f
+        .shim
+        .client
+        .stats(
+            ctx(),
+            &api::StatsRequest {
+                id: "box".into(),
+                ..Default::default()
+            },
+        )
+        .expect("stats");
+    assert_eq!(stats.stats.type_url, "io.containerd.cgroups.v1.Metrics");
+    assert!(!stats.stats.value.is_empty());
+
+    let pids = f
+        .shim
+        .client
+        .pids(
+            ctx(),
+            &api::PidsRequest {
+                id: "box".into(),
+                ..Default::default()
+            },
+        )
+        .expect("pids");
+    let listed: Vec<u32> = pids.processes.iter().map(|p| p.pid).collect();
+    assert_eq!(listed, vec![started.pid]);
+
+    let (code, message) = status(f.delete("box", ""));
+    assert_eq!(code, Code::FAILED_PRECONDITION, "{message}");
+    f.kill("box", "", 9).expect("kill");
+    assert_eq!(f.wait("box", ""), 137);
+    f.delete("box", "").expect("delete");
+    f.assert_clean("box");
+
+    // With its last container gone, Shutdown ends the shim.
+    f.shim
+        .client
+        .shutdown(ctx(), &api::ShutdownRequest::default())
+        .expect("shutdown");
+    let pid = f.shim.pid();
+    assert!(wait_until(Duration::from_secs(5), || {
+        !Path::new(&format!("/proc/{pid}/cmdline")).exists()
+            || fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+    }));
+}
