@@ -73,12 +73,18 @@ fn run(arg: &str) -> std::result::Result<(), String> {
         .with_console_socket(request.console_socket.as_ref());
     match request.op {
         Op::Create { bundle } => {
-            builder
+            let readonly_cgroups = cgroup_mount_readonly(&bundle);
+            let container = builder
                 .as_init(bundle)
                 .with_systemd(false)
                 .with_detach(true)
                 .build()
                 .map_err(|err| err.to_string())?;
+            if readonly_cgroups {
+                if let Some(pid) = container.pid() {
+                    seal_cgroup_mounts(pid.as_raw())?;
+                }
+            }
         }
         Op::Exec { process } => {
             let pid = builder
@@ -181,4 +187,57 @@ pub fn spawn(
     })?;
     register(pid);
     Ok(pid)
+}
+
+/// Whether the spec asks for a read-only cgroup mount (runc's default spec does).
+fn cgroup_mount_readonly(bundle: &std::path::Path) -> bool {
+    let Ok(spec) = ingot_oci::load_spec(bundle) else {
+        return false;
+    };
+    spec.mounts().iter().flatten().any(|mount| {
+        mount.typ().as_deref() == Some("cgroup")
+            && mount
+                .options()
+                .iter()
+                .flatten()
+                .any(|option| option == "ro")
+    })
+}
+
+/// libcontainer 0.7 bind-mounts each v1 controller at /sys/fs/cgroup/<controller> read-write,
+/// whatever the spec's cgroup mount says, which would let a container's root raise its own
+/// limits. runc mounts them `ro,nosuid,nodev,noexec`; so do we, from inside the container's mount
+/// namespace while its init still waits for start.
+fn seal_cgroup_mounts(init_pid: i32) -> std::result::Result<(), String> {
+    use nix::{
+        mount::{mount, MsFlags},
+        sched::{setns, CloneFlags},
+    };
+    // Read before entering: inside, /proc is the container's and our pid is not in it.
+    let mountinfo = std::fs::read_to_string(format!("/proc/{init_pid}/mountinfo"))
+        .map_err(|err| format!("read mountinfo of {init_pid}: {err}"))?;
+    let ns = std::fs::File::open(format!("/proc/{init_pid}/ns/mnt"))
+        .map_err(|err| format!("open mount namespace of {init_pid}: {err}"))?;
+    // This helper is single-threaded; setns moves its root to the container's root.
+    setns(&ns, CloneFlags::CLONE_NEWNS).map_err(|err| format!("enter mount namespace: {err}"))?;
+    for line in mountinfo.lines() {
+        let mount_point = line.split_whitespace().nth(4).unwrap_or_default();
+        let fs_type = line
+            .split_once(" - ")
+            .and_then(|(_, right)| right.split_whitespace().next())
+            .unwrap_or_default();
+        if fs_type != "cgroup" || !mount_point.starts_with("/sys/fs/cgroup/") {
+            continue;
+        }
+        let flags = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC
+            | MsFlags::MS_RELATIME;
+        mount(None::<&str>, mount_point, None::<&str>, flags, None::<&str>)
+            .map_err(|err| format!("remount {mount_point} read-only: {err}"))?;
+    }
+    Ok(())
 }
