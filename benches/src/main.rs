@@ -1,16 +1,189 @@
-//! `ingot-bench`: benchmarks of ingot against runc and crun under the same containerd.
+//! `ingot-bench`: ingot against runc and crun under the same containerd, in one run.
+//!
+//! `ingot-bench lifecycle [ITERATIONS]`: create+start+wait+delete of a `true` container
+//! (`ctr run --rm --null-io`) with ingot's shim, runc's shim (`io.containerd.runc.v2`) and runc's
+//! shim with crun as its binary, alternating, then each shim's RSS/PSS and idle wakeups with 10
+//! idle containers in one pod.
 
-use anyhow::{bail, Result};
+use std::{
+    fs,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use ingot_tests::{Containerd, INGOT_RUNTIME, RUNC_RUNTIME, SHIM_BINARY, TEST_IMAGE};
+
+struct Leg<'a> {
+    name: &'static str,
+    containerd: &'a Containerd,
+    runtime: &'static str,
+    binary: Option<&'static str>,
+    shim: &'static str,
+    samples: Vec<Duration>,
+}
+
+impl Leg<'_> {
+    fn run_args<'b>(&'b self, extra: &[&'b str]) -> Vec<&'b str> {
+        let mut args = vec!["run", "--runtime", self.runtime];
+        if let Some(binary) = self.binary {
+            args.extend(["--runc-binary", binary]);
+        }
+        args.extend_from_slice(extra);
+        args
+    }
+}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("image") => {
             let path = args.get(1).map_or("busybox-oci.tar", String::as_str);
-            ingot_tests::busybox_oci_archive(std::path::Path::new(path), ingot_tests::TEST_IMAGE)?;
-            println!("wrote {path} ({})", ingot_tests::TEST_IMAGE);
+            ingot_tests::busybox_oci_archive(std::path::Path::new(path), TEST_IMAGE)?;
+            println!("wrote {path} ({TEST_IMAGE})");
             Ok(())
         }
-        _ => bail!("usage: ingot-bench image [ARCHIVE]"),
+        Some("lifecycle") => {
+            let iterations = match args.get(1) {
+                Some(n) => n.parse().context("ITERATIONS")?,
+                None => 30,
+            };
+            lifecycle(iterations)
+        }
+        _ => bail!("usage: ingot-bench lifecycle [ITERATIONS] | ingot-bench image [ARCHIVE]"),
     }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn lifecycle(iterations: usize) -> Result<()> {
+    let main = Containerd::start()?;
+    main.import_test_image()?;
+    println!("crun leg: its containerd runs in a private mount namespace with an empty file bind-mounted");
+    println!("over /sys/fs/cgroup/unified/cgroup.controllers (crun 1.8 refuses this host's hybrid layout).");
+    let hidden = Containerd::start_hiding_unified_controllers()?;
+    hidden.import_test_image()?;
+
+    let mut legs = [
+        Leg { name: "ingot", containerd: &main, runtime: INGOT_RUNTIME, binary: None, shim: SHIM_BINARY, samples: Vec::new() },
+        Leg { name: "runc", containerd: &main, runtime: RUNC_RUNTIME, binary: None, shim: "containerd-shim-runc-v2", samples: Vec::new() },
+        Leg { name: "crun", containerd: &hidden, runtime: RUNC_RUNTIME, binary: Some("crun"), shim: "containerd-shim-runc-v2", samples: Vec::new() },
+    ];
+
+    // One untimed warm-up each, then alternate.
+    for round in 0..=iterations {
+        for leg in legs.iter_mut() {
+            let id = format!("bench-{}-{round}", leg.name);
+            let args = leg.run_args(&["--rm", "--null-io", TEST_IMAGE, &id, "true"]);
+            let started = Instant::now();
+            leg.containerd.ctr_ok(&args).with_context(|| format!("{} leg", leg.name))?;
+            if round > 0 {
+                leg.samples.push(started.elapsed());
+            }
+        }
+    }
+
+    println!("\ncreate+start+wait+delete of `true` via `ctr run --rm` ({iterations} iterations each, alternating), ms");
+    println!("{:<8} {:>8} {:>8} {:>8} {:>8}", "runtime", "min", "p50", "p90", "max");
+    for leg in legs.iter_mut() {
+        leg.samples.sort();
+        let s = &leg.samples;
+        println!(
+            "{:<8} {:>8} {:>8} {:>8} {:>8}",
+            leg.name,
+            ms(s[0]),
+            ms(percentile(s, 0.5)),
+            ms(percentile(s, 0.9)),
+            ms(s[s.len() - 1])
+        );
+    }
+
+    println!("\nshim memory and idle wakeups with 10 idle containers in one pod");
+    println!("{:<8} {:>6} {:>10} {:>10} {:>8} {:>14}", "runtime", "shims", "RSS KiB", "PSS KiB", "threads", "wakeups/s");
+    for leg in &legs {
+        let pod = format!("pod-{}", leg.name);
+        let annotation = format!("io.kubernetes.cri.sandbox-id={pod}");
+        for n in 0..10 {
+            let id = format!("{pod}-{n}");
+            let args = leg.run_args(&["-d", "--null-io", "--annotation", &annotation, TEST_IMAGE, &id, "sleep", "100000"]);
+            leg.containerd.ctr_ok(&args)?;
+        }
+        let pids = ingot_tests::pids_with_cmdline(&[leg.shim, &leg.containerd.namespace]);
+        let (mut rss, mut pss, mut threads) = (0, 0, 0);
+        for pid in &pids {
+            let (r, p) = smaps_rollup(*pid)?;
+            rss += r;
+            pss += p;
+            threads += fs::read_dir(format!("/proc/{pid}/task"))?.count();
+        }
+        let before: u64 = pids.iter().map(|p| context_switches(*p)).sum();
+        std::thread::sleep(Duration::from_secs(5));
+        let after: u64 = pids.iter().map(|p| context_switches(*p)).sum();
+        println!(
+            "{:<8} {:>6} {:>10} {:>10} {:>8} {:>14.1}",
+            leg.name,
+            pids.len(),
+            rss,
+            pss,
+            threads,
+            (after - before) as f64 / 5.0
+        );
+        for n in 0..10 {
+            let id = format!("{pod}-{n}");
+            leg.containerd.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
+        }
+        for n in 0..10 {
+            let id = format!("{pod}-{n}");
+            let stopped = ingot_tests::wait_until(Duration::from_secs(10), || {
+                leg.containerd
+                    .ctr_ok(&["tasks", "delete", &id])
+                    .is_ok()
+            });
+            if !stopped {
+                bail!("{} leg: task {id} did not stop", leg.name);
+            }
+            leg.containerd.ctr_ok(&["containers", "delete", &id])?;
+        }
+    }
+    Ok(())
+}
+
+/// (Rss, Pss) in KiB from /proc/PID/smaps_rollup.
+fn smaps_rollup(pid: i32) -> Result<(u64, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("Rss:"), field("Pss:")))
+}
+
+/// Voluntary + involuntary context switches over all threads: each is a wakeup.
+fn context_switches(pid: i32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .map(|task| {
+            let status = fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
 }

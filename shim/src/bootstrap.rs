@@ -34,7 +34,6 @@ use containerd_shim::{
     publisher::RemotePublisher,
     ExitSignal, Flags,
 };
-use libcontainer::container::Container as Runtime;
 
 use crate::{
     reaper::Reaper,
@@ -164,10 +163,20 @@ fn spawn_server(
 fn delete(flags: &Flags) -> anyhow::Result<()> {
     let bundle = bundle_dir(flags)?;
     let root = state_root(&flags.namespace);
-    if let Ok(mut runtime) = Runtime::load(root.join(&flags.id)) {
-        if let Err(err) = runtime.delete(true) {
-            eprintln!("delete container {}: {err}", flags.id);
-        }
+    let request = crate::helper::Request {
+        op: crate::helper::Op::Delete,
+        root: root.clone(),
+        id: flags.id.clone(),
+        pid_file: PathBuf::new(),
+        console_socket: None,
+    };
+    let output = Command::new(crate::helper::binary())
+        .arg(serde_json::to_string(&request)?)
+        .stdin(Stdio::null())
+        .output()
+        .context("run the runtime helper")?;
+    if !output.status.success() {
+        eprintln!("delete container {}: helper {}", flags.id, output.status);
     }
     let rootfs = bundle.join("rootfs");
     if is_mount_point(&rootfs) {

@@ -47,18 +47,6 @@ impl ShimError {
         move |source| ShimError::Io { context, source }
     }
 
-    pub fn runtime(
-        id: &str,
-        op: &'static str,
-    ) -> impl FnOnce(libcontainer::error::LibcontainerError) -> ShimError {
-        let id = id.to_string();
-        move |err| ShimError::Runtime {
-            id,
-            op,
-            message: err.to_string(),
-        }
-    }
-
     pub fn code(&self) -> Code {
         match self {
             ShimError::Spec { source, .. } => match source {

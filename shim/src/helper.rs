@@ -1,9 +1,10 @@
-//! The create/exec helper: a short-lived child of the shim (the shim binary itself, started with
-//! `__ingot-helper`) that runs libcontainer's `build()`, as runc's CLI runs under runc's shim.
-//! Keeping `build()` out of the shim process matters: it forks from the calling process, writes
-//! `oom_score_adj` and the dumpable flag into the caller, and waits on helper children of its
-//! own; none of that may touch a long-lived, multi-threaded shim. The container's processes
-//! re-parent to the shim (a subreaper) when the helper exits.
+//! The runtime helper: `ingot-shim-helper`, a short-lived child of the shim that runs libcontainer
+//! (create, exec, start, delete), as runc's CLI runs under runc's shim. Keeping libcontainer out
+//! of the shim process matters: `build()` forks from the calling process, writes
+//! `oom_score_adj` and the dumpable flag into the caller, and waits on children of its own; none
+//! of that may touch a long-lived, multi-threaded shim. And the shim binary stays small: its
+//! resident memory is what every pod pays. The container's processes re-parent to the shim (a
+//! subreaper) when the helper exits.
 //!
 //! Protocol: one JSON argument; fds 0-2 are the container process's stdio; fd 3 carries an error
 //! message back. Exit 0 means the pid file holds the new process's pid.
@@ -18,7 +19,10 @@ use std::{
     process::{Command, Stdio},
 };
 
-use libcontainer::{container::builder::ContainerBuilder, syscall::syscall::SyscallType};
+use libcontainer::{
+    container::{builder::ContainerBuilder, Container},
+    syscall::syscall::SyscallType,
+};
 use nix::{fcntl::OFlag, unistd::pipe2};
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +32,7 @@ use crate::{
     reaper::Reaper,
 };
 
-pub const HELPER_ARG: &str = "__ingot-helper";
+pub const HELPER_BINARY: &str = "ingot-shim-helper";
 const ERROR_FD: i32 = 3;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -37,6 +41,26 @@ pub enum Op {
     Create { bundle: PathBuf },
     /// Run the process in `process` (a process.json) inside the running container.
     Exec { process: PathBuf },
+    /// Let the created container's init exec its process.
+    Start,
+    /// Kill what is left, run poststop hooks, remove the cgroup and libcontainer's state.
+    Delete,
+}
+
+impl Op {
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Create { .. } => "create",
+            Op::Exec { .. } => "exec",
+            Op::Start => "start",
+            Op::Delete => "delete",
+        }
+    }
+
+    /// Whether the helper leaves a new process's pid in the pid file.
+    fn makes_process(&self) -> bool {
+        matches!(self, Op::Create { .. } | Op::Exec { .. })
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,6 +84,10 @@ pub fn main(arg: &str) -> i32 {
             1
         }
     }
+}
+
+fn load(request: &Request) -> std::result::Result<Container, String> {
+    Container::load(request.root.join(&request.id)).map_err(|err| err.to_string())
 }
 
 fn run(arg: &str) -> std::result::Result<(), String> {
@@ -96,33 +124,52 @@ fn run(arg: &str) -> std::result::Result<(), String> {
             std::fs::write(&request.pid_file, pid.to_string())
                 .map_err(|err| format!("write pid file: {err}"))?;
         }
+        Op::Start => {
+            load(&request)?.start().map_err(|err| err.to_string())?;
+        }
+        Op::Delete => match Container::load(request.root.join(&request.id)) {
+            Ok(mut container) => container.delete(true).map_err(|err| err.to_string())?,
+            // Nothing was created, or it is gone already: deleting is done.
+            Err(_) if !request.root.join(&request.id).exists() => {}
+            Err(err) => return Err(err.to_string()),
+        },
     }
     Ok(())
 }
 
-/// Runs the helper and returns the new process's pid. `register` runs with the pid while the
-/// reaper is still held off, so an exit of a short-lived process is never seen before the shim
-/// knows the pid.
+/// The helper binary: beside the running shim, else on PATH.
+pub fn binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name(HELPER_BINARY))
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from(HELPER_BINARY))
+}
+
+/// Runs the helper for `request`. For create and exec it returns the new process's pid, after
+/// `register` ran with it while the reaper is still held off, so an exit of a short-lived
+/// process is never seen before the shim knows the pid.
 pub fn spawn(
+    binary: &std::path::Path,
     reaper: &Reaper,
     request: &Request,
     stdio: ChildStdio,
-    register: impl FnOnce(i32),
-) -> Result<i32> {
+    register: impl FnOnce(Option<i32>),
+) -> Result<Option<i32>> {
     let id = request.id.as_str();
+    let op = request.op.name();
     let arg = serde_json::to_string(request).map_err(|err| ShimError::Runtime {
         id: id.to_string(),
-        op: "encode helper request",
-        message: err.to_string(),
+        op,
+        message: format!("encode helper request: {err}"),
     })?;
     let (error_read, error_write) = pipe2(OFlag::O_CLOEXEC).map_err(|errno| ShimError::Io {
         context: "create helper error pipe".into(),
         source: errno.into(),
     })?;
     let error_fd = error_write.as_raw_fd();
-    let mut command = Command::new("/proc/self/exe");
+    let mut command = Command::new(binary);
     command
-        .arg(HELPER_ARG)
         .arg(arg)
         .stdin(Stdio::from(stdio.stdin))
         .stdout(Stdio::from(stdio.stdout))
@@ -142,9 +189,10 @@ pub fn spawn(
     }
 
     let _hold = reaper.hold();
-    let mut child = command
-        .spawn()
-        .map_err(ShimError::io("spawn container helper"))?;
+    let mut child = command.spawn().map_err(ShimError::io(format!(
+        "spawn container helper {}",
+        binary.display()
+    )))?;
     drop(command);
     drop(error_write);
     // Wait first, then read what the helper wrote: the container's init is cloned from the
@@ -169,12 +217,13 @@ pub fn spawn(
         };
         return Err(ShimError::Runtime {
             id: id.to_string(),
-            op: match request.op {
-                Op::Create { .. } => "create",
-                Op::Exec { .. } => "exec",
-            },
+            op,
             message,
         });
+    }
+    if !request.op.makes_process() {
+        register(None);
+        return Ok(None);
     }
     let text = std::fs::read_to_string(&request.pid_file).map_err(ShimError::io(format!(
         "read pid file {}",
@@ -185,8 +234,8 @@ pub fn spawn(
         op: "read pid file",
         message: format!("{:?} is not a pid", text.trim()),
     })?;
-    register(pid);
-    Ok(pid)
+    register(Some(pid));
+    Ok(Some(pid))
 }
 
 /// Whether the spec asks for a read-only cgroup mount (runc's default spec does).

@@ -1,23 +1,14 @@
 //! `containerd-shim-ingot-v2`: the containerd shim v2 of ingot. One process per pod serves the
-//! Task API over ttrpc and runs the pod's containers with libcontainer (through a short-lived
-//! helper, see `helper`).
-
-mod bootstrap;
-mod cgroups;
-mod error;
-mod helper;
-mod io;
-mod mount;
-mod reaper;
-mod service;
+//! Task API over ttrpc; libcontainer runs in `ingot-shim-helper` children.
 
 fn main() {
-    let mut args = std::env::args();
-    if args.nth(1).as_deref() == Some(helper::HELPER_ARG) {
-        let request = args.next().unwrap_or_default();
-        std::process::exit(helper::main(&request));
+    // One malloc arena per thread would be the largest part of an idle shim's private memory;
+    // the shim's threads mostly sleep, so two shared arenas serve them.
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    if let Err(err) = bootstrap::run() {
+    if let Err(err) = containerd_shim_ingot_v2::bootstrap::run() {
         eprintln!("containerd-shim-ingot-v2: {err:#}");
         std::process::exit(1);
     }

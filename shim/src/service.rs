@@ -28,7 +28,7 @@ use containerd_shim::{
     ExitSignal, TtrpcContext, TtrpcResult,
 };
 use ingot_oci::HostFacts;
-use libcontainer::container::Container as Runtime;
+use libcgroups::common::{CgroupManager, FreezerState};
 use nix::{sys::signal::Signal, unistd::Pid};
 
 use crate::{
@@ -138,6 +138,7 @@ pub struct Inner {
     exit: Arc<ExitSignal>,
     hugetlb: HugetlbPlacement,
     counter: AtomicU64,
+    helper: PathBuf,
 }
 
 #[derive(Clone)]
@@ -180,6 +181,7 @@ impl Service {
                 exit,
                 hugetlb: cgroups::hugetlb_placement(&mountinfo, Path::new("/")),
                 counter: AtomicU64::new(0),
+                helper: helper::binary(),
             }),
         }
     }
@@ -273,7 +275,7 @@ impl Service {
             }
             Err(err) => {
                 drop(state);
-                cleanup.run(&self.inner.root, id);
+                cleanup.run(self, id);
                 Err(err)
             }
         }
@@ -347,6 +349,11 @@ impl Service {
             console_socket: None,
         };
         let (pid, process_io) = self.run_helper(request, &stdio, |_| {})?;
+        let pid = pid.ok_or_else(|| ShimError::Runtime {
+            id: id.to_string(),
+            op: "create",
+            message: "the helper reported no pid".into(),
+        })?;
         cleanup.pid = Some(pid);
 
         let mut hugetlb_dirs = Vec::new();
@@ -401,8 +408,8 @@ impl Service {
         &self,
         mut request: helper::Request,
         stdio: &StdioPaths,
-        register: impl FnOnce(i32),
-    ) -> Result<(i32, ProcessIo)> {
+        register: impl FnOnce(Option<i32>),
+    ) -> Result<(Option<i32>, ProcessIo)> {
         if stdio.terminal {
             let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
             let socket = ConsoleSocket::bind(
@@ -412,18 +419,46 @@ impl Service {
             )?;
             request.console_socket = Some(socket.path().to_path_buf());
             let (child, _) = io::plain(&StdioPaths::default())?;
-            let pid = helper::spawn(&self.inner.reaper, &request, child, register)?;
+            let pid = helper::spawn(
+                &self.inner.helper,
+                &self.inner.reaper,
+                &request,
+                child,
+                register,
+            )?;
             let process_io = socket.finish(stdio)?;
             Ok((pid, process_io))
         } else {
             let (child, process_io) = io::plain(stdio)?;
-            let pid = helper::spawn(&self.inner.reaper, &request, child, register)?;
+            let pid = helper::spawn(
+                &self.inner.helper,
+                &self.inner.reaper,
+                &request,
+                child,
+                register,
+            )?;
             Ok((pid, process_io))
         }
     }
 
-    fn runtime(&self, id: &str) -> Result<Runtime> {
-        Runtime::load(self.inner.root.join(id)).map_err(ShimError::runtime(id, "load state"))
+    /// Runs a helper operation that makes no process (start, delete).
+    fn helper_op(&self, id: &str, op: helper::Op, register: impl FnOnce()) -> Result<()> {
+        let request = helper::Request {
+            op,
+            root: self.inner.root.clone(),
+            id: id.to_string(),
+            pid_file: PathBuf::new(),
+            console_socket: None,
+        };
+        let (child, _) = io::plain(&StdioPaths::default())?;
+        helper::spawn(
+            &self.inner.helper,
+            &self.inner.reaper,
+            &request,
+            child,
+            |_| register(),
+        )?;
+        Ok(())
     }
 
     fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
@@ -463,6 +498,7 @@ impl Service {
         };
         let this = self.clone();
         let (pid, process_io) = self.run_helper(request, &stdio, |pid| {
+            let Some(pid) = pid else { return };
             // Registered while the reaper is held off: an instant exit is still ours.
             let mut state = this.state();
             if let Some(process) = state
@@ -491,13 +527,12 @@ impl Service {
         {
             process.io = process_io;
         }
+        let pid = pid.unwrap_or(0);
         tracing::info!(container_id = id, exec_id, pid, "exec started");
         Ok(u32::try_from(pid).unwrap_or(0))
     }
 
     fn start_init(&self, id: &str) -> Result<u32> {
-        // Held across start and the state change, so an instant exit lands after "running".
-        let _hold = self.inner.reaper.hold();
         let pid = {
             let state = self.state();
             let container = state.containers.get(id).ok_or_else(|| not_found(id))?;
@@ -509,23 +544,24 @@ impl Service {
             }
             container.init.pid
         };
-        self.runtime(id)?
-            .start()
-            .map_err(ShimError::runtime(id, "start"))?;
-        let mut state = self.state();
-        if let Some(container) = state.containers.get_mut(id) {
-            if container.init.state == ProcState::Created {
-                container.init.state = ProcState::Running;
+        // "running" is recorded while the reaper is still held off, so an instant exit lands
+        // after it, and TaskStart is queued before TaskExit.
+        self.helper_op(id, helper::Op::Start, || {
+            let mut state = self.state();
+            if let Some(container) = state.containers.get_mut(id) {
+                if container.init.state == ProcState::Created {
+                    container.init.state = ProcState::Running;
+                }
             }
-        }
-        self.publish(
-            topics::TASK_START_EVENT_TOPIC,
-            Box::new(TaskStart {
-                container_id: id.to_string(),
-                pid: u32::try_from(pid).unwrap_or(0),
-                ..Default::default()
-            }),
-        );
+            self.publish(
+                topics::TASK_START_EVENT_TOPIC,
+                Box::new(TaskStart {
+                    container_id: id.to_string(),
+                    pid: u32::try_from(pid).unwrap_or(0),
+                    ..Default::default()
+                }),
+            );
+        })?;
         tracing::info!(container_id = id, pid, "container started");
         Ok(u32::try_from(pid).unwrap_or(0))
     }
@@ -573,11 +609,7 @@ impl Service {
             }
         }
         // Created or stopped: libcontainer kills what is left, removes the cgroup and its state.
-        if let Ok(mut runtime) = self.runtime(id) {
-            runtime
-                .delete(true)
-                .map_err(ShimError::runtime(id, "delete"))?;
-        }
+        self.helper_op(id, helper::Op::Delete, || {})?;
         let mut container = self
             .state()
             .containers
@@ -691,11 +723,16 @@ impl Service {
             }
             process.pid
         };
-        if exec_id.is_empty() {
-            let mut runtime = self.runtime(id)?;
-            runtime
-                .kill(signal, req.all)
-                .map_err(ShimError::runtime(id, "kill"))?;
+        if exec_id.is_empty() && req.all {
+            let path = self.cgroups_path(id)?;
+            for pid in cgroups::pids(id, &path)? {
+                // A process may exit between listing and signalling; that is fine.
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
+            }
+            if signal == Signal::SIGKILL && self.is_paused(id) {
+                // Frozen tasks die only once thawed.
+                self.pause(id, false)?;
+            }
         } else {
             nix::sys::signal::kill(Pid::from_raw(pid), signal).map_err(|errno| {
                 if errno == nix::errno::Errno::ESRCH {
@@ -771,13 +808,34 @@ impl Service {
         Ok(container.cgroups_path.clone())
     }
 
+    fn is_paused(&self, id: &str) -> bool {
+        self.state().containers.get(id).is_some_and(|c| c.paused)
+    }
+
     fn pause(&self, id: &str, pause: bool) -> Result<()> {
-        let mut runtime = self.runtime(id)?;
-        if pause {
-            runtime.pause().map_err(ShimError::runtime(id, "pause"))?;
+        let path = {
+            let state = self.state();
+            let container = state.containers.get(id).ok_or_else(|| not_found(id))?;
+            if container.init.state != ProcState::Running {
+                return Err(ShimError::FailedPrecondition {
+                    what: format!("{} container {id}", if pause { "pause" } else { "resume" }),
+                    reason: "the container is not running".into(),
+                });
+            }
+            container.cgroups_path.clone()
+        };
+        let target = if pause {
+            FreezerState::Frozen
         } else {
-            runtime.resume().map_err(ShimError::runtime(id, "resume"))?;
-        }
+            FreezerState::Thawed
+        };
+        cgroups::manager(id, &path)?
+            .freeze(target)
+            .map_err(|err| ShimError::Runtime {
+                id: id.to_string(),
+                op: if pause { "pause" } else { "resume" },
+                message: err.to_string(),
+            })?;
         if let Some(container) = self.state().containers.get_mut(id) {
             container.paused = pause;
         }
@@ -872,18 +930,18 @@ struct CreateCleanup {
 }
 
 impl CreateCleanup {
-    fn run(self, root: &Path, id: &str) {
+    /// Undoes a failed create; the create's own error is what the caller returns, so failures
+    /// here are logged beside it.
+    fn run(self, service: &Service, id: &str) {
         if let Some(pid) = self.pid {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
-        if let Ok(mut runtime) = Runtime::load(root.join(id)) {
-            if let Err(err) = runtime.delete(true) {
-                tracing::warn!(container_id = id, error = %err, "cleanup after failed create");
-            }
-        } else if let Some(path) = &self.cgroups_path {
+        if let Err(err) = service.helper_op(id, helper::Op::Delete, || {}) {
+            tracing::warn!(container_id = id, error = %err, "cleanup after failed create");
+        }
+        if let Some(path) = &self.cgroups_path {
             // libcontainer removes its cgroup when build() fails; make sure.
             if let Ok(manager) = cgroups::manager(id, path) {
-                use libcgroups::common::CgroupManager;
                 let _ = manager.remove();
             }
         }

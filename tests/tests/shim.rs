@@ -120,7 +120,7 @@ impl Fixture {
             !state.join(format!("{id}.ingot")).exists(),
             "{id}: work dir left"
         );
-        let helpers = pids_with_cmdline(&["__ingot-helper", id]);
+        let helpers = pids_with_cmdline(&["ingot-shim-helper", id]);
         assert!(helpers.is_empty(), "{id}: helpers left {helpers:?}");
     }
 }

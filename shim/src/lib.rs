@@ -1,0 +1,12 @@
+//! ingot's containerd shim v2: the Task API over ttrpc for every container of one pod, and the
+//! runtime helper that runs libcontainer on the shim's behalf. Two binaries share this library:
+//! `containerd-shim-ingot-v2` (long-lived, kept small) and `ingot-shim-helper` (short-lived).
+
+pub mod bootstrap;
+pub mod cgroups;
+pub mod error;
+pub mod helper;
+pub mod io;
+pub mod mount;
+pub mod reaper;
+pub mod service;
