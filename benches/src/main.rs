@@ -74,9 +74,30 @@ fn lifecycle(iterations: usize) -> Result<()> {
     hidden.import_test_image()?;
 
     let mut legs = [
-        Leg { name: "ingot", containerd: &main, runtime: INGOT_RUNTIME, binary: None, shim: SHIM_BINARY, samples: Vec::new() },
-        Leg { name: "runc", containerd: &main, runtime: RUNC_RUNTIME, binary: None, shim: "containerd-shim-runc-v2", samples: Vec::new() },
-        Leg { name: "crun", containerd: &hidden, runtime: RUNC_RUNTIME, binary: Some("crun"), shim: "containerd-shim-runc-v2", samples: Vec::new() },
+        Leg {
+            name: "ingot",
+            containerd: &main,
+            runtime: INGOT_RUNTIME,
+            binary: None,
+            shim: SHIM_BINARY,
+            samples: Vec::new(),
+        },
+        Leg {
+            name: "runc",
+            containerd: &main,
+            runtime: RUNC_RUNTIME,
+            binary: None,
+            shim: "containerd-shim-runc-v2",
+            samples: Vec::new(),
+        },
+        Leg {
+            name: "crun",
+            containerd: &hidden,
+            runtime: RUNC_RUNTIME,
+            binary: Some("crun"),
+            shim: "containerd-shim-runc-v2",
+            samples: Vec::new(),
+        },
     ];
 
     // One untimed warm-up each, then alternate.
@@ -85,7 +106,9 @@ fn lifecycle(iterations: usize) -> Result<()> {
             let id = format!("bench-{}-{round}", leg.name);
             let args = leg.run_args(&["--rm", "--null-io", TEST_IMAGE, &id, "true"]);
             let started = Instant::now();
-            leg.containerd.ctr_ok(&args).with_context(|| format!("{} leg", leg.name))?;
+            leg.containerd
+                .ctr_ok(&args)
+                .with_context(|| format!("{} leg", leg.name))?;
             if round > 0 {
                 leg.samples.push(started.elapsed());
             }
@@ -93,7 +116,10 @@ fn lifecycle(iterations: usize) -> Result<()> {
     }
 
     println!("\ncreate+start+wait+delete of `true` via `ctr run --rm` ({iterations} iterations each, alternating), ms");
-    println!("{:<8} {:>8} {:>8} {:>8} {:>8}", "runtime", "min", "p50", "p90", "max");
+    println!(
+        "{:<8} {:>8} {:>8} {:>8} {:>8}",
+        "runtime", "min", "p50", "p90", "max"
+    );
     for leg in legs.iter_mut() {
         leg.samples.sort();
         let s = &leg.samples;
@@ -108,13 +134,25 @@ fn lifecycle(iterations: usize) -> Result<()> {
     }
 
     println!("\nshim memory and idle wakeups with 10 idle containers in one pod");
-    println!("{:<8} {:>6} {:>10} {:>10} {:>8} {:>14}", "runtime", "shims", "RSS KiB", "PSS KiB", "threads", "wakeups/s");
+    println!(
+        "{:<8} {:>6} {:>10} {:>10} {:>8} {:>14}",
+        "runtime", "shims", "RSS KiB", "PSS KiB", "threads", "wakeups/s"
+    );
     for leg in &legs {
         let pod = format!("pod-{}", leg.name);
         let annotation = format!("io.kubernetes.cri.sandbox-id={pod}");
         for n in 0..10 {
             let id = format!("{pod}-{n}");
-            let args = leg.run_args(&["-d", "--null-io", "--annotation", &annotation, TEST_IMAGE, &id, "sleep", "100000"]);
+            let args = leg.run_args(&[
+                "-d",
+                "--null-io",
+                "--annotation",
+                &annotation,
+                TEST_IMAGE,
+                &id,
+                "sleep",
+                "100000",
+            ]);
             leg.containerd.ctr_ok(&args)?;
         }
         let pids = ingot_tests::pids_with_cmdline(&[leg.shim, &leg.containerd.namespace]);
@@ -139,14 +177,13 @@ fn lifecycle(iterations: usize) -> Result<()> {
         );
         for n in 0..10 {
             let id = format!("{pod}-{n}");
-            leg.containerd.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
+            leg.containerd
+                .ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
         }
         for n in 0..10 {
             let id = format!("{pod}-{n}");
             let stopped = ingot_tests::wait_until(Duration::from_secs(10), || {
-                leg.containerd
-                    .ctr_ok(&["tasks", "delete", &id])
-                    .is_ok()
+                leg.containerd.ctr_ok(&["tasks", "delete", &id]).is_ok()
             });
             if !stopped {
                 bail!("{} leg: task {id} did not stop", leg.name);

@@ -233,6 +233,9 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
         Arc::clone(&reaper),
         Arc::clone(&exit),
     );
+    if let Err(err) = service.start_oom_watcher() {
+        tracing::warn!(error = %err, "OOM events disabled");
+    }
     let on_exit = service.clone();
     reaper
         .start(move |pid, code| on_exit.on_exit(pid, code))

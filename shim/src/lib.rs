@@ -8,5 +8,6 @@ pub mod error;
 pub mod helper;
 pub mod io;
 pub mod mount;
+pub mod oom;
 pub mod reaper;
 pub mod service;

@@ -9,7 +9,7 @@ use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
         mpsc::Sender,
-        Arc, Condvar, Mutex, MutexGuard,
+        Arc, Condvar, Mutex, MutexGuard, OnceLock,
     },
     time::SystemTime,
 };
@@ -18,8 +18,8 @@ use containerd_shim::{
     api,
     protos::{
         events::task::{
-            TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
-            TaskResumed, TaskStart,
+            TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM,
+            TaskPaused, TaskResumed, TaskStart,
         },
         protobuf::{well_known_types::timestamp::Timestamp, MessageDyn},
         topics,
@@ -36,6 +36,7 @@ use crate::{
     error::{Result, ShimError},
     helper,
     io::{self, ConsoleSocket, ProcessIo, StdioPaths},
+    oom::OomWatcher,
     reaper::Reaper,
 };
 
@@ -139,6 +140,7 @@ pub struct Inner {
     hugetlb: HugetlbPlacement,
     counter: AtomicU64,
     helper: PathBuf,
+    oom: OnceLock<Arc<OomWatcher>>,
 }
 
 #[derive(Clone)]
@@ -182,6 +184,7 @@ impl Service {
                 hugetlb: cgroups::hugetlb_placement(&mountinfo, Path::new("/")),
                 counter: AtomicU64::new(0),
                 helper: helper::binary(),
+                oom: OnceLock::new(),
             }),
         }
     }
@@ -201,6 +204,37 @@ impl Service {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if sender.send((topic, event)).is_err() {
             tracing::warn!(topic, "event publisher is gone");
+        }
+    }
+
+    /// Starts the OOM watcher, which publishes TaskOOM for this service's containers.
+    pub fn start_oom_watcher(&self) -> Result<()> {
+        let service = self.clone();
+        let watcher = OomWatcher::start(move |id| {
+            service.publish(
+                topics::TASK_OOM_EVENT_TOPIC,
+                Box::new(TaskOOM {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                }),
+            );
+        })?;
+        let _ = self.inner.oom.set(watcher);
+        Ok(())
+    }
+
+    fn watch_oom(&self, id: &str, cgroups_path: &Path) {
+        let Some(watcher) = self.inner.oom.get() else {
+            return;
+        };
+        let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
+        let memory_dir = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            Path::new("/sys/fs/cgroup").join(relative)
+        } else {
+            Path::new("/sys/fs/cgroup/memory").join(relative)
+        };
+        if let Err(err) = watcher.watch(id, &memory_dir) {
+            tracing::warn!(container_id = id, error = %err, "no OOM events for this container");
         }
     }
 
@@ -389,6 +423,7 @@ impl Service {
                 ..Default::default()
             }),
         );
+        self.watch_oom(id, &prepared.cgroups_path);
         tracing::info!(container_id = id, pid, "container created");
         Ok(Container {
             id: id.to_string(),
@@ -615,6 +650,9 @@ impl Service {
             .containers
             .remove(id)
             .ok_or_else(|| not_found(id))?;
+        if let Some(watcher) = self.inner.oom.get() {
+            watcher.unwatch(id);
+        }
         container.init.io.close_stdin();
         for process in container.execs.values_mut() {
             process.io.close_stdin();

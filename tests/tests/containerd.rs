@@ -240,3 +240,49 @@ fn bad_input_through_containerd() {
     assert!(stderr.contains("exec \"nope\" not found"), "{stderr}");
     assert!(stderr.contains("not found"), "{stderr}");
 }
+
+#[test]
+fn oom_kill_is_published() {
+    let ctd = containerd();
+    let events = ctd
+        .ctr()
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctr events");
+    let out = ctd
+        .ctr_output(&[
+            "run",
+            "--rm",
+            "--runtime",
+            INGOT_RUNTIME,
+            "--memory-limit",
+            "16777216",
+            TEST_IMAGE,
+            "hog",
+            "tail",
+            "/dev/zero",
+        ])
+        .expect("ctr run");
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Events arrive asynchronously; give the stream a moment, then stop it (our child, by pid).
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(events.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let output = events.wait_with_output().expect("events output");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let oom = text.lines().find(|l| l.contains("/tasks/oom"));
+    assert!(
+        oom.is_some_and(|l| l.contains("hog")),
+        "no TaskOOM for hog in:\n{text}"
+    );
+    assert!(text.contains("/tasks/exit"), "{text}");
+    assert_nothing_left(&ctd, "hog");
+}

@@ -480,3 +480,80 @@ fn exec_stdin_close_io_terminal_resize_update_stats() {
                 .unwrap_or(true)
     }));
 }
+
+/// What containerd does to start a task's shim: `containerd-shim-ingot-v2 ... start` in the
+/// bundle, reading the address from stdout.
+fn shim_start(namespace: &str, id: &str, bundle: &Path) -> String {
+    let output = std::process::Command::new(
+        ingot_tests::target_dir()
+            .expect("target")
+            .join(ingot_tests::SHIM_BINARY),
+    )
+    .args([
+        "-namespace",
+        namespace,
+        "-id",
+        id,
+        "-address",
+        "/run/ingot-test/none.sock",
+        "start",
+    ])
+    .current_dir(bundle)
+    .env("TTRPC_ADDRESS", "/run/ingot-test/none.sock.ttrpc")
+    .output()
+    .expect("shim start");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let address = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(
+        fs::read_to_string(bundle.join("address")).expect("address file"),
+        address
+    );
+    address
+}
+
+#[test]
+fn one_shim_per_pod() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let namespace = unique("ingot-pods");
+    let bundle = |name: &str, sandbox: &str| {
+        let dir = work.path().join(name);
+        fs::create_dir_all(&dir).expect("mkdir");
+        let spec = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {"io.kubernetes.cri.sandbox-id": sandbox}
+        });
+        fs::write(dir.join("config.json"), spec.to_string()).expect("config");
+        dir
+    };
+    let first = shim_start(&namespace, "c1", &bundle("c1", "pod-a"));
+    let second = shim_start(&namespace, "c2", &bundle("c2", "pod-a"));
+    let other = shim_start(&namespace, "c3", &bundle("c3", "pod-b"));
+    assert_eq!(first, second, "containers of one pod share a shim");
+    assert_ne!(first, other, "another pod gets its own shim");
+    let shims = pids_with_cmdline(&[ingot_tests::SHIM_BINARY, &namespace]);
+    assert_eq!(shims.len(), 2, "{shims:?}");
+
+    // Each shim exits on Shutdown when it has no containers.
+    for address in [&first, &other] {
+        let client = containerd_shim_protos::Client::connect(address).expect("connect");
+        containerd_shim_protos::TaskClient::new(client)
+            .shutdown(ctx(), &api::ShutdownRequest::default())
+            .expect("shutdown");
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || pids_with_cmdline(&[
+            ingot_tests::SHIM_BINARY,
+            &namespace
+        ])
+        .is_empty()),
+        "shims still run"
+    );
+    assert!(
+        !Path::new(first.trim_start_matches("unix://")).exists(),
+        "socket left"
+    );
+}
