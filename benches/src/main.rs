@@ -33,6 +33,8 @@ impl Leg<'_> {
     }
 }
 
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -53,11 +55,12 @@ fn main() -> Result<()> {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// The nearest-rank percentile (`percent` of 100) of sorted samples.
+fn percentile(sorted: &[Duration], percent: usize) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
-    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
+    let rank = ((sorted.len() - 1) * percent + 50) / 100;
     sorted[rank.min(sorted.len() - 1)]
 }
 
@@ -127,8 +130,8 @@ fn lifecycle(iterations: usize) -> Result<()> {
             "{:<8} {:>8} {:>8} {:>8} {:>8}",
             leg.name,
             ms(s[0]),
-            ms(percentile(s, 0.5)),
-            ms(percentile(s, 0.9)),
+            ms(percentile(s, 50)),
+            ms(percentile(s, 90)),
             ms(s[s.len() - 1])
         );
     }
@@ -163,8 +166,10 @@ fn lifecycle(iterations: usize) -> Result<()> {
             pss += p;
             threads += fs::read_dir(format!("/proc/{pid}/task"))?.count();
         }
+        // Let the last start settle, then count wakeups while nothing happens.
+        std::thread::sleep(Duration::from_secs(1));
         let before: u64 = pids.iter().map(|p| context_switches(*p)).sum();
-        std::thread::sleep(Duration::from_secs(5));
+        std::thread::sleep(IDLE_WINDOW);
         let after: u64 = pids.iter().map(|p| context_switches(*p)).sum();
         println!(
             "{:<8} {:>6} {:>10} {:>10} {:>8} {:>14.1}",
@@ -173,7 +178,7 @@ fn lifecycle(iterations: usize) -> Result<()> {
             rss,
             pss,
             threads,
-            (after - before) as f64 / 5.0
+            (after - before) as f64 / IDLE_WINDOW.as_secs_f64()
         );
         for n in 0..10 {
             let id = format!("{pod}-{n}");
