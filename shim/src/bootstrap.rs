@@ -29,13 +29,13 @@ use containerd_shim::{
     protos::{
         protobuf::Message,
         shim::shim_ttrpc::create_task,
-        ttrpc::{context::Context, MethodHandler, Server},
+        ttrpc::{MethodHandler, Server},
     },
-    publisher::RemotePublisher,
     ExitSignal, Flags,
 };
 
 use crate::{
+    events::Publisher,
     reaper::Reaper,
     service::{self, Event, Service},
 };
@@ -290,21 +290,16 @@ fn task_methods(
 
 fn start_publisher(events: mpsc::Receiver<Event>, namespace: String) {
     let spawned = thread::Builder::new().name("events".into()).spawn(move || {
-        let publisher = match env::var("TTRPC_ADDRESS")
-            .context("TTRPC_ADDRESS is not set")
-            .and_then(|address| {
-                RemotePublisher::new(&address)
-                    .with_context(|| format!("connect to containerd events at {address}"))
-            }) {
-            Ok(publisher) => Some(publisher),
-            Err(err) => {
-                tracing::warn!(error = %format!("{err:#}"), "events will not be published");
+        let mut publisher = match env::var("TTRPC_ADDRESS") {
+            Ok(address) => Some(Publisher::new(&address, &namespace)),
+            Err(_) => {
+                tracing::warn!("TTRPC_ADDRESS is not set: events will not be published");
                 None
             }
         };
         for (topic, event) in events {
-            if let Some(publisher) = &publisher {
-                if let Err(err) = publisher.publish(Context::default(), topic, &namespace, event) {
+            if let Some(publisher) = publisher.as_mut() {
+                if let Err(err) = publisher.publish(topic, event.as_ref()) {
                     tracing::warn!(topic, error = %err, "publish event");
                 }
             }

@@ -13,6 +13,7 @@ use containerd_shim::protos::{
     cgroups::metrics::{
         CPUStat, CPUUsage, HugetlbStat, MemoryEntry, MemoryStat, Metrics, PidsStat, Throttle,
     },
+    cgroups_v2::metrics as v2,
     protobuf::{well_known_types::any::Any, Message},
 };
 use ingot_oci::HugetlbSupport;
@@ -166,15 +167,85 @@ pub fn stats(id: &str, cgroups_path: &Path) -> Result<Any> {
     let stats = manager(id, cgroups_path)?
         .stats()
         .map_err(|err| cgroup_err(id, "read stats")(err.to_string()))?;
-    let metrics = v1_metrics(&stats);
-    let value = metrics
-        .write_to_bytes()
-        .map_err(|err| cgroup_err(id, "encode stats")(err.to_string()))?;
+    // containerd decodes by the message's full name; each layout has its own message.
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let (type_url, encoded) = if unified {
+        (
+            "io.containerd.cgroups.v2.Metrics",
+            v2_metrics(&stats).write_to_bytes(),
+        )
+    } else {
+        (
+            "io.containerd.cgroups.v1.Metrics",
+            v1_metrics(&stats).write_to_bytes(),
+        )
+    };
+    let value = encoded.map_err(|err| cgroup_err(id, "encode stats")(err.to_string()))?;
     Ok(Any {
-        type_url: "io.containerd.cgroups.v1.Metrics".into(),
+        type_url: type_url.into(),
         value,
         ..Default::default()
     })
+}
+
+/// libcgroups' stats (read from a cgroup v2 tree) in containerd's cgroup v2 metrics message.
+pub fn v2_metrics(stats: &Stats) -> v2::Metrics {
+    let memory_stat = |key: &str| stats.memory.stats.get(key).copied().unwrap_or(0);
+    let hugetlb: BTreeMap<_, _> = stats.hugetlb.iter().collect();
+    v2::Metrics {
+        pids: Some(v2::PidsStat {
+            current: stats.pids.current,
+            limit: stats.pids.limit,
+            ..Default::default()
+        })
+        .into(),
+        cpu: Some(v2::CPUStat {
+            usage_usec: stats.cpu.usage.usage_total,
+            user_usec: stats.cpu.usage.usage_user,
+            system_usec: stats.cpu.usage.usage_kernel,
+            nr_periods: stats.cpu.throttling.periods,
+            nr_throttled: stats.cpu.throttling.throttled_periods,
+            throttled_usec: stats.cpu.throttling.throttled_time,
+            ..Default::default()
+        })
+        .into(),
+        memory: Some(v2::MemoryStat {
+            anon: memory_stat("anon"),
+            file: memory_stat("file"),
+            kernel_stack: memory_stat("kernel_stack"),
+            slab: memory_stat("slab"),
+            sock: memory_stat("sock"),
+            shmem: memory_stat("shmem"),
+            file_mapped: memory_stat("file_mapped"),
+            file_dirty: memory_stat("file_dirty"),
+            file_writeback: memory_stat("file_writeback"),
+            inactive_anon: memory_stat("inactive_anon"),
+            active_anon: memory_stat("active_anon"),
+            inactive_file: memory_stat("inactive_file"),
+            active_file: memory_stat("active_file"),
+            unevictable: memory_stat("unevictable"),
+            pgfault: memory_stat("pgfault"),
+            pgmajfault: memory_stat("pgmajfault"),
+            usage: stats.memory.memory.usage,
+            usage_limit: stats.memory.memory.limit,
+            max_usage: stats.memory.memory.max_usage,
+            swap_usage: stats.memory.memswap.usage,
+            swap_limit: stats.memory.memswap.limit,
+            ..Default::default()
+        })
+        .into(),
+        hugetlb: hugetlb
+            .into_iter()
+            .map(|(pagesize, h)| v2::HugeTlbStat {
+                current: h.usage,
+                max: h.max_usage,
+                failcnt: h.fail_count,
+                pagesize: pagesize.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
 }
 
 /// libcgroups' stats in containerd's cgroup v1 metrics message (what `ctr task metrics` decodes).
@@ -423,5 +494,13 @@ mod tests {
         assert_eq!(metrics.memory.usage.limit, 1 << 20);
         assert_eq!(metrics.pids.current, 3);
         assert_eq!(metrics.pids.limit, 10);
+
+        stats.memory.stats.insert("anon".into(), 777);
+        let metrics = v2_metrics(&stats);
+        assert_eq!(metrics.cpu.usage_usec, 1234);
+        assert_eq!(metrics.memory.usage, 4096);
+        assert_eq!(metrics.memory.usage_limit, 1 << 20);
+        assert_eq!(metrics.memory.anon, 777);
+        assert_eq!(metrics.pids.current, 3);
     }
 }

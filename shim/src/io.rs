@@ -7,7 +7,7 @@ use std::{
     io::{IoSliceMut, Read, Write},
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::net::UnixListener,
+        unix::{fs::OpenOptionsExt, net::UnixListener},
     },
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -43,17 +43,36 @@ type SharedWriter = Arc<Mutex<Option<File>>>;
 /// What the shim keeps of a process's stdio once the process runs.
 #[derive(Default)]
 pub struct ProcessIo {
-    /// The shim's end of the process's stdin; dropping it is CloseIO.
-    stdin: Option<SharedWriter>,
+    /// The shim's end of the process's stdin, and the fifo it copies from; dropping the writer
+    /// is CloseIO.
+    stdin: Option<(SharedWriter, String)>,
     /// The pty master in terminal mode, for ResizePty.
     console: Option<Arc<File>>,
 }
 
 impl ProcessIo {
+    /// CloseIO: what the client wrote before closing is still delivered (drained from the fifo
+    /// here if the copy thread has not read it yet), then the process sees EOF.
     pub fn close_stdin(&mut self) {
-        if let Some(writer) = self.stdin.take() {
-            lock(&writer).take();
+        let Some((writer, fifo)) = self.stdin.take() else {
+            return;
+        };
+        let mut guard = lock(&writer);
+        if let Some(out) = guard.as_mut() {
+            if let Ok(mut pending) = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+            {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = pending.read(&mut buf) {
+                    if n == 0 || out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
         }
+        guard.take();
     }
 
     pub fn resize(&self, width: u32, height: u32) -> Result<()> {
@@ -190,7 +209,7 @@ pub fn plain(paths: &StdioPaths) -> Result<(ChildStdio, ProcessIo)> {
         })?;
         let writer: SharedWriter = Arc::new(Mutex::new(Some(File::from(write_end))));
         spawn_stdin_copy(paths.stdin.clone(), Arc::clone(&writer))?;
-        io.stdin = Some(writer);
+        io.stdin = Some((writer, paths.stdin.clone()));
         read_end
     };
     let stdout = open_output(&paths.stdout, "stdout")?;
@@ -256,7 +275,7 @@ impl ConsoleSocket {
                 .map_err(ShimError::io("dup pty master"))?;
             let shared: SharedWriter = Arc::new(Mutex::new(Some(writer)));
             spawn_stdin_copy(paths.stdin.clone(), Arc::clone(&shared))?;
-            io.stdin = Some(shared);
+            io.stdin = Some((shared, paths.stdin.clone()));
         }
         Ok(io)
     }

@@ -5,6 +5,7 @@
 pub mod bootstrap;
 pub mod cgroups;
 pub mod error;
+pub mod events;
 pub mod helper;
 pub mod io;
 pub mod mount;
