@@ -164,7 +164,9 @@ fn delete(flags: &Flags) -> anyhow::Result<()> {
     let bundle = bundle_dir(flags)?;
     let root = state_root(&flags.namespace);
     let request = crate::helper::Request {
-        op: crate::helper::Op::Delete,
+        op: crate::helper::Op::Delete {
+            work_dir: root.join(format!("{}.ingot", flags.id)),
+        },
         root: root.clone(),
         id: flags.id.clone(),
         pid_file: PathBuf::new(),

@@ -147,9 +147,9 @@ pub fn pids(id: &str, cgroups_path: &Path) -> Result<Vec<i32>> {
     Ok(pids.into_iter().map(|pid| pid.as_raw()).collect())
 }
 
-pub fn update(id: &str, cgroups_path: &Path, any: &Any) -> Result<()> {
+pub fn update(id: &str, cgroups_path: &Path, json: &[u8]) -> Result<()> {
     let resources: oci_spec::runtime::LinuxResources =
-        serde_json::from_slice(&any.value).map_err(|err| ShimError::InvalidArgument {
+        serde_json::from_slice(json).map_err(|err| ShimError::InvalidArgument {
             what: format!("update of container {id}: resources"),
             reason: err.to_string(),
         })?;

@@ -33,6 +33,9 @@ pub enum ShimError {
         op: &'static str,
         message: String,
     },
+    /// A failure the runtime helper reported with its code.
+    #[error("{message}")]
+    Helper { code: Code, message: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -65,16 +68,15 @@ impl ShimError {
             | ShimError::ProcessFinished { .. } => Code::NOT_FOUND,
             ShimError::FailedPrecondition { .. } => Code::FAILED_PRECONDITION,
             ShimError::InvalidArgument { .. } => Code::INVALID_ARGUMENT,
+            ShimError::Helper { code, .. } => *code,
             ShimError::Runtime { .. } | ShimError::Io { .. } => Code::UNKNOWN,
         }
     }
-}
 
-/// Renders the whole source chain into the status message, so containerd shows the cause.
-impl From<ShimError> for ttrpc::Error {
-    fn from(err: ShimError) -> Self {
-        let mut message = err.to_string();
-        let mut source = std::error::Error::source(&err);
+    /// The message with its whole source chain, as the RPC edge shows it.
+    pub fn full_message(&self) -> String {
+        let mut message = self.to_string();
+        let mut source = std::error::Error::source(self);
         while let Some(cause) = source {
             let text = cause.to_string();
             if !message.contains(&text) {
@@ -83,7 +85,14 @@ impl From<ShimError> for ttrpc::Error {
             }
             source = cause.source();
         }
-        ttrpc::Error::RpcStatus(ttrpc::get_status(err.code(), message))
+        message
+    }
+}
+
+/// Renders the whole source chain into the status message, so containerd shows the cause.
+impl From<ShimError> for ttrpc::Error {
+    fn from(err: ShimError) -> Self {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(err.code(), err.full_message()))
     }
 }
 

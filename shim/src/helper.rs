@@ -10,7 +10,7 @@
 //! message back. Exit 0 means the pid file holds the new process's pid.
 
 use std::{
-    io::{Read, Write},
+    io::{Read, Write as _},
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::process::CommandExt,
@@ -26,7 +26,11 @@ use libcontainer::{
 use nix::{fcntl::OFlag, unistd::pipe2};
 use serde::{Deserialize, Serialize};
 
+use containerd_shim::protos::{protobuf::Enum, ttrpc::Code};
+use ingot_oci::HostFacts;
+
 use crate::{
+    cgroups,
     error::{Result, ShimError},
     io::ChildStdio,
     reaper::Reaper,
@@ -37,15 +41,33 @@ const ERROR_FD: i32 = 3;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Op {
-    /// Create the container from `bundle/config.json` (init process, waiting for start).
-    Create { bundle: PathBuf },
+    /// Prepare `bundle/config.json` into `work_dir`, create the container from it (init
+    /// process, waiting for start), and record what the shim needs in `work_dir/created.json`.
+    Create { bundle: PathBuf, work_dir: PathBuf },
     /// Run the process in `process` (a process.json) inside the running container.
     Exec { process: PathBuf },
     /// Let the created container's init exec its process.
     Start,
     /// Kill what is left, run poststop hooks, remove the cgroup and libcontainer's state.
-    Delete,
+    Delete { work_dir: PathBuf },
+    /// Apply the LinuxResources JSON in `resources` to the container's cgroup.
+    Update {
+        resources: PathBuf,
+        cgroups_path: PathBuf,
+    },
 }
+
+/// What a create leaves for the shim in `work_dir/created.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Created {
+    pub cgroups_path: PathBuf,
+    /// Changes made to the spec, for the shim's log.
+    pub warnings: Vec<String>,
+    /// Unified-hierarchy cgroup directories made for hugepage limits (hybrid hosts).
+    pub hugetlb_dirs: Vec<PathBuf>,
+}
+
+pub const CREATED_FILE: &str = "created.json";
 
 impl Op {
     fn name(&self) -> &'static str {
@@ -53,7 +75,8 @@ impl Op {
             Op::Create { .. } => "create",
             Op::Exec { .. } => "exec",
             Op::Start => "start",
-            Op::Delete => "delete",
+            Op::Delete { .. } => "delete",
+            Op::Update { .. } => "update",
         }
     }
 
@@ -73,66 +96,186 @@ pub struct Request {
     pub console_socket: Option<PathBuf>,
 }
 
-/// Entry point inside the helper process; returns the exit code.
+/// Entry point inside the helper process; returns the exit code. A failure goes back on fd 3
+/// as `<ttrpc code number> <message>`, so the shim answers with the right code.
 pub fn main(arg: &str) -> i32 {
     match run(arg) {
         Ok(()) => 0,
-        Err(message) => {
+        Err(err) => {
             // SAFETY: fd 3 is the error pipe the shim set up for us; we own it from here on.
             let mut pipe = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(ERROR_FD) });
-            let _ = pipe.write_all(message.as_bytes());
+            let code = err.code() as i32;
+            let _ = write!(pipe, "{code} {}", err.full_message());
             1
         }
     }
 }
 
-fn load(request: &Request) -> std::result::Result<Container, String> {
-    Container::load(request.root.join(&request.id)).map_err(|err| err.to_string())
+/// Reads a helper's error report (see [`main`]).
+pub fn parse_error(report: &str) -> (Code, String) {
+    report
+        .split_once(' ')
+        .and_then(|(code, message)| {
+            let code = code.parse::<i32>().ok()?;
+            Some((Code::from_i32(code)?, message.to_string()))
+        })
+        .unwrap_or((Code::UNKNOWN, report.to_string()))
 }
 
-fn run(arg: &str) -> std::result::Result<(), String> {
-    let request: Request =
-        serde_json::from_str(arg).map_err(|err| format!("helper request: {err}"))?;
-    let builder = ContainerBuilder::new(request.id.clone(), SyscallType::default())
-        .with_root_path(&request.root)
-        .map_err(|err| err.to_string())?
-        .with_pid_file(Some(&request.pid_file))
-        .map_err(|err| err.to_string())?
-        .with_console_socket(request.console_socket.as_ref());
-    match request.op {
-        Op::Create { bundle } => {
-            let readonly_cgroups = cgroup_mount_readonly(&bundle);
-            let container = builder
-                .as_init(bundle)
-                .with_systemd(false)
-                .with_detach(true)
-                .build()
-                .map_err(|err| err.to_string())?;
-            if readonly_cgroups {
-                if let Some(pid) = container.pid() {
-                    seal_cgroup_mounts(pid.as_raw())?;
-                }
-            }
+fn other<'a>(id: &'a str, op: &'static str) -> impl Fn(String) -> ShimError + 'a {
+    move |message| ShimError::Runtime {
+        id: id.to_string(),
+        op,
+        message,
+    }
+}
+
+fn run(arg: &str) -> Result<()> {
+    let request: Request = serde_json::from_str(arg).map_err(|err| ShimError::InvalidArgument {
+        what: "helper request".into(),
+        reason: err.to_string(),
+    })?;
+    let id = request.id.as_str();
+    let runtime = |op: &'static str| {
+        let id = id.to_string();
+        move |err: libcontainer::error::LibcontainerError| ShimError::Runtime {
+            id,
+            op,
+            message: err.to_string(),
         }
+    };
+    let builder = || -> Result<ContainerBuilder> {
+        Ok(
+            ContainerBuilder::new(id.to_string(), SyscallType::default())
+                .with_root_path(&request.root)
+                .map_err(runtime("state root"))?
+                .with_pid_file(Some(&request.pid_file))
+                .map_err(runtime("pid file"))?
+                .with_console_socket(request.console_socket.as_ref()),
+        )
+    };
+    match &request.op {
+        Op::Create { bundle, work_dir } => create(&request, builder()?, bundle, work_dir),
         Op::Exec { process } => {
-            let pid = builder
+            let work_dir = request.root.join(format!("{id}.ingot"));
+            let spec_error = |source| ShimError::Spec {
+                id: id.to_string(),
+                source,
+            };
+            let json = std::fs::read(process)
+                .map_err(ShimError::io(format!("read {}", process.display())))?;
+            let process_spec = ingot_oci::parse_process(&json).map_err(spec_error)?;
+            let spec = ingot_oci::load_spec(&work_dir).map_err(spec_error)?;
+            let rootfs = spec
+                .root()
+                .as_ref()
+                .map(|root| root.path().clone())
+                .unwrap_or_default();
+            ingot_oci::check_executable(&rootfs, &process_spec).map_err(spec_error)?;
+            let pid = builder()?
                 .as_tenant()
                 .with_detach(true)
                 .with_process(Some(process))
                 .build()
-                .map_err(|err| err.to_string())?;
+                .map_err(runtime("exec"))?;
             std::fs::write(&request.pid_file, pid.to_string())
-                .map_err(|err| format!("write pid file: {err}"))?;
+                .map_err(ShimError::io("write pid file"))
         }
-        Op::Start => {
-            load(&request)?.start().map_err(|err| err.to_string())?;
+        Op::Start => Container::load(request.root.join(id))
+            .and_then(|mut container| container.start())
+            .map_err(runtime("start")),
+        Op::Delete { work_dir } => {
+            if let Ok(text) = std::fs::read(work_dir.join(CREATED_FILE)) {
+                if let Ok(created) = serde_json::from_slice::<Created>(&text) {
+                    cgroups::remove_dirs(&created.hugetlb_dirs);
+                }
+            }
+            match Container::load(request.root.join(id)) {
+                Ok(mut container) => container.delete(true).map_err(runtime("delete")),
+                // Nothing was created, or it is gone already: deleting is done.
+                Err(_) if !request.root.join(id).exists() => Ok(()),
+                Err(err) => Err(runtime("delete")(err)),
+            }
         }
-        Op::Delete => match Container::load(request.root.join(&request.id)) {
-            Ok(mut container) => container.delete(true).map_err(|err| err.to_string())?,
-            // Nothing was created, or it is gone already: deleting is done.
-            Err(_) if !request.root.join(&request.id).exists() => {}
-            Err(err) => return Err(err.to_string()),
-        },
+        Op::Update {
+            resources,
+            cgroups_path,
+        } => {
+            let json = std::fs::read(resources)
+                .map_err(ShimError::io(format!("read {}", resources.display())))?;
+            cgroups::update(id, cgroups_path, &json)
+        }
+    }
+}
+
+/// Prepares the spec, builds the container, seals its cgroup mounts and places hugepage limits.
+fn create(
+    request: &Request,
+    builder: ContainerBuilder,
+    bundle: &std::path::Path,
+    work_dir: &std::path::Path,
+) -> Result<()> {
+    let id = request.id.as_str();
+    let spec_error = |source| ShimError::Spec {
+        id: id.to_string(),
+        source,
+    };
+    let spec = ingot_oci::load_spec(bundle).map_err(spec_error)?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let placement = cgroups::hugetlb_placement(&mountinfo, std::path::Path::new("/"));
+    // This helper inherits the shim's oom_score_adj and capabilities: its floor is the shim's.
+    let host = HostFacts {
+        min_oom_score_adj: cgroups::oom_score_floor(std::path::Path::new("/proc/self")),
+        hugetlb: placement.support.clone(),
+    };
+    let prepared = ingot_oci::prepare(spec, id, bundle, &host).map_err(spec_error)?;
+    let config = serde_json::to_vec(&prepared.spec)
+        .map_err(|err| other(id, "encode spec")(err.to_string()))?;
+    std::fs::write(work_dir.join("config.json"), config).map_err(ShimError::io(format!(
+        "write {}/config.json",
+        work_dir.display()
+    )))?;
+
+    let readonly_cgroups = cgroup_mount_readonly(&prepared.spec);
+    let container = match builder
+        .as_init(work_dir)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+    {
+        Ok(container) => container,
+        Err(err) => {
+            // libcontainer removes its cgroup when build() fails; make sure.
+            if let Ok(manager) = cgroups::manager(id, &prepared.cgroups_path) {
+                let _ = libcgroups::common::CgroupManager::remove(&manager);
+            }
+            return Err(other(id, "create")(err.to_string()));
+        }
+    };
+    let pid = container.pid().map(|pid| pid.as_raw()).unwrap_or(0);
+    let mut created = Created {
+        cgroups_path: prepared.cgroups_path.clone(),
+        warnings: prepared.warnings,
+        hugetlb_dirs: Vec::new(),
+    };
+    if let Some(mount) = &placement.unified_mount {
+        if !prepared.unified_hugetlb.is_empty() {
+            created.hugetlb_dirs = cgroups::apply_unified_hugetlb(
+                mount,
+                &prepared.cgroups_path,
+                &prepared.unified_hugetlb,
+                pid,
+            )?;
+        }
+    }
+    let text = serde_json::to_vec(&created).map_err(|err| other(id, "create")(err.to_string()))?;
+    std::fs::write(work_dir.join(CREATED_FILE), text).map_err(ShimError::io(format!(
+        "write {}/{CREATED_FILE}",
+        work_dir.display()
+    )))?;
+    // Last: it enters the container's mount namespace, after which host paths are gone.
+    if readonly_cgroups {
+        seal_cgroup_mounts(pid).map_err(other(id, "create"))?;
     }
     Ok(())
 }
@@ -210,16 +353,15 @@ pub fn spawn(
         let _ = std::fs::File::from(error_read).read_to_string(&mut message);
     }
     if !status.success() {
-        let message = if message.is_empty() {
-            format!("helper {status}")
-        } else {
-            message
-        };
-        return Err(ShimError::Runtime {
-            id: id.to_string(),
-            op,
-            message,
-        });
+        if message.is_empty() {
+            return Err(ShimError::Runtime {
+                id: id.to_string(),
+                op,
+                message: format!("helper {status}"),
+            });
+        }
+        let (code, message) = parse_error(&message);
+        return Err(ShimError::Helper { code, message });
     }
     if !request.op.makes_process() {
         register(None);
@@ -239,10 +381,7 @@ pub fn spawn(
 }
 
 /// Whether the spec asks for a read-only cgroup mount (runc's default spec does).
-fn cgroup_mount_readonly(bundle: &std::path::Path) -> bool {
-    let Ok(spec) = ingot_oci::load_spec(bundle) else {
-        return false;
-    };
+fn cgroup_mount_readonly(spec: &oci_spec::runtime::Spec) -> bool {
     spec.mounts().iter().flatten().any(|mount| {
         mount.typ().as_deref() == Some("cgroup")
             && mount

@@ -27,12 +27,11 @@ use containerd_shim::{
     },
     ExitSignal, TtrpcContext, TtrpcResult,
 };
-use ingot_oci::HostFacts;
 use libcgroups::common::{CgroupManager, FreezerState};
 use nix::{sys::signal::Signal, unistd::Pid};
 
 use crate::{
-    cgroups::{self, HugetlbPlacement},
+    cgroups,
     error::{Result, ShimError},
     helper,
     io::{self, ConsoleSocket, ProcessIo, StdioPaths},
@@ -87,8 +86,6 @@ struct Container {
     rootfs_mount: Option<PathBuf>,
     /// The prepared spec and pid files live here; removed at delete.
     work_dir: PathBuf,
-    /// Unified-hierarchy cgroup directories made for hugepage limits (hybrid hosts).
-    hugetlb_dirs: Vec<PathBuf>,
     init: Proc,
     execs: BTreeMap<String, Proc>,
     paused: bool,
@@ -137,7 +134,6 @@ pub struct Inner {
     events: Mutex<Sender<Event>>,
     reaper: Arc<Reaper>,
     exit: Arc<ExitSignal>,
-    hugetlb: HugetlbPlacement,
     counter: AtomicU64,
     helper: PathBuf,
     oom: OnceLock<Arc<OomWatcher>>,
@@ -171,7 +167,6 @@ impl Service {
         reaper: Arc<Reaper>,
         exit: Arc<ExitSignal>,
     ) -> Self {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         Service {
             inner: Arc::new(Inner {
                 namespace: namespace.to_string(),
@@ -181,7 +176,6 @@ impl Service {
                 events: Mutex::new(events),
                 reaper,
                 exit,
-                hugetlb: cgroups::hugetlb_placement(&mountinfo, Path::new("/")),
                 counter: AtomicU64::new(0),
                 helper: helper::binary(),
                 oom: OnceLock::new(),
@@ -322,12 +316,6 @@ impl Service {
     ) -> Result<Container> {
         let id = req.id.as_str();
         let bundle = PathBuf::from(&req.bundle);
-        let spec_error = |source| ShimError::Spec {
-            id: id.to_string(),
-            source,
-        };
-        let spec = ingot_oci::load_spec(&bundle).map_err(spec_error)?;
-
         let rootfs_target = bundle.join("rootfs");
         for mount in &req.rootfs {
             if cleanup.rootfs_mount.is_none() {
@@ -343,29 +331,10 @@ impl Service {
             cleanup.rootfs_mount = Some(rootfs_target.clone());
         }
 
-        let host = HostFacts {
-            min_oom_score_adj: cgroups::oom_score_floor(Path::new("/proc/self")),
-            hugetlb: self.inner.hugetlb.support.clone(),
-        };
-        let prepared = ingot_oci::prepare(spec, id, &bundle, &host).map_err(spec_error)?;
-        for warning in &prepared.warnings {
-            tracing::warn!(container_id = id, "{warning}");
-        }
-
         let work_dir = self.work_dir(id);
         std::fs::create_dir_all(&work_dir)
             .map_err(ShimError::io(format!("create {}", work_dir.display())))?;
         cleanup.work_dir = Some(work_dir.clone());
-        let config = serde_json::to_vec(&prepared.spec).map_err(|err| ShimError::Runtime {
-            id: id.to_string(),
-            op: "encode spec",
-            message: err.to_string(),
-        })?;
-        std::fs::write(work_dir.join("config.json"), config).map_err(ShimError::io(format!(
-            "write {}/config.json",
-            work_dir.display()
-        )))?;
-        cleanup.cgroups_path = Some(prepared.cgroups_path.clone());
 
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
@@ -373,9 +342,11 @@ impl Service {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
+        // The helper prepares the spec (validation, clamping, hugetlb placement) and builds.
         let request = helper::Request {
             op: helper::Op::Create {
-                bundle: work_dir.clone(),
+                bundle: bundle.clone(),
+                work_dir: work_dir.clone(),
             },
             root: self.inner.root.clone(),
             id: id.to_string(),
@@ -389,17 +360,18 @@ impl Service {
             message: "the helper reported no pid".into(),
         })?;
         cleanup.pid = Some(pid);
-
-        let mut hugetlb_dirs = Vec::new();
-        if let Some(mount) = &self.inner.hugetlb.unified_mount {
-            if !prepared.unified_hugetlb.is_empty() {
-                hugetlb_dirs = cgroups::apply_unified_hugetlb(
-                    mount,
-                    &prepared.cgroups_path,
-                    &prepared.unified_hugetlb,
-                    pid,
-                )?;
-            }
+        let created_file = work_dir.join(helper::CREATED_FILE);
+        let created: helper::Created = std::fs::read(&created_file)
+            .map_err(ShimError::io(format!("read {}", created_file.display())))
+            .and_then(|text| {
+                serde_json::from_slice(&text).map_err(|err| ShimError::Runtime {
+                    id: id.to_string(),
+                    op: "create",
+                    message: format!("{}: {err}", created_file.display()),
+                })
+            })?;
+        for warning in &created.warnings {
+            tracing::warn!(container_id = id, "{warning}");
         }
 
         let mut init = Proc::new(stdio.clone());
@@ -423,15 +395,14 @@ impl Service {
                 ..Default::default()
             }),
         );
-        self.watch_oom(id, &prepared.cgroups_path);
+        self.watch_oom(id, &created.cgroups_path);
         tracing::info!(container_id = id, pid, "container created");
         Ok(Container {
             id: id.to_string(),
             bundle,
-            cgroups_path: prepared.cgroups_path,
+            cgroups_path: created.cgroups_path,
             rootfs_mount: cleanup.rootfs_mount.take(),
             work_dir,
-            hugetlb_dirs,
             init,
             execs: BTreeMap::new(),
             paused: false,
@@ -644,7 +615,8 @@ impl Service {
             }
         }
         // Created or stopped: libcontainer kills what is left, removes the cgroup and its state.
-        self.helper_op(id, helper::Op::Delete, || {})?;
+        let work_dir = self.work_dir(id);
+        self.helper_op(id, helper::Op::Delete { work_dir }, || {})?;
         let mut container = self
             .state()
             .containers
@@ -657,7 +629,6 @@ impl Service {
         for process in container.execs.values_mut() {
             process.io.close_stdin();
         }
-        cgroups::remove_dirs(&container.hugetlb_dirs);
         if let Some(target) = &container.rootfs_mount {
             unmount(target);
         }
@@ -696,10 +667,23 @@ impl Service {
                 what: format!("exec {exec_id} in container {id}"),
                 reason: "no process spec".into(),
             })?;
-        let process = ingot_oci::parse_process(&spec.value).map_err(|source| ShimError::Spec {
-            id: id.to_string(),
-            source,
-        })?;
+        // The helper checks the process fully at Start; a spec that is not even a process
+        // object is refused here, at Exec, as runc's shim does.
+        let process: serde_json::Value =
+            serde_json::from_slice(&spec.value).map_err(|err| ShimError::InvalidArgument {
+                what: format!("exec {exec_id} in container {id}: exec process spec"),
+                reason: err.to_string(),
+            })?;
+        let has_args = process
+            .get("args")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|args| !args.is_empty());
+        if !has_args {
+            return Err(ShimError::InvalidArgument {
+                what: format!("exec {exec_id} in container {id}: exec process spec"),
+                reason: "process.args is empty; a command is required".into(),
+            });
+        }
         let mut state = self.state();
         let container = state.containers.get_mut(id).ok_or_else(|| not_found(id))?;
         if container.init.state != ProcState::Running {
@@ -714,11 +698,6 @@ impl Service {
                 exec_id: exec_id.to_string(),
             });
         }
-        let rootfs_dir = container_rootfs(&container.work_dir)?;
-        ingot_oci::check_executable(&rootfs_dir, &process).map_err(|source| ShimError::Spec {
-            id: id.to_string(),
-            source,
-        })?;
         let file = container.work_dir.join(format!("exec-{exec_id}.json"));
         std::fs::write(&file, &spec.value)
             .map_err(ShimError::io(format!("write {}", file.display())))?;
@@ -908,6 +887,25 @@ impl Service {
         f(container.process_mut(exec_id)?)
     }
 
+    /// Update runs in the helper: applying resources needs the OCI resource types, which the
+    /// long-lived shim does not carry.
+    fn update(&self, id: &str, cgroups_path: PathBuf, resources: &[u8]) -> Result<()> {
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        let file = self.work_dir(id).join(format!("update-{n}.json"));
+        std::fs::write(&file, resources)
+            .map_err(ShimError::io(format!("write {}", file.display())))?;
+        let result = self.helper_op(
+            id,
+            helper::Op::Update {
+                resources: file.clone(),
+                cgroups_path,
+            },
+            || {},
+        );
+        let _ = std::fs::remove_file(&file);
+        result
+    }
+
     fn init_pid(&self, id: &str) -> u32 {
         let state = self.state();
         state
@@ -916,21 +914,6 @@ impl Service {
             .map(|c| u32::try_from(c.init.pid).unwrap_or(0))
             .unwrap_or(0)
     }
-}
-
-/// The rootfs recorded in the prepared spec (always absolute there).
-fn container_rootfs(work_dir: &Path) -> Result<PathBuf> {
-    let spec = ingot_oci::load_spec(work_dir).map_err(|source| ShimError::Spec {
-        id: work_dir.display().to_string(),
-        source,
-    })?;
-    spec.root()
-        .as_ref()
-        .map(|root| root.path().clone())
-        .ok_or_else(|| ShimError::InvalidArgument {
-            what: "prepared spec".into(),
-            reason: "no root".into(),
-        })
 }
 
 /// Container and exec ids become file names: refuse anything that is not a plain name.
@@ -963,7 +946,6 @@ pub fn unmount(target: &Path) {
 struct CreateCleanup {
     rootfs_mount: Option<PathBuf>,
     work_dir: Option<PathBuf>,
-    cgroups_path: Option<PathBuf>,
     pid: Option<i32>,
 }
 
@@ -974,14 +956,9 @@ impl CreateCleanup {
         if let Some(pid) = self.pid {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
-        if let Err(err) = service.helper_op(id, helper::Op::Delete, || {}) {
+        let work_dir = service.work_dir(id);
+        if let Err(err) = service.helper_op(id, helper::Op::Delete { work_dir }, || {}) {
             tracing::warn!(container_id = id, error = %err, "cleanup after failed create");
-        }
-        if let Some(path) = &self.cgroups_path {
-            // libcontainer removes its cgroup when build() fails; make sure.
-            if let Ok(manager) = cgroups::manager(id, path) {
-                let _ = manager.remove();
-            }
         }
         if let Some(target) = &self.rootfs_mount {
             unmount(target);
@@ -1120,7 +1097,7 @@ impl containerd_shim::Task for Service {
                     what: format!("update container {}", req.id),
                     reason: "no resources".into(),
                 })?;
-            cgroups::update(&req.id, &path, resources)
+            self.update(&req.id, path, &resources.value)
         });
         to_ttrpc(result, "update", &req.id)?;
         Ok(api::Empty::new())

@@ -332,9 +332,26 @@ impl Drop for Containerd {
     }
 }
 
-/// Removes `/sys/fs/cgroup/<hierarchy>/<parent>` in every hierarchy, deepest first. Only for
-/// parents a test created itself.
+/// Removes `/sys/fs/cgroup/<hierarchy>/<parent>` in every hierarchy, deepest first, after
+/// SIGKILLing the processes still in it (a test that failed half-way leaves its container
+/// running). Only for parents a test created itself, so every process there is the test's own.
 pub fn remove_cgroup_parent(parent: &str) {
+    let pids_root = Path::new("/sys/fs/cgroup/pids").join(parent);
+    let mut leftover = Vec::new();
+    collect_procs(&pids_root, &mut leftover);
+    for pid in &leftover {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    if !leftover.is_empty() {
+        wait_until(Duration::from_secs(5), || {
+            let mut left = Vec::new();
+            collect_procs(&pids_root, &mut left);
+            left.is_empty()
+        });
+    }
     let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
         return;
     };
@@ -342,6 +359,19 @@ pub fn remove_cgroup_parent(parent: &str) {
         let dir = hierarchy.path().join(parent);
         if dir.is_dir() {
             remove_cgroup_tree(&dir);
+        }
+    }
+}
+
+fn collect_procs(dir: &Path, pids: &mut Vec<i32>) {
+    if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+        pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                collect_procs(&entry.path(), pids);
+            }
         }
     }
 }
@@ -510,7 +540,8 @@ impl Drop for ShimProcess {
             nix::sys::signal::Signal::SIGKILL,
         );
         let _ = self.child.wait();
-        let _ = fs::remove_dir(Path::new("/run/ingot/shim").join(&self.namespace));
+        // The namespace is this test's own; a failed test may leave libcontainer state there.
+        let _ = fs::remove_dir_all(Path::new("/run/ingot/shim").join(&self.namespace));
     }
 }
 
