@@ -13,7 +13,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
 apt-get install -y --no-install-recommends \
-    busybox-static containerd runc crun libseccomp-dev pkg-config \
+    busybox-static containerd runc crun libseccomp-dev pkg-config protobuf-compiler \
     skopeo docker-registry containernetworking-plugins iproute2 numactl rt-tests util-linux
 
 cargo fmt --all --check

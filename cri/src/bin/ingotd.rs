@@ -1,0 +1,43 @@
+//! `ingotd`: the CRI v1 daemon of ingot. Runs on embedded defaults with no config file:
+//! `ingotd [--config FILE] [--listen unix:///PATH] [--root DIR] [--state DIR]`.
+
+use anyhow::Context;
+use ingot_cri::config::{Config, Flags};
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("INGOT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flags = Flags::parse(&args)?;
+    let config = Config::load(&flags)?;
+    // One thread: the daemon mostly waits; housekeeping CPUs stay quiet.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "no SIGTERM handler");
+                        let _ = tokio::signal::ctrl_c().await;
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            tracing::info!("shutting down");
+        };
+        ingot_cri::server::serve(config, shutdown).await
+    })?;
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! Serving the CRI on the configured unix socket (mode 0660, directory created).
+
+use std::{future::Future, os::unix::fs::PermissionsExt, path::Path};
+
+use k8s_cri::v1::{
+    image_service_server::ImageServiceServer, runtime_service_server::RuntimeServiceServer,
+};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::{
+    config::Config,
+    runtime::{Images, Runtime},
+    CriError,
+};
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> CriError {
+    move |source| CriError::Io { context, source }
+}
+
+/// Binds the socket, refusing to take over one another ingotd still serves.
+fn bind(socket: &Path) -> Result<tokio::net::UnixListener, CriError> {
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent).map_err(io(format!("create {}", parent.display())))?;
+    }
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Err(CriError::Config(format!(
+                "listen: {} is served by another process",
+                socket.display()
+            )));
+        }
+        std::fs::remove_file(socket)
+            .map_err(io(format!("remove stale socket {}", socket.display())))?;
+    }
+    let listener =
+        tokio::net::UnixListener::bind(socket).map_err(io(format!("bind {}", socket.display())))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+        .map_err(io(format!("chmod 0660 {}", socket.display())))?;
+    Ok(listener)
+}
+
+/// Serves RuntimeService and ImageService until `shutdown` resolves, then removes the socket.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), CriError> {
+    let socket = config.socket_path()?;
+    let listener = bind(&socket)?;
+    tracing::info!(socket = %socket.display(), "serving CRI v1");
+    let result = tonic::transport::Server::builder()
+        .add_service(RuntimeServiceServer::new(Runtime::new(config)))
+        .add_service(ImageServiceServer::new(Images))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    result.map_err(|err| CriError::Io {
+        context: format!("serve {}", socket.display()),
+        source: std::io::Error::other(err),
+    })
+}

@@ -1,0 +1,57 @@
+//! The one mapping from ingotd's errors to gRPC status codes, with the whole cause chain in the
+//! message.
+
+use tonic::{Code, Status};
+
+use crate::CriError;
+
+impl CriError {
+    pub fn code(&self) -> Code {
+        match self {
+            CriError::Config(_) | CriError::InvalidArgument { .. } => Code::InvalidArgument,
+            CriError::Unimplemented { .. } => Code::Unimplemented,
+            CriError::Io { .. } => Code::Internal,
+        }
+    }
+}
+
+impl From<CriError> for Status {
+    fn from(err: CriError) -> Self {
+        let mut message = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            source = cause.source();
+        }
+        Status::new(err.code(), message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_messages() {
+        let status = Status::from(CriError::Unimplemented {
+            rpc: "RunPodSandbox",
+        });
+        assert_eq!(status.code(), Code::Unimplemented);
+        assert_eq!(
+            status.message(),
+            "RunPodSandbox: not implemented yet in ingotd"
+        );
+        let status = Status::from(CriError::InvalidArgument {
+            field: "runtime_config.network_config.pod_cidr",
+            reason: "\"10.0.0.0/33\" is not a CIDR".into(),
+        });
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status
+            .message()
+            .starts_with("runtime_config.network_config.pod_cidr:"));
+    }
+}

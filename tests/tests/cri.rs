@@ -1,0 +1,238 @@
+//! ingotd over its unix socket with a Rust CRI client: configuration, socket, Version, Status,
+//! RuntimeConfig, UpdateRuntimeConfig, shutdown, and bad configuration.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use k8s_cri::v1::{self, runtime_service_client::RuntimeServiceClient};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+fn ingotd_binary() -> PathBuf {
+    ingot_tests::target_dir().expect("target").join("ingotd")
+}
+
+struct Daemon {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Daemon {
+    fn start(extra_config: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("ingot.toml");
+        std::fs::create_dir_all(dir.path().join("net.d")).expect("mkdir");
+        std::fs::write(
+            &config,
+            format!(
+                "[cni]\nconf_dir = \"{}\"\n{extra_config}",
+                dir.path().join("net.d").display()
+            ),
+        )
+        .expect("config");
+        let child = Command::new(ingotd_binary())
+            .arg("--config")
+            .arg(&config)
+            .arg(format!(
+                "--listen=unix://{}",
+                dir.path().join("run/ingot.sock").display()
+            ))
+            .arg("--root")
+            .arg(dir.path().join("lib"))
+            .arg("--state")
+            .arg(dir.path().join("run"))
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ingotd");
+        let daemon = Daemon { dir, child };
+        assert!(
+            ingot_tests::wait_until(Duration::from_secs(10), || daemon.socket().exists()),
+            "ingotd did not listen"
+        );
+        daemon
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/ingot.sock")
+    }
+
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+async fn connect(socket: &Path) -> RuntimeServiceClient<Channel> {
+    let socket = socket.to_path_buf();
+    let channel = Endpoint::try_from("http://[::]:50051")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect");
+    RuntimeServiceClient::new(channel)
+}
+
+fn network_ready(status: &v1::StatusResponse) -> v1::RuntimeCondition {
+    status
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.r#type == "NetworkReady"))
+        .cloned()
+        .expect("NetworkReady condition")
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn version_status_runtime_config() {
+    let daemon = Daemon::start("");
+    let mode = std::fs::metadata(daemon.socket())
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660);
+    let mut client = connect(&daemon.socket()).await;
+
+    let version = client
+        .version(v1::VersionRequest::default())
+        .await
+        .expect("version")
+        .into_inner();
+    assert_eq!(version.runtime_name, "ingot");
+    assert_eq!(version.runtime_api_version, "v1");
+
+    let status = client
+        .status(v1::StatusRequest { verbose: true })
+        .await
+        .expect("status")
+        .into_inner();
+    let runtime_ready = status
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.r#type == "RuntimeReady"))
+        .expect("RuntimeReady");
+    assert!(runtime_ready.status);
+    let network = network_ready(&status);
+    assert!(!network.status);
+    assert_eq!(network.reason, "NetworkPluginNotReady");
+    assert!(network.message.contains("net.d"), "{}", network.message);
+    assert!(status.info.contains_key("config"));
+
+    std::fs::write(daemon.dir.path().join("net.d/10-bridge.conflist"), "{}").expect("cni conf");
+    let status = client
+        .status(v1::StatusRequest { verbose: false })
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(network_ready(&status).status);
+
+    let config = client
+        .runtime_config(v1::RuntimeConfigRequest {})
+        .await
+        .expect("runtime config")
+        .into_inner();
+    assert_eq!(
+        config.linux.expect("linux").cgroup_driver,
+        v1::CgroupDriver::Cgroupfs as i32
+    );
+
+    let update = |cidr: &str| v1::UpdateRuntimeConfigRequest {
+        runtime_config: Some(v1::RuntimeConfig {
+            network_config: Some(v1::NetworkConfig {
+                pod_cidr: cidr.to_string(),
+            }),
+        }),
+    };
+    client
+        .update_runtime_config(update("10.88.0.0/16"))
+        .await
+        .expect("update");
+    let err = client
+        .update_runtime_config(update("10.88.0.0/40"))
+        .await
+        .expect_err("bad cidr");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("pod_cidr"), "{}", err.message());
+    let status = client
+        .status(v1::StatusRequest { verbose: true })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(
+        status.info.get("podCIDR").map(String::as_str),
+        Some("10.88.0.0/16")
+    );
+
+    // crictl, the kubelet's own tooling, talks to it too (when the shared cri-tools exist).
+    let crictl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cri-tools/crictl");
+    if crictl.exists() {
+        let output = Command::new(&crictl)
+            .arg("--runtime-endpoint")
+            .arg(format!("unix://{}", daemon.socket().display()))
+            .arg("version")
+            .output()
+            .expect("crictl");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("RuntimeName:  ingot"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn second_daemon_refused_and_sigterm_removes_socket() {
+    let mut daemon = Daemon::start("");
+    let output = Command::new(ingotd_binary())
+        .arg(format!("--listen=unix://{}", daemon.socket().display()))
+        .arg("--root")
+        .arg(daemon.dir.path().join("lib2"))
+        .arg("--state")
+        .arg(daemon.dir.path().join("run2"))
+        .arg("--config")
+        .arg(daemon.dir.path().join("ingot.toml"))
+        .output()
+        .expect("second ingotd");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("served by another process"), "{stderr}");
+
+    nix::sys::signal::kill(daemon.pid(), nix::sys::signal::Signal::SIGTERM).expect("term");
+    let status = daemon.child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    assert!(!daemon.socket().exists(), "socket left after SIGTERM");
+}
+
+#[test]
+fn bad_config_names_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("ingot.toml");
+    std::fs::write(&config, "lisen = \"unix:///tmp/x.sock\"\n").expect("config");
+    let output = Command::new(ingotd_binary())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("ingotd");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("lisen"), "{stderr}");
+
+    let output = Command::new(ingotd_binary())
+        .args(["--listen", "tcp://127.0.0.1:1"])
+        .output()
+        .expect("ingotd");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("listen"));
+}
