@@ -3,6 +3,7 @@
 //! drive one `containerd-shim-ingot-v2` per pod.
 
 pub mod config;
+pub mod images;
 pub mod runtime;
 pub mod server;
 pub mod status;
@@ -16,6 +17,8 @@ pub enum CriError {
     Unimplemented { rpc: &'static str },
     #[error("{field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
+    #[error(transparent)]
+    Image(#[from] ingot_image::ImageError),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -1,12 +1,10 @@
-//! RuntimeService and ImageService. Answered today: Version, Status, RuntimeConfig,
-//! UpdateRuntimeConfig. Every other RPC answers Unimplemented with a message naming it, until the
-//! pod, container and image managers land.
+//! RuntimeService. Answered today: Version, Status, RuntimeConfig, UpdateRuntimeConfig. Every
+//! other RPC answers Unimplemented with a message naming it, until the pod and container
+//! managers land.
 
 use std::{net::IpAddr, path::Path, pin::Pin, sync::Mutex};
 
-use k8s_cri::v1::{
-    self, image_service_server::ImageService, runtime_service_server::RuntimeService,
-};
+use k8s_cri::v1::{self, runtime_service_server::RuntimeService};
 use tonic::{Request, Response, Status};
 
 use crate::{config::Config, CriError};
@@ -391,47 +389,6 @@ impl RuntimeService for Runtime {
             rpc: "ListPodSandboxMetrics",
         }
         .into())
-    }
-}
-
-/// The image service; answers Unimplemented until the image store lands.
-pub struct Images;
-
-#[tonic::async_trait]
-impl ImageService for Images {
-    async fn list_images(
-        &self,
-        _: Request<v1::ListImagesRequest>,
-    ) -> Result<Response<v1::ListImagesResponse>, Status> {
-        Err(CriError::Unimplemented { rpc: "ListImages" }.into())
-    }
-
-    async fn image_status(
-        &self,
-        _: Request<v1::ImageStatusRequest>,
-    ) -> Result<Response<v1::ImageStatusResponse>, Status> {
-        Err(CriError::Unimplemented { rpc: "ImageStatus" }.into())
-    }
-
-    async fn pull_image(
-        &self,
-        _: Request<v1::PullImageRequest>,
-    ) -> Result<Response<v1::PullImageResponse>, Status> {
-        Err(CriError::Unimplemented { rpc: "PullImage" }.into())
-    }
-
-    async fn remove_image(
-        &self,
-        _: Request<v1::RemoveImageRequest>,
-    ) -> Result<Response<v1::RemoveImageResponse>, Status> {
-        Err(CriError::Unimplemented { rpc: "RemoveImage" }.into())
-    }
-
-    async fn image_fs_info(
-        &self,
-        _: Request<v1::ImageFsInfoRequest>,
-    ) -> Result<Response<v1::ImageFsInfoResponse>, Status> {
-        Err(CriError::Unimplemented { rpc: "ImageFsInfo" }.into())
     }
 }
 

@@ -1,17 +1,13 @@
 //! Serving the CRI on the configured unix socket (mode 0660, directory created).
 
-use std::{future::Future, os::unix::fs::PermissionsExt, path::Path};
+use std::{future::Future, os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
 use k8s_cri::v1::{
     image_service_server::ImageServiceServer, runtime_service_server::RuntimeServiceServer,
 };
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::{
-    config::Config,
-    runtime::{Images, Runtime},
-    CriError,
-};
+use crate::{config::Config, images::Images, runtime::Runtime, CriError};
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> CriError {
     move |source| CriError::Io { context, source }
@@ -39,16 +35,37 @@ fn bind(socket: &Path) -> Result<tokio::net::UnixListener, CriError> {
     Ok(listener)
 }
 
+/// How long in-flight calls get after a shutdown signal. Clients that keep their connection open
+/// (the kubelet always does) must not hold the daemon's exit.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves RuntimeService and ImageService until `shutdown` resolves, then removes the socket.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), CriError> {
     let socket = config.socket_path()?;
+    let images = Images::open(&config)?;
     let listener = bind(&socket)?;
     tracing::info!(socket = %socket.display(), "serving CRI v1");
-    let result = tonic::transport::Server::builder()
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(Runtime::new(config)))
-        .add_service(ImageServiceServer::new(Images))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await;
+        .add_service(ImageServiceServer::new(images))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            let _ = stopped.await;
+        });
+    tokio::pin!(server);
+    let result = tokio::select! {
+        result = &mut server => result,
+        () = shutdown => {
+            let _ = stop.send(());
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::info!("connections still open after the grace period; exiting");
+                    Ok(())
+                }
+            }
+        }
+    };
     let _ = std::fs::remove_file(&socket);
     result.map_err(|err| CriError::Io {
         context: format!("serve {}", socket.display()),

@@ -3,6 +3,8 @@
 
 use tonic::{Code, Status};
 
+use ingot_image::ImageError;
+
 use crate::CriError;
 
 impl CriError {
@@ -10,6 +12,13 @@ impl CriError {
         match self {
             CriError::Config(_) | CriError::InvalidArgument { .. } => Code::InvalidArgument,
             CriError::Unimplemented { .. } => Code::Unimplemented,
+            CriError::Image(err) => match err {
+                ImageError::InvalidReference { .. } => Code::InvalidArgument,
+                ImageError::NotFound { .. } => Code::NotFound,
+                ImageError::Registry { .. } => Code::Unavailable,
+                ImageError::DigestMismatch { .. } => Code::DataLoss,
+                ImageError::Io { .. } | ImageError::Store { .. } => Code::Internal,
+            },
             CriError::Io { .. } => Code::Internal,
         }
     }

@@ -549,3 +549,76 @@ impl Drop for ShimProcess {
 pub fn ctx() -> containerd_shim_protos::ttrpc::context::Context {
     containerd_shim_protos::ttrpc::context::with_timeout(30_000_000_000)
 }
+
+/// Debian's `docker-registry` on a free 127.0.0.1 port with a temp config and storage; killed
+/// by pid on drop.
+pub struct Registry {
+    pub dir: tempfile::TempDir,
+    pub address: String,
+    child: Child,
+}
+
+impl Registry {
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("ingot-registry")
+            .tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+            dir.path().join("data").display()
+        );
+        fs::write(dir.path().join("config.yml"), config)?;
+        let log = fs::File::create(dir.path().join("registry.log"))?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start docker-registry (package docker-registry)")?;
+        let registry = Registry {
+            dir,
+            address,
+            child,
+        };
+        if !wait_until(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&registry.address).is_ok()
+        }) {
+            bail!("docker-registry did not listen on {}", registry.address);
+        }
+        Ok(registry)
+    }
+
+    /// Pushes the busybox test image as `<address>/<name>` with skopeo.
+    pub fn push_test_image(&self, name: &str) -> Result<()> {
+        let archive = self.dir.path().join("busybox-oci.tar");
+        if !archive.exists() {
+            busybox_oci_archive(&archive, TEST_IMAGE)?;
+        }
+        let output = Command::new("skopeo")
+            .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(format!("docker://{}/{name}", self.address))
+            .output()
+            .context("run skopeo (package skopeo)")?;
+        if !output.status.success() {
+            bail!("skopeo copy: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0)),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+    }
+}

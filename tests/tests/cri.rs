@@ -8,7 +8,9 @@ use std::{
     time::Duration,
 };
 
-use k8s_cri::v1::{self, runtime_service_client::RuntimeServiceClient};
+use k8s_cri::v1::{
+    self, image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
+};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 fn ingotd_binary() -> PathBuf {
@@ -23,16 +25,29 @@ struct Daemon {
 impl Daemon {
     fn start(extra_config: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, extra_config, true)
+    }
+
+    /// Starts a new ingotd over the same root, state and config as a stopped one.
+    fn restart(mut stopped: Daemon) -> Daemon {
+        let dir = std::mem::replace(&mut stopped.dir, tempfile::tempdir().expect("tempdir"));
+        drop(stopped);
+        Self::start_in(dir, "", false)
+    }
+
+    fn start_in(dir: tempfile::TempDir, extra_config: &str, write_config: bool) -> Daemon {
         let config = dir.path().join("ingot.toml");
         std::fs::create_dir_all(dir.path().join("net.d")).expect("mkdir");
-        std::fs::write(
-            &config,
-            format!(
-                "[cni]\nconf_dir = \"{}\"\n{extra_config}",
-                dir.path().join("net.d").display()
-            ),
-        )
-        .expect("config");
+        if write_config {
+            std::fs::write(
+                &config,
+                format!(
+                    "{extra_config}[cni]\nconf_dir = \"{}\"\n",
+                    dir.path().join("net.d").display()
+                ),
+            )
+            .expect("config");
+        }
         let child = Command::new(ingotd_binary())
             .arg("--config")
             .arg(&config)
@@ -72,7 +87,7 @@ impl Drop for Daemon {
     }
 }
 
-async fn connect(socket: &Path) -> RuntimeServiceClient<Channel> {
+async fn channel(socket: &Path) -> Channel {
     let socket = socket.to_path_buf();
     let channel = Endpoint::try_from("http://[::]:50051")
         .expect("endpoint")
@@ -86,7 +101,11 @@ async fn connect(socket: &Path) -> RuntimeServiceClient<Channel> {
         }))
         .await
         .expect("connect");
-    RuntimeServiceClient::new(channel)
+    channel
+}
+
+async fn connect(socket: &Path) -> RuntimeServiceClient<Channel> {
+    RuntimeServiceClient::new(channel(socket).await)
 }
 
 fn network_ready(status: &v1::StatusResponse) -> v1::RuntimeCondition {
@@ -235,4 +254,161 @@ fn bad_config_names_the_key() {
         .expect("ingotd");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("listen"));
+}
+
+fn spec(image: &str) -> Option<v1::ImageSpec> {
+    Some(v1::ImageSpec {
+        image: image.to_string(),
+        ..Default::default()
+    })
+}
+
+async fn pull(
+    client: &mut ImageServiceClient<Channel>,
+    image: &str,
+) -> Result<String, tonic::Status> {
+    client
+        .pull_image(v1::PullImageRequest {
+            image: spec(image),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().image_ref)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn images_from_a_real_registry() {
+    let registry = ingot_tests::Registry::start().expect("registry");
+    registry
+        .push_test_image("ingot/busybox:test")
+        .expect("push");
+    registry
+        .push_test_image("e2e/busybox:1.0")
+        .expect("push mirror copy");
+    let mirror = format!(
+        "[registries.\"registry.k8s.io\"]\nmirrors = [\"http://{}\"]\n",
+        registry.address
+    );
+    let mut daemon = Daemon::start(&mirror);
+    let mut images = ImageServiceClient::new(channel(&daemon.socket()).await);
+
+    let name = format!("{}/ingot/busybox:test", registry.address);
+    let id = pull(&mut images, &name).await.expect("pull by tag");
+    assert!(id.starts_with("sha256:"), "{id}");
+
+    let listed = images
+        .list_images(v1::ListImagesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .images;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, id);
+    assert_eq!(listed[0].repo_tags, vec![name.clone()]);
+    assert!(
+        listed[0].size > 1_000_000,
+        "busybox layer: {}",
+        listed[0].size
+    );
+    assert_eq!(listed[0].uid.as_ref().map(|u| u.value), Some(0));
+    let repo_digest = listed[0].repo_digests[0].clone();
+    assert!(repo_digest.contains("@sha256:"), "{repo_digest}");
+
+    // By digest, and through the mirror configured for registry.k8s.io (no network here).
+    assert_eq!(
+        pull(&mut images, &repo_digest)
+            .await
+            .expect("pull by digest"),
+        id
+    );
+    assert_eq!(
+        pull(&mut images, "registry.k8s.io/e2e/busybox:1.0")
+            .await
+            .expect("pull via mirror"),
+        id
+    );
+
+    let status = images
+        .image_status(v1::ImageStatusRequest {
+            image: spec("registry.k8s.io/e2e/busybox:1.0"),
+            verbose: true,
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    let image = status.image.expect("image");
+    assert_eq!(image.id, id);
+    assert_eq!(image.repo_tags.len(), 2, "{:?}", image.repo_tags);
+    assert!(status.info["info"].contains("\"architecture\""));
+    let missing = images
+        .image_status(v1::ImageStatusRequest {
+            image: spec("docker.io/library/nothere:1"),
+            verbose: false,
+        })
+        .await
+        .expect("status of a missing image")
+        .into_inner();
+    assert!(missing.image.is_none());
+
+    let fs = images
+        .image_fs_info(v1::ImageFsInfoRequest {})
+        .await
+        .expect("fs info")
+        .into_inner();
+    let used = fs.image_filesystems[0].used_bytes.as_ref().map(|u| u.value);
+    assert!(used.unwrap_or(0) > 1_000_000, "{used:?}");
+
+    // Bad input: each with its code and the thing named.
+    let err = pull(
+        &mut images,
+        &format!("{}/ingot/busybox:nope", registry.address),
+    )
+    .await
+    .expect_err("unknown tag");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{}", err.message());
+    assert!(err.message().contains("busybox:nope"), "{}", err.message());
+    let err = pull(&mut images, "Not A Reference")
+        .await
+        .expect_err("bad ref");
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        err.message()
+    );
+    let err = pull(&mut images, "").await.expect_err("empty");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("image.image"), "{}", err.message());
+
+    // Persisted: a restarted ingotd still lists it.
+    nix::sys::signal::kill(daemon.pid(), nix::sys::signal::Signal::SIGTERM).expect("term");
+    daemon.child.wait().expect("wait");
+    let restarted = Daemon::restart(daemon);
+    let mut images = ImageServiceClient::new(channel(&restarted.socket()).await);
+    let listed = images
+        .list_images(v1::ListImagesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .images;
+    assert_eq!(
+        listed.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
+        vec![id.clone()]
+    );
+
+    images
+        .remove_image(v1::RemoveImageRequest { image: spec(&name) })
+        .await
+        .expect("remove");
+    images
+        .remove_image(v1::RemoveImageRequest { image: spec(&name) })
+        .await
+        .expect("removing again succeeds");
+    let listed = images
+        .list_images(v1::ListImagesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .images;
+    assert!(listed.is_empty(), "{listed:?}");
 }

@@ -1,0 +1,508 @@
+//! The content store (blobs by digest, verified before they become visible) and the image
+//! metadata table in redb, and pulling into them.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use oci_client::{
+    client::{ClientConfig, ClientProtocol},
+    errors::{OciDistributionError, OciErrorCode},
+    secrets::RegistryAuth,
+    Client, Reference,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{is_loopback_registry, normalize, reference_string, ImageError};
+
+/// Image id (the config digest) → JSON [`ImageRecord`].
+const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
+
+/// What the CRI reports about an image, and what containers are made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The config digest.
+    pub id: String,
+    pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
+    /// Compressed layer bytes plus config.
+    pub size: u64,
+    pub manifest_digest: String,
+    pub layers: Vec<String>,
+    /// The image config JSON (entrypoint, cmd, env, user, workdir).
+    pub config: String,
+}
+
+/// Blobs under `<root>/blobs/sha256/<hex>`; a blob is written to a temporary file, hashed, and
+/// renamed into place only when its digest matches.
+pub struct ContentStore {
+    root: PathBuf,
+    counter: AtomicU64,
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
+    let context = context.into();
+    move |source| ImageError::Io { context, source }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl ContentStore {
+    pub fn new(root: &Path) -> Result<Self, ImageError> {
+        let blobs = root.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).map_err(io(format!("create {}", blobs.display())))?;
+        std::fs::create_dir_all(root.join("ingest"))
+            .map_err(io(format!("create {}/ingest", root.display())))?;
+        Ok(ContentStore {
+            root: root.to_path_buf(),
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    fn hex(digest: &str) -> Result<&str, ImageError> {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| ImageError::InvalidReference {
+                reference: digest.to_string(),
+                reason: "not a sha256 digest".into(),
+            })?;
+        Ok(hex)
+    }
+
+    pub fn path(&self, digest: &str) -> Result<PathBuf, ImageError> {
+        Ok(self.root.join("blobs/sha256").join(Self::hex(digest)?))
+    }
+
+    pub fn contains(&self, digest: &str) -> bool {
+        self.path(digest).is_ok_and(|p| p.exists())
+    }
+
+    /// A fresh temporary path for an ingest.
+    pub fn ingest_path(&self) -> PathBuf {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join("ingest")
+            .join(format!("{}-{n}", std::process::id()))
+    }
+
+    /// Verifies the file at `ingest` against `digest` and moves it into the store.
+    pub fn commit(&self, ingest: &Path, digest: &str) -> Result<PathBuf, ImageError> {
+        let target = self.path(digest)?;
+        let mut file =
+            std::fs::File::open(ingest).map_err(io(format!("open {}", ingest.display())))?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher).map_err(io(format!("hash {}", ingest.display())))?;
+        let actual = format!(
+            "sha256:{}",
+            hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        if actual != digest {
+            let _ = std::fs::remove_file(ingest);
+            return Err(ImageError::DigestMismatch {
+                expected: digest.to_string(),
+                actual,
+            });
+        }
+        std::fs::rename(ingest, &target).map_err(io(format!("commit {}", target.display())))?;
+        Ok(target)
+    }
+
+    /// Writes `data` as the blob `digest`, verified.
+    pub fn write(&self, digest: &str, data: &[u8]) -> Result<PathBuf, ImageError> {
+        let actual = format!("sha256:{}", sha256_hex(data));
+        if actual != digest {
+            return Err(ImageError::DigestMismatch {
+                expected: digest.to_string(),
+                actual,
+            });
+        }
+        let ingest = self.ingest_path();
+        let mut file =
+            std::fs::File::create(&ingest).map_err(io(format!("create {}", ingest.display())))?;
+        file.write_all(data)
+            .map_err(io(format!("write {}", ingest.display())))?;
+        drop(file);
+        self.commit(&ingest, digest)
+    }
+
+    pub fn remove(&self, digest: &str) {
+        if let Ok(path) = self.path(digest) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// How to reach registries: per host, mirrors tried first and plain http allowed.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryHosts {
+    /// host → mirror endpoints (`http://127.0.0.1:5000`).
+    pub mirrors: std::collections::BTreeMap<String, Vec<String>>,
+    /// Hosts spoken to over plain http (loopback always is).
+    pub plain_http: Vec<String>,
+}
+
+/// Images: the content store plus the metadata table.
+pub struct ImageStore {
+    pub content: ContentStore,
+    db: Database,
+    db_path: PathBuf,
+}
+
+impl ImageStore {
+    pub fn open(root: &Path) -> Result<Self, ImageError> {
+        let content = ContentStore::new(&root.join("content"))?;
+        let db_path = root.join("images.redb");
+        let store_err = |message: String| ImageError::Store {
+            path: db_path.display().to_string(),
+            message,
+        };
+        let db = Database::create(&db_path).map_err(|err| store_err(err.to_string()))?;
+        let txn = db.begin_write().map_err(|err| store_err(err.to_string()))?;
+        txn.open_table(IMAGES)
+            .map_err(|err| store_err(err.to_string()))?;
+        txn.commit().map_err(|err| store_err(err.to_string()))?;
+        Ok(ImageStore {
+            content,
+            db,
+            db_path,
+        })
+    }
+
+    fn store_err(&self, err: impl std::fmt::Display) -> ImageError {
+        ImageError::Store {
+            path: self.db_path.display().to_string(),
+            message: err.to_string(),
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<ImageRecord>, ImageError> {
+        let txn = self.db.begin_read().map_err(|e| self.store_err(e))?;
+        let table = txn.open_table(IMAGES).map_err(|e| self.store_err(e))?;
+        let mut images = Vec::new();
+        for entry in table.iter().map_err(|e| self.store_err(e))? {
+            let (_, value) = entry.map_err(|e| self.store_err(e))?;
+            images.push(serde_json::from_slice(value.value()).map_err(|e| self.store_err(e))?);
+        }
+        Ok(images)
+    }
+
+    fn put(&self, record: &ImageRecord) -> Result<(), ImageError> {
+        let value = serde_json::to_vec(record).map_err(|e| self.store_err(e))?;
+        let txn = self.db.begin_write().map_err(|e| self.store_err(e))?;
+        {
+            let mut table = txn.open_table(IMAGES).map_err(|e| self.store_err(e))?;
+            table
+                .insert(record.id.as_str(), value.as_slice())
+                .map_err(|e| self.store_err(e))?;
+        }
+        txn.commit().map_err(|e| self.store_err(e))
+    }
+
+    /// Finds an image by id (`sha256:…` or its hex), tag or digest reference.
+    pub fn resolve(&self, name: &str) -> Result<Option<ImageRecord>, ImageError> {
+        let images = self.list()?;
+        let by_id = images
+            .iter()
+            .find(|i| i.id == name || i.id.strip_prefix("sha256:") == Some(name));
+        if let Some(image) = by_id {
+            return Ok(Some(image.clone()));
+        }
+        let Ok(reference) = normalize(name) else {
+            return Ok(None);
+        };
+        let whole = reference_string(&reference);
+        Ok(images
+            .into_iter()
+            .find(|i| i.repo_tags.contains(&whole) || i.repo_digests.contains(&whole)))
+    }
+
+    /// Removes an image and the blobs no other image uses. False when there was none.
+    pub fn remove(&self, name: &str) -> Result<bool, ImageError> {
+        let Some(image) = self.resolve(name)? else {
+            return Ok(false);
+        };
+        let txn = self.db.begin_write().map_err(|e| self.store_err(e))?;
+        {
+            let mut table = txn.open_table(IMAGES).map_err(|e| self.store_err(e))?;
+            table
+                .remove(image.id.as_str())
+                .map_err(|e| self.store_err(e))?;
+        }
+        txn.commit().map_err(|e| self.store_err(e))?;
+        let still_used: Vec<String> = self
+            .list()?
+            .into_iter()
+            .flat_map(|i| {
+                let mut blobs = i.layers;
+                blobs.push(i.id);
+                blobs.push(i.manifest_digest);
+                blobs
+            })
+            .collect();
+        let mut blobs = image.layers.clone();
+        blobs.push(image.id.clone());
+        blobs.push(image.manifest_digest.clone());
+        for blob in blobs {
+            if !still_used.contains(&blob) {
+                self.content.remove(&blob);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Pulls `name` (mirrors first, then the registry itself) and records it.
+    pub async fn pull(
+        &self,
+        name: &str,
+        auth: &RegistryAuth,
+        hosts: &RegistryHosts,
+    ) -> Result<ImageRecord, ImageError> {
+        let reference = normalize(name)?;
+        let registry = reference.resolve_registry().to_string();
+        let mut attempts: Vec<(Reference, String)> = Vec::new();
+        for mirror in hosts
+            .mirrors
+            .get(reference.registry())
+            .into_iter()
+            .flatten()
+        {
+            let host = mirror
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .trim_end_matches('/')
+                .to_string();
+            let mirrored = match reference.digest() {
+                Some(digest) => Reference::with_digest(
+                    host.clone(),
+                    reference.repository().to_string(),
+                    digest.to_string(),
+                ),
+                None => Reference::with_tag(
+                    host.clone(),
+                    reference.repository().to_string(),
+                    reference.tag().unwrap_or("latest").to_string(),
+                ),
+            };
+            attempts.push((mirrored, mirror.clone()));
+        }
+        attempts.push((reference.clone(), registry.clone()));
+
+        let mut plain = hosts.plain_http.clone();
+        for (candidate, endpoint) in &attempts {
+            let host = candidate.resolve_registry().to_string();
+            if endpoint.starts_with("http://") || is_loopback_registry(&host) {
+                plain.push(host);
+            }
+        }
+        let client = Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(plain),
+            platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
+            // An unreachable registry or mirror must fail the attempt, not hang the pull.
+            connect_timeout: Some(std::time::Duration::from_secs(10)),
+            read_timeout: Some(std::time::Duration::from_secs(60)),
+            ..Default::default()
+        });
+
+        let mut last_error = None;
+        for (candidate, endpoint) in &attempts {
+            match self.pull_from(&client, candidate, &reference, auth).await {
+                Ok(record) => return Ok(record),
+                Err(err) => {
+                    tracing::warn!(image = name, endpoint, error = %err, "pull attempt failed");
+                    last_error = Some(err);
+                }
+            }
+        }
+        Err(last_error.unwrap_or(ImageError::NotFound {
+            reference: name.to_string(),
+        }))
+    }
+
+    async fn pull_from(
+        &self,
+        client: &Client,
+        source: &Reference,
+        reference: &Reference,
+        auth: &RegistryAuth,
+    ) -> Result<ImageRecord, ImageError> {
+        let whole = reference_string(reference);
+        let registry_error = |err: OciDistributionError| map_pull_error(&whole, source, err);
+        let (manifest, manifest_digest, config, list_digest) = client
+            .pull_manifest_and_config_and_list_digest(source, auth)
+            .await
+            .map_err(registry_error)?;
+        self.content
+            .write(&manifest.config.digest, config.as_bytes())?;
+        let mut size = u64::try_from(manifest.config.size).unwrap_or(0);
+        let mut layers = Vec::new();
+        for layer in &manifest.layers {
+            size += u64::try_from(layer.size).unwrap_or(0);
+            layers.push(layer.digest.clone());
+            if self.content.contains(&layer.digest) {
+                continue;
+            }
+            let ingest = self.content.ingest_path();
+            let file = tokio::fs::File::create(&ingest)
+                .await
+                .map_err(io(format!("create {}", ingest.display())))?;
+            let pulled = client.pull_blob(source, layer, file).await;
+            if let Err(err) = pulled {
+                let _ = std::fs::remove_file(&ingest);
+                return Err(registry_error(err));
+            }
+            self.content.commit(&ingest, &layer.digest)?;
+        }
+        let manifest_json = serde_json::to_vec(&manifest).map_err(|e| self.store_err(e))?;
+        // The registry's bytes may differ from our re-encoding; keep ours under our digest.
+        let stored_manifest = format!("sha256:{}", sha256_hex(&manifest_json));
+        self.content.write(&stored_manifest, &manifest_json)?;
+
+        let id = manifest.config.digest.clone();
+        let repo = format!("{}/{}", reference.registry(), reference.repository());
+        let repo_digest = format!("{repo}@{}", list_digest.unwrap_or(manifest_digest));
+        let mut record = self.resolve(&id)?.unwrap_or(ImageRecord {
+            id: id.clone(),
+            repo_tags: Vec::new(),
+            repo_digests: Vec::new(),
+            size,
+            manifest_digest: stored_manifest,
+            layers,
+            config,
+        });
+        if reference.digest().is_none() && !record.repo_tags.contains(&whole) {
+            // A tag moves: it leaves whichever image had it.
+            for mut other in self.list()? {
+                if other.id != id && other.repo_tags.contains(&whole) {
+                    other.repo_tags.retain(|t| t != &whole);
+                    self.put(&other)?;
+                }
+            }
+            record.repo_tags.push(whole.clone());
+        }
+        if !record.repo_digests.contains(&repo_digest) {
+            record.repo_digests.push(repo_digest);
+        }
+        self.put(&record)?;
+        tracing::info!(image = %whole, id = %record.id, size, "pulled");
+        Ok(record)
+    }
+}
+
+fn map_pull_error(whole: &str, source: &Reference, err: OciDistributionError) -> ImageError {
+    let not_found = match &err {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
+            matches!(
+                e.code,
+                OciErrorCode::ManifestUnknown
+                    | OciErrorCode::NameUnknown
+                    | OciErrorCode::BlobUnknown
+            )
+        }),
+        OciDistributionError::ServerError { code, .. } => *code == 404,
+        _ => false,
+    };
+    if not_found {
+        ImageError::NotFound {
+            reference: whole.to_string(),
+        }
+    } else {
+        ImageError::Registry {
+            reference: whole.to_string(),
+            registry: source.resolve_registry().to_string(),
+            message: err.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_is_verified_before_it_is_visible() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ContentStore::new(dir.path()).expect("store");
+        let data = b"layer bytes";
+        let digest = format!("sha256:{}", sha256_hex(data));
+        let path = store.write(&digest, data).expect("write");
+        assert_eq!(std::fs::read(path).expect("read"), data);
+        assert!(store.contains(&digest));
+
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        let err = store.write(&wrong, data).expect_err("mismatch");
+        assert!(matches!(err, ImageError::DigestMismatch { .. }));
+        assert!(!store.contains(&wrong));
+        let ingest = store.ingest_path();
+        std::fs::write(&ingest, b"tampered").expect("write");
+        assert!(store.commit(&ingest, &digest).is_err());
+        assert!(!ingest.exists(), "a rejected ingest is removed");
+        assert!(store.path("md5:abc").is_err());
+    }
+
+    #[test]
+    fn records_round_trip_and_removal_keeps_shared_blobs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("open");
+        let blob = |data: &[u8]| {
+            let digest = format!("sha256:{}", sha256_hex(data));
+            store.content.write(&digest, data).expect("blob");
+            digest
+        };
+        let shared = blob(b"shared layer");
+        let own = blob(b"own layer");
+        let record = |id: &str, tag: &str, layers: Vec<String>| ImageRecord {
+            id: id.to_string(),
+            repo_tags: vec![tag.to_string()],
+            repo_digests: vec![],
+            size: 1,
+            manifest_digest: blob(id.as_bytes()),
+            layers,
+            config: "{}".into(),
+        };
+        let a = record(
+            &blob(b"config a"),
+            "docker.io/library/a:latest",
+            vec![shared.clone(), own.clone()],
+        );
+        let b = record(
+            &blob(b"config b"),
+            "docker.io/library/b:latest",
+            vec![shared.clone()],
+        );
+        store.put(&a).expect("put a");
+        store.put(&b).expect("put b");
+        assert_eq!(store.list().expect("list").len(), 2);
+        assert_eq!(
+            store.resolve("a").expect("resolve").map(|i| i.id),
+            Some(a.id.clone())
+        );
+        assert_eq!(
+            store.resolve(&a.id).expect("by id").map(|i| i.id),
+            Some(a.id.clone())
+        );
+        assert!(store.resolve("c").expect("missing").is_none());
+
+        assert!(store.remove("a").expect("remove"));
+        assert!(!store.remove("a").expect("again"));
+        assert!(store.content.contains(&shared), "b still uses it");
+        assert!(!store.content.contains(&own));
+        drop(store);
+        let reopened = ImageStore::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.list().expect("list"), vec![b]);
+    }
+}
