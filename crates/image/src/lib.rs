@@ -1,9 +1,11 @@
 //! Images for ingot: references normalised like containerd's, pull with `oci-client` (tags and
 //! digests, image index → linux/amd64, basic auth, per-registry mirrors and plain http), a
-//! content store that verifies every blob's digest before it is visible, and image metadata in
-//! `redb`. Layer unpacking and overlay rootfs land with containers.
+//! content store that verifies every blob's digest before it is visible, image metadata in
+//! `redb`, and layers unpacked in overlayfs form (whiteouts as 0/0 devices, opaque directories).
+//! Overlay rootfs assembly lands with containers.
 
 pub mod store;
+pub mod unpack;
 
 use std::path::Path;
 
