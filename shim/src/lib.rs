@@ -12,3 +12,4 @@ pub mod mount;
 pub mod oom;
 pub mod reaper;
 pub mod service;
+pub mod task;

@@ -18,23 +18,24 @@ use containerd_shim::{
     api,
     protos::{
         events::task::{
-            TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM,
-            TaskPaused, TaskResumed, TaskStart,
+            TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused, TaskResumed,
+            TaskStart,
         },
         protobuf::{well_known_types::timestamp::Timestamp, MessageDyn},
         topics,
-        types::task::ProcessInfo,
     },
-    ExitSignal, TtrpcContext, TtrpcResult,
+    ExitSignal,
 };
 use libcgroups::common::{CgroupManager, FreezerState};
 use nix::{sys::signal::Signal, unistd::Pid};
+
+mod create;
 
 use crate::{
     cgroups,
     error::{Result, ShimError},
     helper,
-    io::{self, ConsoleSocket, ProcessIo, StdioPaths},
+    io::{self, ProcessIo, StdioPaths},
     oom::OomWatcher,
     reaper::Reaper,
 };
@@ -49,13 +50,13 @@ enum ProcState {
     Stopped,
 }
 
-struct Proc {
+pub(crate) struct Proc {
     pid: i32,
     state: ProcState,
     exit_status: u32,
     exited_at: Option<SystemTime>,
     stdio: StdioPaths,
-    io: ProcessIo,
+    pub(crate) io: ProcessIo,
     /// An exec's process.json, written at Exec, run at Start.
     process_file: Option<PathBuf>,
 }
@@ -274,179 +275,6 @@ impl Service {
         self.inner.root.join(format!("{id}.ingot"))
     }
 
-    fn create(&self, req: &api::CreateTaskRequest) -> Result<u32> {
-        let id = req.id.as_str();
-        validate_id(id)?;
-        if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
-            return Err(ShimError::InvalidArgument {
-                what: format!("container {id}: checkpoint"),
-                reason: "restore from a checkpoint is not supported".into(),
-            });
-        }
-        {
-            let mut state = self.state();
-            if state.containers.contains_key(id) || state.creating.iter().any(|c| c == id) {
-                return Err(ShimError::AlreadyExists { id: id.to_string() });
-            }
-            state.creating.push(id.to_string());
-        }
-        let mut cleanup = CreateCleanup::default();
-        let result = self.create_reserved(req, &mut cleanup);
-        let mut state = self.state();
-        state.creating.retain(|c| c != id);
-        match result {
-            Ok(container) => {
-                let pid = container.init.pid;
-                state.containers.insert(id.to_string(), container);
-                drop(state);
-                Ok(u32::try_from(pid).unwrap_or(0))
-            }
-            Err(err) => {
-                drop(state);
-                cleanup.run(self, id);
-                Err(err)
-            }
-        }
-    }
-
-    fn create_reserved(
-        &self,
-        req: &api::CreateTaskRequest,
-        cleanup: &mut CreateCleanup,
-    ) -> Result<Container> {
-        let id = req.id.as_str();
-        let bundle = PathBuf::from(&req.bundle);
-        let rootfs_target = bundle.join("rootfs");
-        for mount in &req.rootfs {
-            if cleanup.rootfs_mount.is_none() {
-                std::fs::create_dir_all(&rootfs_target)
-                    .map_err(ShimError::io(format!("create {}", rootfs_target.display())))?;
-            }
-            crate::mount::mount(&mount.type_, &mount.source, &mount.options, &rootfs_target)
-                .map_err(|err| ShimError::Runtime {
-                    id: id.to_string(),
-                    op: "mount rootfs",
-                    message: err,
-                })?;
-            cleanup.rootfs_mount = Some(rootfs_target.clone());
-        }
-
-        let work_dir = self.work_dir(id);
-        std::fs::create_dir_all(&work_dir)
-            .map_err(ShimError::io(format!("create {}", work_dir.display())))?;
-        cleanup.work_dir = Some(work_dir.clone());
-
-        let stdio = StdioPaths {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
-        // The helper prepares the spec (validation, clamping, hugetlb placement) and builds.
-        let request = helper::Request {
-            op: helper::Op::Create {
-                bundle: bundle.clone(),
-                work_dir: work_dir.clone(),
-            },
-            root: self.inner.root.clone(),
-            id: id.to_string(),
-            pid_file: work_dir.join("init.pid"),
-            console_socket: None,
-        };
-        let (pid, process_io) = self.run_helper(request, &stdio, |_| {})?;
-        let pid = pid.ok_or_else(|| ShimError::Runtime {
-            id: id.to_string(),
-            op: "create",
-            message: "the helper reported no pid".into(),
-        })?;
-        cleanup.pid = Some(pid);
-        let created_file = work_dir.join(helper::CREATED_FILE);
-        let created: helper::Created = std::fs::read(&created_file)
-            .map_err(ShimError::io(format!("read {}", created_file.display())))
-            .and_then(|text| {
-                serde_json::from_slice(&text).map_err(|err| ShimError::Runtime {
-                    id: id.to_string(),
-                    op: "create",
-                    message: format!("{}: {err}", created_file.display()),
-                })
-            })?;
-        for warning in &created.warnings {
-            tracing::warn!(container_id = id, "{warning}");
-        }
-
-        let mut init = Proc::new(stdio.clone());
-        init.pid = pid;
-        init.io = process_io;
-        self.publish(
-            topics::TASK_CREATE_EVENT_TOPIC,
-            Box::new(TaskCreate {
-                container_id: id.to_string(),
-                bundle: req.bundle.clone(),
-                rootfs: req.rootfs.clone(),
-                io: Some(TaskIO {
-                    stdin: stdio.stdin,
-                    stdout: stdio.stdout,
-                    stderr: stdio.stderr,
-                    terminal: stdio.terminal,
-                    ..Default::default()
-                })
-                .into(),
-                pid: u32::try_from(pid).unwrap_or(0),
-                ..Default::default()
-            }),
-        );
-        self.watch_oom(id, &created.cgroups_path);
-        tracing::info!(container_id = id, pid, "container created");
-        Ok(Container {
-            id: id.to_string(),
-            bundle,
-            cgroups_path: created.cgroups_path,
-            rootfs_mount: cleanup.rootfs_mount.take(),
-            work_dir,
-            init,
-            execs: BTreeMap::new(),
-            paused: false,
-        })
-    }
-
-    /// Sets up stdio, runs the helper, and returns the pid with the stdio the shim keeps.
-    fn run_helper(
-        &self,
-        mut request: helper::Request,
-        stdio: &StdioPaths,
-        register: impl FnOnce(Option<i32>),
-    ) -> Result<(Option<i32>, ProcessIo)> {
-        if stdio.terminal {
-            let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
-            let socket = ConsoleSocket::bind(
-                self.inner
-                    .root
-                    .join(format!("console-{}-{n}.sock", std::process::id())),
-            )?;
-            request.console_socket = Some(socket.path().to_path_buf());
-            let (child, _) = io::plain(&StdioPaths::default())?;
-            let pid = helper::spawn(
-                &self.inner.helper,
-                &self.inner.reaper,
-                &request,
-                child,
-                register,
-            )?;
-            let process_io = socket.finish(stdio)?;
-            Ok((pid, process_io))
-        } else {
-            let (child, process_io) = io::plain(stdio)?;
-            let pid = helper::spawn(
-                &self.inner.helper,
-                &self.inner.reaper,
-                &request,
-                child,
-                register,
-            )?;
-            Ok((pid, process_io))
-        }
-    }
-
     /// Runs a helper operation that makes no process (start, delete).
     fn helper_op(&self, id: &str, op: helper::Op, register: impl FnOnce()) -> Result<()> {
         let request = helper::Request {
@@ -467,7 +295,7 @@ impl Service {
         Ok(())
     }
 
-    fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
+    pub(crate) fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
         if exec_id.is_empty() {
             return self.start_init(id);
         }
@@ -572,7 +400,7 @@ impl Service {
         Ok(u32::try_from(pid).unwrap_or(0))
     }
 
-    fn delete(&self, id: &str, exec_id: &str) -> Result<api::DeleteResponse> {
+    pub(crate) fn delete(&self, id: &str, exec_id: &str) -> Result<api::DeleteResponse> {
         if !exec_id.is_empty() {
             let mut state = self.state();
             let container = state.containers.get_mut(id).ok_or_else(|| not_found(id))?;
@@ -654,7 +482,7 @@ impl Service {
         Ok(response)
     }
 
-    fn exec(&self, req: &api::ExecProcessRequest) -> Result<()> {
+    pub(crate) fn exec(&self, req: &api::ExecProcessRequest) -> Result<()> {
         let (id, exec_id) = (req.id.as_str(), req.exec_id.as_str());
         validate_id(exec_id).map_err(|_| ShimError::InvalidArgument {
             what: format!("exec in container {id}"),
@@ -720,7 +548,7 @@ impl Service {
         Ok(())
     }
 
-    fn kill(&self, req: &api::KillRequest) -> Result<()> {
+    pub(crate) fn kill(&self, req: &api::KillRequest) -> Result<()> {
         let (id, exec_id) = (req.id.as_str(), req.exec_id.as_str());
         let signal = Signal::try_from(i32::try_from(req.signal).unwrap_or(-1)).map_err(|_| {
             ShimError::InvalidArgument {
@@ -769,7 +597,7 @@ impl Service {
         Ok(())
     }
 
-    fn state_of(&self, id: &str, exec_id: &str) -> Result<api::StateResponse> {
+    pub(crate) fn state_of(&self, id: &str, exec_id: &str) -> Result<api::StateResponse> {
         let state = self.state();
         let container = state.containers.get(id).ok_or_else(|| not_found(id))?;
         let process = container.process(exec_id)?;
@@ -799,7 +627,7 @@ impl Service {
         })
     }
 
-    fn wait(&self, id: &str, exec_id: &str) -> Result<api::WaitResponse> {
+    pub(crate) fn wait(&self, id: &str, exec_id: &str) -> Result<api::WaitResponse> {
         let mut state = self.state();
         loop {
             let container = state.containers.get(id).ok_or_else(|| not_found(id))?;
@@ -819,7 +647,7 @@ impl Service {
         }
     }
 
-    fn cgroups_path(&self, id: &str) -> Result<PathBuf> {
+    pub(crate) fn cgroups_path(&self, id: &str) -> Result<PathBuf> {
         let state = self.state();
         let container = state.containers.get(id).ok_or_else(|| not_found(id))?;
         Ok(container.cgroups_path.clone())
@@ -829,7 +657,7 @@ impl Service {
         self.state().containers.get(id).is_some_and(|c| c.paused)
     }
 
-    fn pause(&self, id: &str, pause: bool) -> Result<()> {
+    pub(crate) fn pause(&self, id: &str, pause: bool) -> Result<()> {
         let path = {
             let state = self.state();
             let container = state.containers.get(id).ok_or_else(|| not_found(id))?;
@@ -876,7 +704,7 @@ impl Service {
         Ok(())
     }
 
-    fn with_process<T>(
+    pub(crate) fn with_process<T>(
         &self,
         id: &str,
         exec_id: &str,
@@ -889,7 +717,7 @@ impl Service {
 
     /// Update runs in the helper: applying resources needs the OCI resource types, which the
     /// long-lived shim does not carry.
-    fn update(&self, id: &str, cgroups_path: PathBuf, resources: &[u8]) -> Result<()> {
+    pub(crate) fn update(&self, id: &str, cgroups_path: PathBuf, resources: &[u8]) -> Result<()> {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         let file = self.work_dir(id).join(format!("update-{n}.json"));
         std::fs::write(&file, resources)
@@ -906,7 +734,21 @@ impl Service {
         result
     }
 
-    fn init_pid(&self, id: &str) -> u32 {
+    /// Shutdown: the shim exits once it has no containers (or when told to exit now).
+    pub(crate) fn shutdown_requested(&self, now: bool) {
+        let remaining = self.state().containers.len();
+        if remaining > 0 && !now {
+            tracing::info!(
+                remaining,
+                "shutdown requested; containers remain, staying up"
+            );
+            return;
+        }
+        tracing::info!(namespace = %self.inner.namespace, "shutting down");
+        self.inner.exit.signal();
+    }
+
+    pub(crate) fn init_pid(&self, id: &str) -> u32 {
         let state = self.state();
         state
             .containers
@@ -938,210 +780,5 @@ fn validate_id(id: &str) -> Result<()> {
 pub fn unmount(target: &Path) {
     if let Err(err) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
         tracing::warn!(target = %target.display(), error = %err, "unmount rootfs");
-    }
-}
-
-/// What a failed create must undo.
-#[derive(Default)]
-struct CreateCleanup {
-    rootfs_mount: Option<PathBuf>,
-    work_dir: Option<PathBuf>,
-    pid: Option<i32>,
-}
-
-impl CreateCleanup {
-    /// Undoes a failed create; the create's own error is what the caller returns, so failures
-    /// here are logged beside it.
-    fn run(self, service: &Service, id: &str) {
-        if let Some(pid) = self.pid {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        let work_dir = service.work_dir(id);
-        if let Err(err) = service.helper_op(id, helper::Op::Delete { work_dir }, || {}) {
-            tracing::warn!(container_id = id, error = %err, "cleanup after failed create");
-        }
-        if let Some(target) = &self.rootfs_mount {
-            unmount(target);
-        }
-        if let Some(dir) = &self.work_dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-fn to_ttrpc<T>(result: Result<T>, rpc: &str, id: &str) -> TtrpcResult<T> {
-    result.map_err(|err| {
-        tracing::warn!(rpc, container_id = id, error = %err, "rpc failed");
-        err.into()
-    })
-}
-
-impl containerd_shim::Task for Service {
-    fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
-        to_ttrpc(self.state_of(&req.id, &req.exec_id), "state", &req.id)
-    }
-
-    fn create(
-        &self,
-        _: &TtrpcContext,
-        req: api::CreateTaskRequest,
-    ) -> TtrpcResult<api::CreateTaskResponse> {
-        let span = tracing::info_span!("create", container_id = %req.id);
-        let _enter = span.enter();
-        let pid = to_ttrpc(self.create(&req), "create", &req.id)?;
-        Ok(api::CreateTaskResponse {
-            pid,
-            ..Default::default()
-        })
-    }
-
-    fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
-        let span = tracing::info_span!("start", container_id = %req.id, exec_id = %req.exec_id);
-        let _enter = span.enter();
-        let pid = to_ttrpc(self.start(&req.id, &req.exec_id), "start", &req.id)?;
-        Ok(api::StartResponse {
-            pid,
-            ..Default::default()
-        })
-    }
-
-    fn delete(
-        &self,
-        _: &TtrpcContext,
-        req: api::DeleteRequest,
-    ) -> TtrpcResult<api::DeleteResponse> {
-        let span = tracing::info_span!("delete", container_id = %req.id, exec_id = %req.exec_id);
-        let _enter = span.enter();
-        to_ttrpc(self.delete(&req.id, &req.exec_id), "delete", &req.id)
-    }
-
-    fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        let result = self
-            .cgroups_path(&req.id)
-            .and_then(|path| cgroups::pids(&req.id, &path));
-        let pids = to_ttrpc(result, "pids", &req.id)?;
-        Ok(api::PidsResponse {
-            processes: pids
-                .into_iter()
-                .map(|pid| ProcessInfo {
-                    pid: u32::try_from(pid).unwrap_or(0),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        })
-    }
-
-    fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        to_ttrpc(self.pause(&req.id, true), "pause", &req.id)?;
-        Ok(api::Empty::new())
-    }
-
-    fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        to_ttrpc(self.pause(&req.id, false), "resume", &req.id)?;
-        Ok(api::Empty::new())
-    }
-
-    fn checkpoint(
-        &self,
-        _: &TtrpcContext,
-        req: api::CheckpointTaskRequest,
-    ) -> TtrpcResult<api::Empty> {
-        to_ttrpc(
-            Err(ShimError::FailedPrecondition {
-                what: format!("checkpoint container {}", req.id),
-                reason: "checkpoint is not supported by ingot".into(),
-            }),
-            "checkpoint",
-            &req.id,
-        )
-    }
-
-    fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        to_ttrpc(self.kill(&req), "kill", &req.id)?;
-        Ok(api::Empty::new())
-    }
-
-    fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        let span = tracing::info_span!("exec", container_id = %req.id, exec_id = %req.exec_id);
-        let _enter = span.enter();
-        to_ttrpc(self.exec(&req), "exec", &req.id)?;
-        Ok(api::Empty::new())
-    }
-
-    fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
-        let result = self.with_process(&req.id, &req.exec_id, |p| {
-            p.io.resize(req.width, req.height)
-        });
-        to_ttrpc(result, "resize_pty", &req.id)?;
-        Ok(api::Empty::new())
-    }
-
-    fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
-        let result = self.with_process(&req.id, &req.exec_id, |p| {
-            if req.stdin {
-                p.io.close_stdin();
-            }
-            Ok(())
-        });
-        to_ttrpc(result, "close_io", &req.id)?;
-        Ok(api::Empty::new())
-    }
-
-    fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
-        let result = self.cgroups_path(&req.id).and_then(|path| {
-            let resources = req
-                .resources
-                .as_ref()
-                .ok_or_else(|| ShimError::InvalidArgument {
-                    what: format!("update container {}", req.id),
-                    reason: "no resources".into(),
-                })?;
-            self.update(&req.id, path, &resources.value)
-        });
-        to_ttrpc(result, "update", &req.id)?;
-        Ok(api::Empty::new())
-    }
-
-    fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        to_ttrpc(self.wait(&req.id, &req.exec_id), "wait", &req.id)
-    }
-
-    fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
-        let result = self
-            .cgroups_path(&req.id)
-            .and_then(|path| cgroups::stats(&req.id, &path));
-        let stats = to_ttrpc(result, "stats", &req.id)?;
-        Ok(api::StatsResponse {
-            stats: Some(stats).into(),
-            ..Default::default()
-        })
-    }
-
-    fn connect(
-        &self,
-        _: &TtrpcContext,
-        req: api::ConnectRequest,
-    ) -> TtrpcResult<api::ConnectResponse> {
-        Ok(api::ConnectResponse {
-            shim_pid: std::process::id(),
-            task_pid: self.init_pid(&req.id),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            ..Default::default()
-        })
-    }
-
-    fn shutdown(&self, _: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        let remaining = self.state().containers.len();
-        if remaining > 0 && !req.now {
-            tracing::info!(
-                remaining,
-                "shutdown requested; containers remain, staying up"
-            );
-            return Ok(api::Empty::new());
-        }
-        tracing::info!(namespace = %self.inner.namespace, "shutting down");
-        self.inner.exit.signal();
-        Ok(api::Empty::new())
     }
 }
