@@ -1,0 +1,262 @@
+//! A pod's shared namespaces without a pause process: network, IPC and UTS namespaces are
+//! created once by a short-lived thread and pinned by bind mounts of its `/proc/thread-self/ns/*`
+//! files under the pod's directory (like CRI-O's pinned namespaces); containers join them by
+//! path. Also runs CNI plugins (spec 1.0) against a pinned network namespace.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use nix::{
+    mount::{mount, umount2, MntFlags, MsFlags},
+    sched::{unshare, CloneFlags},
+};
+
+/// Everything creating, removing or configuring pod namespaces can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("CNI plugin {plugin} {command}: {message}")]
+    Cni {
+        plugin: String,
+        command: String,
+        message: String,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetnsError {
+    let context = context.into();
+    move |source| NetnsError::Io { context, source }
+}
+
+fn errno(context: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> NetnsError {
+    let context = context.into();
+    move |errno| NetnsError::Io {
+        context,
+        source: errno.into(),
+    }
+}
+
+/// A namespace kind a pod shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Net,
+    Ipc,
+    Uts,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Net => "net",
+            Kind::Ipc => "ipc",
+            Kind::Uts => "uts",
+        }
+    }
+
+    fn flag(self) -> CloneFlags {
+        match self {
+            Kind::Net => CloneFlags::CLONE_NEWNET,
+            Kind::Ipc => CloneFlags::CLONE_NEWIPC,
+            Kind::Uts => CloneFlags::CLONE_NEWUTS,
+        }
+    }
+}
+
+/// Pinned namespaces of one pod: `<dir>/<kind>` files, each a bind mount of a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    pub dir: PathBuf,
+    pub kinds: Vec<Kind>,
+}
+
+impl Pinned {
+    pub fn path(&self, kind: Kind) -> Option<PathBuf> {
+        self.kinds
+            .contains(&kind)
+            .then(|| self.dir.join(kind.name()))
+    }
+}
+
+/// Creates new namespaces of `kinds` (setting `hostname` in a new UTS namespace) and pins them
+/// under `dir`. On failure nothing stays mounted.
+pub fn pin(dir: &Path, kinds: &[Kind], hostname: Option<&str>) -> Result<Pinned, NetnsError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+    for kind in kinds {
+        let file = dir.join(kind.name());
+        std::fs::File::create(&file).map_err(io(format!("create {}", file.display())))?;
+    }
+    let pinned = Pinned {
+        dir: dir.to_path_buf(),
+        kinds: kinds.to_vec(),
+    };
+    let worker = pinned.clone();
+    let hostname = hostname.map(str::to_string);
+    // Namespaces belong to the thread that unshares; this one exists only to make and pin them.
+    let result = std::thread::Builder::new()
+        .name("netns-pin".into())
+        .spawn(move || -> Result<(), NetnsError> {
+            let flags = worker
+                .kinds
+                .iter()
+                .fold(CloneFlags::empty(), |flags, kind| flags | kind.flag());
+            unshare(flags).map_err(errno("unshare pod namespaces"))?;
+            if let Some(name) = &hostname {
+                if worker.kinds.contains(&Kind::Uts) {
+                    nix::unistd::sethostname(name).map_err(errno("set pod hostname"))?;
+                }
+            }
+            for kind in &worker.kinds {
+                let source = format!("/proc/thread-self/ns/{}", kind.name());
+                let target = worker.dir.join(kind.name());
+                mount(
+                    Some(source.as_str()),
+                    &target,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(errno(format!(
+                    "pin {} namespace at {}",
+                    kind.name(),
+                    target.display()
+                )))?;
+            }
+            Ok(())
+        })
+        .map_err(io("spawn namespace thread"))?
+        .join()
+        .unwrap_or_else(|_| {
+            Err(NetnsError::Io {
+                context: "namespace thread".into(),
+                source: std::io::Error::other("panicked"),
+            })
+        });
+    if let Err(err) = result {
+        remove(&pinned);
+        return Err(err);
+    }
+    Ok(pinned)
+}
+
+/// Unpins and removes the namespace files and their directory. Idempotent.
+pub fn remove(pinned: &Pinned) {
+    for kind in &pinned.kinds {
+        let file = pinned.dir.join(kind.name());
+        let _ = umount2(&file, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(&file);
+    }
+    let _ = std::fs::remove_dir(&pinned.dir);
+}
+
+/// Runs `f` in a thread that has joined the network namespace at `netns`.
+pub fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NetnsError> {
+    let file = std::fs::File::open(netns).map_err(io(format!("open {}", netns.display())))?;
+    std::thread::spawn(move || -> Result<T, NetnsError> {
+        nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(errno("enter netns"))?;
+        Ok(f())
+    })
+    .join()
+    .unwrap_or_else(|_| {
+        Err(NetnsError::Io {
+            context: "netns thread".into(),
+            source: std::io::Error::other("panicked"),
+        })
+    })
+}
+
+/// One CNI plugin invocation (spec 1.0): `command` is ADD, DEL or CHECK; `config` the plugin's
+/// network configuration (with `cniVersion` and `name`). Returns the plugin's JSON result.
+pub struct CniCall<'a> {
+    pub plugin_dirs: &'a [PathBuf],
+    pub command: &'a str,
+    pub container_id: &'a str,
+    pub netns: &'a Path,
+    pub ifname: &'a str,
+    pub config: &'a serde_json::Value,
+}
+
+pub fn run_plugin(call: &CniCall<'_>) -> Result<serde_json::Value, NetnsError> {
+    let plugin = call
+        .config
+        .get("type")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let cni = |message: String| NetnsError::Cni {
+        plugin: plugin.clone(),
+        command: call.command.to_string(),
+        message,
+    };
+    if plugin.is_empty() || plugin.contains('/') {
+        return Err(cni(
+            "the network configuration names no plugin \"type\"".into()
+        ));
+    }
+    let binary = call
+        .plugin_dirs
+        .iter()
+        .map(|dir| dir.join(&plugin))
+        .find(|path| path.is_file())
+        .ok_or_else(|| cni(format!("not found in {:?}", call.plugin_dirs)))?;
+    let path =
+        std::env::join_paths(call.plugin_dirs).map_err(|err| cni(format!("plugin dirs: {err}")))?;
+    let mut child = Command::new(&binary)
+        .env_clear()
+        .env("CNI_COMMAND", call.command)
+        .env("CNI_CONTAINERID", call.container_id)
+        .env("CNI_NETNS", call.netns)
+        .env("CNI_IFNAME", call.ifname)
+        .env("CNI_PATH", path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io(format!("run {}", binary.display())))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let config = serde_json::to_vec(call.config).map_err(|err| cni(err.to_string()))?;
+        stdin
+            .write_all(&config)
+            .map_err(io(format!("write config to {}", binary.display())))?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(io(format!("wait for {}", binary.display())))?;
+    let result: serde_json::Value = if output.stdout.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&output.stdout).map_err(|err| {
+            cni(format!(
+                "unreadable result ({err}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            ))
+        })?
+    };
+    if !output.status.success() {
+        let message = result
+            .get("msg")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(&output.stderr).trim().to_string());
+        let details = result
+            .get("details")
+            .and_then(serde_json::Value::as_str)
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
+        return Err(cni(format!("{message}{details}")));
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,112 @@
+//! These create real namespaces and mounts (root); every test removes what it made.
+
+use std::os::unix::fs::MetadataExt;
+
+use super::*;
+
+fn inode(path: &Path) -> u64 {
+    std::fs::metadata(path).expect("stat").ino()
+}
+
+fn mounted_at(path: &Path) -> bool {
+    let target = path.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(target.as_str()))
+}
+
+#[test]
+fn pins_new_namespaces_and_removes_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ns_dir = dir.path().join("ns");
+    let pinned = pin(&ns_dir, &[Kind::Net, Kind::Ipc, Kind::Uts], Some("pod-a")).expect("pin");
+    for kind in [Kind::Net, Kind::Ipc, Kind::Uts] {
+        let path = pinned.path(kind).expect("pinned");
+        assert!(mounted_at(&path), "{} not mounted", path.display());
+        let own = PathBuf::from(format!("/proc/self/ns/{}", kind.name()));
+        assert_ne!(inode(&path), inode(&own), "{} is the host's", kind.name());
+    }
+    // Inside: only a loopback device, and the pod's hostname in the UTS namespace.
+    let net = pinned.path(Kind::Net).expect("net");
+    // /sys shows this mount namespace's view (the host's); /proc/thread-self/net is the thread's.
+    let devices = in_netns(&net, || {
+        std::fs::read_to_string("/proc/thread-self/net/dev")
+    })
+    .expect("enter")
+    .expect("read net/dev");
+    let names: Vec<&str> = devices
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(str::trim))
+        .collect();
+    assert_eq!(names, vec!["lo"], "{devices}");
+    let uts = std::fs::File::open(pinned.path(Kind::Uts).expect("uts")).expect("open");
+    let hostname = std::thread::spawn(move || {
+        nix::sched::setns(&uts, CloneFlags::CLONE_NEWUTS).expect("setns");
+        nix::unistd::gethostname().expect("hostname")
+    })
+    .join()
+    .expect("thread");
+    assert_eq!(hostname.to_string_lossy(), "pod-a");
+
+    remove(&pinned);
+    assert!(!ns_dir.exists());
+    assert!(!mounted_at(&ns_dir.join("net")));
+    remove(&pinned); // idempotent
+}
+
+#[test]
+fn loopback_plugin_brings_lo_up_and_errors_name_the_plugin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pinned = pin(&dir.path().join("ns"), &[Kind::Net], None).expect("pin");
+    let net = pinned.path(Kind::Net).expect("net");
+    let plugin_dirs = vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")];
+    let config = serde_json::json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
+    let call = CniCall {
+        plugin_dirs: &plugin_dirs,
+        command: "ADD",
+        container_id: "pod-lo",
+        netns: &net,
+        ifname: "lo",
+        config: &config,
+    };
+    run_plugin(&call).expect("loopback ADD");
+    let up = in_netns(&net, || {
+        nix::ifaddrs::getifaddrs()
+            .map(|addrs| {
+                addrs.into_iter().any(|a| {
+                    a.interface_name == "lo"
+                        && a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP)
+                })
+            })
+            .unwrap_or(false)
+    })
+    .expect("enter");
+    assert!(up, "lo is not up after the loopback plugin");
+    run_plugin(&CniCall {
+        command: "DEL",
+        ..call
+    })
+    .expect("loopback DEL");
+
+    let missing = serde_json::json!({"cniVersion": "1.0.0", "name": "x", "type": "nosuchplugin"});
+    let err = run_plugin(&CniCall {
+        config: &missing,
+        ..call
+    })
+    .expect_err("missing plugin");
+    assert!(err.to_string().contains("nosuchplugin"), "{err}");
+    // A plugin's own refusal (an unsupported spec version) comes back with its message. Only
+    // plugins that act inside the test's namespace are run: bridge would touch the host's.
+    let bad = serde_json::json!({"cniVersion": "9.9.9", "name": "x", "type": "loopback"});
+    let err = run_plugin(&CniCall {
+        config: &bad,
+        ..call
+    })
+    .expect_err("bad version");
+    let text = err.to_string();
+    assert!(text.starts_with("CNI plugin loopback ADD:"), "{text}");
+    assert!(text.contains("9.9.9"), "{text}");
+    remove(&pinned);
+}
