@@ -162,7 +162,8 @@ impl Service {
         stdio: &StdioPaths,
         register: impl FnOnce(Option<i32>),
     ) -> Result<(Option<i32>, ProcessIo)> {
-        if stdio.terminal {
+        // In terminal mode the process's stdio is the pty, which arrives on the console socket.
+        let console = if stdio.terminal {
             let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
             let socket = ConsoleSocket::bind(
                 self.inner
@@ -170,27 +171,24 @@ impl Service {
                     .join(format!("console-{}-{n}.sock", std::process::id())),
             )?;
             request.console_socket = Some(socket.path().to_path_buf());
-            let (child, _) = io::plain(&StdioPaths::default())?;
-            let pid = helper::spawn(
-                &self.inner.helper,
-                &self.inner.reaper,
-                &request,
-                child,
-                register,
-            )?;
-            let process_io = socket.finish(stdio)?;
-            Ok((pid, process_io))
+            Some(socket)
         } else {
-            let (child, process_io) = io::plain(stdio)?;
-            let pid = helper::spawn(
-                &self.inner.helper,
-                &self.inner.reaper,
-                &request,
-                child,
-                register,
-            )?;
-            Ok((pid, process_io))
-        }
+            None
+        };
+        let no_stdio = StdioPaths::default();
+        let (child, plain_io) = io::plain(if console.is_some() { &no_stdio } else { stdio })?;
+        let pid = helper::spawn(
+            &self.inner.helper,
+            &self.inner.reaper,
+            &request,
+            child,
+            register,
+        )?;
+        let process_io = match console {
+            Some(socket) => socket.finish(stdio)?,
+            None => plain_io,
+        };
+        Ok((pid, process_io))
     }
 }
 
