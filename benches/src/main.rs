@@ -4,6 +4,8 @@
 //! (`ctr run --rm --null-io`) with ingot's shim, runc's shim (`io.containerd.runc.v2`) and runc's
 //! shim with crun as its binary, alternating, then each shim's RSS/PSS and idle wakeups with 10
 //! idle containers in one pod.
+//!
+//! `ingot-bench ingotd-idle`: ingotd's RSS/PSS, threads and wakeups while idle.
 
 use std::{
     fs,
@@ -51,7 +53,10 @@ fn main() -> Result<()> {
             };
             lifecycle(iterations)
         }
-        _ => bail!("usage: ingot-bench lifecycle [ITERATIONS] | ingot-bench image [ARCHIVE]"),
+        Some("ingotd-idle") => ingotd_idle(),
+        _ => bail!(
+            "usage: ingot-bench lifecycle [ITERATIONS] | ingot-bench ingotd-idle | ingot-bench image [ARCHIVE]"
+        ),
     }
 }
 
@@ -197,6 +202,56 @@ fn lifecycle(iterations: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// ingotd's resident memory, threads and wakeups while idle (no requests), on its own temp dirs.
+fn ingotd_idle() -> Result<()> {
+    let dir = tempfile_dir()?;
+    let config = dir.join("ingot.toml");
+    fs::write(&config, "")?;
+    let binary = ingot_tests::target_dir()?.join("ingotd");
+    let mut child = std::process::Command::new(&binary)
+        .arg("--config")
+        .arg(&config)
+        .arg(format!(
+            "--listen=unix://{}",
+            dir.join("ingot.sock").display()
+        ))
+        .arg("--root")
+        .arg(dir.join("lib"))
+        .arg("--state")
+        .arg(dir.join("run"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {}", binary.display()))?;
+    let pid = i32::try_from(child.id()).context("pid")?;
+    let listening =
+        ingot_tests::wait_until(Duration::from_secs(10), || dir.join("ingot.sock").exists());
+    std::thread::sleep(Duration::from_secs(1));
+    let (rss, pss) = smaps_rollup(pid)?;
+    let threads = fs::read_dir(format!("/proc/{pid}/task"))?.count();
+    let before = context_switches(pid);
+    std::thread::sleep(Duration::from_secs(5));
+    let wakeups = (context_switches(pid) - before) as f64 / 5.0;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    let _ = fs::remove_dir_all(&dir);
+    if !listening {
+        bail!("ingotd did not listen");
+    }
+    println!(
+        "ingotd idle: RSS {rss} KiB, PSS {pss} KiB, {threads} threads, {wakeups:.1} wakeups/s"
+    );
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("ingot-bench-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// (Rss, Pss) in KiB from /proc/PID/smaps_rollup.
