@@ -87,7 +87,8 @@ pub fn grouping(bundle: &Path, id: &str) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
-fn socket_path(address: &str) -> &str {
+/// The filesystem path of a `unix://` address (a bare path is returned as is).
+pub(crate) fn socket_path(address: &str) -> &str {
     address.strip_prefix("unix://").unwrap_or(address)
 }
 

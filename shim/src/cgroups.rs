@@ -122,6 +122,11 @@ pub fn oom_score_floor(proc_self: &Path) -> i32 {
         .unwrap_or(0)
 }
 
+/// Whether this host runs cgroup v2 alone (as opposed to v1 or a v1/v2 hybrid).
+pub fn unified_only() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
 pub fn manager(id: &str, cgroups_path: &Path) -> Result<AnyCgroupManager> {
     create_cgroup_manager(CgroupConfig {
         cgroup_path: cgroups_path.to_path_buf(),
@@ -168,8 +173,7 @@ pub fn stats(id: &str, cgroups_path: &Path) -> Result<Any> {
         .stats()
         .map_err(|err| cgroup_err(id, "read stats")(err.to_string()))?;
     // containerd decodes by the message's full name; each layout has its own message.
-    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let (type_url, encoded) = if unified {
+    let (type_url, encoded) = if unified_only() {
         (
             "io.containerd.cgroups.v2.Metrics",
             v2_metrics(&stats).write_to_bytes(),

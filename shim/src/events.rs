@@ -72,7 +72,7 @@ pub fn forward_request(
 impl Publisher {
     pub fn new(address: &str, namespace: &str) -> Self {
         Publisher {
-            socket: address.trim_start_matches("unix://").to_string(),
+            socket: crate::bootstrap::socket_path(address).to_string(),
             namespace: namespace.to_string(),
             connection: None,
             stream_id: 1,

@@ -223,7 +223,7 @@ impl Service {
             return;
         };
         let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
-        let memory_dir = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        let memory_dir = if cgroups::unified_only() {
             Path::new("/sys/fs/cgroup").join(relative)
         } else {
             Path::new("/sys/fs/cgroup/memory").join(relative)
