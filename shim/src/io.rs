@@ -20,7 +20,10 @@ use nix::{
     unistd::pipe,
 };
 
-use crate::error::{Result, ShimError};
+use crate::{
+    crilog::{self, CriLog},
+    error::{Result, ShimError},
+};
 
 /// The stdio a process was created with, as containerd gave it.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +51,8 @@ pub struct ProcessIo {
     stdin: Option<(SharedWriter, String)>,
     /// The pty master in terminal mode, for ResizePty.
     console: Option<Arc<File>>,
+    /// The CRI-format log the output goes to, for ReopenContainerLog.
+    log: Option<Arc<CriLog>>,
 }
 
 impl ProcessIo {
@@ -73,6 +78,17 @@ impl ProcessIo {
             }
         }
         guard.take();
+    }
+
+    /// ReopenContainerLog: a fresh file at the log path.
+    pub fn reopen_log(&self) -> Result<()> {
+        match &self.log {
+            Some(log) => log.reopen(),
+            None => Err(ShimError::FailedPrecondition {
+                what: "reopen log".into(),
+                reason: "the process does not write a CRI log".into(),
+            }),
+        }
     }
 
     pub fn resize(&self, width: u32, height: u32) -> Result<()> {
@@ -133,7 +149,7 @@ fn open_output(name: &str, which: &str) -> Result<OwnedFd> {
     if name.contains("://") {
         return Err(ShimError::InvalidArgument {
             what: which.to_string(),
-            reason: format!("{name:?}: only fifo paths and file:// URIs are supported"),
+            reason: format!("{name:?}: only fifo paths, file:// and cri-log:// URIs are supported"),
         });
     }
     OpenOptions::new()
@@ -197,6 +213,16 @@ fn spawn_output_copy(mut from: File, mut to: File) -> Result<()> {
     Ok(())
 }
 
+/// A pipe whose reading end a thread copies into `log` as `stream`; returns the writing end.
+fn log_pipe(log: &Arc<CriLog>, stream: &'static str) -> Result<OwnedFd> {
+    let (read_end, write_end) = pipe().map_err(|errno| ShimError::Io {
+        context: format!("create {stream} pipe"),
+        source: errno.into(),
+    })?;
+    log.spawn_copy(File::from(read_end), stream)?;
+    Ok(write_end)
+}
+
 /// Sets up non-terminal stdio: the fds for the child, and what the shim keeps.
 pub fn plain(paths: &StdioPaths) -> Result<(ChildStdio, ProcessIo)> {
     let mut io = ProcessIo::default();
@@ -212,8 +238,22 @@ pub fn plain(paths: &StdioPaths) -> Result<(ChildStdio, ProcessIo)> {
         io.stdin = Some((writer, paths.stdin.clone()));
         read_end
     };
-    let stdout = open_output(&paths.stdout, "stdout")?;
-    let stderr = open_output(&paths.stderr, "stderr")?;
+    let (stdout, stderr) = if paths.stdout.starts_with(crilog::SCHEME) {
+        let log = CriLog::open_uri(&paths.stdout)?;
+        let stdout = log_pipe(&log, "stdout")?;
+        let stderr = if paths.stderr == paths.stdout {
+            log_pipe(&log, "stderr")?
+        } else {
+            open_output(&paths.stderr, "stderr")?
+        };
+        io.log = Some(log);
+        (stdout, stderr)
+    } else {
+        (
+            open_output(&paths.stdout, "stdout")?,
+            open_output(&paths.stderr, "stderr")?,
+        )
+    };
     Ok((
         ChildStdio {
             stdin,
@@ -261,8 +301,16 @@ impl ConsoleSocket {
         let mut io = ProcessIo {
             stdin: None,
             console: Some(Arc::clone(&master)),
+            log: None,
         };
-        if !paths.stdout.is_empty() {
+        if paths.stdout.starts_with(crilog::SCHEME) {
+            let log = CriLog::open_uri(&paths.stdout)?;
+            let reader = master
+                .try_clone()
+                .map_err(ShimError::io("dup pty master"))?;
+            log.spawn_copy(reader, "stdout")?;
+            io.log = Some(log);
+        } else if !paths.stdout.is_empty() {
             let out = File::from(open_output(&paths.stdout, "stdout")?);
             let reader = master
                 .try_clone()

@@ -4,6 +4,7 @@
 
 pub mod bootstrap;
 pub mod cgroups;
+pub mod crilog;
 pub mod error;
 pub mod events;
 pub mod helper;

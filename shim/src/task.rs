@@ -16,6 +16,10 @@ fn to_ttrpc<T>(result: Result<T>, rpc: &str, id: &str) -> TtrpcResult<T> {
     })
 }
 
+/// An Update carrying this annotation reopens the container's CRI log instead of changing its
+/// resources (the Task API has no ReopenContainerLog of its own).
+pub const REOPEN_LOG_ANNOTATION: &str = "io.ingot.reopen-log";
+
 impl containerd_shim::Task for Service {
     fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
         to_ttrpc(self.state_of(&req.id, &req.exec_id), "state", &req.id)
@@ -129,6 +133,11 @@ impl containerd_shim::Task for Service {
     }
 
     fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        if req.annotations.contains_key(REOPEN_LOG_ANNOTATION) {
+            let result = self.with_process(&req.id, "", |p| p.io.reopen_log());
+            to_ttrpc(result, "reopen log", &req.id)?;
+            return Ok(api::Empty::new());
+        }
         let result = self.cgroups_path(&req.id).and_then(|path| {
             let resources = req
                 .resources
