@@ -13,6 +13,8 @@ use std::{
 
 use oci_spec::runtime::{Process, Spec};
 
+pub mod cri;
+
 /// Everything that can be wrong with a container's spec or bundle.
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {

@@ -1,0 +1,335 @@
+use super::*;
+
+fn image() -> ImageConfig {
+    ImageConfig::from_document(
+        r#"{"config": {"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo hi"],
+            "Env": ["PATH=/bin", "A=image"], "User": "", "WorkingDir": "/work"}}"#,
+    )
+    .expect("image config")
+}
+
+fn container() -> v1::ContainerConfig {
+    v1::ContainerConfig {
+        metadata: Some(v1::ContainerMetadata {
+            name: "c".into(),
+            attempt: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+fn spec_of(config: &v1::ContainerConfig, sandbox: &v1::PodSandboxConfig) -> Result<Spec, OciError> {
+    let namespaces = PodNamespaces {
+        network: Some(PathBuf::from("/run/ingot/pods/p/ns/net")),
+        ipc: Some(PathBuf::from("/run/ingot/pods/p/ns/ipc")),
+        uts: None,
+        host_pid: false,
+    };
+    let files = PodFiles {
+        resolv_conf: Some(PathBuf::from("/run/ingot/pods/p/resolv.conf")),
+        ..Default::default()
+    };
+    let seccomp = default_seccomp_profile();
+    container_spec(&ContainerInput {
+        id: "c1",
+        sandbox_id: "p",
+        config,
+        sandbox,
+        image: &image(),
+        image_name: "busybox:latest",
+        rootfs: Path::new("/var/lib/ingot/containers/c1/rootfs"),
+        namespaces: &namespaces,
+        files: &files,
+        cgroups_path: "/ingot/p/c1",
+        user: &User::default(),
+        devices: &[],
+        seccomp: Some(&seccomp),
+    })
+}
+
+#[test]
+fn command_merge_follows_containerd() {
+    let image = image();
+    let mut config = container();
+    assert_eq!(
+        process_args(&config, &image).expect("args"),
+        ["/bin/sh", "-c", "echo hi"]
+    );
+    config.args = vec!["echo there".into()];
+    assert_eq!(
+        process_args(&config, &image).expect("args"),
+        ["/bin/sh", "-c", "echo there"]
+    );
+    config.command = vec!["/bin/top".into()];
+    assert_eq!(
+        process_args(&config, &image).expect("args"),
+        ["/bin/top", "echo there"]
+    );
+    let err = process_args(&container(), &ImageConfig::default()).expect_err("no command");
+    assert!(err.to_string().contains("command"), "{err}");
+}
+
+#[test]
+fn environment_overrides_the_image_in_order() {
+    let mut config = container();
+    config.envs = vec![
+        v1::KeyValue {
+            key: "A".into(),
+            value: "mine".into(),
+        },
+        v1::KeyValue {
+            key: "B".into(),
+            value: "x=y".into(),
+        },
+    ];
+    assert_eq!(
+        process_env(&config, &image()),
+        ["PATH=/bin", "A=mine", "B=x=y"]
+    );
+    let bare = process_env(&container(), &ImageConfig::default());
+    assert!(bare[0].starts_with("PATH=/usr/local/sbin"), "{bare:?}");
+}
+
+#[test]
+fn users_resolve_against_the_image_files() {
+    let passwd = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/var/www:/bin/false\n";
+    let group = "root:x:0:\nwww:x:33:\naudio:x:29:www,other\n";
+    let request = |user: Option<&str>, group: Option<&str>| UserRequest {
+        user: user.map(str::to_string),
+        group: group.map(str::to_string),
+        supplemental: vec![],
+    };
+    let www = resolve_user(&request(Some("www"), None), passwd, group).expect("www");
+    assert_eq!(
+        (www.uid, www.gid, www.additional_gids.clone()),
+        (33, 33, vec![29])
+    );
+    let numeric = resolve_user(&request(Some("1234"), None), passwd, group).expect("uid");
+    assert_eq!((numeric.uid, numeric.gid), (1234, 0));
+    let with_group = resolve_user(&request(Some("33"), Some("audio")), passwd, group).expect("g");
+    assert_eq!((with_group.uid, with_group.gid), (33, 29));
+    let err = resolve_user(&request(Some("nobody"), None), passwd, group).expect_err("unknown");
+    assert!(err.to_string().contains("nobody"), "{err}");
+    assert_eq!(
+        resolve_user(&request(None, None), "", "").expect("root"),
+        User::default()
+    );
+
+    let mut config = container();
+    config.linux = Some(v1::LinuxContainerConfig {
+        security_context: Some(v1::LinuxContainerSecurityContext {
+            run_as_user: Some(v1::Int64Value { value: 1000 }),
+            run_as_group: Some(v1::Int64Value { value: 2000 }),
+            supplemental_groups: vec![3000],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let request = user_request(&config, &image()).expect("request");
+    assert_eq!(request.user.as_deref(), Some("1000"));
+    assert_eq!(request.group.as_deref(), Some("2000"));
+    assert_eq!(request.supplemental, vec![3000]);
+}
+
+#[test]
+fn capabilities_add_drop_and_all() {
+    let context = |add: &[&str], drop: &[&str]| v1::LinuxContainerSecurityContext {
+        capabilities: Some(v1::Capability {
+            add_capabilities: add.iter().map(|s| s.to_string()).collect(),
+            drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let caps = capabilities(Some(&context(&["sys_admin"], &["CAP_CHOWN"]))).expect("caps");
+    assert!(caps.contains(&"CAP_SYS_ADMIN".to_string()));
+    assert!(!caps.contains(&"CAP_CHOWN".to_string()));
+    let caps = capabilities(Some(&context(&["NET_ADMIN"], &["ALL"]))).expect("caps");
+    assert_eq!(caps, ["CAP_NET_ADMIN"]);
+    assert_eq!(
+        capabilities(Some(&context(&["ALL"], &[])))
+            .expect("all")
+            .len(),
+        ALL_CAPABILITIES.len()
+    );
+    let err = capabilities(Some(&context(&["CAP_FLY"], &[]))).expect_err("unknown");
+    assert!(err.to_string().contains("add_capabilities"), "{err}");
+}
+
+#[test]
+fn resources_translate_and_refuse_bad_values() {
+    let r = v1::LinuxContainerResources {
+        cpu_shares: 512,
+        cpu_quota: 50_000,
+        cpu_period: 100_000,
+        memory_limit_in_bytes: 64 << 20,
+        cpuset_cpus: "0-1".into(),
+        hugepage_limits: vec![v1::HugepageLimit {
+            page_size: "2MB".into(),
+            limit: 4 << 21,
+        }],
+        ..Default::default()
+    };
+    let json = resources(Some(&r)).expect("resources");
+    assert_eq!(json["cpu"]["shares"], 512);
+    assert_eq!(json["cpu"]["quota"], 50_000);
+    assert_eq!(json["cpu"]["cpus"], "0-1");
+    assert_eq!(json["memory"]["limit"], 64 << 20);
+    assert_eq!(json["hugepageLimits"][0]["pageSize"], "2MB");
+    for (bad, field) in [
+        (
+            v1::LinuxContainerResources {
+                cpuset_cpus: "0-a".into(),
+                ..Default::default()
+            },
+            "cpuset_cpus",
+        ),
+        (
+            v1::LinuxContainerResources {
+                cpuset_mems: "3-1".into(),
+                ..Default::default()
+            },
+            "cpuset_mems",
+        ),
+        (
+            v1::LinuxContainerResources {
+                memory_limit_in_bytes: -5,
+                ..Default::default()
+            },
+            "memory_limit",
+        ),
+        (
+            v1::LinuxContainerResources {
+                cpu_shares: -2,
+                ..Default::default()
+            },
+            "cpu_shares",
+        ),
+        (
+            v1::LinuxContainerResources {
+                cpu_quota: -7,
+                ..Default::default()
+            },
+            "cpu_quota",
+        ),
+    ] {
+        let err = resources(Some(&bad)).expect_err(field);
+        assert!(err.to_string().contains(field), "{err}");
+    }
+}
+
+#[test]
+fn spec_joins_the_pod_and_carries_the_request() {
+    let mut config = container();
+    config.tty = true;
+    config.mounts = vec![v1::Mount {
+        container_path: "/data".into(),
+        host_path: "/srv/data".into(),
+        readonly: true,
+        propagation: v1::MountPropagation::PropagationHostToContainer as i32,
+        ..Default::default()
+    }];
+    config.annotations.insert("team".into(), "rt".into());
+    let spec = spec_of(&config, &v1::PodSandboxConfig::default()).expect("spec");
+    let json = serde_json::to_value(&spec).expect("json");
+    let namespaces = json["linux"]["namespaces"].as_array().expect("namespaces");
+    assert!(namespaces.contains(&json!({"type": "network", "path": "/run/ingot/pods/p/ns/net"})));
+    assert!(namespaces.contains(&json!({"type": "pid"})));
+    assert!(
+        !namespaces.iter().any(|n| n["type"] == "uts"),
+        "host UTS: no namespace entry"
+    );
+    assert_eq!(json["linux"]["cgroupsPath"], "/ingot/p/c1");
+    assert_eq!(json["process"]["cwd"], "/work");
+    assert_eq!(json["process"]["terminal"], true);
+    assert_eq!(json["annotations"]["io.kubernetes.cri.sandbox-id"], "p");
+    assert_eq!(json["annotations"]["team"], "rt");
+    let data = json["mounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["destination"] == "/data")
+        .expect("data");
+    assert_eq!(data["options"], json!(["rbind", "rslave", "ro"]));
+    assert!(json["mounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .any(|m| m["destination"] == "/etc/resolv.conf"));
+    assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+    assert_eq!(
+        json["linux"]["resources"]["devices"][0],
+        json!({"allow": false, "access": "rwm"})
+    );
+}
+
+#[test]
+fn spec_refuses_hostile_paths_and_privilege_escalation() {
+    let mut config = container();
+    config.mounts = vec![v1::Mount {
+        container_path: "/a/../etc".into(),
+        host_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    let err = spec_of(&config, &v1::PodSandboxConfig::default()).expect_err("..");
+    assert!(err.to_string().contains("mounts.container_path"), "{err}");
+    config.mounts = vec![v1::Mount {
+        container_path: "/a".into(),
+        host_path: "tmp".into(),
+        ..Default::default()
+    }];
+    let err = spec_of(&config, &v1::PodSandboxConfig::default()).expect_err("relative");
+    assert!(err.to_string().contains("mounts.host_path"), "{err}");
+    let mut config = container();
+    config.working_dir = "relative".into();
+    assert!(spec_of(&config, &v1::PodSandboxConfig::default())
+        .expect_err("cwd")
+        .to_string()
+        .contains("working_dir"));
+    let mut config = container();
+    config.linux = Some(v1::LinuxContainerConfig {
+        security_context: Some(v1::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = spec_of(&config, &v1::PodSandboxConfig::default()).expect_err("privileged");
+    assert!(err.to_string().contains("privileged"), "{err}");
+}
+
+#[test]
+fn seccomp_choices() {
+    let with = |profile_type: v1::security_profile::ProfileType, reference: &str| {
+        v1::LinuxContainerSecurityContext {
+            seccomp: Some(v1::SecurityProfile {
+                profile_type: profile_type as i32,
+                localhost_ref: reference.into(),
+            }),
+            ..Default::default()
+        }
+    };
+    use v1::security_profile::ProfileType;
+    assert_eq!(
+        seccomp_choice(Some(&with(ProfileType::RuntimeDefault, ""))).expect("rd"),
+        SeccompChoice::RuntimeDefault
+    );
+    assert_eq!(
+        seccomp_choice(Some(&with(ProfileType::Localhost, "/p.json"))).expect("lh"),
+        SeccompChoice::Localhost("/p.json".into())
+    );
+    assert!(seccomp_choice(Some(&with(ProfileType::Localhost, "rel.json"))).is_err());
+    #[allow(deprecated)]
+    let old = v1::LinuxContainerSecurityContext {
+        seccomp_profile_path: "chrome".into(),
+        ..Default::default()
+    };
+    assert!(seccomp_choice(Some(&old))
+        .expect_err("unknown")
+        .to_string()
+        .contains("seccomp"));
+    assert_eq!(
+        seccomp_choice(None).expect("none"),
+        SeccompChoice::Unconfined
+    );
+}
