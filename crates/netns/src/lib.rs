@@ -183,6 +183,8 @@ pub struct CniCall<'a> {
     pub container_id: &'a str,
     pub netns: &'a Path,
     pub ifname: &'a str,
+    /// `CNI_ARGS` (`K=V;K=V`), empty for none.
+    pub args: &'a str,
     pub config: &'a serde_json::Value,
 }
 
@@ -218,6 +220,7 @@ pub fn run_plugin(call: &CniCall<'_>) -> Result<serde_json::Value, NetnsError> {
         .env("CNI_NETNS", call.netns)
         .env("CNI_IFNAME", call.ifname)
         .env("CNI_PATH", path)
+        .env("CNI_ARGS", call.args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -257,6 +260,8 @@ pub fn run_plugin(call: &CniCall<'_>) -> Result<serde_json::Value, NetnsError> {
     }
     Ok(result)
 }
+
+pub mod cni;
 
 #[cfg(test)]
 mod tests;

@@ -69,6 +69,7 @@ fn loopback_plugin_brings_lo_up_and_errors_name_the_plugin() {
         container_id: "pod-lo",
         netns: &net,
         ifname: "lo",
+        args: "",
         config: &config,
     };
     run_plugin(&call).expect("loopback ADD");
