@@ -160,6 +160,8 @@ pub struct ImageStore {
     pub content: ContentStore,
     db: Database,
     db_path: PathBuf,
+    /// Unpacked layers, `<root>/layers/<hex of the compressed digest>`, overlayfs lower dirs.
+    layers_root: PathBuf,
 }
 
 impl ImageStore {
@@ -175,10 +177,14 @@ impl ImageStore {
         txn.open_table(IMAGES)
             .map_err(|err| store_err(err.to_string()))?;
         txn.commit().map_err(|err| store_err(err.to_string()))?;
+        let layers_root = root.join("layers");
+        std::fs::create_dir_all(&layers_root)
+            .map_err(io(format!("create {}", layers_root.display())))?;
         Ok(ImageStore {
             content,
             db,
             db_path,
+            layers_root,
         })
     }
 
@@ -259,9 +265,68 @@ impl ImageStore {
         for blob in blobs {
             if !still_used.contains(&blob) {
                 self.content.remove(&blob);
+                if let Some(hex) = blob.strip_prefix("sha256:") {
+                    let _ = std::fs::remove_dir_all(self.layers_root.join(hex));
+                }
             }
         }
         Ok(true)
+    }
+
+    /// The image's layers unpacked (on first use) in overlayfs form, bottom first. Blocking.
+    pub fn layer_dirs(&self, image: &ImageRecord) -> Result<Vec<PathBuf>, ImageError> {
+        let manifest_path = self.content.path(&image.manifest_digest)?;
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&manifest_path)
+                .map_err(io(format!("read manifest {}", manifest_path.display())))?,
+        )
+        .map_err(|e| self.store_err(format!("manifest of {}: {e}", image.id)))?;
+        let layers = manifest
+            .get("layers")
+            .and_then(serde_json::Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let mut dirs = Vec::with_capacity(layers.len());
+        for layer in layers {
+            let digest = layer
+                .get("digest")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default();
+            let media_type = layer
+                .get("mediaType")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("application/vnd.oci.image.layer.v1.tar+gzip");
+            let blob = self.content.path(digest)?;
+            let hex = digest.trim_start_matches("sha256:");
+            let dir = self.layers_root.join(hex);
+            if !dir.exists() {
+                let n = self.content.counter.fetch_add(1, Ordering::Relaxed);
+                let partial = self
+                    .layers_root
+                    .join(format!(".unpack-{hex}-{}-{n}", std::process::id()));
+                let file = std::fs::File::open(&blob)
+                    .map_err(io(format!("open layer {}", blob.display())))?;
+                let unpacked =
+                    crate::unpack::layer_reader(std::io::BufReader::new(file), media_type)
+                        .and_then(|reader| crate::unpack::unpack_layer(reader, &partial));
+                if let Err(err) = unpacked {
+                    let _ = std::fs::remove_dir_all(&partial);
+                    return Err(err);
+                }
+                // Another unpack of the same layer may have won the race; either copy serves.
+                if std::fs::rename(&partial, &dir).is_err() {
+                    let _ = std::fs::remove_dir_all(&partial);
+                    if !dir.exists() {
+                        return Err(ImageError::Io {
+                            context: format!("move layer into {}", dir.display()),
+                            source: std::io::Error::other("rename failed"),
+                        });
+                    }
+                }
+            }
+            dirs.push(dir);
+        }
+        Ok(dirs)
     }
 
     /// Pulls `name` (mirrors first, then the registry itself) and records it.
@@ -452,6 +517,60 @@ mod tests {
         assert!(store.commit(&ingest, &digest).is_err());
         assert!(!ingest.exists(), "a rejected ingest is removed");
         assert!(store.path("md5:abc").is_err());
+    }
+
+    #[test]
+    fn layers_unpack_once_bottom_first_and_go_with_the_image() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("open");
+        let layer = |name: &str, body: &[u8]| {
+            let mut builder = tar::Builder::new(Vec::new());
+            let mut header = tar::Header::new_gnu();
+            header.set_size(body.len() as u64);
+            header.set_mode(0o644);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, name, body)
+                .expect("append");
+            let tar = builder.into_inner().expect("tar");
+            let digest = format!("sha256:{}", sha256_hex(&tar));
+            store.content.write(&digest, &tar).expect("blob");
+            digest
+        };
+        let base = layer("etc/base", b"base");
+        let top = layer("etc/top", b"top");
+        let manifest = serde_json::json!({"layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": base},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": top}]});
+        let manifest = serde_json::to_vec(&manifest).expect("json");
+        let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
+        store
+            .content
+            .write(&manifest_digest, &manifest)
+            .expect("manifest");
+        let record = ImageRecord {
+            id: manifest_digest.clone(),
+            repo_tags: vec!["docker.io/library/l:latest".into()],
+            repo_digests: vec![],
+            size: 1,
+            manifest_digest,
+            layers: vec![base.clone(), top.clone()],
+            config: "{}".into(),
+        };
+        store.put(&record).expect("put");
+        let dirs = store.layer_dirs(&record).expect("unpack");
+        assert_eq!(dirs.len(), 2);
+        assert_eq!(
+            std::fs::read(dirs[0].join("etc/base")).expect("base"),
+            b"base"
+        );
+        assert_eq!(std::fs::read(dirs[1].join("etc/top")).expect("top"), b"top");
+        assert_eq!(store.layer_dirs(&record).expect("again"), dirs);
+        assert!(store.remove(&record.id).expect("remove"));
+        assert!(dirs.iter().all(|d| !d.exists()), "unpacked layers removed");
     }
 
     #[test]
