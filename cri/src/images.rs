@@ -17,6 +17,11 @@ pub struct Images {
 }
 
 impl Images {
+    /// The image store, shared with the container manager.
+    pub fn store(&self) -> Arc<ImageStore> {
+        Arc::clone(&self.store)
+    }
+
     pub fn open(config: &Config) -> Result<Self, CriError> {
         let root = config.root.join("images");
         let store = ImageStore::open(&root)?;

@@ -1,27 +1,34 @@
-//! RuntimeService. Answered today: Version, Status, RuntimeConfig, UpdateRuntimeConfig. Every
-//! other RPC answers Unimplemented with a message naming it, until the pod and container
-//! managers land.
+//! RuntimeService: thin handlers over the pod and container manager. Exec, Attach and
+//! PortForward (the streaming server) and CheckpointContainer answer Unimplemented, naming the
+//! RPC.
 
-use std::{net::IpAddr, path::Path, pin::Pin, sync::Mutex};
+use std::{
+    net::IpAddr,
+    path::Path,
+    pin::Pin,
+    sync::{Arc, Mutex},
+};
 
 use k8s_cri::v1::{self, runtime_service_server::RuntimeService};
 use tonic::{Request, Response, Status};
 
-use crate::{config::Config, CriError};
+use crate::{config::Config, containers, manager::Manager, pods, stats, CriError};
 
 pub const RUNTIME_NAME: &str = "ingot";
 pub const CRI_API_VERSION: &str = "v1";
 
 pub struct Runtime {
     config: Config,
+    manager: Arc<Manager>,
     /// The pod CIDR the kubelet last gave (UpdateRuntimeConfig), for CNI.
     pod_cidr: Mutex<String>,
 }
 
 impl Runtime {
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config, manager: Arc<Manager>) -> Self {
         Runtime {
             config,
+            manager,
             pod_cidr: Mutex::new(String::new()),
         }
     }
@@ -157,147 +164,146 @@ impl RuntimeService for Runtime {
         &self,
         _: Request<v1::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "GetContainerEvents",
-        }
-        .into())
+        let events = tokio_stream::wrappers::BroadcastStream::new(self.manager.subscribe());
+        let stream = tokio_stream::StreamExt::filter_map(events, |event| event.ok().map(Ok));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn run_pod_sandbox(
         &self,
-        _: Request<v1::RunPodSandboxRequest>,
+        request: Request<v1::RunPodSandboxRequest>,
     ) -> Result<Response<v1::RunPodSandboxResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "RunPodSandbox",
-        }
-        .into())
+        let pod_sandbox_id = pods::run(&self.manager, request.into_inner()).await?;
+        Ok(Response::new(v1::RunPodSandboxResponse { pod_sandbox_id }))
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _: Request<v1::StopPodSandboxRequest>,
+        request: Request<v1::StopPodSandboxRequest>,
     ) -> Result<Response<v1::StopPodSandboxResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "StopPodSandbox",
-        }
-        .into())
+        pods::stop(&self.manager, &request.into_inner().pod_sandbox_id).await?;
+        Ok(Response::new(v1::StopPodSandboxResponse {}))
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _: Request<v1::RemovePodSandboxRequest>,
+        request: Request<v1::RemovePodSandboxRequest>,
     ) -> Result<Response<v1::RemovePodSandboxResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "RemovePodSandbox",
-        }
-        .into())
+        pods::remove(&self.manager, &request.into_inner().pod_sandbox_id).await?;
+        Ok(Response::new(v1::RemovePodSandboxResponse {}))
     }
 
     async fn pod_sandbox_status(
         &self,
-        _: Request<v1::PodSandboxStatusRequest>,
+        request: Request<v1::PodSandboxStatusRequest>,
     ) -> Result<Response<v1::PodSandboxStatusResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "PodSandboxStatus",
-        }
-        .into())
+        let request = request.into_inner();
+        let pod = self.manager.pod(&request.pod_sandbox_id)?;
+        let containers_statuses = self
+            .manager
+            .containers_of(&pod.id)
+            .iter()
+            .map(containers::status_of)
+            .collect();
+        Ok(Response::new(v1::PodSandboxStatusResponse {
+            status: Some(pods::status_of(&pod)),
+            info: if request.verbose {
+                pods::verbose_info(&pod)
+            } else {
+                Default::default()
+            },
+            containers_statuses,
+            timestamp: crate::manager::now_ns(),
+        }))
     }
 
     async fn list_pod_sandbox(
         &self,
-        _: Request<v1::ListPodSandboxRequest>,
+        request: Request<v1::ListPodSandboxRequest>,
     ) -> Result<Response<v1::ListPodSandboxResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "ListPodSandbox",
-        }
-        .into())
+        let items = pods::list(&self.manager, request.get_ref().filter.as_ref());
+        Ok(Response::new(v1::ListPodSandboxResponse { items }))
     }
 
     async fn create_container(
         &self,
-        _: Request<v1::CreateContainerRequest>,
+        request: Request<v1::CreateContainerRequest>,
     ) -> Result<Response<v1::CreateContainerResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "CreateContainer",
-        }
-        .into())
+        let container_id = containers::create(&self.manager, request.into_inner()).await?;
+        Ok(Response::new(v1::CreateContainerResponse { container_id }))
     }
 
     async fn start_container(
         &self,
-        _: Request<v1::StartContainerRequest>,
+        request: Request<v1::StartContainerRequest>,
     ) -> Result<Response<v1::StartContainerResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "StartContainer",
-        }
-        .into())
+        containers::start(&self.manager, &request.into_inner().container_id).await?;
+        Ok(Response::new(v1::StartContainerResponse {}))
     }
 
     async fn stop_container(
         &self,
-        _: Request<v1::StopContainerRequest>,
+        request: Request<v1::StopContainerRequest>,
     ) -> Result<Response<v1::StopContainerResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "StopContainer",
-        }
-        .into())
+        let request = request.into_inner();
+        containers::stop(&self.manager, &request.container_id, request.timeout).await?;
+        Ok(Response::new(v1::StopContainerResponse {}))
     }
 
     async fn remove_container(
         &self,
-        _: Request<v1::RemoveContainerRequest>,
+        request: Request<v1::RemoveContainerRequest>,
     ) -> Result<Response<v1::RemoveContainerResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "RemoveContainer",
-        }
-        .into())
+        containers::remove(&self.manager, &request.into_inner().container_id).await?;
+        Ok(Response::new(v1::RemoveContainerResponse {}))
     }
 
     async fn list_containers(
         &self,
-        _: Request<v1::ListContainersRequest>,
+        request: Request<v1::ListContainersRequest>,
     ) -> Result<Response<v1::ListContainersResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "ListContainers",
-        }
-        .into())
+        let containers = containers::list(&self.manager, request.get_ref().filter.as_ref());
+        Ok(Response::new(v1::ListContainersResponse { containers }))
     }
 
     async fn container_status(
         &self,
-        _: Request<v1::ContainerStatusRequest>,
+        request: Request<v1::ContainerStatusRequest>,
     ) -> Result<Response<v1::ContainerStatusResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "ContainerStatus",
-        }
-        .into())
+        let request = request.into_inner();
+        let container = self.manager.container(&request.container_id)?;
+        Ok(Response::new(v1::ContainerStatusResponse {
+            status: Some(containers::status_of(&container)),
+            info: if request.verbose {
+                containers::verbose_info(&container)
+            } else {
+                Default::default()
+            },
+        }))
     }
 
     async fn update_container_resources(
         &self,
-        _: Request<v1::UpdateContainerResourcesRequest>,
+        request: Request<v1::UpdateContainerResourcesRequest>,
     ) -> Result<Response<v1::UpdateContainerResourcesResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "UpdateContainerResources",
-        }
-        .into())
+        containers::update_resources(&self.manager, request.into_inner()).await?;
+        Ok(Response::new(v1::UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(
         &self,
-        _: Request<v1::ReopenContainerLogRequest>,
+        request: Request<v1::ReopenContainerLogRequest>,
     ) -> Result<Response<v1::ReopenContainerLogResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "ReopenContainerLog",
-        }
-        .into())
+        containers::reopen_log(&self.manager, &request.into_inner().container_id).await?;
+        Ok(Response::new(v1::ReopenContainerLogResponse {}))
     }
 
     async fn exec_sync(
         &self,
-        _: Request<v1::ExecSyncRequest>,
+        request: Request<v1::ExecSyncRequest>,
     ) -> Result<Response<v1::ExecSyncResponse>, Status> {
-        Err(CriError::Unimplemented { rpc: "ExecSync" }.into())
+        let response = containers::exec_sync(&self.manager, request.into_inner()).await?;
+        Ok(Response::new(response))
     }
 
     async fn exec(
@@ -323,72 +329,93 @@ impl RuntimeService for Runtime {
 
     async fn container_stats(
         &self,
-        _: Request<v1::ContainerStatsRequest>,
+        request: Request<v1::ContainerStatsRequest>,
     ) -> Result<Response<v1::ContainerStatsResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "ContainerStats",
-        }
-        .into())
+        let container = self.manager.container(&request.get_ref().container_id)?;
+        let stats = stats::container_stats(&self.manager, &container).await;
+        Ok(Response::new(v1::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_container_stats(
         &self,
-        _: Request<v1::ListContainerStatsRequest>,
+        request: Request<v1::ListContainerStatsRequest>,
     ) -> Result<Response<v1::ListContainerStatsResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "ListContainerStats",
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let mut out = Vec::new();
+        for container in self.manager.containers() {
+            if (!filter.id.is_empty() && !container.id.starts_with(&filter.id))
+                || (!filter.pod_sandbox_id.is_empty()
+                    && !container.pod_id.starts_with(&filter.pod_sandbox_id))
+                || !pods::labels_match(
+                    &filter.label_selector,
+                    &containers::decode_config(&container).labels,
+                )
+            {
+                continue;
+            }
+            out.push(stats::container_stats(&self.manager, &container).await);
         }
-        .into())
+        Ok(Response::new(v1::ListContainerStatsResponse { stats: out }))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _: Request<v1::PodSandboxStatsRequest>,
+        request: Request<v1::PodSandboxStatsRequest>,
     ) -> Result<Response<v1::PodSandboxStatsResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "PodSandboxStats",
-        }
-        .into())
+        let pod = self.manager.pod(&request.get_ref().pod_sandbox_id)?;
+        let stats = stats::pod_stats(&self.manager, &pod).await;
+        Ok(Response::new(v1::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<v1::ListPodSandboxStatsRequest>,
+        request: Request<v1::ListPodSandboxStatsRequest>,
     ) -> Result<Response<v1::ListPodSandboxStatsResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "ListPodSandboxStats",
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let mut out = Vec::new();
+        for pod in self.manager.pods() {
+            if (!filter.id.is_empty() && !pod.id.starts_with(&filter.id))
+                || !pods::labels_match(&filter.label_selector, &pods::decode_config(&pod).labels)
+            {
+                continue;
+            }
+            out.push(stats::pod_stats(&self.manager, &pod).await);
         }
-        .into())
+        Ok(Response::new(v1::ListPodSandboxStatsResponse {
+            stats: out,
+        }))
     }
 
     async fn checkpoint_container(
         &self,
         _: Request<v1::CheckpointContainerRequest>,
     ) -> Result<Response<v1::CheckpointContainerResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "CheckpointContainer",
-        }
-        .into())
+        Err(Status::unimplemented(
+            "CheckpointContainer: checkpoint/restore is not supported by ingot",
+        ))
     }
 
     async fn list_metric_descriptors(
         &self,
         _: Request<v1::ListMetricDescriptorsRequest>,
     ) -> Result<Response<v1::ListMetricDescriptorsResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "ListMetricDescriptors",
-        }
-        .into())
+        // ingot exports no metrics beyond the CRI stats (the kubelet then uses those).
+        Ok(Response::new(v1::ListMetricDescriptorsResponse {
+            descriptors: Vec::new(),
+        }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _: Request<v1::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<v1::ListPodSandboxMetricsResponse>, Status> {
-        Err(CriError::Unimplemented {
-            rpc: "ListPodSandboxMetrics",
-        }
-        .into())
+        Ok(Response::new(v1::ListPodSandboxMetricsResponse {
+            pod_metrics: Vec::new(),
+        }))
     }
 }
 

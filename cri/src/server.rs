@@ -7,7 +7,7 @@ use k8s_cri::v1::{
 };
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::{config::Config, images::Images, runtime::Runtime, CriError};
+use crate::{config::Config, images::Images, manager::Manager, runtime::Runtime, CriError};
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> CriError {
     move |source| CriError::Io { context, source }
@@ -43,11 +43,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), CriError> {
     let socket = config.socket_path()?;
     let images = Images::open(&config)?;
+    let manager = Manager::open(config.clone(), images.store())?;
     let listener = bind(&socket)?;
+    manager.recover().await;
     tracing::info!(socket = %socket.display(), "serving CRI v1");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
-        .add_service(RuntimeServiceServer::new(Runtime::new(config)))
+        .add_service(RuntimeServiceServer::new(Runtime::new(config, manager)))
         .add_service(ImageServiceServer::new(images))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
             let _ = stopped.await;

@@ -4,6 +4,7 @@
 use tonic::{Code, Status};
 
 use ingot_image::ImageError;
+use ingot_oci::OciError;
 
 use crate::CriError;
 
@@ -19,7 +20,19 @@ impl CriError {
                 ImageError::DigestMismatch { .. } => Code::DataLoss,
                 ImageError::Io { .. } | ImageError::Store { .. } => Code::Internal,
             },
-            CriError::Io { .. } => Code::Internal,
+            CriError::Io { .. } | CriError::Store { .. } | CriError::Netns(_) => Code::Internal,
+            CriError::NotFound { .. } => Code::NotFound,
+            CriError::AlreadyExists { .. } => Code::AlreadyExists,
+            CriError::FailedPrecondition { .. } => Code::FailedPrecondition,
+            CriError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            CriError::Shim { code, .. } => *code,
+            CriError::Oci(err) => match err {
+                OciError::InvalidField { .. }
+                | OciError::ExecutableNotFound { .. }
+                | OciError::HugetlbUnavailable { .. } => Code::InvalidArgument,
+                OciError::RootfsMissing { .. } => Code::FailedPrecondition,
+                OciError::Read { .. } | OciError::Malformed { .. } => Code::Internal,
+            },
         }
     }
 }

@@ -87,6 +87,26 @@ pub fn grouping(bundle: &Path, id: &str) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
+/// Where a daemon other than containerd (ingotd) wants its shims' sockets; unset, containerd's
+/// `/run/containerd/s`.
+pub const SOCKET_DIR_ENV: &str = "INGOT_SHIM_SOCKET_DIR";
+
+/// The pod's shim socket: named by a hash of the daemon's address, namespace and pod, as
+/// containerd names it, in [`SOCKET_DIR_ENV`] when set.
+fn shim_address(address: &str, namespace: &str, group: &str) -> String {
+    let containerd = containerd_shim::socket_address(address, namespace, group);
+    match env::var_os(SOCKET_DIR_ENV) {
+        Some(dir) if !dir.is_empty() => {
+            let name = Path::new(socket_path(&containerd))
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_default();
+            format!("unix://{}", Path::new(&dir).join(name).display())
+        }
+        _ => containerd,
+    }
+}
+
 /// The filesystem path of a `unix://` address (a bare path is returned as is).
 pub(crate) fn socket_path(address: &str) -> &str {
     address.strip_prefix("unix://").unwrap_or(address)
@@ -95,7 +115,7 @@ pub(crate) fn socket_path(address: &str) -> &str {
 fn start(flags: &Flags) -> anyhow::Result<()> {
     let bundle = bundle_dir(flags)?;
     let group = grouping(&bundle, &flags.id);
-    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &group);
+    let address = shim_address(&flags.address, &flags.namespace, &group);
     let path = socket_path(&address);
 
     if UnixStream::connect(path).is_err() {

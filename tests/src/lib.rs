@@ -16,6 +16,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+
+pub mod cri;
 use sha2::{Digest, Sha256};
 
 pub const SHIM_BINARY: &str = "containerd-shim-ingot-v2";
@@ -556,10 +558,78 @@ pub struct Registry {
     pub dir: tempfile::TempDir,
     pub address: String,
     child: Child,
+    netns: Option<PathBuf>,
+}
+
+/// A network namespace for one test, pinned at a file in a temp dir, with its loopback up: a
+/// daemon, a registry and CNI plugins run there never touch the host's network.
+pub struct TestNetns {
+    dir: tempfile::TempDir,
+}
+
+impl TestNetns {
+    pub fn create() -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ingot-netns").tempdir()?;
+        let file = dir.path().join("net");
+        fs::write(&file, "")?;
+        let status = Command::new("unshare")
+            .arg(format!("--net={}", file.display()))
+            .arg("true")
+            .status()
+            .context("unshare (util-linux)")?;
+        if !status.success() {
+            bail!("unshare --net={}: {status}", file.display());
+        }
+        let netns = TestNetns { dir };
+        let status = netns
+            .command("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .context("ip (iproute2)")?;
+        if !status.success() {
+            bail!("ip link set lo up: {status}");
+        }
+        Ok(netns)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("net")
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net={}", self.path().display()))
+            .arg(program);
+        command
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let file = fs::File::open(self.path())?;
+        thread::spawn(move || -> Result<T> {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 impl Registry {
     pub fn start() -> Result<Self> {
+        Self::start_in(None)
+    }
+
+    /// A registry inside `netns` (its address is reachable there only).
+    pub fn start_in(netns: Option<&TestNetns>) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("ingot-registry")
             .tempdir()?;
@@ -573,7 +643,11 @@ impl Registry {
         );
         fs::write(dir.path().join("config.yml"), config)?;
         let log = fs::File::create(dir.path().join("registry.log"))?;
-        let child = Command::new("docker-registry")
+        let mut command = match netns {
+            Some(netns) => netns.command("docker-registry"),
+            None => Command::new("docker-registry"),
+        };
+        let child = command
             .arg("serve")
             .arg(dir.path().join("config.yml"))
             .stdin(Stdio::null())
@@ -585,10 +659,18 @@ impl Registry {
             dir,
             address,
             child,
+            netns: netns.map(TestNetns::path),
         };
-        if !wait_until(Duration::from_secs(20), || {
-            std::net::TcpStream::connect(&registry.address).is_ok()
-        }) {
+        let listening = || -> bool {
+            let address = registry.address.clone();
+            match netns {
+                Some(netns) => netns
+                    .run(move || std::net::TcpStream::connect(address).is_ok())
+                    .unwrap_or(false),
+                None => std::net::TcpStream::connect(address).is_ok(),
+            }
+        };
+        if !wait_until(Duration::from_secs(20), listening) {
             bail!("docker-registry did not listen on {}", registry.address);
         }
         Ok(registry)
@@ -600,7 +682,20 @@ impl Registry {
         if !archive.exists() {
             busybox_oci_archive(&archive, TEST_IMAGE)?;
         }
-        let output = Command::new("skopeo")
+        self.push_archive(&archive, name)
+    }
+
+    /// Pushes an OCI archive as `<address>/<name>` with skopeo.
+    pub fn push_archive(&self, archive: &Path, name: &str) -> Result<()> {
+        let mut command = match &self.netns {
+            Some(path) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", path.display())).arg("skopeo");
+                c
+            }
+            None => Command::new("skopeo"),
+        };
+        let output = command
             .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
             .arg(format!("oci-archive:{}", archive.display()))
             .arg(format!("docker://{}/{name}", self.address))

@@ -1,111 +1,16 @@
 //! ingotd over its unix socket with a Rust CRI client: configuration, socket, Version, Status,
 //! RuntimeConfig, UpdateRuntimeConfig, shutdown, and bad configuration.
 
-use std::{
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
 
+use ingot_tests::cri::{channel, ingotd_binary, runtime_client, Daemon};
 use k8s_cri::v1::{
     self, image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
 };
-use tonic::transport::{Channel, Endpoint, Uri};
-
-fn ingotd_binary() -> PathBuf {
-    ingot_tests::target_dir().expect("target").join("ingotd")
-}
-
-struct Daemon {
-    dir: tempfile::TempDir,
-    child: Child,
-}
-
-impl Daemon {
-    fn start(extra_config: &str) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
-        Self::start_in(dir, extra_config, true)
-    }
-
-    /// Starts a new ingotd over the same root, state and config as a stopped one.
-    fn restart(mut stopped: Daemon) -> Daemon {
-        let dir = std::mem::replace(&mut stopped.dir, tempfile::tempdir().expect("tempdir"));
-        drop(stopped);
-        Self::start_in(dir, "", false)
-    }
-
-    fn start_in(dir: tempfile::TempDir, extra_config: &str, write_config: bool) -> Daemon {
-        let config = dir.path().join("ingot.toml");
-        std::fs::create_dir_all(dir.path().join("net.d")).expect("mkdir");
-        if write_config {
-            std::fs::write(
-                &config,
-                format!(
-                    "{extra_config}[cni]\nconf_dir = \"{}\"\n",
-                    dir.path().join("net.d").display()
-                ),
-            )
-            .expect("config");
-        }
-        let child = Command::new(ingotd_binary())
-            .arg("--config")
-            .arg(&config)
-            .arg(format!(
-                "--listen=unix://{}",
-                dir.path().join("run/ingot.sock").display()
-            ))
-            .arg("--root")
-            .arg(dir.path().join("lib"))
-            .arg("--state")
-            .arg(dir.path().join("run"))
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ingotd");
-        let daemon = Daemon { dir, child };
-        assert!(
-            ingot_tests::wait_until(Duration::from_secs(10), || daemon.socket().exists()),
-            "ingotd did not listen"
-        );
-        daemon
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("run/ingot.sock")
-    }
-
-    fn pid(&self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-async fn channel(socket: &Path) -> Channel {
-    let socket = socket.to_path_buf();
-    let channel = Endpoint::try_from("http://[::]:50051")
-        .expect("endpoint")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connect");
-    channel
-}
+use tonic::transport::Channel;
 
 async fn connect(socket: &Path) -> RuntimeServiceClient<Channel> {
-    RuntimeServiceClient::new(channel(socket).await)
+    runtime_client(socket).await
 }
 
 fn network_ready(status: &v1::StatusResponse) -> v1::RuntimeCondition {

@@ -775,7 +775,6 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<Spec, OciError> {
             "bounding": caps, "effective": caps, "permitted": caps,
         },
         "noNewPrivileges": context.is_some_and(|c| c.no_new_privs),
-        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1_048_576, "soft": 1_048_576}],
     });
     let resources_in = linux.and_then(|l| l.resources.as_ref());
     if let Some(r) = resources_in {

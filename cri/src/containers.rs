@@ -1,0 +1,970 @@
+//! Containers: the image's layers mounted as an overlay rootfs, the spec built from the CRI
+//! config (`ingot_oci::cri`), and the task run by the pod's shim, which writes the CRI log
+//! itself. Exits are followed by a task asleep in the shim's Wait.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::{FileTypeExt, MetadataExt},
+    path::{Component, Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use containerd_shim_protos::{api, protobuf::well_known_types::any::Any};
+use ingot_oci::cri::{
+    self as spec, HostDevice, ImageConfig, PodFiles, PodNamespaces, SeccompChoice,
+};
+use k8s_cri::v1;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use prost::Message;
+use tokio::io::AsyncReadExt;
+
+use crate::{
+    manager::{new_id, now_ns, Manager},
+    pods::{absolute_path, decode_config as decode_pod_config},
+    shim_client::ShimClient,
+    store::{ContainerRecord, ContainerState, PodRecord, PodState},
+    CriError,
+};
+
+/// ExecSync output beyond this is dropped (containerd's limit).
+const MAX_EXEC_OUTPUT: usize = 16 << 20;
+/// After an exec'd process exits, how long its output may still drain (a child it left behind
+/// may hold the pipe open).
+const EXEC_DRAIN: Duration = Duration::from_secs(1);
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> CriError {
+    CriError::InvalidArgument {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> CriError {
+    move |source| CriError::Io { context, source }
+}
+
+fn join_error(what: &str) -> impl FnOnce(tokio::task::JoinError) -> CriError + '_ {
+    move |err| CriError::Io {
+        context: format!("{what} task"),
+        source: std::io::Error::other(err.to_string()),
+    }
+}
+
+pub fn decode_config(container: &ContainerRecord) -> v1::ContainerConfig {
+    v1::ContainerConfig::decode(container.config.as_slice()).unwrap_or_default()
+}
+
+fn name_key(config: &v1::ContainerConfig) -> String {
+    let m = config.metadata.clone().unwrap_or_default();
+    format!("{}_{}", m.name, m.attempt)
+}
+
+/// Everything CreateContainer refuses before it touches the host.
+pub fn validate(config: &v1::ContainerConfig) -> Result<(), CriError> {
+    let metadata = config
+        .metadata
+        .as_ref()
+        .ok_or_else(|| invalid("config.metadata", "is required"))?;
+    if metadata.name.is_empty() {
+        return Err(invalid("config.metadata.name", "is required"));
+    }
+    if metadata.name.len() > 253 || metadata.name.contains('/') {
+        return Err(invalid(
+            "config.metadata.name",
+            "must be at most 253 bytes without '/'",
+        ));
+    }
+    if config
+        .image
+        .as_ref()
+        .is_none_or(|i| i.image.trim().is_empty())
+    {
+        return Err(invalid(
+            "config.image.image",
+            "an image reference is required",
+        ));
+    }
+    if !config.log_path.is_empty() {
+        let path = Path::new(&config.log_path);
+        if path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+            return Err(invalid(
+                "config.log_path",
+                format!(
+                    "{:?} must be relative to the pod's log directory, without \"..\"",
+                    config.log_path
+                ),
+            ));
+        }
+    }
+    for mount in &config.mounts {
+        spec::container_path("config.mounts.container_path", &mount.container_path)?;
+        absolute_path("config.mounts.host_path", &mount.host_path)?;
+    }
+    for device in &config.devices {
+        spec::container_path("config.devices.container_path", &device.container_path)?;
+        absolute_path("config.devices.host_path", &device.host_path)?;
+    }
+    if !config.working_dir.is_empty() {
+        spec::container_path("config.working_dir", &config.working_dir)?;
+    }
+    let linux = config.linux.as_ref();
+    spec::resources(linux.and_then(|l| l.resources.as_ref()))?;
+    let context = linux.and_then(|l| l.security_context.as_ref());
+    spec::capabilities(context)?;
+    spec::seccomp_choice(context)?;
+    Ok(())
+}
+
+/// The overlay rootfs: the image's layers (top first) under the container's writable layer.
+fn mount_rootfs(lower: &[PathBuf], snapshot: &Path, rootfs: &Path) -> Result<(), CriError> {
+    let upper = snapshot.join("upper");
+    let work = snapshot.join("work");
+    for dir in [&upper, &work, &rootfs.to_path_buf()] {
+        std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+    }
+    let lowerdir: Vec<String> = lower
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowerdir.join(":"),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        rootfs,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(|errno| CriError::Io {
+        context: format!("mount the overlay rootfs at {}", rootfs.display()),
+        source: errno.into(),
+    })
+}
+
+pub fn unmount_rootfs(rootfs: &Path) {
+    let _ = umount2(rootfs, MntFlags::MNT_DETACH);
+}
+
+fn host_device(device: &v1::Device) -> Result<HostDevice, CriError> {
+    let meta = std::fs::metadata(&device.host_path).map_err(|err| {
+        invalid(
+            "config.devices.host_path",
+            format!("{:?}: {err}", device.host_path),
+        )
+    })?;
+    let kind = if meta.file_type().is_char_device() {
+        'c'
+    } else if meta.file_type().is_block_device() {
+        'b'
+    } else {
+        return Err(invalid(
+            "config.devices.host_path",
+            format!("{:?} is not a device node", device.host_path),
+        ));
+    };
+    let rdev = meta.rdev();
+    Ok(HostDevice {
+        container_path: device.container_path.clone(),
+        kind,
+        major: i64::try_from(nix::sys::stat::major(rdev)).unwrap_or(-1),
+        minor: i64::try_from(nix::sys::stat::minor(rdev)).unwrap_or(-1),
+        file_mode: meta.mode() & 0o7777,
+        permissions: if device.permissions.is_empty() {
+            "rwm".into()
+        } else {
+            device.permissions.clone()
+        },
+    })
+}
+
+struct Prepared {
+    bundle: PathBuf,
+    snapshot: PathBuf,
+    stop_signal: u32,
+}
+
+/// Mounts the rootfs and writes config.json; blocking. On error the caller cleans up.
+fn prepare_bundle(
+    manager: &Manager,
+    id: &str,
+    pod: &PodRecord,
+    config: &v1::ContainerConfig,
+    image: &ingot_image::ImageRecord,
+    bundle: &Path,
+    snapshot: &Path,
+) -> Result<u32, CriError> {
+    let sandbox = decode_pod_config(pod);
+    let image_config = ImageConfig::from_document(&image.config)?;
+    let layers = manager.images.layer_dirs(image)?;
+    let rootfs = bundle.join("rootfs");
+    mount_rootfs(&layers, snapshot, &rootfs)?;
+
+    let context = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    let request = spec::user_request(config, &image_config)?;
+    let read_in_image = |name: &str| std::fs::read_to_string(rootfs.join(name)).unwrap_or_default();
+    let user = spec::resolve_user(
+        &request,
+        &read_in_image("etc/passwd"),
+        &read_in_image("etc/group"),
+    )?;
+    let devices = config
+        .devices
+        .iter()
+        .map(host_device)
+        .collect::<Result<Vec<_>, _>>()?;
+    let seccomp = match spec::seccomp_choice(context)? {
+        SeccompChoice::Unconfined => None,
+        SeccompChoice::RuntimeDefault => Some(spec::default_seccomp_profile()),
+        SeccompChoice::Localhost(path) => {
+            let text = std::fs::read(&path).map_err(|err| {
+                invalid(
+                    "linux.security_context.seccomp",
+                    format!("localhost profile {}: {err}", path.display()),
+                )
+            })?;
+            Some(serde_json::from_slice(&text).map_err(|err| {
+                invalid(
+                    "linux.security_context.seccomp",
+                    format!("localhost profile {} is not JSON: {err}", path.display()),
+                )
+            })?)
+        }
+    };
+    for mount in &config.mounts {
+        let host = Path::new(&mount.host_path);
+        if !host.exists() {
+            // As containerd: a missing host directory is created.
+            std::fs::create_dir_all(host).map_err(io(format!("create {}", host.display())))?;
+        }
+    }
+    let namespaces = PodNamespaces {
+        network: pod.net.clone(),
+        ipc: pod.ipc.clone(),
+        uts: pod.uts.clone(),
+        host_pid: pod.host_pid
+            || context
+                .and_then(|c| c.namespace_options.as_ref())
+                .is_some_and(|n| n.pid == v1::NamespaceMode::Node as i32),
+    };
+    let files = PodFiles {
+        hostname: Some(pod.dir.join("hostname")),
+        hosts: Some(pod.dir.join("hosts")),
+        resolv_conf: Some(pod.dir.join("resolv.conf")),
+        shm: pod.shm.clone(),
+    };
+    let cgroups_path = format!("{}/{}", pod.cgroup_parent.trim_end_matches('/'), id);
+    let image_name = config
+        .image
+        .as_ref()
+        .map(|i| i.image.as_str())
+        .unwrap_or_default();
+    let built = spec::container_spec(&spec::ContainerInput {
+        id,
+        sandbox_id: &pod.id,
+        config,
+        sandbox: &sandbox,
+        image: &image_config,
+        image_name,
+        rootfs: &rootfs,
+        namespaces: &namespaces,
+        files: &files,
+        cgroups_path: &cgroups_path,
+        user: &user,
+        devices: &devices,
+        seccomp: seccomp.as_ref(),
+    })?;
+    let path = bundle.join("config.json");
+    let json = serde_json::to_vec_pretty(&built).map_err(|err| CriError::Io {
+        context: format!("encode {}", path.display()),
+        source: err.into(),
+    })?;
+    std::fs::write(&path, json).map_err(io(format!("write {}", path.display())))?;
+    Ok(signal_number(&image_config.stop_signal))
+}
+
+/// `SIGTERM`, `TERM` or `15` → 15; unknown → SIGTERM.
+fn signal_number(name: &str) -> u32 {
+    if let Ok(n) = name.parse::<u32>() {
+        return n;
+    }
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as u32)
+        .unwrap_or(libc::SIGTERM as u32)
+}
+
+fn cleanup_bundle(prepared: &Prepared) {
+    unmount_rootfs(&prepared.bundle.join("rootfs"));
+    let _ = std::fs::remove_dir_all(&prepared.bundle);
+    let _ = std::fs::remove_dir_all(&prepared.snapshot);
+}
+
+pub async fn create(
+    manager: &Arc<Manager>,
+    request: v1::CreateContainerRequest,
+) -> Result<String, CriError> {
+    let config = request
+        .config
+        .ok_or_else(|| invalid("config", "is required"))?;
+    if request.pod_sandbox_id.is_empty() {
+        return Err(invalid("pod_sandbox_id", "is required"));
+    }
+    validate(&config)?;
+    let image_name = config
+        .image
+        .as_ref()
+        .map(|i| i.image.trim().to_string())
+        .unwrap_or_default();
+    let image = manager
+        .images
+        .resolve(&image_name)?
+        .ok_or_else(|| CriError::NotFound {
+            what: format!("image {image_name:?}"),
+        })?;
+
+    let _lifecycle = manager.lifecycle.lock().await;
+    let mut pod = manager.pod(&request.pod_sandbox_id)?;
+    if pod.state != PodState::Ready {
+        return Err(CriError::FailedPrecondition {
+            what: format!("pod sandbox {}", pod.id),
+            reason: "is not ready".into(),
+        });
+    }
+    let key = name_key(&config);
+    if let Some(existing) = manager
+        .containers_of(&pod.id)
+        .into_iter()
+        .find(|c| name_key(&decode_config(c)) == key)
+    {
+        return Err(CriError::AlreadyExists {
+            what: format!(
+                "container name {key:?} in pod {} (reserved by {})",
+                pod.id, existing.id
+            ),
+        });
+    }
+    let sandbox = decode_pod_config(&pod);
+    let log_path = (!config.log_path.is_empty() && !sandbox.log_directory.is_empty())
+        .then(|| Path::new(&sandbox.log_directory).join(&config.log_path));
+
+    let id = new_id()?;
+    let prepared = Prepared {
+        bundle: manager.config.state.join("containers").join(&id),
+        snapshot: manager.config.root.join("containers").join(&id),
+        stop_signal: 0,
+    };
+    let worker = Arc::clone(manager);
+    let (bundle, snapshot) = (prepared.bundle.clone(), prepared.snapshot.clone());
+    let (task_id, task_pod, task_config, task_image) =
+        (id.clone(), pod.clone(), config.clone(), image.clone());
+    let built = tokio::task::spawn_blocking(move || {
+        prepare_bundle(
+            &worker,
+            &task_id,
+            &task_pod,
+            &task_config,
+            &task_image,
+            &bundle,
+            &snapshot,
+        )
+    })
+    .await
+    .map_err(join_error("container set-up"))
+    .and_then(|r| r);
+    let stop_signal = match built {
+        Ok(signal) => signal,
+        Err(err) => {
+            cleanup_bundle(&prepared);
+            return Err(err);
+        }
+    };
+    let prepared = Prepared {
+        stop_signal,
+        ..prepared
+    };
+
+    let created = async {
+        let shim = manager.ensure_shim(&mut pod, &prepared.bundle).await?;
+        let output = log_path
+            .as_ref()
+            .map(|p| format!("{}{}", containerd_shim_ingot_log_scheme(), p.display()))
+            .unwrap_or_default();
+        let task = api::CreateTaskRequest {
+            id: id.clone(),
+            bundle: prepared.bundle.display().to_string(),
+            terminal: config.tty,
+            stdout: output.clone(),
+            stderr: if config.tty { String::new() } else { output },
+            ..Default::default()
+        };
+        let pid = shim.create(&task).await?;
+        Ok::<_, CriError>((shim, pid))
+    }
+    .await;
+    let (shim, pid) = match created {
+        Ok(done) => done,
+        Err(err) => {
+            cleanup_bundle(&prepared);
+            return Err(err);
+        }
+    };
+    let record = ContainerRecord {
+        id: id.clone(),
+        pod_id: pod.id.clone(),
+        config: config.encode_to_vec(),
+        image_ref: image_name,
+        image_id: image
+            .repo_digests
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.id.clone()),
+        state: ContainerState::Created,
+        created_at: now_ns(),
+        started_at: 0,
+        finished_at: 0,
+        exit_code: 0,
+        reason: String::new(),
+        message: String::new(),
+        pid,
+        log_path,
+        bundle: prepared.bundle.clone(),
+        snapshot: prepared.snapshot.clone(),
+        stop_signal: prepared.stop_signal,
+    };
+    if let Err(err) = manager.save_container(record.clone()) {
+        let _ = shim.delete(&id, "").await;
+        cleanup_bundle(&prepared);
+        return Err(err);
+    }
+    tracing::info!(container = %id, pod = %pod.id, "container created");
+    manager.event(&record, v1::ContainerEventType::ContainerCreatedEvent);
+    Ok(id)
+}
+
+/// The stdio URI scheme the shim writes CRI logs for.
+fn containerd_shim_ingot_log_scheme() -> &'static str {
+    "cri-log://"
+}
+
+fn shim_for(manager: &Manager, container: &ContainerRecord) -> Result<ShimClient, CriError> {
+    let pod = manager.pod(&container.pod_id)?;
+    manager
+        .shim_of(&pod)
+        .ok_or_else(|| CriError::FailedPrecondition {
+            what: format!("container {}", container.id),
+            reason: "its pod has no shim".into(),
+        })
+}
+
+pub async fn start(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
+    let _lifecycle = manager.lifecycle.lock().await;
+    let mut container = manager.container(id)?;
+    if container.state != ContainerState::Created {
+        return Err(CriError::FailedPrecondition {
+            what: format!("container {}", container.id),
+            reason: format!("is {:?}, not Created", container.state),
+        });
+    }
+    let pod = manager.pod(&container.pod_id)?;
+    let shim = shim_for(manager, &container)?;
+    match shim.start(&container.id, "").await {
+        Ok(pid) => {
+            container.pid = pid;
+            container.state = ContainerState::Running;
+            container.started_at = now_ns();
+            manager.save_container(container.clone())?;
+            manager.watch_exit(&pod, &container.id);
+            tracing::info!(container = %container.id, pid, "container started");
+            manager.event(&container, v1::ContainerEventType::ContainerStartedEvent);
+            Ok(())
+        }
+        Err(err) => {
+            // A container that failed to start is exited, with the reason, as containerd does.
+            container.state = ContainerState::Exited;
+            container.exit_code = 128;
+            container.finished_at = now_ns();
+            container.reason = "StartError".into();
+            container.message = err.to_string();
+            manager.save_container(container)?;
+            Err(err)
+        }
+    }
+}
+
+/// Waits for the container's exit, recording it; false when `limit` passed first.
+async fn wait_exit(
+    manager: &Manager,
+    shim: &ShimClient,
+    id: &str,
+    limit: Option<Duration>,
+) -> Result<bool, CriError> {
+    let wait = shim.wait(id, "");
+    let result = match limit {
+        Some(limit) => match tokio::time::timeout(limit, wait).await {
+            Ok(result) => result,
+            Err(_) => return Ok(false),
+        },
+        None => wait.await,
+    };
+    match result {
+        Ok(exit) => {
+            let at = exit
+                .exited_at
+                .as_ref()
+                .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
+                .unwrap_or(0);
+            manager.record_exit(id, exit.exit_status, at, "");
+            Ok(true)
+        }
+        Err(CriError::Shim {
+            code: tonic::Code::NotFound,
+            ..
+        }) => {
+            manager.record_exit(id, 255, 0, "the shim no longer knows the container");
+            Ok(true)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+pub async fn stop(manager: &Arc<Manager>, id: &str, timeout: i64) -> Result<(), CriError> {
+    let container = match manager.container(id) {
+        Ok(container) => container,
+        // As StopPodSandbox: stopping what is gone succeeds.
+        Err(CriError::NotFound { .. }) => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    if container.state != ContainerState::Running {
+        if container.state == ContainerState::Created {
+            // Never started: nothing runs; it counts as exited.
+            manager.record_exit(&container.id, 0, 0, "");
+        }
+        return Ok(());
+    }
+    let shim = shim_for(manager, &container)?;
+    if timeout > 0 {
+        let signal = if container.stop_signal == 0 {
+            libc::SIGTERM as u32
+        } else {
+            container.stop_signal
+        };
+        match shim.kill(&container.id, "", signal, false).await {
+            Ok(()) => {
+                let limit = Duration::from_secs(u64::try_from(timeout).unwrap_or(0));
+                if wait_exit(manager, &shim, &container.id, Some(limit)).await? {
+                    return Ok(());
+                }
+            }
+            Err(CriError::Shim {
+                code: tonic::Code::NotFound | tonic::Code::FailedPrecondition,
+                ..
+            }) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    match shim
+        .kill(&container.id, "", libc::SIGKILL as u32, true)
+        .await
+    {
+        Ok(())
+        | Err(CriError::Shim {
+            code: tonic::Code::NotFound | tonic::Code::FailedPrecondition,
+            ..
+        }) => {}
+        Err(err) => return Err(err),
+    }
+    wait_exit(manager, &shim, &container.id, None).await?;
+    tracing::info!(container = %container.id, "container stopped");
+    Ok(())
+}
+
+pub async fn remove(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
+    let container = match manager.container(id) {
+        Ok(container) => container,
+        Err(CriError::NotFound { .. }) => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    if container.state == ContainerState::Running {
+        stop(manager, &container.id, 0).await?;
+    }
+    let _lifecycle = manager.lifecycle.lock().await;
+    let container = manager.container(&container.id)?;
+    if let Ok(shim) = shim_for(manager, &container) {
+        match shim.delete(&container.id, "").await {
+            Ok(_) => {}
+            Err(CriError::Shim {
+                code: tonic::Code::NotFound | tonic::Code::Unavailable,
+                ..
+            }) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    let prepared = Prepared {
+        bundle: container.bundle.clone(),
+        snapshot: container.snapshot.clone(),
+        stop_signal: 0,
+    };
+    tokio::task::spawn_blocking(move || cleanup_bundle(&prepared))
+        .await
+        .map_err(join_error("container removal"))?;
+    manager.forget_container(&container.id)?;
+    tracing::info!(container = %container.id, "container removed");
+    manager.event(&container, v1::ContainerEventType::ContainerDeletedEvent);
+    Ok(())
+}
+
+fn cri_state(state: ContainerState) -> i32 {
+    (match state {
+        ContainerState::Created => v1::ContainerState::ContainerCreated,
+        ContainerState::Running => v1::ContainerState::ContainerRunning,
+        ContainerState::Exited => v1::ContainerState::ContainerExited,
+        ContainerState::Unknown => v1::ContainerState::ContainerUnknown,
+    }) as i32
+}
+
+pub fn status_of(container: &ContainerRecord) -> v1::ContainerStatus {
+    let config = decode_config(container);
+    v1::ContainerStatus {
+        id: container.id.clone(),
+        metadata: config.metadata.clone(),
+        state: cri_state(container.state),
+        created_at: container.created_at,
+        started_at: container.started_at,
+        finished_at: container.finished_at,
+        exit_code: container.exit_code,
+        image: config.image.clone(),
+        image_ref: container.image_id.clone(),
+        reason: container.reason.clone(),
+        message: container.message.clone(),
+        labels: config.labels.clone(),
+        annotations: config.annotations.clone(),
+        mounts: config.mounts.clone(),
+        log_path: container
+            .log_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        resources: config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.clone())
+            .map(|linux| v1::ContainerResources {
+                linux: Some(linux),
+                windows: None,
+            }),
+        ..Default::default()
+    }
+}
+
+pub fn verbose_info(container: &ContainerRecord) -> HashMap<String, String> {
+    let info = serde_json::json!({
+        "sandboxID": container.pod_id,
+        "pid": container.pid,
+        "bundle": container.bundle,
+        "snapshotDir": container.snapshot,
+        "imageRef": container.image_ref,
+    });
+    HashMap::from([("info".to_string(), info.to_string())])
+}
+
+pub fn list(manager: &Manager, filter: Option<&v1::ContainerFilter>) -> Vec<v1::Container> {
+    manager
+        .containers()
+        .into_iter()
+        .filter(|c| {
+            let Some(filter) = filter else { return true };
+            if !filter.id.is_empty() && !c.id.starts_with(&filter.id) {
+                return false;
+            }
+            if !filter.pod_sandbox_id.is_empty() && !c.pod_id.starts_with(&filter.pod_sandbox_id) {
+                return false;
+            }
+            if filter
+                .state
+                .as_ref()
+                .is_some_and(|s| s.state != cri_state(c.state))
+            {
+                return false;
+            }
+            crate::pods::labels_match(&filter.label_selector, &decode_config(c).labels)
+        })
+        .map(|c| {
+            let config = decode_config(&c);
+            v1::Container {
+                id: c.id.clone(),
+                pod_sandbox_id: c.pod_id.clone(),
+                metadata: config.metadata,
+                image: config.image,
+                image_ref: c.image_id.clone(),
+                state: cri_state(c.state),
+                created_at: c.created_at,
+                labels: config.labels,
+                annotations: config.annotations,
+                image_id: c.image_id.clone(),
+            }
+        })
+        .collect()
+}
+
+fn running(manager: &Manager, id: &str) -> Result<(ContainerRecord, ShimClient), CriError> {
+    let container = manager.container(id)?;
+    if container.state != ContainerState::Running {
+        return Err(CriError::FailedPrecondition {
+            what: format!("container {}", container.id),
+            reason: format!("is {:?}, not running", container.state),
+        });
+    }
+    let shim = shim_for(manager, &container)?;
+    Ok((container, shim))
+}
+
+async fn read_all(path: PathBuf, sink: Arc<Mutex<Vec<u8>>>) -> std::io::Result<()> {
+    let mut fifo = tokio::net::unix::pipe::OpenOptions::new().open_receiver(&path)?;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = fifo.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut out = sink.lock().unwrap_or_else(|p| p.into_inner());
+        let room = MAX_EXEC_OUTPUT.saturating_sub(out.len());
+        out.extend_from_slice(&buf[..n.min(room)]);
+    }
+}
+
+pub async fn exec_sync(
+    manager: &Arc<Manager>,
+    request: v1::ExecSyncRequest,
+) -> Result<v1::ExecSyncResponse, CriError> {
+    if request.cmd.is_empty() {
+        return Err(invalid("cmd", "is required"));
+    }
+    if request.timeout < 0 {
+        return Err(invalid(
+            "timeout",
+            format!("{} is negative", request.timeout),
+        ));
+    }
+    let (container, shim) = running(manager, &request.container_id)?;
+    let spec_path = container.bundle.join("config.json");
+    let spec: serde_json::Value = serde_json::from_slice(
+        &tokio::fs::read(&spec_path)
+            .await
+            .map_err(io(format!("read {}", spec_path.display())))?,
+    )
+    .map_err(|err| CriError::Io {
+        context: format!("parse {}", spec_path.display()),
+        source: err.into(),
+    })?;
+    let mut process = spec["process"].clone();
+    process["args"] = serde_json::json!(request.cmd);
+    process["terminal"] = serde_json::json!(false);
+
+    let exec_id = new_id()?[..16].to_string();
+    let dir = manager.config.state.join("exec").join(&exec_id);
+    std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+    let result = run_exec(
+        &shim,
+        &container.id,
+        &exec_id,
+        &dir,
+        &process,
+        request.timeout,
+    )
+    .await;
+    let _ = shim.delete(&container.id, &exec_id).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run_exec(
+    shim: &ShimClient,
+    id: &str,
+    exec_id: &str,
+    dir: &Path,
+    process: &serde_json::Value,
+    timeout: i64,
+) -> Result<v1::ExecSyncResponse, CriError> {
+    let fifo = |name: &str| -> Result<PathBuf, CriError> {
+        let path = dir.join(name);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(
+            |errno| CriError::Io {
+                context: format!("mkfifo {}", path.display()),
+                source: errno.into(),
+            },
+        )?;
+        Ok(path)
+    };
+    let (stdout_path, stderr_path) = (fifo("stdout")?, fifo("stderr")?);
+    // Our own writing ends keep each pipe (and what the process wrote) alive until its exit is
+    // known, and keep the readers from seeing EOF before the shim has opened the fifos.
+    let keep = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io(format!("open {}", path.display())))
+    };
+    let keepers = (keep(&stdout_path)?, keep(&stderr_path)?);
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let mut readers = (
+        tokio::spawn(read_all(stdout_path.clone(), Arc::clone(&stdout))),
+        tokio::spawn(read_all(stderr_path.clone(), Arc::clone(&stderr))),
+    );
+    let outcome = exec_and_wait(
+        shim,
+        id,
+        exec_id,
+        &stdout_path,
+        &stderr_path,
+        process,
+        timeout,
+    )
+    .await;
+    drop(keepers);
+    if outcome.is_ok() {
+        // Output written just before the exit is still in the pipes.
+        let _ = tokio::time::timeout(EXEC_DRAIN, async {
+            let _ = tokio::join!(&mut readers.0, &mut readers.1);
+        })
+        .await;
+    }
+    readers.0.abort();
+    readers.1.abort();
+    let exit_status = outcome?;
+    let take = |sink: &Arc<Mutex<Vec<u8>>>| {
+        std::mem::take(&mut *sink.lock().unwrap_or_else(|p| p.into_inner()))
+    };
+    Ok(v1::ExecSyncResponse {
+        stdout: take(&stdout),
+        stderr: take(&stderr),
+        exit_code: i32::try_from(exit_status).unwrap_or(255),
+    })
+}
+
+/// Starts the exec'd process and waits for its exit status (killing it after `timeout`
+/// seconds, when positive).
+async fn exec_and_wait(
+    shim: &ShimClient,
+    id: &str,
+    exec_id: &str,
+    stdout: &Path,
+    stderr: &Path,
+    process: &serde_json::Value,
+    timeout: i64,
+) -> Result<u32, CriError> {
+    let value = serde_json::to_vec(process).map_err(|err| CriError::Io {
+        context: "encode exec process".into(),
+        source: err.into(),
+    })?;
+    let request = api::ExecProcessRequest {
+        id: id.to_string(),
+        exec_id: exec_id.to_string(),
+        terminal: false,
+        stdout: stdout.display().to_string(),
+        stderr: stderr.display().to_string(),
+        spec: Some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    shim.exec(&request).await?;
+    shim.start(id, exec_id).await?;
+    let wait = shim.wait(id, exec_id);
+    let exit = if timeout > 0 {
+        let limit = Duration::from_secs(u64::try_from(timeout).unwrap_or(0));
+        match tokio::time::timeout(limit, wait).await {
+            Ok(exit) => exit?,
+            Err(_) => {
+                let _ = shim.kill(id, exec_id, libc::SIGKILL as u32, false).await;
+                let _ = shim.wait(id, exec_id).await;
+                return Err(CriError::DeadlineExceeded {
+                    what: format!("ExecSync in container {id}"),
+                    reason: format!("command did not finish within {timeout}s"),
+                });
+            }
+        }
+    } else {
+        wait.await?
+    };
+    Ok(exit.exit_status)
+}
+
+pub async fn update_resources(
+    manager: &Arc<Manager>,
+    request: v1::UpdateContainerResourcesRequest,
+) -> Result<(), CriError> {
+    let resources = spec::resources(request.linux.as_ref())?;
+    let _lifecycle = manager.lifecycle.lock().await;
+    let mut container = manager.container(&request.container_id)?;
+    if !matches!(
+        container.state,
+        ContainerState::Created | ContainerState::Running
+    ) {
+        return Err(CriError::FailedPrecondition {
+            what: format!("container {}", container.id),
+            reason: format!(
+                "is {:?}; only created or running ones can be updated",
+                container.state
+            ),
+        });
+    }
+    let shim = shim_for(manager, &container)?;
+    let value = serde_json::to_vec(&resources).map_err(|err| CriError::Io {
+        context: "encode resources".into(),
+        source: err.into(),
+    })?;
+    shim.update(&api::UpdateTaskRequest {
+        id: container.id.clone(),
+        resources: Some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+            value,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    })
+    .await?;
+    // The new values are what ContainerStatus reports from now on.
+    let mut config = decode_config(&container);
+    if let Some(linux) = request.linux {
+        config.linux.get_or_insert_with(Default::default).resources = Some(linux);
+    }
+    container.config = config.encode_to_vec();
+    manager.save_container(container)?;
+    Ok(())
+}
+
+pub async fn reopen_log(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
+    let (container, shim) = running(manager, id)?;
+    if container.log_path.is_none() {
+        return Err(CriError::FailedPrecondition {
+            what: format!("container {}", container.id),
+            reason: "has no log path".into(),
+        });
+    }
+    shim.update(&api::UpdateTaskRequest {
+        id: container.id.clone(),
+        annotations: HashMap::from([("io.ingot.reopen-log".to_string(), "true".to_string())]),
+        ..Default::default()
+    })
+    .await
+}

@@ -1,0 +1,446 @@
+//! The pod and container manager: the records (in memory, and committed to the store before an
+//! RPC answers), the lock that orders lifecycle changes, the pod shims, container exit
+//! tracking, container events, and recovery when ingotd starts again.
+
+use std::{
+    collections::BTreeMap,
+    io::Read,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use ingot_image::ImageStore;
+use k8s_cri::v1;
+use tokio::sync::broadcast;
+
+use crate::{
+    config::Config,
+    shim_client::ShimClient,
+    store::{ContainerRecord, ContainerState, PodRecord, Store},
+    CriError,
+};
+
+/// The containerd namespace ingotd's shims serve.
+pub const SHIM_NAMESPACE: &str = "ingot";
+const SHIM_BINARY: &str = "containerd-shim-ingot-v2";
+
+pub struct Manager {
+    pub config: Config,
+    pub store: Store,
+    pub images: Arc<ImageStore>,
+    pods: Mutex<BTreeMap<String, PodRecord>>,
+    containers: Mutex<BTreeMap<String, ContainerRecord>>,
+    /// Held across every lifecycle change (create, start, stop, remove of pods and containers),
+    /// never across a wait for a process.
+    pub lifecycle: tokio::sync::Mutex<()>,
+    events: broadcast::Sender<v1::ContainerEventResponse>,
+    shim_binary: PathBuf,
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A fresh 64-hex-digit id, like containerd's.
+pub fn new_id() -> Result<String, CriError> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|source| CriError::Io {
+            context: "read /dev/urandom".into(),
+            source,
+        })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Finds a record by full id or unique prefix (as crictl's short ids are).
+fn find<'a, T>(map: &'a BTreeMap<String, T>, id: &str, what: &str) -> Result<&'a T, CriError> {
+    if id.is_empty() {
+        return Err(CriError::NotFound {
+            what: format!("{what} \"\""),
+        });
+    }
+    if let Some(record) = map.get(id) {
+        return Ok(record);
+    }
+    let mut matches = map
+        .range(id.to_string()..)
+        .take_while(|(k, _)| k.starts_with(id));
+    match (matches.next(), matches.next()) {
+        (Some((_, record)), None) => Ok(record),
+        (Some(_), Some(_)) => Err(CriError::InvalidArgument {
+            field: "id",
+            reason: format!("{id:?} matches more than one {what}"),
+        }),
+        _ => Err(CriError::NotFound {
+            what: format!("{what} {id:?}"),
+        }),
+    }
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> CriError {
+    move |source| CriError::Io { context, source }
+}
+
+impl Manager {
+    pub fn open(config: Config, images: Arc<ImageStore>) -> Result<Arc<Self>, CriError> {
+        let store = Store::open(&config.root)?;
+        let pods = store
+            .pods()?
+            .into_iter()
+            .map(|p| (p.id.clone(), p))
+            .collect();
+        let containers = store
+            .containers()?
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect();
+        let (events, _) = broadcast::channel(256);
+        let shim_binary = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join(SHIM_BINARY)))
+            .filter(|path| path.is_file())
+            .unwrap_or_else(|| PathBuf::from(SHIM_BINARY));
+        for dir in [config.state.join("pods"), config.state.join("containers")] {
+            std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+        }
+        Ok(Arc::new(Manager {
+            config,
+            store,
+            images,
+            pods: Mutex::new(pods),
+            containers: Mutex::new(containers),
+            lifecycle: tokio::sync::Mutex::new(()),
+            events,
+            shim_binary,
+        }))
+    }
+
+    pub fn pod(&self, id: &str) -> Result<PodRecord, CriError> {
+        find(&lock(&self.pods), id, "pod sandbox").cloned()
+    }
+
+    pub fn container(&self, id: &str) -> Result<ContainerRecord, CriError> {
+        find(&lock(&self.containers), id, "container").cloned()
+    }
+
+    pub fn pods(&self) -> Vec<PodRecord> {
+        lock(&self.pods).values().cloned().collect()
+    }
+
+    pub fn containers(&self) -> Vec<ContainerRecord> {
+        lock(&self.containers).values().cloned().collect()
+    }
+
+    pub fn containers_of(&self, pod_id: &str) -> Vec<ContainerRecord> {
+        lock(&self.containers)
+            .values()
+            .filter(|c| c.pod_id == pod_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Commits, then makes visible.
+    pub fn save_pod(&self, pod: PodRecord) -> Result<(), CriError> {
+        self.store.put_pod(&pod)?;
+        lock(&self.pods).insert(pod.id.clone(), pod);
+        Ok(())
+    }
+
+    pub fn forget_pod(&self, id: &str) -> Result<(), CriError> {
+        self.store.delete_pod(id)?;
+        lock(&self.pods).remove(id);
+        Ok(())
+    }
+
+    pub fn save_container(&self, container: ContainerRecord) -> Result<(), CriError> {
+        self.store.put_container(&container)?;
+        lock(&self.containers).insert(container.id.clone(), container);
+        Ok(())
+    }
+
+    pub fn forget_container(&self, id: &str) -> Result<(), CriError> {
+        self.store.delete_container(id)?;
+        lock(&self.containers).remove(id);
+        Ok(())
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<v1::ContainerEventResponse> {
+        self.events.subscribe()
+    }
+
+    /// Publishes a container event (nobody listening is fine).
+    pub fn event(&self, container: &ContainerRecord, kind: v1::ContainerEventType) {
+        let pod_status = self
+            .pod(&container.pod_id)
+            .ok()
+            .map(|pod| crate::pods::status_of(&pod));
+        let status = crate::containers::status_of(container);
+        let _ = self.events.send(v1::ContainerEventResponse {
+            container_id: container.id.clone(),
+            container_event_type: kind as i32,
+            created_at: now_ns(),
+            pod_sandbox_status: pod_status,
+            containers_statuses: vec![status],
+        });
+    }
+
+    pub fn shim_of(&self, pod: &PodRecord) -> Option<ShimClient> {
+        pod.shim.as_deref().map(ShimClient::new)
+    }
+
+    /// The pod's shim, started (from the first container's bundle) when it has none running.
+    pub async fn ensure_shim(
+        &self,
+        pod: &mut PodRecord,
+        bundle: &Path,
+    ) -> Result<ShimClient, CriError> {
+        if let Some(shim) = self.shim_of(pod) {
+            if shim.alive().await {
+                return Ok(shim);
+            }
+        }
+        let output = tokio::process::Command::new(&self.shim_binary)
+            .args(["-namespace", SHIM_NAMESPACE, "-id", &pod.id])
+            .arg("-address")
+            .arg(self.config.socket_path()?)
+            .arg("start")
+            .current_dir(bundle)
+            .env_remove("TTRPC_ADDRESS")
+            .env("INGOT_SHIM_SOCKET_DIR", self.config.state.join("shims"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(io(format!(
+                "run {} start for pod {}",
+                self.shim_binary.display(),
+                pod.id
+            )))?;
+        if !output.status.success() {
+            return Err(CriError::Shim {
+                method: "start",
+                code: tonic::Code::Internal,
+                message: format!(
+                    "{} start for pod {}: {}: {}",
+                    self.shim_binary.display(),
+                    pod.id,
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            });
+        }
+        let address = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        pod.shim = Some(address.clone());
+        self.save_pod(pod.clone())?;
+        tracing::info!(pod = %pod.id, %address, "pod shim started");
+        Ok(ShimClient::new(&address))
+    }
+
+    /// Records a container's exit (once; later calls change nothing) and publishes it.
+    pub fn record_exit(&self, id: &str, code: u32, exited_at: i64, message: &str) {
+        let updated = {
+            let mut containers = lock(&self.containers);
+            let Some(container) = containers.get_mut(id) else {
+                return;
+            };
+            if container.state == ContainerState::Exited {
+                return;
+            }
+            container.state = ContainerState::Exited;
+            container.exit_code = i32::try_from(code).unwrap_or(255);
+            container.finished_at = if exited_at > 0 { exited_at } else { now_ns() };
+            container.reason = if !message.is_empty() {
+                "Unknown".into()
+            } else if self.oom_killed(container) {
+                "OOMKilled".into()
+            } else if code == 0 {
+                "Completed".into()
+            } else {
+                "Error".into()
+            };
+            container.message = message.to_string();
+            container.clone()
+        };
+        if let Err(err) = self.store.put_container(&updated) {
+            tracing::error!(container = %id, error = %err, "persist container exit");
+        }
+        tracing::info!(container = %id, exit_code = code, "container exited");
+        self.event(&updated, v1::ContainerEventType::ContainerStoppedEvent);
+    }
+
+    /// Whether the kernel OOM-killed in the container's memory cgroup (v1 `oom_kill` count or
+    /// v2 `memory.events`).
+    fn oom_killed(&self, container: &ContainerRecord) -> bool {
+        let Ok(pod) = find(&lock(&self.pods), &container.pod_id, "pod sandbox").cloned() else {
+            return false;
+        };
+        let relative = format!(
+            "{}/{}",
+            pod.cgroup_parent.trim_start_matches('/'),
+            container.id
+        );
+        ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
+            .iter()
+            .any(|root| {
+                let dir = Path::new(root).join(&relative);
+                ["memory.oom_control", "memory.events"].iter().any(|file| {
+                    std::fs::read_to_string(dir.join(file)).is_ok_and(|text| {
+                        text.lines().any(|line| {
+                            line.strip_prefix("oom_kill ")
+                                .is_some_and(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+                        })
+                    })
+                })
+            })
+    }
+
+    /// Follows a running container until it exits (one task, asleep in the shim's Wait).
+    pub fn watch_exit(self: &Arc<Self>, pod: &PodRecord, id: &str) {
+        let Some(shim) = self.shim_of(pod) else {
+            return;
+        };
+        let manager = Arc::clone(self);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            match shim.wait(&id, "").await {
+                Ok(exit) => {
+                    let at = exit
+                        .exited_at
+                        .as_ref()
+                        .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
+                        .unwrap_or(0);
+                    manager.record_exit(&id, exit.exit_status, at, "");
+                }
+                Err(CriError::Shim {
+                    code: tonic::Code::NotFound,
+                    ..
+                }) => {}
+                Err(err) => {
+                    tracing::warn!(container = %id, error = %err, "lost the container's shim");
+                    manager.record_exit(&id, 255, 0, &format!("the pod's shim is gone: {err}"));
+                }
+            }
+        });
+    }
+
+    /// After a restart: containers that were running are checked against their shims (exits
+    /// that happened meanwhile are recorded, live ones followed again), and what no record owns
+    /// (pod directories, bundles, writable layers) is removed.
+    pub async fn recover(self: &Arc<Self>) {
+        for container in self.containers() {
+            if !matches!(
+                container.state,
+                ContainerState::Running | ContainerState::Created
+            ) {
+                continue;
+            }
+            let Ok(pod) = self.pod(&container.pod_id) else {
+                self.record_exit(&container.id, 255, 0, "its pod sandbox is gone");
+                continue;
+            };
+            let Some(shim) = self.shim_of(&pod) else {
+                continue;
+            };
+            match shim.state(&container.id).await {
+                Ok(state) => {
+                    use containerd_shim_protos::api::Status;
+                    match state.status.enum_value() {
+                        Ok(Status::STOPPED) => {
+                            let at = state
+                                .exited_at
+                                .as_ref()
+                                .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
+                                .unwrap_or(0);
+                            self.record_exit(&container.id, state.exit_status, at, "");
+                        }
+                        Ok(Status::RUNNING | Status::PAUSED | Status::PAUSING) => {
+                            self.watch_exit(&pod, &container.id);
+                        }
+                        _ => {}
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(container = %container.id, error = %err, "container lost while ingotd was down");
+                    self.record_exit(
+                        &container.id,
+                        255,
+                        0,
+                        &format!("lost while ingotd was down: {err}"),
+                    );
+                }
+            }
+        }
+        self.clean_orphans();
+    }
+
+    fn clean_orphans(&self) {
+        let pods: Vec<String> = lock(&self.pods).keys().cloned().collect();
+        let containers: Vec<String> = lock(&self.containers).keys().cloned().collect();
+        let entries = |dir: PathBuf| -> Vec<(String, PathBuf)> {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for (id, path) in entries(self.config.state.join("pods")) {
+            if !pods.contains(&id) {
+                tracing::info!(pod = %id, "removing an orphaned pod directory");
+                crate::pods::remove_pod_dir(&path);
+            }
+        }
+        for (id, path) in entries(self.config.state.join("containers")) {
+            if !containers.contains(&id) {
+                tracing::info!(container = %id, "removing an orphaned bundle");
+                crate::containers::unmount_rootfs(&path.join("rootfs"));
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+        for (id, path) in entries(self.config.root.join("containers")) {
+            if !containers.contains(&id) {
+                tracing::info!(container = %id, "removing an orphaned writable layer");
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_by_id_or_unique_prefix() {
+        let map: BTreeMap<String, u32> = [("abc1".to_string(), 1), ("abd2".to_string(), 2)]
+            .into_iter()
+            .collect();
+        assert_eq!(*find(&map, "abc1", "pod").expect("exact"), 1);
+        assert_eq!(*find(&map, "abd", "pod").expect("prefix"), 2);
+        assert!(matches!(
+            find(&map, "ab", "pod"),
+            Err(CriError::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            find(&map, "zz", "pod"),
+            Err(CriError::NotFound { .. })
+        ));
+        assert!(matches!(
+            find(&map, "", "pod"),
+            Err(CriError::NotFound { .. })
+        ));
+        assert_eq!(new_id().expect("id").len(), 64);
+    }
+}

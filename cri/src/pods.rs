@@ -1,0 +1,705 @@
+//! Pod sandboxes without a pause process: RunPodSandbox pins the pod's network, IPC and UTS
+//! namespaces under `<state>/pods/<id>/ns/`, writes its hostname, hosts and resolv.conf, mounts
+//! its /dev/shm, and attaches its network through CNI; StopPodSandbox kills its containers and
+//! detaches the network; RemovePodSandbox removes everything, the pod's shim included.
+
+use std::{
+    collections::HashMap,
+    path::{Component, Path, PathBuf},
+    sync::Arc,
+};
+
+use ingot_netns::{cni, Kind};
+use k8s_cri::v1;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use prost::Message;
+
+use crate::{
+    manager::{new_id, now_ns, Manager},
+    store::{PodRecord, PodState},
+    CriError,
+};
+
+/// The longest name, namespace, uid or hostname accepted (Kubernetes' own limits are lower).
+const MAX_NAME: usize = 253;
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> CriError {
+    CriError::InvalidArgument {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> CriError {
+    move |source| CriError::Io { context, source }
+}
+
+/// Checks an absolute host path without `..`.
+pub fn absolute_path(field: &'static str, path: &str) -> Result<(), CriError> {
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(invalid(field, format!("{path:?} is not an absolute path")));
+    }
+    if p.components().any(|c| c == Component::ParentDir) {
+        return Err(invalid(field, format!("{path:?} contains \"..\"")));
+    }
+    Ok(())
+}
+
+fn name_field(field: &'static str, value: &str) -> Result<(), CriError> {
+    if value.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    if value.len() > MAX_NAME {
+        return Err(invalid(
+            field,
+            format!("is {} bytes long; at most {MAX_NAME}", value.len()),
+        ));
+    }
+    if value.contains('/') || value.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            format!("{value:?} holds '/' or control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Everything RunPodSandbox refuses before it touches the host.
+pub fn validate(config: &v1::PodSandboxConfig) -> Result<(), CriError> {
+    let metadata = config
+        .metadata
+        .as_ref()
+        .ok_or_else(|| invalid("config.metadata", "is required"))?;
+    name_field("config.metadata.name", &metadata.name)?;
+    name_field("config.metadata.namespace", &metadata.namespace)?;
+    name_field("config.metadata.uid", &metadata.uid)?;
+    if !config.hostname.is_empty() {
+        let valid = config.hostname.len() <= 64
+            && config
+                .hostname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !valid {
+            return Err(invalid(
+                "config.hostname",
+                format!(
+                    "{:?} is not a host name of at most 64 characters",
+                    config.hostname
+                ),
+            ));
+        }
+    }
+    if !config.log_directory.is_empty() {
+        absolute_path("config.log_directory", &config.log_directory)?;
+    }
+    for mapping in &config.port_mappings {
+        for (field, port) in [
+            (
+                "config.port_mappings.container_port",
+                mapping.container_port,
+            ),
+            ("config.port_mappings.host_port", mapping.host_port),
+        ] {
+            if !(0..=65535).contains(&port) {
+                return Err(invalid(field, format!("{port} is not a port number")));
+            }
+        }
+    }
+    if let Some(dns) = &config.dns_config {
+        for server in &dns.servers {
+            if server.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    "config.dns_config.servers",
+                    format!("{server:?} is not an IP address"),
+                ));
+            }
+        }
+    }
+    if let Some(linux) = &config.linux {
+        if !linux.cgroup_parent.is_empty() {
+            ingot_oci::validate_cgroups_path(&linux.cgroup_parent).map_err(|_| {
+                invalid(
+                    "config.linux.cgroup_parent",
+                    format!(
+                        "{:?} must be an absolute cgroupfs path without \"..\"",
+                        linux.cgroup_parent
+                    ),
+                )
+            })?;
+        }
+        for (name, value) in &linux.sysctls {
+            let valid = !name.is_empty()
+                && name
+                    .split(['.', '/'])
+                    .all(|part| !part.is_empty() && part != "..")
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+            if !valid || value.contains('\n') {
+                return Err(invalid(
+                    "config.linux.sysctls",
+                    format!("{name:?}={value:?} is not a sysctl setting"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn name_key(config: &v1::PodSandboxConfig) -> String {
+    let m = config.metadata.clone().unwrap_or_default();
+    format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
+}
+
+pub fn decode_config(pod: &PodRecord) -> v1::PodSandboxConfig {
+    v1::PodSandboxConfig::decode(pod.config.as_slice()).unwrap_or_default()
+}
+
+fn namespace_options(config: &v1::PodSandboxConfig) -> v1::NamespaceOption {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default()
+}
+
+fn is_node(mode: i32) -> bool {
+    mode == v1::NamespaceMode::Node as i32
+}
+
+/// resolv.conf for the pod: the kubelet's DNS config, or the host's file.
+pub fn resolv_conf(dns: Option<&v1::DnsConfig>) -> Option<String> {
+    let dns =
+        dns.filter(|d| !d.servers.is_empty() || !d.searches.is_empty() || !d.options.is_empty())?;
+    let mut text = String::new();
+    if !dns.searches.is_empty() {
+        text.push_str(&format!("search {}\n", dns.searches.join(" ")));
+    }
+    for server in &dns.servers {
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    if !dns.options.is_empty() {
+        text.push_str(&format!("options {}\n", dns.options.join(" ")));
+    }
+    Some(text)
+}
+
+/// The pod's files and namespaces; blocking (namespaces, mounts, CNI plugins).
+fn set_up(
+    pod: &mut PodRecord,
+    config: &v1::PodSandboxConfig,
+    manager: &Manager,
+) -> Result<(), CriError> {
+    let options = namespace_options(config);
+    let host_network = is_node(options.network);
+    let host_ipc = is_node(options.ipc);
+    pod.host_pid = is_node(options.pid);
+    std::fs::create_dir_all(&pod.dir).map_err(io(format!("create {}", pod.dir.display())))?;
+
+    let mut kinds = Vec::new();
+    if !host_network {
+        kinds.extend([Kind::Net, Kind::Uts]);
+    }
+    if !host_ipc {
+        kinds.push(Kind::Ipc);
+    }
+    let host_name = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    // As containerd: the host's name for host-network pods and when the kubelet gives none.
+    let hostname = if host_network || config.hostname.is_empty() {
+        host_name
+    } else {
+        config.hostname.clone()
+    };
+    if !kinds.is_empty() {
+        let pinned = ingot_netns::pin(&pod.dir.join("ns"), &kinds, Some(&hostname))?;
+        pod.net = pinned.path(Kind::Net);
+        pod.ipc = pinned.path(Kind::Ipc);
+        pod.uts = pinned.path(Kind::Uts);
+    }
+
+    let write = |name: &str, text: &str| -> Result<(), CriError> {
+        let path = pod.dir.join(name);
+        std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))
+    };
+    write("hostname", &format!("{hostname}\n"))?;
+    let hosts = if host_network {
+        std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+    } else {
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_string()
+    };
+    write("hosts", &hosts)?;
+    let resolv = match resolv_conf(config.dns_config.as_ref()) {
+        Some(text) => text,
+        None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    };
+    write("resolv.conf", &resolv)?;
+
+    if !host_ipc {
+        let shm = pod.dir.join("shm");
+        std::fs::create_dir_all(&shm).map_err(io(format!("create {}", shm.display())))?;
+        mount(
+            Some("shm"),
+            &shm,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=1777,size=65536k"),
+        )
+        .map_err(|errno| CriError::Io {
+            context: format!("mount the pod's /dev/shm at {}", shm.display()),
+            source: errno.into(),
+        })?;
+        pod.shm = Some(shm);
+    }
+
+    if let Some(netns) = pod.net.clone() {
+        let network = cni::load_network(&manager.config.cni.conf_dir)?.ok_or_else(|| {
+            CriError::FailedPrecondition {
+                what: "RunPodSandbox".into(),
+                reason: format!(
+                    "no CNI network configuration in {} (NetworkReady is false)",
+                    manager.config.cni.conf_dir.display()
+                ),
+            }
+        })?;
+        let metadata = config.metadata.clone().unwrap_or_default();
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+            metadata.namespace, metadata.name, pod.id, metadata.uid
+        );
+        let port_mappings: Vec<serde_json::Value> = config
+            .port_mappings
+            .iter()
+            .filter(|m| m.host_port > 0)
+            .map(|m| {
+                let protocol = v1::Protocol::try_from(m.protocol)
+                    .map(|p| p.as_str_name().to_ascii_lowercase())
+                    .unwrap_or_else(|_| "tcp".into());
+                serde_json::json!({
+                    "hostPort": m.host_port,
+                    "containerPort": m.container_port,
+                    "protocol": protocol,
+                    "hostIP": m.host_ip,
+                })
+            })
+            .collect();
+        let runtime_config = serde_json::json!({ "portMappings": port_mappings });
+        let attachment = cni::Attachment {
+            plugin_dirs: &manager.config.cni.bin_dirs,
+            container_id: &pod.id,
+            netns: &netns,
+            ifname: "eth0",
+            args: &args,
+            runtime_config: &runtime_config,
+        };
+        // The pod's loopback is always up, whatever the network configuration holds.
+        let loopback = cni::parse_network(
+            serde_json::json!({"cniVersion": "1.0.0", "name": "ingot-loopback", "type": "loopback"}),
+            PathBuf::from("builtin loopback"),
+        )?;
+        loopback.add(&cni::Attachment {
+            ifname: "lo",
+            ..attachment
+        })?;
+        let result = network.add(&attachment)?;
+        pod.ips = cni::pod_ips(&result);
+        pod.cni_result =
+            Some(serde_json::json!({"network": network.source, "result": result}).to_string());
+    }
+    Ok(())
+}
+
+/// CNI DEL for a pod that was attached; blocking.
+fn detach(pod: &PodRecord, manager: &Manager) -> Result<(), CriError> {
+    let (Some(netns), Some(saved)) = (&pod.net, &pod.cni_result) else {
+        return Ok(());
+    };
+    let saved: serde_json::Value = serde_json::from_str(saved).unwrap_or_default();
+    let source = PathBuf::from(saved["network"].as_str().unwrap_or_default());
+    let text = std::fs::read(&source).map_err(io(format!("read {}", source.display())))?;
+    let value: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+    let network = cni::parse_network(value, source)?;
+    let config = decode_config(pod);
+    let metadata = config.metadata.unwrap_or_default();
+    let args = format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+        metadata.namespace, metadata.name, pod.id, metadata.uid
+    );
+    let runtime_config = serde_json::json!({});
+    network.del(
+        &cni::Attachment {
+            plugin_dirs: &manager.config.cni.bin_dirs,
+            container_id: &pod.id,
+            netns,
+            ifname: "eth0",
+            args: &args,
+            runtime_config: &runtime_config,
+        },
+        &saved["result"],
+    )?;
+    Ok(())
+}
+
+/// Unmounts and removes a pod directory (namespaces, shm, files). Idempotent.
+pub fn remove_pod_dir(dir: &Path) {
+    for name in ["ns/net", "ns/ipc", "ns/uts", "shm"] {
+        let _ = umount2(&dir.join(name), MntFlags::MNT_DETACH);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Removes the pod's cgroup directory in every hierarchy, when ingotd created it.
+fn remove_pod_cgroup(pod: &PodRecord) {
+    if !pod.owns_cgroup || pod.cgroup_parent.is_empty() {
+        return;
+    }
+    let relative = pod.cgroup_parent.trim_start_matches('/');
+    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut roots: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    roots.push(PathBuf::from("/sys/fs/cgroup"));
+    for root in roots {
+        let dir = root.join(relative);
+        if dir.is_dir() {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+pub async fn run(
+    manager: &Arc<Manager>,
+    request: v1::RunPodSandboxRequest,
+) -> Result<String, CriError> {
+    let config = request
+        .config
+        .ok_or_else(|| invalid("config", "is required"))?;
+    validate(&config)?;
+    if !matches!(request.runtime_handler.as_str(), "" | "ingot") {
+        return Err(CriError::NotFound {
+            what: format!("runtime handler {:?}", request.runtime_handler),
+        });
+    }
+    let _lifecycle = manager.lifecycle.lock().await;
+    let key = name_key(&config);
+    if let Some(existing) = manager
+        .pods()
+        .into_iter()
+        .find(|p| name_key(&decode_config(p)) == key)
+    {
+        return Err(CriError::AlreadyExists {
+            what: format!("pod sandbox name {key:?} (reserved by {})", existing.id),
+        });
+    }
+    let id = new_id()?;
+    let (cgroup_parent, owns_cgroup) = match config.linux.as_ref().map(|l| l.cgroup_parent.as_str())
+    {
+        Some(parent) if !parent.is_empty() => (parent.to_string(), false),
+        _ => (
+            format!(
+                "{}/{}",
+                manager.config.cgroup_parent.trim_end_matches('/'),
+                id
+            ),
+            true,
+        ),
+    };
+    let mut pod = PodRecord {
+        id: id.clone(),
+        config: config.encode_to_vec(),
+        runtime_handler: request.runtime_handler,
+        created_at: now_ns(),
+        state: PodState::Ready,
+        dir: manager.config.state.join("pods").join(&id),
+        net: None,
+        ipc: None,
+        uts: None,
+        host_pid: false,
+        shm: None,
+        cni_result: None,
+        ips: Vec::new(),
+        cgroup_parent,
+        owns_cgroup,
+        shim: None,
+    };
+    let worker = Arc::clone(manager);
+    let result = tokio::task::spawn_blocking(move || {
+        let outcome = set_up(&mut pod, &config, &worker);
+        if outcome.is_err() {
+            let _ = detach(&pod, &worker);
+            remove_pod_dir(&pod.dir);
+        }
+        outcome.map(|()| pod)
+    })
+    .await
+    .map_err(|err| CriError::Io {
+        context: "pod set-up task".into(),
+        source: std::io::Error::other(err.to_string()),
+    })?;
+    let pod = result?;
+    if let Err(err) = manager.save_pod(pod.clone()) {
+        let worker = Arc::clone(manager);
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = detach(&pod, &worker);
+            remove_pod_dir(&pod.dir);
+        })
+        .await;
+        return Err(err);
+    }
+    tracing::info!(pod = %id, ips = ?pod_ips_of(manager, &id), "pod sandbox ready");
+    Ok(id)
+}
+
+fn pod_ips_of(manager: &Manager, id: &str) -> Vec<String> {
+    manager.pod(id).map(|p| p.ips).unwrap_or_default()
+}
+
+pub async fn stop(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
+    let pod = match manager.pod(id) {
+        Ok(pod) => pod,
+        // Stopping what is gone succeeds: the CRI asks StopPodSandbox to be idempotent.
+        Err(CriError::NotFound { .. }) => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    for container in manager.containers_of(&pod.id) {
+        crate::containers::stop(manager, &container.id, 0).await?;
+    }
+    let _lifecycle = manager.lifecycle.lock().await;
+    let mut pod = manager.pod(&pod.id)?;
+    if pod.state == PodState::NotReady {
+        return Ok(());
+    }
+    let worker = Arc::clone(manager);
+    let detached = pod.clone();
+    tokio::task::spawn_blocking(move || detach(&detached, &worker))
+        .await
+        .map_err(|err| CriError::Io {
+            context: "pod network task".into(),
+            source: std::io::Error::other(err.to_string()),
+        })??;
+    pod.state = PodState::NotReady;
+    pod.ips.clear();
+    manager.save_pod(pod.clone())?;
+    tracing::info!(pod = %pod.id, "pod sandbox stopped");
+    Ok(())
+}
+
+pub async fn remove(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
+    let pod = match manager.pod(id) {
+        Ok(pod) => pod,
+        // Removing what is already gone succeeds, as the CRI asks.
+        Err(CriError::NotFound { .. }) => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    stop(manager, &pod.id).await?;
+    for container in manager.containers_of(&pod.id) {
+        crate::containers::remove(manager, &container.id).await?;
+    }
+    let _lifecycle = manager.lifecycle.lock().await;
+    let pod = manager.pod(&pod.id)?;
+    if let Some(shim) = manager.shim_of(&pod) {
+        if let Err(err) = shim.shutdown().await {
+            tracing::warn!(pod = %pod.id, error = %err, "shim shutdown");
+        }
+    }
+    let removed = pod.clone();
+    tokio::task::spawn_blocking(move || {
+        remove_pod_dir(&removed.dir);
+        remove_pod_cgroup(&removed);
+    })
+    .await
+    .map_err(|err| CriError::Io {
+        context: "pod removal task".into(),
+        source: std::io::Error::other(err.to_string()),
+    })?;
+    manager.forget_pod(&pod.id)?;
+    tracing::info!(pod = %pod.id, "pod sandbox removed");
+    Ok(())
+}
+
+pub fn status_of(pod: &PodRecord) -> v1::PodSandboxStatus {
+    let config = decode_config(pod);
+    let options = namespace_options(&config);
+    let mut ips = pod.ips.iter();
+    v1::PodSandboxStatus {
+        id: pod.id.clone(),
+        metadata: config.metadata.clone(),
+        state: match pod.state {
+            PodState::Ready => v1::PodSandboxState::SandboxReady as i32,
+            PodState::NotReady => v1::PodSandboxState::SandboxNotready as i32,
+        },
+        created_at: pod.created_at,
+        network: Some(v1::PodSandboxNetworkStatus {
+            ip: ips.next().cloned().unwrap_or_default(),
+            additional_ips: ips.map(|ip| v1::PodIp { ip: ip.clone() }).collect(),
+        }),
+        linux: Some(v1::LinuxPodSandboxStatus {
+            namespaces: Some(v1::Namespace {
+                options: Some(options),
+            }),
+        }),
+        labels: config.labels.clone(),
+        annotations: config.annotations.clone(),
+        runtime_handler: pod.runtime_handler.clone(),
+    }
+}
+
+pub fn verbose_info(pod: &PodRecord) -> HashMap<String, String> {
+    let info = serde_json::json!({
+        "pid": 0,
+        "processStatus": "ready-without-pause",
+        "netNamespacePath": pod.net,
+        "ipcNamespacePath": pod.ipc,
+        "utsNamespacePath": pod.uts,
+        "cgroupParent": pod.cgroup_parent,
+        "shim": pod.shim,
+        "runtimeHandler": pod.runtime_handler,
+        "cniResult": pod.cni_result,
+    });
+    HashMap::from([("info".to_string(), info.to_string())])
+}
+
+/// Whether every key of `selector` is in `labels` with the same value.
+pub fn labels_match(selector: &HashMap<String, String>, labels: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+pub fn list(manager: &Manager, filter: Option<&v1::PodSandboxFilter>) -> Vec<v1::PodSandbox> {
+    manager
+        .pods()
+        .into_iter()
+        .filter(|pod| {
+            let Some(filter) = filter else { return true };
+            if !filter.id.is_empty() && !pod.id.starts_with(&filter.id) {
+                return false;
+            }
+            if let Some(state) = &filter.state {
+                let ready = state.state == v1::PodSandboxState::SandboxReady as i32;
+                if ready != (pod.state == PodState::Ready) {
+                    return false;
+                }
+            }
+            labels_match(&filter.label_selector, &decode_config(pod).labels)
+        })
+        .map(|pod| {
+            let status = status_of(&pod);
+            v1::PodSandbox {
+                id: status.id,
+                metadata: status.metadata,
+                state: status.state,
+                created_at: status.created_at,
+                labels: status.labels,
+                annotations: status.annotations,
+                runtime_handler: status.runtime_handler,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> v1::PodSandboxConfig {
+        v1::PodSandboxConfig {
+            metadata: Some(v1::PodSandboxMetadata {
+                name: "web".into(),
+                namespace: "default".into(),
+                uid: "u1".into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        assert!(validate(&config()).is_ok());
+        type Change = Box<dyn Fn(&mut v1::PodSandboxConfig)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (Box::new(|c| c.metadata = None), "config.metadata"),
+            (
+                Box::new(|c| c.metadata.as_mut().expect("m").name.clear()),
+                "config.metadata.name",
+            ),
+            (
+                Box::new(|c| c.metadata.as_mut().expect("m").uid = "a/b".into()),
+                "config.metadata.uid",
+            ),
+            (
+                Box::new(|c| c.metadata.as_mut().expect("m").namespace = "n".repeat(300)),
+                "config.metadata.namespace",
+            ),
+            (
+                Box::new(|c| c.hostname = "bad host".into()),
+                "config.hostname",
+            ),
+            (
+                Box::new(|c| c.log_directory = "var/log".into()),
+                "config.log_directory",
+            ),
+            (
+                Box::new(|c| {
+                    c.port_mappings = vec![v1::PortMapping {
+                        container_port: 70000,
+                        ..Default::default()
+                    }]
+                }),
+                "config.port_mappings.container_port",
+            ),
+            (
+                Box::new(|c| {
+                    c.dns_config = Some(v1::DnsConfig {
+                        servers: vec!["dns.example".into()],
+                        ..Default::default()
+                    })
+                }),
+                "config.dns_config.servers",
+            ),
+            (
+                Box::new(|c| {
+                    c.linux = Some(v1::LinuxPodSandboxConfig {
+                        cgroup_parent: "kubepods/../x".into(),
+                        ..Default::default()
+                    })
+                }),
+                "config.linux.cgroup_parent",
+            ),
+            (
+                Box::new(|c| {
+                    c.linux = Some(v1::LinuxPodSandboxConfig {
+                        sysctls: HashMap::from([("net/../x".into(), "1".into())]),
+                        ..Default::default()
+                    })
+                }),
+                "config.linux.sysctls",
+            ),
+        ];
+        for (change, field) in cases {
+            let mut bad = config();
+            change(&mut bad);
+            let err = validate(&bad).expect_err(field);
+            assert!(err.to_string().starts_with(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn resolv_conf_from_dns_config() {
+        let dns = v1::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec![
+                "default.svc.cluster.local".into(),
+                "svc.cluster.local".into(),
+            ],
+            options: vec!["ndots:5".into()],
+        };
+        assert_eq!(
+            resolv_conf(Some(&dns)).expect("text"),
+            "search default.svc.cluster.local svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+        );
+        assert_eq!(resolv_conf(Some(&v1::DnsConfig::default())), None);
+    }
+}

@@ -1,0 +1,247 @@
+//! Container and pod stats from the shim's cgroup metrics (v1 or v2), in the CRI's terms: CPU
+//! time in nanoseconds, memory working set (usage less inactive file pages), writable layer use.
+
+use containerd_shim_protos::{
+    cgroups::metrics::Metrics as V1Metrics, cgroups_v2::metrics::Metrics as V2Metrics,
+    protobuf::Message,
+};
+use k8s_cri::v1;
+
+use crate::{
+    manager::{now_ns, Manager},
+    store::{ContainerRecord, ContainerState, PodRecord},
+    CriError,
+};
+
+/// CPU nanoseconds and memory (usage, working set, rss, page faults) from a metrics message.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub cpu_ns: u64,
+    pub memory_usage: u64,
+    pub working_set: u64,
+    pub rss: u64,
+    pub page_faults: u64,
+    pub major_page_faults: u64,
+}
+
+/// Decodes the shim's metrics (`io.containerd.cgroups.v1.Metrics` or `...v2.Metrics`).
+pub fn usage(type_url: &str, value: &[u8]) -> Result<Usage, CriError> {
+    let bad = |err: String| CriError::Shim {
+        method: "Stats",
+        code: tonic::Code::Internal,
+        message: format!("decode {type_url}: {err}"),
+    };
+    if type_url.ends_with("v2.Metrics") {
+        let m = V2Metrics::parse_from_bytes(value).map_err(|e| bad(e.to_string()))?;
+        let cpu_ns = m.cpu.as_ref().map(|c| c.usage_usec * 1000).unwrap_or(0);
+        let memory = m.memory.clone().unwrap_or_default();
+        Ok(Usage {
+            cpu_ns,
+            memory_usage: memory.usage,
+            working_set: memory.usage.saturating_sub(memory.inactive_file),
+            rss: memory.anon,
+            page_faults: memory.pgfault,
+            major_page_faults: memory.pgmajfault,
+        })
+    } else {
+        let m = V1Metrics::parse_from_bytes(value).map_err(|e| bad(e.to_string()))?;
+        let cpu_ns = m
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage.as_ref())
+            .map(|u| u.total)
+            .unwrap_or(0);
+        let memory = m.memory.clone().unwrap_or_default();
+        let usage = memory.usage.as_ref().map(|u| u.usage).unwrap_or(0);
+        Ok(Usage {
+            cpu_ns,
+            memory_usage: usage,
+            working_set: usage.saturating_sub(memory.total_inactive_file),
+            rss: memory.total_rss,
+            page_faults: memory.total_pg_fault,
+            major_page_faults: memory.total_pg_maj_fault,
+        })
+    }
+}
+
+fn value(v: u64) -> Option<v1::UInt64Value> {
+    Some(v1::UInt64Value { value: v })
+}
+
+async fn container_usage(manager: &Manager, container: &ContainerRecord) -> Usage {
+    if container.state != ContainerState::Running {
+        return Usage::default();
+    }
+    let Ok(pod) = manager.pod(&container.pod_id) else {
+        return Usage::default();
+    };
+    let Some(shim) = manager.shim_of(&pod) else {
+        return Usage::default();
+    };
+    match shim.stats(&container.id).await {
+        Ok(response) => response
+            .stats
+            .as_ref()
+            .map(|any| usage(&any.type_url, &any.value))
+            .transpose()
+            .unwrap_or_else(|err| {
+                tracing::warn!(container = %container.id, error = %err, "stats");
+                None
+            })
+            .unwrap_or_default(),
+        Err(err) => {
+            tracing::debug!(container = %container.id, error = %err, "stats");
+            Usage::default()
+        }
+    }
+}
+
+pub async fn container_stats(manager: &Manager, container: &ContainerRecord) -> v1::ContainerStats {
+    let usage = container_usage(manager, container).await;
+    let now = now_ns();
+    let config = crate::containers::decode_config(container);
+    let snapshot = container.snapshot.join("upper");
+    let (bytes, inodes) = tokio::task::spawn_blocking(move || ingot_image::usage(&snapshot))
+        .await
+        .unwrap_or((0, 0));
+    v1::ContainerStats {
+        attributes: Some(v1::ContainerAttributes {
+            id: container.id.clone(),
+            metadata: config.metadata,
+            labels: config.labels,
+            annotations: config.annotations,
+        }),
+        cpu: Some(v1::CpuUsage {
+            timestamp: now,
+            usage_core_nano_seconds: value(usage.cpu_ns),
+            usage_nano_cores: None,
+        }),
+        memory: Some(v1::MemoryUsage {
+            timestamp: now,
+            working_set_bytes: value(usage.working_set),
+            available_bytes: None,
+            usage_bytes: value(usage.memory_usage),
+            rss_bytes: value(usage.rss),
+            page_faults: value(usage.page_faults),
+            major_page_faults: value(usage.major_page_faults),
+        }),
+        writable_layer: Some(v1::FilesystemUsage {
+            timestamp: now,
+            fs_id: Some(v1::FilesystemIdentifier {
+                mountpoint: container.snapshot.display().to_string(),
+            }),
+            used_bytes: value(bytes),
+            inodes_used: value(inodes),
+        }),
+        swap: None,
+    }
+}
+
+pub async fn pod_stats(manager: &Manager, pod: &PodRecord) -> v1::PodSandboxStats {
+    let config = crate::pods::decode_config(pod);
+    let mut containers = Vec::new();
+    let mut total = Usage::default();
+    for container in manager.containers_of(&pod.id) {
+        let stats = container_stats(manager, &container).await;
+        total.cpu_ns += stats
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.as_ref())
+            .map(|v| v.value)
+            .unwrap_or(0);
+        let memory = stats.memory.unwrap_or_default();
+        total.working_set += memory.working_set_bytes.map(|v| v.value).unwrap_or(0);
+        total.memory_usage += memory.usage_bytes.map(|v| v.value).unwrap_or(0);
+        total.rss += memory.rss_bytes.map(|v| v.value).unwrap_or(0);
+        containers.push(stats);
+    }
+    let now = now_ns();
+    v1::PodSandboxStats {
+        attributes: Some(v1::PodSandboxAttributes {
+            id: pod.id.clone(),
+            metadata: config.metadata,
+            labels: config.labels,
+            annotations: config.annotations,
+        }),
+        linux: Some(v1::LinuxPodSandboxStats {
+            cpu: Some(v1::CpuUsage {
+                timestamp: now,
+                usage_core_nano_seconds: value(total.cpu_ns),
+                usage_nano_cores: None,
+            }),
+            memory: Some(v1::MemoryUsage {
+                timestamp: now,
+                working_set_bytes: value(total.working_set),
+                available_bytes: None,
+                usage_bytes: value(total.memory_usage),
+                rss_bytes: value(total.rss),
+                page_faults: None,
+                major_page_faults: None,
+            }),
+            network: None,
+            process: Some(v1::ProcessUsage {
+                timestamp: now,
+                process_count: None,
+            }),
+            containers,
+        }),
+        windows: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use containerd_shim_protos::cgroups::metrics::{CPUStat, CPUUsage, MemoryEntry, MemoryStat};
+
+    use super::*;
+
+    #[test]
+    fn working_set_is_usage_less_inactive_file() {
+        let metrics = V1Metrics {
+            cpu: Some(CPUStat {
+                usage: Some(CPUUsage {
+                    total: 5_000,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            memory: Some(MemoryStat {
+                total_inactive_file: 300,
+                total_rss: 700,
+                usage: Some(MemoryEntry {
+                    usage: 1000,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let bytes = metrics.write_to_bytes().expect("encode");
+        let v1 = usage("io.containerd.cgroups.v1.Metrics", &bytes).expect("decode");
+        assert_eq!(v1.cpu_ns, 5_000);
+        assert_eq!(v1.working_set, 700);
+        assert_eq!(v1.rss, 700);
+
+        let v2 = V2Metrics {
+            cpu: Some(containerd_shim_protos::cgroups_v2::metrics::CPUStat {
+                usage_usec: 7,
+                ..Default::default()
+            })
+            .into(),
+            memory: Some(containerd_shim_protos::cgroups_v2::metrics::MemoryStat {
+                usage: 500,
+                inactive_file: 100,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let bytes = v2.write_to_bytes().expect("encode");
+        let decoded = usage("io.containerd.cgroups.v2.Metrics", &bytes).expect("decode");
+        assert_eq!((decoded.cpu_ns, decoded.working_set), (7_000, 400));
+    }
+}

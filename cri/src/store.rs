@@ -1,0 +1,221 @@
+//! ingotd's state: pods and containers in redb under the root directory. Every change is
+//! committed before the RPC that made it answers, so a daemon killed at any point restarts
+//! knowing every pod and container it acknowledged.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::CriError;
+
+const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
+const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodState {
+    Ready,
+    NotReady,
+}
+
+/// One pod sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub id: String,
+    /// The PodSandboxConfig as the kubelet sent it (protobuf).
+    pub config: Vec<u8>,
+    pub runtime_handler: String,
+    pub created_at: i64,
+    pub state: PodState,
+    /// `/run/ingot/pods/<id>`: pinned namespaces, hostname, hosts, resolv.conf, shm.
+    pub dir: PathBuf,
+    /// Pinned namespace files; None where the pod uses the host's.
+    pub net: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+    pub host_pid: bool,
+    /// The pod's /dev/shm mount, when it has its own IPC namespace.
+    pub shm: Option<PathBuf>,
+    /// The CNI ADD result, for DEL; None when no network was attached.
+    pub cni_result: Option<String>,
+    pub ips: Vec<String>,
+    /// Parent of the pod's container cgroups; `owns_cgroup` when ingotd chose it (and removes it).
+    pub cgroup_parent: String,
+    pub owns_cgroup: bool,
+    /// The pod's shim (`unix:///...`), once its first container is created.
+    pub shim: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+    Unknown,
+}
+
+/// One container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub pod_id: String,
+    /// The ContainerConfig as the kubelet sent it (protobuf).
+    pub config: Vec<u8>,
+    /// The image as requested and as resolved.
+    pub image_ref: String,
+    pub image_id: String,
+    pub state: ContainerState,
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    pub pid: u32,
+    /// Absolute log path, when the kubelet asked for logs.
+    pub log_path: Option<PathBuf>,
+    /// Bundle (config.json, rootfs mount point) and the writable layer.
+    pub bundle: PathBuf,
+    pub snapshot: PathBuf,
+    /// The signal the image asks to be stopped with.
+    pub stop_signal: u32,
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn open(root: &Path) -> Result<Self, CriError> {
+        std::fs::create_dir_all(root).map_err(|source| CriError::Io {
+            context: format!("create {}", root.display()),
+            source,
+        })?;
+        let path = root.join("state.redb");
+        let err = |message: String| CriError::Store {
+            path: path.display().to_string(),
+            message,
+        };
+        let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
+        let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
+        txn.open_table(PODS).map_err(|e| err(e.to_string()))?;
+        txn.open_table(CONTAINERS).map_err(|e| err(e.to_string()))?;
+        txn.commit().map_err(|e| err(e.to_string()))?;
+        Ok(Store { db, path })
+    }
+
+    fn err(&self, message: impl std::fmt::Display) -> CriError {
+        CriError::Store {
+            path: self.path.display().to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    fn all<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, CriError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(table).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| self.err(e))? {
+            let (_, value) = entry.map_err(|e| self.err(e))?;
+            out.push(serde_json::from_slice(value.value()).map_err(|e| self.err(e))?);
+        }
+        Ok(out)
+    }
+
+    fn put<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        id: &str,
+        record: &T,
+    ) -> Result<(), CriError> {
+        let value = serde_json::to_vec(record).map_err(|e| self.err(e))?;
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut table = txn.open_table(table).map_err(|e| self.err(e))?;
+            table
+                .insert(id, value.as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    fn delete(&self, table: TableDefinition<&str, &[u8]>, id: &str) -> Result<(), CriError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut table = txn.open_table(table).map_err(|e| self.err(e))?;
+            table.remove(id).map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    pub fn pods(&self) -> Result<Vec<PodRecord>, CriError> {
+        self.all(PODS)
+    }
+
+    pub fn containers(&self) -> Result<Vec<ContainerRecord>, CriError> {
+        self.all(CONTAINERS)
+    }
+
+    pub fn put_pod(&self, pod: &PodRecord) -> Result<(), CriError> {
+        self.put(PODS, &pod.id, pod)
+    }
+
+    pub fn put_container(&self, container: &ContainerRecord) -> Result<(), CriError> {
+        self.put(CONTAINERS, &container.id, container)
+    }
+
+    pub fn delete_pod(&self, id: &str) -> Result<(), CriError> {
+        self.delete(PODS, id)
+    }
+
+    pub fn delete_container(&self, id: &str) -> Result<(), CriError> {
+        self.delete(CONTAINERS, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(id: &str) -> PodRecord {
+        PodRecord {
+            id: id.into(),
+            config: vec![1, 2, 3],
+            runtime_handler: String::new(),
+            created_at: 1,
+            state: PodState::Ready,
+            dir: PathBuf::from("/run/ingot/pods").join(id),
+            net: None,
+            ipc: None,
+            uts: None,
+            host_pid: false,
+            shm: None,
+            cni_result: None,
+            ips: vec!["10.0.0.2".into()],
+            cgroup_parent: "/ingot/p".into(),
+            owns_cgroup: true,
+            shim: None,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store.put_pod(&pod("a")).expect("put");
+        store.put_pod(&pod("b")).expect("put");
+        let mut changed = pod("a");
+        changed.state = PodState::NotReady;
+        store.put_pod(&changed).expect("update");
+        store.delete_pod("b").expect("delete");
+        store.delete_pod("missing").expect("delete missing");
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.pods().expect("pods"), vec![changed]);
+        assert!(store.containers().expect("containers").is_empty());
+    }
+}

@@ -1,0 +1,209 @@
+//! ingotd under test: a daemon with its own root, state, socket and config in a temp dir, and a
+//! CRI client over its unix socket. A daemon can run in a test's network namespace
+//! ([`crate::TestNetns`]), so the CNI bridge plugin creates its bridge there, never on the host.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use k8s_cri::v1::{
+    image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
+};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub fn ingotd_binary() -> PathBuf {
+    crate::target_dir().expect("target").join("ingotd")
+}
+
+/// How a daemon is started.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Extra TOML put before the `[cni]` table.
+    pub extra_config: String,
+    /// Run in this network namespace, with a bridge + host-local network (10.99.0.0/24).
+    pub netns: Option<PathBuf>,
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub child: Child,
+    /// The cgroup parent of this daemon's pods (unique; removed on drop).
+    pub cgroup_parent: String,
+    options: Options,
+}
+
+/// A CNI configuration list: the bridge `ingot0` with host-local addresses, state kept in `dir`.
+pub fn bridge_network(dir: &Path) -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "ingot-test",
+        "plugins": [{
+            "type": "bridge",
+            "bridge": "ingot0",
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": "10.99.0.0/24"}]],
+                "dataDir": dir.join("ipam"),
+            }
+        }]
+    })
+    .to_string()
+}
+
+impl Daemon {
+    pub fn start(extra_config: &str) -> Daemon {
+        Self::start_with(Options {
+            extra_config: extra_config.to_string(),
+            ..Default::default()
+        })
+    }
+
+    pub fn start_with(options: Options) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cgroup_parent = format!("/{}", crate::unique("ingot-cri-test"));
+        let net_d = dir.path().join("net.d");
+        std::fs::create_dir_all(&net_d).expect("mkdir");
+        if options.netns.is_some() {
+            std::fs::write(net_d.join("10-ingot.conflist"), bridge_network(dir.path()))
+                .expect("cni conf");
+        }
+        std::fs::write(
+            dir.path().join("ingot.toml"),
+            format!(
+                "cgroup_parent = \"{cgroup_parent}\"\n{}[cni]\nconf_dir = \"{}\"\n",
+                options.extra_config,
+                net_d.display()
+            ),
+        )
+        .expect("config");
+        Self::spawn(dir, cgroup_parent, options)
+    }
+
+    /// Starts a new ingotd over the same root, state and config as a stopped (or killed) one.
+    pub fn restart(mut stopped: Daemon) -> Daemon {
+        stopped.kill();
+        let dir = std::mem::replace(&mut stopped.dir, tempfile::tempdir().expect("tempdir"));
+        let cgroup_parent = std::mem::take(&mut stopped.cgroup_parent);
+        let options = stopped.options.clone();
+        drop(stopped);
+        Self::spawn(dir, cgroup_parent, options)
+    }
+
+    fn spawn(dir: tempfile::TempDir, cgroup_parent: String, options: Options) -> Daemon {
+        let socket = dir.path().join("run/ingot.sock");
+        let _ = std::fs::remove_file(&socket);
+        let mut command = if let Some(netns) = &options.netns {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", netns.display()))
+                .arg(ingotd_binary());
+            c
+        } else {
+            Command::new(ingotd_binary())
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("ingotd.log"))
+            .expect("log");
+        let child = command
+            .arg("--config")
+            .arg(dir.path().join("ingot.toml"))
+            .arg(format!("--listen=unix://{}", socket.display()))
+            .arg("--root")
+            .arg(dir.path().join("lib"))
+            .arg("--state")
+            .arg(dir.path().join("run"))
+            .env("INGOT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ingotd");
+        let daemon = Daemon {
+            dir,
+            child,
+            cgroup_parent,
+            options,
+        };
+        assert!(
+            crate::wait_until(Duration::from_secs(10), || daemon.socket().exists()),
+            "ingotd did not listen: {}",
+            daemon.log()
+        );
+        daemon
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/ingot.sock")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ingotd.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"))
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        // Once reaped, the pid may belong to someone else.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+
+    /// A directory the kubelet would give as a pod's log directory.
+    pub fn log_dir(&self, pod: &str) -> PathBuf {
+        self.dir.path().join("pods").join(pod)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        if self.cgroup_parent.is_empty() {
+            return;
+        }
+        // Whatever a failed test left: the shims of this daemon's pods (their command line
+        // names this daemon's socket), then cgroups and mounts below this daemon's own paths.
+        let socket = self.socket().display().to_string();
+        for pid in crate::pids_with_cmdline(&["containerd-shim-ingot-v2", &socket]) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        crate::remove_cgroup_parent(self.cgroup_parent.trim_start_matches('/'));
+        crate::unmount_below(self.dir.path());
+    }
+}
+
+pub async fn channel(socket: &Path) -> Channel {
+    let socket = socket.to_path_buf();
+    Endpoint::try_from("http://[::]:50051")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect")
+}
+
+pub async fn runtime_client(socket: &Path) -> RuntimeServiceClient<Channel> {
+    RuntimeServiceClient::new(channel(socket).await)
+}
+
+pub async fn image_client(socket: &Path) -> ImageServiceClient<Channel> {
+    ImageServiceClient::new(channel(socket).await)
+}

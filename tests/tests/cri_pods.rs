@@ -1,0 +1,535 @@
+//! Pods and containers through ingotd's CRI, end to end on real parts: an image pulled from a
+//! real registry, the CNI bridge/host-local/loopback plugins (ingotd runs in a network namespace
+//! of its own, so the bridge never appears on the host), the shim, CRI logs, ExecSync, stats,
+//! stop/remove leaving nothing behind, and recovery after `kill -9` of the daemon.
+
+use std::{collections::HashMap, path::Path, time::Duration};
+
+use ingot_tests::{
+    cri::{image_client, runtime_client, Daemon, Options},
+    Registry, TestNetns,
+};
+use k8s_cri::v1::{self, runtime_service_client::RuntimeServiceClient};
+use tonic::transport::Channel;
+
+const IMAGE: &str = "ingot/pods:1";
+
+struct Env {
+    // Dropped in order: the daemon (and what it left), the registry, the network namespace.
+    daemon: Daemon,
+    _registry: Registry,
+    _netns: Option<TestNetns>,
+}
+
+/// A registry with the test image and a daemon that pulled it; with `private_network`, both
+/// run in a network namespace of the test's own, with a bridge network for pods.
+async fn env(private_network: bool) -> (Env, RuntimeServiceClient<Channel>, String) {
+    let netns = private_network.then(|| TestNetns::create().expect("netns"));
+    let registry = Registry::start_in(netns.as_ref()).expect("registry");
+    registry.push_test_image(IMAGE).expect("push");
+    let daemon = Daemon::start_with(Options {
+        netns: netns.as_ref().map(TestNetns::path),
+        ..Default::default()
+    });
+    let image = format!("{}/{IMAGE}", registry.address);
+    let mut images = image_client(&daemon.socket()).await;
+    images
+        .pull_image(v1::PullImageRequest {
+            image: Some(v1::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull");
+    let client = runtime_client(&daemon.socket()).await;
+    let env = Env {
+        daemon,
+        _registry: registry,
+        _netns: netns,
+    };
+    (env, client, image)
+}
+
+fn pod_config(name: &str, log_dir: &Path) -> v1::PodSandboxConfig {
+    v1::PodSandboxConfig {
+        metadata: Some(v1::PodSandboxMetadata {
+            name: name.into(),
+            namespace: "default".into(),
+            uid: format!("uid-{name}"),
+            attempt: 0,
+        }),
+        hostname: format!("{name}-host"),
+        log_directory: log_dir.display().to_string(),
+        dns_config: Some(v1::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["default.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        }),
+        labels: HashMap::from([("app".into(), name.into())]),
+        annotations: HashMap::from([("note".into(), "kept".into())]),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, image: &str, script: &str) -> v1::ContainerConfig {
+    v1::ContainerConfig {
+        metadata: Some(v1::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(v1::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        envs: vec![v1::KeyValue {
+            key: "GREETING".into(),
+            value: "hello from ingot".into(),
+        }],
+        log_path: format!("{name}/0.log"),
+        labels: HashMap::from([("tier".into(), name.into())]),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(
+    client: &mut RuntimeServiceClient<Channel>,
+    config: v1::PodSandboxConfig,
+) -> String {
+    client
+        .run_pod_sandbox(v1::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id
+}
+
+async fn start_container(
+    client: &mut RuntimeServiceClient<Channel>,
+    pod_id: &str,
+    pod: &v1::PodSandboxConfig,
+    config: v1::ContainerConfig,
+) -> String {
+    let id = client
+        .create_container(v1::CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    client
+        .start_container(v1::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    id
+}
+
+async fn container_status(
+    client: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+) -> v1::ContainerStatus {
+    client
+        .container_status(v1::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("status")
+}
+
+async fn exec(
+    client: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    cmd: &[&str],
+) -> v1::ExecSyncResponse {
+    client
+        .exec_sync(v1::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 10,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner()
+}
+
+async fn wait_for_log(path: &Path, needle: &str) -> String {
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "{needle:?} never appeared in {}: {:?}",
+        path.display(),
+        std::fs::read_to_string(path).unwrap_or_default()
+    );
+}
+
+/// Every line is `<RFC3339Nano> <stdout|stderr> <F|P> <text>`.
+fn assert_cri_format(log: &str) {
+    for line in log.lines() {
+        let mut parts = line.splitn(4, ' ');
+        let time = parts.next().expect("time");
+        assert!(
+            time.len() == 30 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+            "timestamp {time:?} in {line:?}"
+        );
+        assert!(
+            matches!(parts.next(), Some("stdout" | "stderr")),
+            "{line:?}"
+        );
+        assert!(matches!(parts.next(), Some("F" | "P")), "{line:?}");
+    }
+}
+
+fn leftovers(daemon: &Daemon, pod_id: &str) -> Vec<String> {
+    let mut left: Vec<String> = ingot_tests::mounts()
+        .into_iter()
+        .filter(|m| m.contains(pod_id) || m.starts_with(&daemon.dir.path().display().to_string()))
+        .collect();
+    left.extend(
+        ingot_tests::cgroups_named(daemon.cgroup_parent.trim_start_matches('/'))
+            .into_iter()
+            .filter(|dir| {
+                std::fs::read_dir(dir)
+                    .is_ok_and(|mut entries| entries.any(|e| e.is_ok_and(|e| e.path().is_dir())))
+            })
+            .map(|p| format!("cgroup {}", p.display())),
+    );
+    left.extend(
+        ingot_tests::pids_with_cmdline(&["containerd-shim-ingot-v2", pod_id])
+            .into_iter()
+            .map(|pid| format!("shim pid {pid}")),
+    );
+    if daemon.dir.path().join("run/pods").join(pod_id).exists() {
+        left.push("pod directory".into());
+    }
+    left
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn pod_lifecycle_network_logs_exec_stats() {
+    let (env, mut client, image) = env(true).await;
+    let daemon = &env.daemon;
+    let log_dir = daemon.log_dir("web");
+    let pod = pod_config("web", &log_dir);
+    let pod_id = run_pod(&mut client, pod.clone()).await;
+
+    let status = client
+        .pod_sandbox_status(v1::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner();
+    let sandbox = status.status.expect("status");
+    assert_eq!(sandbox.state, v1::PodSandboxState::SandboxReady as i32);
+    let ip = sandbox.network.expect("network").ip;
+    assert!(ip.starts_with("10.99.0."), "pod IP {ip:?}");
+    assert_eq!(sandbox.labels.get("app").map(String::as_str), Some("web"));
+    assert_eq!(
+        sandbox.annotations.get("note").map(String::as_str),
+        Some("kept")
+    );
+    assert!(status.info.contains_key("info"));
+
+    // A duplicate name is refused, and leaves nothing.
+    let duplicate = client
+        .run_pod_sandbox(v1::RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect_err("duplicate");
+    assert_eq!(
+        duplicate.code(),
+        tonic::Code::AlreadyExists,
+        "{duplicate:?}"
+    );
+
+    let script = "echo \"$GREETING\"; echo to-stderr >&2; trap 'echo bye; exit 0' TERM; \
+                  while true; do sleep 0.1; done";
+    let id = start_container(
+        &mut client,
+        &pod_id,
+        &pod,
+        container_config("app", &image, script),
+    )
+    .await;
+    let log_path = log_dir.join("app/0.log");
+    let log = wait_for_log(&log_path, "to-stderr").await;
+    assert!(log.contains(" stdout F hello from ingot\n"), "{log}");
+    assert!(log.contains(" stderr F to-stderr\n"), "{log}");
+    assert_cri_format(&log);
+
+    let status = container_status(&mut client, &id).await;
+    assert_eq!(status.state, v1::ContainerState::ContainerRunning as i32);
+    assert_eq!(status.log_path, log_path.display().to_string());
+    assert_eq!(status.labels.get("tier").map(String::as_str), Some("app"));
+    assert!(status.started_at >= status.created_at && status.created_at > 0);
+
+    // ExecSync: the pod's hostname, DNS and network, output and exit codes.
+    let out = exec(&mut client, &id, &["hostname"]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "web-host\n");
+    assert_eq!(out.exit_code, 0);
+    let out = exec(&mut client, &id, &["cat", "/etc/resolv.conf"]).await;
+    let resolv = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        resolv.contains("nameserver 10.96.0.10") && resolv.contains("ndots:5"),
+        "{resolv}"
+    );
+    let out = exec(&mut client, &id, &["ip", "-4", "addr", "show", "eth0"]).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&ip),
+        "{out:?}"
+    );
+    let out = exec(
+        &mut client,
+        &id,
+        &["sh", "-c", "echo out; echo err >&2; exit 3"],
+    )
+    .await;
+    assert_eq!(
+        (out.stdout.as_slice(), out.stderr.as_slice(), out.exit_code),
+        (&b"out\n"[..], &b"err\n"[..], 3)
+    );
+    let timed_out = client
+        .exec_sync(v1::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["sleep".into(), "30".into()],
+            timeout: 1,
+        })
+        .await
+        .expect_err("timeout");
+    assert_eq!(
+        timed_out.code(),
+        tonic::Code::DeadlineExceeded,
+        "{timed_out:?}"
+    );
+
+    // A second container joins the same network namespace.
+    let sidecar = start_container(
+        &mut client,
+        &pod_id,
+        &pod,
+        container_config("sidecar", &image, "sleep 1000"),
+    )
+    .await;
+    let out = exec(&mut client, &sidecar, &["ip", "-4", "addr", "show", "eth0"]).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&ip),
+        "{out:?}"
+    );
+
+    let listed = client
+        .list_containers(v1::ListContainersRequest {
+            filter: Some(v1::ContainerFilter {
+                label_selector: HashMap::from([("tier".into(), "sidecar".into())]),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers;
+    assert_eq!(
+        listed.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        vec![sidecar.clone()]
+    );
+
+    let stats = client
+        .container_stats(v1::ContainerStatsRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    let cpu = stats
+        .cpu
+        .and_then(|c| c.usage_core_nano_seconds)
+        .map(|v| v.value);
+    let memory = stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map(|v| v.value);
+    assert!(cpu.is_some_and(|v| v > 0), "cpu {cpu:?}");
+    assert!(memory.is_some_and(|v| v > 0), "memory {memory:?}");
+
+    // ReopenContainerLog after the kubelet rotated the file: the next lines go to a new file.
+    std::fs::rename(&log_path, log_dir.join("app/0.log.1")).expect("rotate");
+    client
+        .reopen_container_log(v1::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("ReopenContainerLog");
+    client
+        .stop_container(v1::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 10,
+        })
+        .await
+        .expect("StopContainer");
+    let log = wait_for_log(&log_path, "bye").await;
+    assert!(!log.contains("hello from ingot"), "{log}");
+    let status = container_status(&mut client, &id).await;
+    assert_eq!(status.state, v1::ContainerState::ContainerExited as i32);
+    assert_eq!((status.exit_code, status.reason.as_str()), (0, "Completed"));
+    assert!(status.finished_at >= status.started_at);
+
+    client
+        .remove_container(v1::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("RemoveContainer");
+    let gone = client
+        .container_status(v1::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .expect_err("removed");
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+
+    // Stop kills the sidecar and detaches the network; remove takes everything else.
+    client
+        .stop_pod_sandbox(v1::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    let status = container_status(&mut client, &sidecar).await;
+    assert_eq!(status.state, v1::ContainerState::ContainerExited as i32);
+    assert_eq!(status.exit_code, 137);
+    client
+        .remove_pod_sandbox(v1::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+    let pods = client
+        .list_pod_sandbox(v1::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    assert!(
+        ingot_tests::wait_until(Duration::from_secs(5), || leftovers(daemon, &pod_id)
+            .is_empty()),
+        "left behind: {:?}",
+        leftovers(daemon, &pod_id)
+    );
+    // Idempotent, as the CRI asks.
+    client
+        .remove_pod_sandbox(v1::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .expect("second RemovePodSandbox");
+    drop(env);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn restart_recovers_pods_and_exits_that_happened_meanwhile() {
+    let (mut env, mut client, image) = env(false).await;
+    let log_dir = env.daemon.log_dir("batch");
+    let mut pod = pod_config("batch", &log_dir);
+    // No network configuration in this daemon's CNI dir: the pod shares the host's network.
+    pod.linux = Some(v1::LinuxPodSandboxConfig {
+        security_context: Some(v1::LinuxSandboxSecurityContext {
+            namespace_options: Some(v1::NamespaceOption {
+                network: v1::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod_id = run_pod(&mut client, pod.clone()).await;
+    let long = start_container(
+        &mut client,
+        &pod_id,
+        &pod,
+        container_config("long", &image, "sleep 1000"),
+    )
+    .await;
+    let short = start_container(
+        &mut client,
+        &pod_id,
+        &pod,
+        container_config("short", &image, "sleep 2; exit 7"),
+    )
+    .await;
+
+    env.daemon.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    env.daemon = Daemon::restart(env.daemon);
+    let mut client = runtime_client(&env.daemon.socket()).await;
+
+    let pods = client
+        .list_pod_sandbox(v1::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("list pods")
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].state, v1::PodSandboxState::SandboxReady as i32);
+    let status = container_status(&mut client, &long).await;
+    assert_eq!(
+        status.state,
+        v1::ContainerState::ContainerRunning as i32,
+        "{status:?}"
+    );
+    let status = container_status(&mut client, &short).await;
+    assert_eq!(
+        status.state,
+        v1::ContainerState::ContainerExited as i32,
+        "{status:?}"
+    );
+    assert_eq!((status.exit_code, status.reason.as_str()), (7, "Error"));
+    // The running one is followed again: ExecSync works and its exit is seen.
+    let out = exec(&mut client, &long, &["echo", "still here"]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
+    client
+        .stop_container(v1::StopContainerRequest {
+            container_id: long.clone(),
+            timeout: 0,
+        })
+        .await
+        .expect("stop");
+    assert_eq!(container_status(&mut client, &long).await.exit_code, 137);
+
+    client
+        .remove_pod_sandbox(v1::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .expect("remove pod");
+    assert!(
+        ingot_tests::wait_until(Duration::from_secs(5), || leftovers(&env.daemon, &pod_id)
+            .is_empty()),
+        "left behind: {:?}",
+        leftovers(&env.daemon, &pod_id)
+    );
+}
