@@ -20,3 +20,6 @@ cargo fmt --all --check
 cargo build --workspace --bins --locked
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+
+# The CRI validation suite against ingotd, offline (tests/critest.sh: what is skipped and why).
+tests/critest.sh

@@ -246,14 +246,30 @@ fn prepare_bundle(
             std::fs::create_dir_all(host).map_err(io(format!("create {}", host.display())))?;
         }
     }
+    // The container's own PID mode when it gives one, else the pod's.
+    let pid_mode = context
+        .and_then(|c| c.namespace_options.as_ref())
+        .map(|n| n.pid)
+        .or_else(|| {
+            sandbox
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref())
+                .and_then(|s| s.namespace_options.as_ref())
+                .map(|n| n.pid)
+        })
+        .unwrap_or(v1::NamespaceMode::Pod as i32);
     let namespaces = PodNamespaces {
         network: pod.net.clone(),
         ipc: pod.ipc.clone(),
         uts: pod.uts.clone(),
-        host_pid: pod.host_pid
-            || context
-                .and_then(|c| c.namespace_options.as_ref())
-                .is_some_and(|n| n.pid == v1::NamespaceMode::Node as i32),
+        pid: (pid_mode == v1::NamespaceMode::Pod as i32)
+            .then(|| {
+                pod.pid_holder
+                    .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/pid")))
+            })
+            .flatten(),
+        host_pid: pid_mode == v1::NamespaceMode::Node as i32,
     };
     let files = PodFiles {
         hostname: Some(pod.dir.join("hostname")),
@@ -281,6 +297,7 @@ fn prepare_bundle(
         user: &user,
         devices: &devices,
         seccomp: seccomp.as_ref(),
+        bounding: spec::own_bounding_set(),
     })?;
     let path = bundle.join("config.json");
     let json = serde_json::to_vec_pretty(&built).map_err(|err| CriError::Io {

@@ -217,7 +217,7 @@ impl Manager {
             .arg("start")
             .current_dir(bundle)
             .env_remove("TTRPC_ADDRESS")
-            .env("INGOT_SHIM_SOCKET_DIR", self.config.state.join("shims"))
+            .env("INGOT_SHIM_ROOT", self.config.state.join("shim"))
             .stdin(std::process::Stdio::null())
             .output()
             .await

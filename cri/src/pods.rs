@@ -20,6 +20,51 @@ use crate::{
     CriError,
 };
 
+/// `ingotd --pod-init`: PID 1 of a pod's shared PID namespace.
+pub const POD_INIT_ARG: &str = "--pod-init";
+
+extern "C" fn reap_children(_: libc::c_int) {
+    // Orphans of the pod are re-parented here; reap them (async-signal-safe calls only).
+    loop {
+        // SAFETY: waitpid with a null status pointer is async-signal-safe.
+        let pid = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+        if pid <= 0 {
+            break;
+        }
+    }
+}
+
+/// The init of a pod's shared PID namespace: sleeps, reaping orphans, until killed.
+pub fn pod_init() -> ! {
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(reap_children),
+        nix::sys::signal::SaFlags::SA_RESTART | nix::sys::signal::SaFlags::SA_NOCLDSTOP,
+        nix::sys::signal::SigSet::empty(),
+    );
+    // SAFETY: the handler only calls waitpid.
+    let _ = unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGCHLD, &action) };
+    loop {
+        nix::unistd::pause();
+    }
+}
+
+/// Whether `pid` is still a pod-init process (a pid is reused once its process is reaped).
+fn is_pod_init(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(POD_INIT_ARG))
+}
+
+fn stop_pod_init(pod: &PodRecord) {
+    let Some(pid) = pod.pid_holder.filter(|pid| is_pod_init(*pid)) else {
+        return;
+    };
+    let Ok(raw) = i32::try_from(pid) else { return };
+    let pid = nix::unistd::Pid::from_raw(raw);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    // Our child unless ingotd restarted since (then init reaps it).
+    let _ = nix::sys::wait::waitpid(pid, None);
+}
+
 /// The longest name, namespace, uid or hostname accepted (Kubernetes' own limits are lower).
 const MAX_NAME: usize = 253;
 
@@ -196,6 +241,10 @@ fn set_up(
     let host_network = is_node(options.network);
     let host_ipc = is_node(options.ipc);
     pod.host_pid = is_node(options.pid);
+    if options.pid == v1::NamespaceMode::Pod as i32 {
+        let exe = std::env::current_exe().map_err(io("find the ingotd binary".into()))?;
+        pod.pid_holder = Some(ingot_netns::spawn_pid_holder(&exe, &[POD_INIT_ARG])?);
+    }
     std::fs::create_dir_all(&pod.dir).map_err(io(format!("create {}", pod.dir.display())))?;
 
     let mut kinds = Vec::new();
@@ -419,6 +468,7 @@ pub async fn run(
         uts: None,
         host_pid: false,
         shm: None,
+        pid_holder: None,
         cni_result: None,
         ips: Vec::new(),
         cgroup_parent,
@@ -431,6 +481,7 @@ pub async fn run(
         if outcome.is_err() {
             let _ = detach(&pod, &worker);
             remove_pod_dir(&pod.dir);
+            stop_pod_init(&pod);
         }
         outcome.map(|()| pod)
     })
@@ -445,6 +496,7 @@ pub async fn run(
         let _ = tokio::task::spawn_blocking(move || {
             let _ = detach(&pod, &worker);
             remove_pod_dir(&pod.dir);
+            stop_pod_init(&pod);
         })
         .await;
         return Err(err);
@@ -507,6 +559,7 @@ pub async fn remove(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
     }
     let removed = pod.clone();
     tokio::task::spawn_blocking(move || {
+        stop_pod_init(&removed);
         remove_pod_dir(&removed.dir);
         remove_pod_cgroup(&removed);
     })
@@ -556,6 +609,7 @@ pub fn verbose_info(pod: &PodRecord) -> HashMap<String, String> {
         "utsNamespacePath": pod.uts,
         "cgroupParent": pod.cgroup_parent,
         "shim": pod.shim,
+        "podInitPid": pod.pid_holder,
         "runtimeHandler": pod.runtime_handler,
         "cniResult": pod.cni_result,
     });

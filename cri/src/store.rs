@@ -36,6 +36,9 @@ pub struct PodRecord {
     pub host_pid: bool,
     /// The pod's /dev/shm mount, when it has its own IPC namespace.
     pub shm: Option<PathBuf>,
+    /// PID 1 of the pod's shared PID namespace (`ingotd --pod-init`), when it shares one.
+    #[serde(default)]
+    pub pid_holder: Option<u32>,
     /// The CNI ADD result, for DEL; None when no network was attached.
     pub cni_result: Option<String>,
     pub ips: Vec<String>,
@@ -194,6 +197,7 @@ mod tests {
             uts: None,
             host_pid: false,
             shm: None,
+            pid_holder: None,
             cni_result: None,
             ips: vec!["10.0.0.2".into()],
             cgroup_parent: "/ingot/p".into(),

@@ -60,8 +60,20 @@ pub fn run() -> anyhow::Result<()> {
     }
 }
 
+/// Set by a daemon other than containerd (ingotd) to keep its shims' state and sockets under
+/// its own runtime directory: `<dir>/<namespace>` for state, `<dir>/s` for sockets.
+pub const ROOT_ENV: &str = "INGOT_SHIM_ROOT";
+
+fn root_override() -> Option<PathBuf> {
+    env::var_os(ROOT_ENV)
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+}
+
 fn state_root(namespace: &str) -> PathBuf {
-    Path::new(STATE_ROOT).join(namespace)
+    root_override()
+        .unwrap_or_else(|| PathBuf::from(STATE_ROOT))
+        .join(namespace)
 }
 
 fn bundle_dir(flags: &Flags) -> anyhow::Result<PathBuf> {
@@ -87,23 +99,19 @@ pub fn grouping(bundle: &Path, id: &str) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
-/// Where a daemon other than containerd (ingotd) wants its shims' sockets; unset, containerd's
-/// `/run/containerd/s`.
-pub const SOCKET_DIR_ENV: &str = "INGOT_SHIM_SOCKET_DIR";
-
 /// The pod's shim socket: named by a hash of the daemon's address, namespace and pod, as
-/// containerd names it, in [`SOCKET_DIR_ENV`] when set.
+/// containerd names it; under [`ROOT_ENV`]`/s` when that is set.
 fn shim_address(address: &str, namespace: &str, group: &str) -> String {
     let containerd = containerd_shim::socket_address(address, namespace, group);
-    match env::var_os(SOCKET_DIR_ENV) {
-        Some(dir) if !dir.is_empty() => {
+    match root_override() {
+        Some(dir) => {
             let name = Path::new(socket_path(&containerd))
                 .file_name()
                 .map(|n| n.to_os_string())
                 .unwrap_or_default();
-            format!("unix://{}", Path::new(&dir).join(name).display())
+            format!("unix://{}", dir.join("s").join(name).display())
         }
-        _ => containerd,
+        None => containerd,
     }
 }
 

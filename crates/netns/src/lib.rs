@@ -146,6 +146,46 @@ pub fn pin(dir: &Path, kinds: &[Kind], hostname: Option<&str>) -> Result<Pinned,
     Ok(pinned)
 }
 
+/// Starts `program args` as PID 1 of a new PID namespace (the holder a pod's shared PID
+/// namespace needs: unlike network or IPC namespaces, a PID namespace ends with its init), in
+/// its own session, with no stdio. Returns its pid; the caller ends it by pid.
+pub fn spawn_pid_holder(program: &Path, args: &[&str]) -> Result<u32, NetnsError> {
+    let program = program.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    std::thread::Builder::new()
+        .name("pidns-holder".into())
+        .spawn(move || -> Result<u32, NetnsError> {
+            // Affects only the children this thread creates.
+            unshare(CloneFlags::CLONE_NEWPID).map_err(errno("unshare a PID namespace"))?;
+            let mut command = Command::new(&program);
+            command
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            // SAFETY: setsid is async-signal-safe.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                    nix::unistd::setsid()
+                        .map(|_| ())
+                        .map_err(std::io::Error::from)
+                });
+            }
+            let child = command
+                .spawn()
+                .map_err(io(format!("start {}", program.display())))?;
+            Ok(child.id())
+        })
+        .map_err(io("spawn PID namespace thread"))?
+        .join()
+        .unwrap_or_else(|_| {
+            Err(NetnsError::Io {
+                context: "PID namespace thread".into(),
+                source: std::io::Error::other("panicked"),
+            })
+        })
+}
+
 /// Unpins and removes the namespace files and their directory. Idempotent.
 pub fn remove(pinned: &Pinned) {
     for kind in &pinned.kinds {

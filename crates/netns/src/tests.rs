@@ -111,3 +111,21 @@ fn loopback_plugin_brings_lo_up_and_errors_name_the_plugin() {
     assert!(text.contains("9.9.9"), "{text}");
     remove(&pinned);
 }
+
+#[test]
+fn pid_holder_is_pid_one_of_its_own_namespace() {
+    let pid = spawn_pid_holder(Path::new("/bin/sleep"), &["30"]).expect("spawn");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let nspid = status
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))
+        .expect("NSpid")
+        .to_string();
+    assert!(nspid.trim_end().ends_with("\t1"), "{nspid}");
+    let own = std::fs::read_link("/proc/self/ns/pid").expect("own");
+    let its = std::fs::read_link(format!("/proc/{pid}/ns/pid")).expect("its");
+    assert_ne!(own, its);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill");
+    nix::sys::wait::waitpid(pid, None).expect("reap");
+}

@@ -70,6 +70,8 @@ pub struct PodNamespaces {
     pub network: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
+    /// The pod's shared PID namespace; None with `host_pid` false: one of the container's own.
+    pub pid: Option<PathBuf>,
     pub host_pid: bool,
 }
 
@@ -100,6 +102,35 @@ pub struct ContainerInput<'a> {
     pub devices: &'a [HostDevice],
     /// The seccomp profile to apply (None: unconfined).
     pub seccomp: Option<&'a Value>,
+    /// The capability bounding set of the runtime itself (`CapBnd`): a container cannot get a
+    /// capability its runtime lacks (privileged and `ALL` mean all of these, as in containerd).
+    pub bounding: u64,
+}
+
+/// The capability bounding set of this process, from `/proc/self/status` (all bits when
+/// unreadable).
+pub fn own_bounding_set() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("CapBnd:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX)
+}
+
+/// `caps` less those outside the bounding mask (bit n = capability number n).
+pub fn within_bounding(caps: Vec<String>, mask: u64) -> Vec<String> {
+    caps.into_iter()
+        .filter(|cap| {
+            ALL_CAPABILITIES
+                .iter()
+                .position(|known| known == cap)
+                .is_none_or(|bit| bit >= 64 || mask & (1u64 << bit) != 0)
+        })
+        .collect()
 }
 
 /// The capabilities a container gets by default (containerd's and Docker's set).
@@ -759,7 +790,7 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<Spec, OciError> {
         "/".to_string()
     };
     container_path("working_dir", &cwd)?;
-    let caps = capabilities(context)?;
+    let caps = within_bounding(capabilities(context)?, input.bounding);
 
     let mut process = json!({
         "terminal": config.tty,
@@ -774,8 +805,12 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<Spec, OciError> {
         "capabilities": {
             "bounding": caps, "effective": caps, "permitted": caps,
         },
-        "noNewPrivileges": context.is_some_and(|c| c.no_new_privs),
     });
+    // Only when set: libcontainer loads seccomp after dropping capabilities whenever the field
+    // is present, even false, and that load needs CAP_SYS_ADMIN or no_new_privs.
+    if context.is_some_and(|c| c.no_new_privs) {
+        process["noNewPrivileges"] = json!(true);
+    }
     let resources_in = linux.and_then(|l| l.resources.as_ref());
     if let Some(r) = resources_in {
         if r.oom_score_adj != 0 {
@@ -852,8 +887,10 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<Spec, OciError> {
     }
 
     let mut namespaces = vec![json!({"type": "mount"})];
-    if !input.namespaces.host_pid {
-        namespaces.push(json!({"type": "pid"}));
+    match (&input.namespaces.pid, input.namespaces.host_pid) {
+        (_, true) => {}
+        (Some(path), false) => namespaces.push(json!({"type": "pid", "path": path})),
+        (None, false) => namespaces.push(json!({"type": "pid"})),
     }
     for (kind, path) in [
         ("network", &input.namespaces.network),
@@ -947,6 +984,20 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<Spec, OciError> {
         annotations.insert(key.to_string(), value.to_string());
     }
 
+    // As containerd: a bidirectional mount needs the container's mount tree shared, a
+    // host-to-container one needs it at least a slave, for propagation to cross the rootfs.
+    let propagations: Vec<i32> = config.mounts.iter().map(|m| m.propagation).collect();
+    // (libcontainer reads the unprefixed names and applies them recursively.)
+    let rootfs_propagation = if propagations
+        .contains(&(v1::MountPropagation::PropagationBidirectional as i32))
+    {
+        Some("shared")
+    } else if propagations.contains(&(v1::MountPropagation::PropagationHostToContainer as i32)) {
+        Some("slave")
+    } else {
+        None
+    };
+
     let mut linux_json = json!({
         "namespaces": namespaces,
         "resources": resources,
@@ -956,6 +1007,9 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<Spec, OciError> {
         "readonlyPaths": readonly,
         "sysctl": sysctls,
     });
+    if let Some(propagation) = rootfs_propagation {
+        linux_json["rootfsPropagation"] = json!(propagation);
+    }
     if let Some(profile) = input.seccomp.filter(|_| !privileged) {
         linux_json["seccomp"] = profile.clone();
     }

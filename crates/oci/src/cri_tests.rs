@@ -23,6 +23,7 @@ fn spec_of(config: &v1::ContainerConfig, sandbox: &v1::PodSandboxConfig) -> Resu
         network: Some(PathBuf::from("/run/ingot/pods/p/ns/net")),
         ipc: Some(PathBuf::from("/run/ingot/pods/p/ns/ipc")),
         uts: None,
+        pid: None,
         host_pid: false,
     };
     let files = PodFiles {
@@ -44,6 +45,7 @@ fn spec_of(config: &v1::ContainerConfig, sandbox: &v1::PodSandboxConfig) -> Resu
         user: &User::default(),
         devices: &[],
         seccomp: Some(&seccomp),
+        bounding: u64::MAX,
     })
 }
 
@@ -251,6 +253,7 @@ fn spec_joins_the_pod_and_carries_the_request() {
         .find(|m| m["destination"] == "/data")
         .expect("data");
     assert_eq!(data["options"], json!(["rbind", "rslave", "ro"]));
+    assert_eq!(json["linux"]["rootfsPropagation"], "slave");
     assert!(json["mounts"]
         .as_array()
         .expect("mounts")
@@ -296,6 +299,17 @@ fn spec_refuses_hostile_paths_and_privilege_escalation() {
     });
     let err = spec_of(&config, &v1::PodSandboxConfig::default()).expect_err("privileged");
     assert!(err.to_string().contains("privileged"), "{err}");
+}
+
+#[test]
+fn capabilities_stay_within_the_runtime_bounding_set() {
+    let all: Vec<String> = ALL_CAPABILITIES.iter().map(|s| s.to_string()).collect();
+    // Everything but CAP_SYS_RESOURCE (24), as on a host that withholds it from the runtime.
+    let kept = within_bounding(all.clone(), !(1u64 << 24));
+    assert_eq!(kept.len(), all.len() - 1);
+    assert!(!kept.contains(&"CAP_SYS_RESOURCE".to_string()));
+    assert_eq!(ALL_CAPABILITIES[24], "CAP_SYS_RESOURCE");
+    assert_eq!(ALL_CAPABILITIES[40], "CAP_CHECKPOINT_RESTORE");
 }
 
 #[test]

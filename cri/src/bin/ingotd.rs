@@ -5,6 +5,9 @@ use anyhow::Context;
 use ingot_cri::config::{Config, Flags};
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some(ingot_cri::pods::POD_INIT_ARG) {
+        ingot_cri::pods::pod_init();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("INGOT_LOG")
