@@ -21,6 +21,10 @@ cgroup_parent=/ingot-critest-$$
 registry_pid=
 ingotd_pid=
 shm_before=$(ipcs -m | awk 'NR>3 && $2 ~ /^[0-9]+$/ {print $2}' | sort)
+# critest's mount-propagation specs leave a bind mount (/tmp/test*/mnt) and its directory on the
+# host; what appears during the run is removed at the end.
+mounts_before=$(awk '{print $5}' /proc/self/mountinfo | sort)
+tmp_before=$(ls -d /tmp/test* 2>/dev/null | sort)
 
 cleanup() {
     set +e
@@ -40,6 +44,11 @@ cleanup() {
     [ -n "$registry_pid" ] && kill -9 "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
     grep -o " $work[^ ]*" /proc/self/mountinfo | sort -r | while read -r target; do
         umount -l "$target" 2>/dev/null
+    done
+    comm -13 <(echo "$mounts_before") <(awk '{print $5}' /proc/self/mountinfo | sort) | sort -r |
+        while read -r target; do umount -l "$target" 2>/dev/null; done
+    for dir in $(comm -13 <(echo "$tmp_before") <(ls -d /tmp/test* 2>/dev/null | sort)); do
+        rm -rf "$dir"
     done
     # SysV shared memory the HostIpc specs created on the host.
     for id in $(comm -13 <(echo "$shm_before") <(ipcs -m | awk 'NR>3 && $2 ~ /^[0-9]+$/ {print $2}' | sort)); do

@@ -6,6 +6,11 @@
 //! idle containers in one pod.
 //!
 //! `ingot-bench ingotd-idle`: ingotd's RSS/PSS, threads and wakeups while idle.
+//!
+//! `ingot-bench pods [ITERATIONS]`: pod start and ExecSync, ingotd against containerd's CRI
+//! plugin (see `pods.rs`).
+
+mod pods;
 
 use std::{
     fs,
@@ -54,8 +59,15 @@ fn main() -> Result<()> {
             lifecycle(iterations)
         }
         Some("ingotd-idle") => ingotd_idle(),
+        Some("pods") => {
+            let iterations = match args.get(1) {
+                Some(n) => n.parse().context("ITERATIONS")?,
+                None => 20,
+            };
+            pods::run(iterations)
+        }
         _ => bail!(
-            "usage: ingot-bench lifecycle [ITERATIONS] | ingot-bench ingotd-idle | ingot-bench image [ARCHIVE]"
+            "usage: ingot-bench lifecycle [ITERATIONS] | ingot-bench pods [ITERATIONS] | ingot-bench ingotd-idle | ingot-bench image [ARCHIVE]"
         ),
     }
 }

@@ -388,6 +388,7 @@ pub async fn create(
     let (bundle, snapshot) = (prepared.bundle.clone(), prepared.snapshot.clone());
     let (task_id, task_pod, task_config, task_image) =
         (id.clone(), pod.clone(), config.clone(), image.clone());
+    let timer = std::time::Instant::now();
     let built = tokio::task::spawn_blocking(move || {
         prepare_bundle(
             &worker,
@@ -414,8 +415,10 @@ pub async fn create(
         ..prepared
     };
 
+    let bundle_time = timer.elapsed();
     let created = async {
-        let shim = manager.ensure_shim(&mut pod, &prepared.bundle).await?;
+        let shim = manager.ensure_shim(&mut pod).await?;
+        let shim_time = timer.elapsed();
         let output = log_path
             .as_ref()
             .map(|p| format!("{}{}", containerd_shim_ingot_log_scheme(), p.display()))
@@ -429,6 +432,7 @@ pub async fn create(
             ..Default::default()
         };
         let pid = shim.create(&task).await?;
+        tracing::debug!(container = %id, bundle = ?bundle_time, shim = ?shim_time, created = ?timer.elapsed(), "create timings");
         Ok::<_, CriError>((shim, pid))
     }
     .await;
@@ -903,8 +907,11 @@ async fn exec_and_wait(
         .into(),
         ..Default::default()
     };
+    let timer = std::time::Instant::now();
     shim.exec(&request).await?;
+    let exec_time = timer.elapsed();
     shim.start(id, exec_id).await?;
+    tracing::debug!(container = %id, exec = ?exec_time, started = ?timer.elapsed(), "exec timings");
     let wait = shim.wait(id, exec_id);
     let exit = if timeout > 0 {
         let limit = Duration::from_secs(u64::try_from(timeout).unwrap_or(0));

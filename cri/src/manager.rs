@@ -200,50 +200,59 @@ impl Manager {
     }
 
     /// The pod's shim, started (from the first container's bundle) when it has none running.
-    pub async fn ensure_shim(
-        &self,
-        pod: &mut PodRecord,
-        bundle: &Path,
-    ) -> Result<ShimClient, CriError> {
+    pub async fn ensure_shim(&self, pod: &mut PodRecord) -> Result<ShimClient, CriError> {
         if let Some(shim) = self.shim_of(pod) {
             if shim.alive().await {
                 return Ok(shim);
             }
         }
+        let address = self.start_shim(&pod.id, &pod.dir.join("shim")).await?;
+        pod.shim = Some(address.clone());
+        self.save_pod(pod.clone())?;
+        Ok(ShimClient::new(&address))
+    }
+
+    /// Starts the pod's shim from a bundle directory `dir` that names only the pod (the shim
+    /// groups containers by their sandbox id); returns its address.
+    pub async fn start_shim(&self, pod_id: &str, dir: &Path) -> Result<String, CriError> {
+        std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+        let config = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {"io.kubernetes.cri.sandbox-id": pod_id},
+        });
+        let path = dir.join("config.json");
+        std::fs::write(&path, config.to_string())
+            .map_err(io(format!("write {}", path.display())))?;
         let output = tokio::process::Command::new(&self.shim_binary)
-            .args(["-namespace", SHIM_NAMESPACE, "-id", &pod.id])
+            .args(["-namespace", SHIM_NAMESPACE, "-id", pod_id])
             .arg("-address")
             .arg(self.config.socket_path()?)
             .arg("start")
-            .current_dir(bundle)
+            .current_dir(dir)
             .env_remove("TTRPC_ADDRESS")
             .env("INGOT_SHIM_ROOT", self.config.state.join("shim"))
             .stdin(std::process::Stdio::null())
             .output()
             .await
             .map_err(io(format!(
-                "run {} start for pod {}",
-                self.shim_binary.display(),
-                pod.id
+                "run {} start for pod {pod_id}",
+                self.shim_binary.display()
             )))?;
         if !output.status.success() {
             return Err(CriError::Shim {
                 method: "start",
                 code: tonic::Code::Internal,
                 message: format!(
-                    "{} start for pod {}: {}: {}",
+                    "{} start for pod {pod_id}: {}: {}",
                     self.shim_binary.display(),
-                    pod.id,
                     output.status,
                     String::from_utf8_lossy(&output.stderr).trim()
                 ),
             });
         }
         let address = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        pod.shim = Some(address.clone());
-        self.save_pod(pod.clone())?;
-        tracing::info!(pod = %pod.id, %address, "pod shim started");
-        Ok(ShimClient::new(&address))
+        tracing::info!(pod = %pod_id, %address, "pod shim started");
+        Ok(address)
     }
 
     /// Records a container's exit (once; later calls change nothing) and publishes it.

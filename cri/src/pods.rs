@@ -344,15 +344,9 @@ fn set_up(
             args: &args,
             runtime_config: &runtime_config,
         };
-        // The pod's loopback is always up, whatever the network configuration holds.
-        let loopback = cni::parse_network(
-            serde_json::json!({"cniVersion": "1.0.0", "name": "ingot-loopback", "type": "loopback"}),
-            PathBuf::from("builtin loopback"),
-        )?;
-        loopback.add(&cni::Attachment {
-            ifname: "lo",
-            ..attachment
-        })?;
+        // The pod's loopback is always up, whatever the network configuration holds (natively:
+        // one plugin process less on every pod start).
+        ingot_netns::loopback_up(&netns)?;
         let result = network.add(&attachment)?;
         pod.ips = cni::pod_ips(&result);
         pod.cni_result =
@@ -475,23 +469,41 @@ pub async fn run(
         owns_cgroup,
         shim: None,
     };
+    // The pod's shim starts while its namespaces and network are set up.
     let worker = Arc::clone(manager);
-    let result = tokio::task::spawn_blocking(move || {
-        let outcome = set_up(&mut pod, &config, &worker);
-        if outcome.is_err() {
-            let _ = detach(&pod, &worker);
-            remove_pod_dir(&pod.dir);
-            stop_pod_init(&pod);
+    let shim_dir = pod.dir.join("shim");
+    let (set_up_result, shim_result) = tokio::join!(
+        tokio::task::spawn_blocking(move || {
+            let outcome = set_up(&mut pod, &config, &worker);
+            (pod, outcome)
+        }),
+        manager.start_shim(&id, &shim_dir),
+    );
+    let (mut pod, outcome) = match set_up_result {
+        Ok(done) => done,
+        Err(err) => {
+            if let Ok(address) = &shim_result {
+                let _ = crate::shim_client::ShimClient::new(address).shutdown().await;
+            }
+            return Err(CriError::Io {
+                context: "pod set-up task".into(),
+                source: std::io::Error::other(err.to_string()),
+            });
         }
-        outcome.map(|()| pod)
-    })
-    .await
-    .map_err(|err| CriError::Io {
-        context: "pod set-up task".into(),
-        source: std::io::Error::other(err.to_string()),
-    })?;
-    let pod = result?;
-    if let Err(err) = manager.save_pod(pod.clone()) {
+    };
+    let saved = outcome.and_then(|()| {
+        let address = shim_result.as_ref().map_err(|err| CriError::Shim {
+            method: "start",
+            code: err.code(),
+            message: err.to_string(),
+        })?;
+        pod.shim = Some(address.clone());
+        manager.save_pod(pod.clone())
+    });
+    if let Err(err) = saved {
+        if let Ok(address) = &shim_result {
+            let _ = crate::shim_client::ShimClient::new(address).shutdown().await;
+        }
         let worker = Arc::clone(manager);
         let _ = tokio::task::spawn_blocking(move || {
             let _ = detach(&pod, &worker);

@@ -117,7 +117,10 @@ impl Daemon {
             .arg(dir.path().join("lib"))
             .arg("--state")
             .arg(dir.path().join("run"))
-            .env("INGOT_LOG", "info")
+            .env(
+                "INGOT_LOG",
+                std::env::var("INGOT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

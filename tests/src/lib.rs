@@ -96,6 +96,11 @@ fn sha256_hex(data: &[u8]) -> String {
 /// Builds an OCI image archive (oci-layout, index.json, blobs) of the busybox rootfs, named
 /// `name` through the `io.containerd.image.name` annotation.
 pub fn busybox_oci_archive(archive: &Path, name: &str) -> Result<()> {
+    busybox_oci_archive_with_cmd(archive, name, &["sh"])
+}
+
+/// Like [`busybox_oci_archive`], with `cmd` as the image's command.
+pub fn busybox_oci_archive_with_cmd(archive: &Path, name: &str, cmd: &[&str]) -> Result<()> {
     let work = tempfile::tempdir()?;
     let rootfs = work.path().join("rootfs");
     busybox_rootfs(&rootfs)?;
@@ -112,7 +117,7 @@ pub fn busybox_oci_archive(archive: &Path, name: &str) -> Result<()> {
         "os": "linux",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["sh"],
+            "Cmd": cmd,
             "WorkingDir": "/"
         },
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]},

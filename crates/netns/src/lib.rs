@@ -196,6 +196,88 @@ pub fn remove(pinned: &Pinned) {
     let _ = std::fs::remove_dir(&pinned.dir);
 }
 
+/// The flags (`IFF_*`) of interface `name` as the calling thread's network namespace sees it.
+fn interface_flags(name: &str) -> Result<(std::os::fd::OwnedFd, nix::libc::ifreq), NetnsError> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let raw = unsafe {
+        nix::libc::socket(
+            nix::libc::AF_INET,
+            nix::libc::SOCK_DGRAM | nix::libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(io("socket for interface flags")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: raw is a fresh fd nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut request: nix::libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request
+        .ifr_name
+        .iter_mut()
+        .zip(name.bytes().take(nix::libc::IFNAMSIZ - 1))
+    {
+        *slot = nix::libc::c_char::from_ne_bytes([byte]);
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of a valid ifreq.
+    let rc = unsafe {
+        nix::libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            nix::libc::SIOCGIFFLAGS,
+            &mut request,
+        )
+    };
+    if rc < 0 {
+        return Err(io(format!("flags of interface {name}"))(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok((socket, request))
+}
+
+/// Whether interface `name` is up in the network namespace at `netns`.
+pub fn interface_is_up(netns: &Path, name: &str) -> Result<bool, NetnsError> {
+    let name = name.to_string();
+    in_netns(netns, move || {
+        interface_flags(&name).map(|(_, request)| {
+            // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+            let flags = unsafe { request.ifr_ifru.ifru_flags };
+            i32::from(flags) & nix::libc::IFF_UP != 0
+        })
+    })?
+}
+
+/// Brings the loopback interface up in the network namespace at `netns`, as the CNI loopback
+/// plugin does, without running a plugin process.
+pub fn loopback_up(netns: &Path) -> Result<(), NetnsError> {
+    in_netns(netns, || {
+        let (socket, mut request) = interface_flags("lo")?;
+        // SAFETY: the flags member is the one SIOCGIFFLAGS filled and SIOCSIFFLAGS reads.
+        unsafe {
+            let flags =
+                i32::from(request.ifr_ifru.ifru_flags) | nix::libc::IFF_UP | nix::libc::IFF_RUNNING;
+            request.ifr_ifru.ifru_flags =
+                i16::try_from(flags).unwrap_or(request.ifr_ifru.ifru_flags);
+        }
+        // SAFETY: SIOCSIFFLAGS reads a valid ifreq.
+        let rc = unsafe {
+            nix::libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                nix::libc::SIOCSIFFLAGS,
+                &request,
+            )
+        };
+        if rc < 0 {
+            return Err(io("bring lo up")(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    })?
+}
+
 /// Runs `f` in a thread that has joined the network namespace at `netns`.
 pub fn in_netns<T: Send + 'static>(
     netns: &Path,

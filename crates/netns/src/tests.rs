@@ -129,3 +129,18 @@ fn pid_holder_is_pid_one_of_its_own_namespace() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill");
     nix::sys::wait::waitpid(pid, None).expect("reap");
 }
+
+#[test]
+fn loopback_up_without_a_plugin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pinned = pin(&dir.path().join("ns"), &[Kind::Net], None).expect("pin");
+    let net = pinned.path(Kind::Net).expect("net");
+    assert!(
+        !interface_is_up(&net, "lo").expect("flags"),
+        "lo starts down"
+    );
+    loopback_up(&net).expect("up");
+    assert!(interface_is_up(&net, "lo").expect("flags"));
+    assert!(interface_is_up(&net, "eth9").is_err(), "no such interface");
+    remove(&pinned);
+}
