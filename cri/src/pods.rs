@@ -483,7 +483,9 @@ pub async fn run(
         Ok(done) => done,
         Err(err) => {
             if let Ok(address) = &shim_result {
-                let _ = crate::shim_client::ShimClient::new(address).shutdown().await;
+                let _ = crate::shim_client::ShimClient::new(address)
+                    .shutdown()
+                    .await;
             }
             return Err(CriError::Io {
                 context: "pod set-up task".into(),
@@ -502,7 +504,9 @@ pub async fn run(
     });
     if let Err(err) = saved {
         if let Ok(address) = &shim_result {
-            let _ = crate::shim_client::ShimClient::new(address).shutdown().await;
+            let _ = crate::shim_client::ShimClient::new(address)
+                .shutdown()
+                .await;
         }
         let worker = Arc::clone(manager);
         let _ = tokio::task::spawn_blocking(move || {

@@ -273,11 +273,42 @@ fn create(
         "write {}/{CREATED_FILE}",
         work_dir.display()
     )))?;
+    export_seccomp(&prepared.spec, work_dir);
     // Last: it enters the container's mount namespace, after which host paths are gone.
     if readonly_cgroups {
         seal_cgroup_mounts(pid).map_err(other(id, "create"))?;
     }
     Ok(())
+}
+
+/// Compiles the container's seccomp profile to BPF for the shim's direct exec path
+/// (`crate::fastexec`) and marks the container eligible for it. Without the mark (a notify
+/// profile, a failed export) execs into this container go through this helper.
+fn export_seccomp(spec: &oci_spec::runtime::Spec, work_dir: &std::path::Path) {
+    use crate::fastexec::{ELIGIBLE_FILE, SECCOMP_BPF_FILE};
+    let eligible = work_dir.join(ELIGIBLE_FILE);
+    let Some(seccomp) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
+        let _ = std::fs::write(&eligible, "none");
+        return;
+    };
+    if libcontainer::seccomp::is_notify(seccomp) {
+        return;
+    }
+    let path = work_dir.join(SECCOMP_BPF_FILE);
+    let exported = std::fs::File::create(&path)
+        .map_err(|err| err.to_string())
+        .and_then(|mut file| {
+            libcontainer::seccomp::export_bpf(seccomp, &mut file).map_err(|err| err.to_string())
+        });
+    match exported {
+        Ok(()) => {
+            let _ = std::fs::write(&eligible, "seccomp");
+        }
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "seccomp profile not exported");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// The helper binary: beside the running shim, else on PATH.

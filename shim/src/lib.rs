@@ -7,6 +7,7 @@ pub mod cgroups;
 pub mod crilog;
 pub mod error;
 pub mod events;
+pub mod fastexec;
 pub mod helper;
 pub mod io;
 pub mod mount;

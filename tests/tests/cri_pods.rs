@@ -533,3 +533,92 @@ async fn restart_recovers_pods_and_exits_that_happened_meanwhile() {
         leftovers(&env.daemon, &pod_id)
     );
 }
+
+/// A process exec'd into a container (the shim's direct path) has exactly the identity of the
+/// container's own process: ids, groups, capability sets, no_new_privs, seccomp, cgroups.
+#[tokio::test(flavor = "current_thread")]
+async fn exec_gets_the_container_identity() {
+    let (env, mut client, image) = env(false).await;
+    let log_dir = env.daemon.log_dir("ident");
+    let mut pod = pod_config("ident", &log_dir);
+    pod.linux = Some(v1::LinuxPodSandboxConfig {
+        security_context: Some(v1::LinuxSandboxSecurityContext {
+            namespace_options: Some(v1::NamespaceOption {
+                network: v1::NamespaceMode::Node as i32,
+                pid: v1::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod_id = run_pod(&mut client, pod.clone()).await;
+    let probe = "grep -E '^(Uid|Gid|Groups|Cap[A-Za-z]+|NoNewPrivs|Seccomp):' /proc/self/status; \
+                 cat /proc/self/cgroup; for n in pid mnt ipc uts net; do readlink /proc/self/ns/$n; done";
+    let mut config = container_config(
+        "ident",
+        &image,
+        &format!("{probe}; echo END; exec sleep 1000"),
+    );
+    config.linux = Some(v1::LinuxContainerConfig {
+        security_context: Some(v1::LinuxContainerSecurityContext {
+            run_as_user: Some(v1::Int64Value { value: 1000 }),
+            run_as_group: Some(v1::Int64Value { value: 1000 }),
+            supplemental_groups: vec![2000, 3000],
+            no_new_privs: true,
+            capabilities: Some(v1::Capability {
+                add_capabilities: vec!["NET_BIND_SERVICE".into()],
+                drop_capabilities: vec!["ALL".into()],
+                ..Default::default()
+            }),
+            seccomp: Some(v1::SecurityProfile {
+                profile_type: v1::security_profile::ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = start_container(&mut client, &pod_id, &pod, config).await;
+    let log = wait_for_log(&log_dir.join("ident/0.log"), " END\n").await;
+    let init: Vec<String> = log
+        .lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or_default().to_string())
+        .take_while(|l| l != "END")
+        .collect();
+    let out = exec(&mut client, &id, &["sh", "-c", probe]).await;
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    let exec: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(exec, init);
+    assert!(init.iter().any(|l| l.starts_with("Uid:\t1000")), "{init:?}");
+    assert!(init.iter().any(|l| l == "Seccomp:\t2"), "{init:?}");
+    assert!(init.iter().any(|l| l == "NoNewPrivs:\t1"), "{init:?}");
+    // An exec'd binary that is not there fails the RPC, naming it.
+    let missing = client
+        .exec_sync(v1::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["no-such-binary".into()],
+            timeout: 5,
+        })
+        .await
+        .expect_err("missing binary");
+    assert!(
+        missing.message().contains("executable file not found"),
+        "{missing:?}"
+    );
+    client
+        .remove_pod_sandbox(v1::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .expect("remove");
+    assert!(
+        ingot_tests::wait_until(Duration::from_secs(5), || leftovers(&env.daemon, &pod_id)
+            .is_empty()),
+        "left behind: {:?}",
+        leftovers(&env.daemon, &pod_id)
+    );
+}

@@ -34,7 +34,7 @@ mod create;
 use crate::{
     cgroups,
     error::{Result, ShimError},
-    helper,
+    fastexec, helper,
     io::{self, ProcessIo, StdioPaths},
     oom::OomWatcher,
     reaper::Reaper,
@@ -321,38 +321,27 @@ impl Service {
             id: id.to_string(),
             exec_id: exec_id.to_string(),
         })?;
-        let request = helper::Request {
-            op: helper::Op::Exec {
-                process: process_file.clone(),
-            },
-            root: self.inner.root.clone(),
-            id: id.to_string(),
-            pid_file: process_file.with_extension("pid"),
-            console_socket: None,
-        };
-        let this = self.clone();
-        let (pid, process_io) = self.run_helper(request, &stdio, |pid| {
-            let Some(pid) = pid else { return };
-            // Registered while the reaper is held off: an instant exit is still ours.
-            let mut state = this.state();
-            if let Some(process) = state
-                .containers
-                .get_mut(id)
-                .and_then(|c| c.execs.get_mut(exec_id))
-            {
-                process.pid = pid;
-                process.state = ProcState::Running;
+        let (pid, process_io) = match self.fast_exec(id, exec_id, &stdio, &process_file)? {
+            Some(started) => started,
+            None => {
+                let request = helper::Request {
+                    op: helper::Op::Exec {
+                        process: process_file.clone(),
+                    },
+                    root: self.inner.root.clone(),
+                    id: id.to_string(),
+                    pid_file: process_file.with_extension("pid"),
+                    console_socket: None,
+                };
+                let this = self.clone();
+                let (pid, process_io) = self.run_helper(request, &stdio, |pid| {
+                    if let Some(pid) = pid {
+                        this.exec_started(id, exec_id, pid);
+                    }
+                })?;
+                (pid.unwrap_or(0), process_io)
             }
-            this.publish(
-                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
-                Box::new(TaskExecStarted {
-                    container_id: id.to_string(),
-                    exec_id: exec_id.to_string(),
-                    pid: u32::try_from(pid).unwrap_or(0),
-                    ..Default::default()
-                }),
-            );
-        })?;
+        };
         let mut state = self.state();
         if let Some(process) = state
             .containers
@@ -361,9 +350,68 @@ impl Service {
         {
             process.io = process_io;
         }
-        let pid = pid.unwrap_or(0);
         tracing::info!(container_id = id, exec_id, pid, "exec started");
         Ok(u32::try_from(pid).unwrap_or(0))
+    }
+
+    /// Records a started exec (while the reaper is held off: an instant exit is still ours).
+    fn exec_started(&self, id: &str, exec_id: &str, pid: i32) {
+        let mut state = self.state();
+        if let Some(process) = state
+            .containers
+            .get_mut(id)
+            .and_then(|c| c.execs.get_mut(exec_id))
+        {
+            process.pid = pid;
+            process.state = ProcState::Running;
+        }
+        self.publish(
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            Box::new(TaskExecStarted {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                pid: u32::try_from(pid).unwrap_or(0),
+                ..Default::default()
+            }),
+        );
+    }
+
+    /// An exec through [`crate::fastexec`] when the container allows it; None otherwise.
+    fn fast_exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        stdio: &StdioPaths,
+        process_file: &Path,
+    ) -> Result<Option<(i32, ProcessIo)>> {
+        use std::os::fd::AsRawFd;
+        let (init_pid, cgroups_path) = {
+            let state = self.state();
+            let container = state.containers.get(id).ok_or_else(|| not_found(id))?;
+            (container.init.pid, container.cgroups_path.clone())
+        };
+        let text = std::fs::read(process_file)
+            .map_err(ShimError::io(format!("read {}", process_file.display())))?;
+        let process: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|err| ShimError::InvalidArgument {
+                what: format!("exec {exec_id} process spec"),
+                reason: err.to_string(),
+            })?;
+        let Some(plan) =
+            fastexec::Plan::new(&process, init_pid, &cgroups_path, &self.work_dir(id))?
+        else {
+            return Ok(None);
+        };
+        let (child, process_io) = io::plain(stdio)?;
+        let _hold = self.inner.reaper.hold();
+        let pid = plan.spawn([
+            child.stdin.as_raw_fd(),
+            child.stdout.as_raw_fd(),
+            child.stderr.as_raw_fd(),
+        ])?;
+        drop(child);
+        self.exec_started(id, exec_id, pid);
+        Ok(Some((pid, process_io)))
     }
 
     fn start_init(&self, id: &str) -> Result<u32> {

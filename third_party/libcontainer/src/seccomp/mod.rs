@@ -148,6 +148,19 @@ fn check_seccomp(seccomp: &LinuxSeccomp) -> Result<()> {
 
 #[tracing::instrument(level = "trace", skip(seccomp))]
 pub fn initialize_seccomp(seccomp: &LinuxSeccomp) -> Result<Option<io::RawFd>> {
+    let ctx = build_context(seccomp)?;
+    load_context(seccomp, ctx)
+}
+
+/// ingot patch: the profile compiled to classic BPF (`struct sock_filter` array) for the
+/// calling architecture, for a runtime that installs it itself with seccomp(2).
+pub fn export_bpf(seccomp: &LinuxSeccomp, out: &mut std::fs::File) -> Result<()> {
+    let ctx = build_context(seccomp)?;
+    ctx.export_bpf(out)
+        .map_err(|err| SeccompError::LoadContext { source: err })
+}
+
+fn build_context(seccomp: &LinuxSeccomp) -> Result<ScmpFilterContext> {
     check_seccomp(seccomp)?;
 
     tracing::trace!(default_action = ?seccomp.default_action(), errno = ?seccomp.default_errno_ret(), "initializing seccomp");
@@ -297,6 +310,10 @@ pub fn initialize_seccomp(seccomp: &LinuxSeccomp) -> Result<Option<io::RawFd>> {
         }
     }
 
+    Ok(ctx)
+}
+
+fn load_context(seccomp: &LinuxSeccomp, ctx: ScmpFilterContext) -> Result<Option<io::RawFd>> {
     // In order to use the SECCOMP_SET_MODE_FILTER operation, either the calling
     // thread must have the CAP_SYS_ADMIN capability in its user namespace, or
     // the thread must already have the no_new_privs bit set.
