@@ -605,6 +605,57 @@ fn read_report(fd: RawFd) -> Result<i32> {
     })
 }
 
+/// Starts a created container as libcontainer's `Container::start` does, without the helper:
+/// the container's init waits on `notify.sock` in its state directory for "start container",
+/// then the state records it running. False (nothing done) when the container has poststart
+/// hooks, which the helper runs.
+pub fn start_created(container_root: &Path) -> Result<bool> {
+    let read = |name: &str| -> Result<Value> {
+        let path = container_root.join(name);
+        let text = std::fs::read(&path).map_err(ShimError::io(format!("read {}", path.display())))?;
+        serde_json::from_slice(&text).map_err(|err| ShimError::InvalidArgument {
+            what: path.display().to_string(),
+            reason: err.to_string(),
+        })
+    };
+    let config = read("youki_config.json")?;
+    let poststart = config
+        .get("hooks")
+        .and_then(|h| h.get("poststart"))
+        .and_then(Value::as_array)
+        .is_some_and(|hooks| !hooks.is_empty());
+    if poststart {
+        return Ok(false);
+    }
+    let mut state = read("state.json")?;
+    if state.get("status").and_then(Value::as_str) != Some("created") {
+        return Err(ShimError::FailedPrecondition {
+            what: format!("start {}", container_root.display()),
+            reason: format!("the container is {}", state.get("status").unwrap_or(&Value::Null)),
+        });
+    }
+    // Through /proc/self/fd: the socket's own path may be longer than sun_path allows.
+    let dir = std::fs::File::open(container_root)
+        .map_err(ShimError::io(format!("open {}", container_root.display())))?;
+    let socket = format!("/proc/self/fd/{}/notify.sock", dir.as_raw_fd());
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket)
+        .map_err(ShimError::io(format!("connect {}", container_root.join("notify.sock").display())))?;
+    std::io::Write::write_all(&mut stream, b"start container")
+        .map_err(ShimError::io("send start container"))?;
+    drop(stream);
+    state["status"] = Value::from("running");
+    let path = container_root.join("state.json");
+    let temporary = container_root.join("state.json.ingot");
+    let text = serde_json::to_vec(&state).map_err(|err| ShimError::InvalidArgument {
+        what: path.display().to_string(),
+        reason: err.to_string(),
+    })?;
+    std::fs::write(&temporary, text)
+        .and_then(|()| std::fs::rename(&temporary, &path))
+        .map_err(ShimError::io(format!("write {}", path.display())))?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,6 +672,39 @@ mod tests {
             1 | (1 << 5) | (1 << 21)
         );
         assert!(cap_mask(Some(&serde_json::json!(["CAP_NOPE"]))).is_err());
+    }
+
+    #[test]
+    fn start_sends_the_start_message_and_records_running() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::write(root.join("youki_config.json"), r#"{"hooks": null, "cgroup_path": "/x"}"#)
+            .expect("config");
+        std::fs::write(root.join("state.json"), r#"{"id": "c1", "status": "created", "pid": 7}"#)
+            .expect("state");
+        let listener =
+            std::os::unix::net::UnixListener::bind(root.join("notify.sock")).expect("bind");
+        let reader = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut message = String::new();
+            std::io::Read::read_to_string(&mut stream, &mut message).expect("read");
+            message
+        });
+        assert!(start_created(root).expect("start"));
+        assert_eq!(reader.join().expect("reader"), "start container");
+        let state: Value =
+            serde_json::from_slice(&std::fs::read(root.join("state.json")).expect("read"))
+                .expect("json");
+        assert_eq!(state["status"], "running");
+        assert_eq!(state["pid"], 7);
+        assert!(start_created(root).is_err(), "not created any more");
+
+        std::fs::write(
+            root.join("youki_config.json"),
+            r#"{"hooks": {"poststart": [{"path": "/bin/true"}]}}"#,
+        )
+        .expect("config");
+        assert!(!start_created(root).expect("hooks"), "hooks go through the helper");
     }
 
     #[test]

@@ -428,7 +428,7 @@ impl Service {
         };
         // "running" is recorded while the reaper is still held off, so an instant exit lands
         // after it, and TaskStart is queued before TaskExit.
-        self.helper_op(id, helper::Op::Start, || {
+        let started = || {
             let mut state = self.state();
             if let Some(container) = state.containers.get_mut(id) {
                 if container.init.state == ProcState::Created {
@@ -443,7 +443,18 @@ impl Service {
                     ..Default::default()
                 }),
             );
-        })?;
+        };
+        let direct = {
+            let _hold = self.inner.reaper.hold();
+            let direct = fastexec::start_created(&self.inner.root.join(id))?;
+            if direct {
+                started();
+            }
+            direct
+        };
+        if !direct {
+            self.helper_op(id, helper::Op::Start, started)?;
+        }
         tracing::info!(container_id = id, pid, "container started");
         Ok(u32::try_from(pid).unwrap_or(0))
     }
