@@ -612,7 +612,8 @@ fn read_report(fd: RawFd) -> Result<i32> {
 pub fn start_created(container_root: &Path) -> Result<bool> {
     let read = |name: &str| -> Result<Value> {
         let path = container_root.join(name);
-        let text = std::fs::read(&path).map_err(ShimError::io(format!("read {}", path.display())))?;
+        let text =
+            std::fs::read(&path).map_err(ShimError::io(format!("read {}", path.display())))?;
         serde_json::from_slice(&text).map_err(|err| ShimError::InvalidArgument {
             what: path.display().to_string(),
             reason: err.to_string(),
@@ -631,15 +632,19 @@ pub fn start_created(container_root: &Path) -> Result<bool> {
     if state.get("status").and_then(Value::as_str) != Some("created") {
         return Err(ShimError::FailedPrecondition {
             what: format!("start {}", container_root.display()),
-            reason: format!("the container is {}", state.get("status").unwrap_or(&Value::Null)),
+            reason: format!(
+                "the container is {}",
+                state.get("status").unwrap_or(&Value::Null)
+            ),
         });
     }
     // Through /proc/self/fd: the socket's own path may be longer than sun_path allows.
     let dir = std::fs::File::open(container_root)
         .map_err(ShimError::io(format!("open {}", container_root.display())))?;
     let socket = format!("/proc/self/fd/{}/notify.sock", dir.as_raw_fd());
-    let mut stream = std::os::unix::net::UnixStream::connect(&socket)
-        .map_err(ShimError::io(format!("connect {}", container_root.join("notify.sock").display())))?;
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).map_err(ShimError::io(
+        format!("connect {}", container_root.join("notify.sock").display()),
+    ))?;
     std::io::Write::write_all(&mut stream, b"start container")
         .map_err(ShimError::io("send start container"))?;
     drop(stream);
@@ -678,10 +683,16 @@ mod tests {
     fn start_sends_the_start_message_and_records_running() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
-        std::fs::write(root.join("youki_config.json"), r#"{"hooks": null, "cgroup_path": "/x"}"#)
-            .expect("config");
-        std::fs::write(root.join("state.json"), r#"{"id": "c1", "status": "created", "pid": 7}"#)
-            .expect("state");
+        std::fs::write(
+            root.join("youki_config.json"),
+            r#"{"hooks": null, "cgroup_path": "/x"}"#,
+        )
+        .expect("config");
+        std::fs::write(
+            root.join("state.json"),
+            r#"{"id": "c1", "status": "created", "pid": 7}"#,
+        )
+        .expect("state");
         let listener =
             std::os::unix::net::UnixListener::bind(root.join("notify.sock")).expect("bind");
         let reader = std::thread::spawn(move || {
@@ -704,7 +715,10 @@ mod tests {
             r#"{"hooks": {"poststart": [{"path": "/bin/true"}]}}"#,
         )
         .expect("config");
-        assert!(!start_created(root).expect("hooks"), "hooks go through the helper");
+        assert!(
+            !start_created(root).expect("hooks"),
+            "hooks go through the helper"
+        );
     }
 
     #[test]

@@ -622,3 +622,180 @@ async fn exec_gets_the_container_identity() {
         leftovers(&env.daemon, &pod_id)
     );
 }
+
+/// GetContainerEvents streams each lifecycle change; UpdateContainerResources reaches the
+/// container's cgroup and its status; pod and container stats list what runs; after a restart,
+/// a pod directory and a bundle that no record owns are removed.
+#[tokio::test(flavor = "current_thread")]
+async fn events_updates_stats_and_orphans() {
+    let (mut env, mut client, image) = env(false).await;
+    let mut events = client
+        .get_container_events(v1::GetEventsRequest {})
+        .await
+        .expect("GetContainerEvents")
+        .into_inner();
+    let log_dir = env.daemon.log_dir("ev");
+    let mut pod = pod_config("ev", &log_dir);
+    pod.linux = Some(v1::LinuxPodSandboxConfig {
+        security_context: Some(v1::LinuxSandboxSecurityContext {
+            namespace_options: Some(v1::NamespaceOption {
+                network: v1::NamespaceMode::Node as i32,
+                pid: v1::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod_id = run_pod(&mut client, pod.clone()).await;
+    let id = start_container(
+        &mut client,
+        &pod_id,
+        &pod,
+        container_config("ev", &image, "sleep 1000"),
+    )
+    .await;
+
+    // Resources: new limits land in the cgroup and in ContainerStatus.
+    client
+        .update_container_resources(v1::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(v1::LinuxContainerResources {
+                cpu_shares: 256,
+                memory_limit_in_bytes: 96 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateContainerResources");
+    let cgroup = format!("{}/{pod_id}/{id}", env.daemon.cgroup_parent);
+    let read = |file: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{file}"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let (shares, limit) = if std::path::Path::new("/sys/fs/cgroup/cpu").exists() {
+        (
+            read(&format!("cpu{cgroup}/cpu.shares")),
+            read(&format!("memory{cgroup}/memory.limit_in_bytes")),
+        )
+    } else {
+        (
+            read(&format!("{cgroup}/cpu.weight")),
+            read(&format!("{cgroup}/memory.max")),
+        )
+    };
+    assert!(
+        shares == "256" || shares == "10",
+        "cpu shares/weight {shares:?}"
+    );
+    assert_eq!(limit, (96u64 << 20).to_string());
+    let status = container_status(&mut client, &id).await;
+    let resources = status.resources.and_then(|r| r.linux).expect("resources");
+    assert_eq!(resources.memory_limit_in_bytes, 96 << 20);
+
+    let pod_stats = client
+        .list_pod_sandbox_stats(v1::ListPodSandboxStatsRequest { filter: None })
+        .await
+        .expect("ListPodSandboxStats")
+        .into_inner()
+        .stats;
+    assert_eq!(pod_stats.len(), 1);
+    let linux = pod_stats[0].linux.clone().expect("linux stats");
+    assert_eq!(linux.containers.len(), 1);
+    assert!(linux
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .is_some_and(|v| v.value > 0));
+    let listed = client
+        .list_container_stats(v1::ListContainerStatsRequest { filter: None })
+        .await
+        .expect("ListContainerStats")
+        .into_inner()
+        .stats;
+    assert_eq!(listed.len(), 1);
+    client
+        .list_metric_descriptors(v1::ListMetricDescriptorsRequest {})
+        .await
+        .expect("ListMetricDescriptors");
+    client
+        .list_pod_sandbox_metrics(v1::ListPodSandboxMetricsRequest {})
+        .await
+        .expect("ListPodSandboxMetrics");
+
+    client
+        .stop_container(v1::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 1,
+        })
+        .await
+        .expect("stop");
+    client
+        .remove_container(v1::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("remove");
+    let mut kinds = Vec::new();
+    while kinds.len() < 4 {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("an event in time")
+            .expect("stream")
+            .expect("open stream");
+        assert_eq!(event.container_id, id);
+        assert_eq!(
+            event.pod_sandbox_status.as_ref().map(|p| p.id.as_str()),
+            Some(pod_id.as_str())
+        );
+        kinds.push(event.container_event_type);
+    }
+    use v1::ContainerEventType as E;
+    assert_eq!(
+        kinds,
+        [
+            E::ContainerCreatedEvent,
+            E::ContainerStartedEvent,
+            E::ContainerStoppedEvent,
+            E::ContainerDeletedEvent
+        ]
+        .map(|k| k as i32)
+    );
+
+    // Orphans: what a crash between steps could leave, with no record owning it.
+    let run = env.daemon.dir.path().join("run");
+    let orphan_pod = run.join("pods").join("0".repeat(64));
+    let orphan_bundle = run.join("containers").join("1".repeat(64));
+    std::fs::create_dir_all(orphan_pod.join("ns")).expect("orphan pod");
+    std::fs::create_dir_all(orphan_bundle.join("rootfs")).expect("orphan bundle");
+    env.daemon = Daemon::restart(env.daemon);
+    let mut client = runtime_client(&env.daemon.socket()).await;
+    assert!(
+        !orphan_pod.exists() && !orphan_bundle.exists(),
+        "orphans removed on start"
+    );
+    assert_eq!(
+        client
+            .list_pod_sandbox(v1::ListPodSandboxRequest { filter: None })
+            .await
+            .expect("list")
+            .into_inner()
+            .items
+            .len(),
+        1
+    );
+    client
+        .remove_pod_sandbox(v1::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .expect("remove pod");
+    assert!(
+        ingot_tests::wait_until(Duration::from_secs(5), || leftovers(&env.daemon, &pod_id)
+            .is_empty()),
+        "left behind: {:?}",
+        leftovers(&env.daemon, &pod_id)
+    );
+}
