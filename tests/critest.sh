@@ -15,8 +15,6 @@ ingotd=${INGOTD:-$repo/target/debug/ingotd}
 [ -x "$tools/critest" ] || { echo "critest not found in $tools" >&2; exit 1; }
 [ -x "$ingotd" ] || { echo "$ingotd not built (cargo build --bins)" >&2; exit 1; }
 
-work=$(mktemp -d /tmp/ingot-critest.XXXXXX)
-netns=$work/net
 cgroup_parent=/ingot-critest-$$
 registry_pid=
 ingotd_pid=
@@ -24,7 +22,7 @@ shm_before=$(ipcs -m | awk 'NR>3 && $2 ~ /^[0-9]+$/ {print $2}' | sort)
 # critest's mount-propagation specs leave a bind mount (/tmp/test*/mnt) and its directory on the
 # host; what appears during the run is removed at the end.
 mounts_before=$(awk '{print $5}' /proc/self/mountinfo | sort)
-tmp_before=$(ls -d /tmp/test* 2>/dev/null | sort)
+tmp_before=$(ls -d /tmp/test* 2>/dev/null | sort || true)
 
 cleanup() {
     set +e
@@ -56,6 +54,8 @@ cleanup() {
     done
     rm -rf "$work"
 }
+work=$(mktemp -d /tmp/ingot-critest.XXXXXX)
+netns=$work/net
 trap cleanup EXIT
 
 touch "$netns"
