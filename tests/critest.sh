@@ -75,7 +75,9 @@ storage:
 http:
   addr: 127.0.0.1:5000
 EOF
-in_netns docker-registry serve "$work/registry/config.yml" > "$work/registry/log" 2>&1 &
+# Started with nsenter itself (not the shell function, which would fork a subshell): $! is then
+# the registry's own pid (nsenter execs it), so cleanup ends the right process.
+nsenter --net="$netns" docker-registry serve "$work/registry/config.yml" > "$work/registry/log" 2>&1 &
 registry_pid=$!
 for _ in $(seq 100); do
     in_netns bash -c 'exec 3<>/dev/tcp/127.0.0.1/5000' 2>/dev/null && break
@@ -107,7 +109,7 @@ mirrors = ["http://127.0.0.1:5000"]
 mirrors = ["http://127.0.0.1:5000"]
 EOF
 socket=$work/run/ingot.sock
-INGOT_LOG=${INGOT_LOG:-info} in_netns "$ingotd" --config "$work/ingot.toml" --listen "unix://$socket" \
+INGOT_LOG=${INGOT_LOG:-info} nsenter --net="$netns" "$ingotd" --config "$work/ingot.toml" --listen "unix://$socket" \
     --root "$work/lib" --state "$work/run" > "$work/ingotd.log" 2>&1 &
 ingotd_pid=$!
 for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.1; done

@@ -7,7 +7,7 @@ use std::{
     io::Read,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use ingot_image::ImageStore;
@@ -389,7 +389,63 @@ impl Manager {
                 }
             }
         }
+        self.clean_orphan_containers().await;
         self.clean_orphans();
+    }
+
+    /// Containers the shims still run but no record owns (ingotd died between a shim call and
+    /// the commit of its record) are killed and deleted through whichever shim knows them; then
+    /// shims no pod record names are shut down.
+    async fn clean_orphan_containers(&self) {
+        let shim_root = self.config.state.join("shim");
+        let names = |dir: PathBuf| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let known_containers: Vec<String> = lock(&self.containers).keys().cloned().collect();
+        let known_shims: Vec<PathBuf> = lock(&self.pods)
+            .values()
+            .filter_map(|p| p.shim.as_deref())
+            .map(|a| PathBuf::from(a.strip_prefix("unix://").unwrap_or(a)))
+            .collect();
+        let sockets: Vec<PathBuf> = names(shim_root.join("s"))
+            .into_iter()
+            .map(|name| shim_root.join("s").join(name))
+            .collect();
+        let mut orphans: Vec<String> = names(shim_root.join(SHIM_NAMESPACE))
+            .into_iter()
+            .map(|name| name.trim_end_matches(".ingot").to_string())
+            .filter(|id| !known_containers.contains(id))
+            .collect();
+        orphans.sort();
+        orphans.dedup();
+        for id in &orphans {
+            for socket in &sockets {
+                let shim = ShimClient::new(&socket.display().to_string());
+                if shim.state(id).await.is_err() {
+                    continue;
+                }
+                tracing::info!(container = %id, "removing a container no record owns");
+                let _ = shim.kill(id, "", libc::SIGKILL as u32, true).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), shim.wait(id, "")).await;
+                if let Err(err) = shim.delete(id, "").await {
+                    tracing::warn!(container = %id, error = %err, "delete orphaned container");
+                }
+                break;
+            }
+        }
+        for socket in sockets.iter().filter(|s| !known_shims.contains(s)) {
+            tracing::info!(socket = %socket.display(), "shutting down a shim no pod owns");
+            let _ = ShimClient::new(&socket.display().to_string())
+                .shutdown()
+                .await;
+        }
     }
 
     fn clean_orphans(&self) {
@@ -424,7 +480,37 @@ impl Manager {
                 let _ = std::fs::remove_dir_all(&path);
             }
         }
+        // Pod cgroups ingotd made under its own parent, for pods it no longer knows.
+        let parent = self.config.cgroup_parent.trim_start_matches('/');
+        let mut roots: Vec<PathBuf> = entries(PathBuf::from("/sys/fs/cgroup"))
+            .into_iter()
+            .map(|(_, path)| path)
+            .collect();
+        roots.push(PathBuf::from("/sys/fs/cgroup"));
+        for root in roots {
+            if parent.is_empty() {
+                break;
+            }
+            for (id, path) in entries(root.join(parent)) {
+                if path.is_dir() && id.len() == 64 && !pods.contains(&id) {
+                    tracing::info!(pod = %id, cgroup = %path.display(), "removing an orphaned pod cgroup");
+                    remove_cgroup_tree(&path);
+                }
+            }
+        }
     }
+}
+
+/// Removes an (empty of processes) cgroup directory tree, deepest first.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 #[cfg(test)]

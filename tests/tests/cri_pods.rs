@@ -799,3 +799,80 @@ async fn events_updates_stats_and_orphans() {
         leftovers(&env.daemon, &pod_id)
     );
 }
+
+/// ingotd killed after a shim made a pod and container but before their records were committed
+/// (simulated by removing the records): on start, the container is killed and deleted through
+/// its shim, the shim shut down, and the pod's directory, mounts and cgroups removed.
+#[tokio::test(flavor = "current_thread")]
+async fn restart_removes_what_no_record_owns() {
+    let (mut env, mut client, image) = env(false).await;
+    let log_dir = env.daemon.log_dir("lost");
+    let mut pod = pod_config("lost", &log_dir);
+    pod.linux = Some(v1::LinuxPodSandboxConfig {
+        security_context: Some(v1::LinuxSandboxSecurityContext {
+            namespace_options: Some(v1::NamespaceOption {
+                network: v1::NamespaceMode::Node as i32,
+                pid: v1::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod_id = run_pod(&mut client, pod.clone()).await;
+    let id = start_container(
+        &mut client,
+        &pod_id,
+        &pod,
+        container_config("lost", &image, "sleep 1000"),
+    )
+    .await;
+    let info = client
+        .container_status(v1::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("status")
+        .into_inner()
+        .info;
+    let info: serde_json::Value = serde_json::from_str(&info["info"]).expect("info json");
+    let pid = info["pid"].as_i64().expect("pid");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+
+    env.daemon.kill();
+    {
+        let db = redb::Database::create(env.daemon.dir.path().join("lib/state.redb"))
+            .expect("open store");
+        let txn = db.begin_write().expect("txn");
+        for table in ["pods", "containers"] {
+            let definition: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new(table);
+            let mut table = txn.open_table(definition).expect("table");
+            table.retain(|_, _| false).expect("clear");
+        }
+        txn.commit().expect("commit");
+    }
+    env.daemon = Daemon::restart(env.daemon);
+    let mut client = runtime_client(&env.daemon.socket()).await;
+    assert!(client
+        .list_pod_sandbox(v1::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("list")
+        .into_inner()
+        .items
+        .is_empty());
+    assert!(
+        ingot_tests::wait_until(Duration::from_secs(10), || {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && leftovers(&env.daemon, &pod_id).is_empty()
+        }),
+        "container pid {pid} or {:?} left behind",
+        leftovers(&env.daemon, &pod_id)
+    );
+    let pod_cgroups: Vec<_> =
+        ingot_tests::cgroups_named(env.daemon.cgroup_parent.trim_start_matches('/'))
+            .into_iter()
+            .filter(|dir| dir.join(&pod_id).exists())
+            .collect();
+    assert!(pod_cgroups.is_empty(), "{pod_cgroups:?}");
+}
