@@ -577,6 +577,11 @@ pub async fn stop(manager: &Arc<Manager>, id: &str, timeout: i64) -> Result<(), 
         return Ok(());
     }
     let shim = shim_for(manager, &container)?;
+    if !shim.alive().await {
+        // The shim is gone (the node rebooted, or it was killed): so is the container.
+        manager.record_exit(&container.id, 255, 0, "the pod's shim is gone");
+        return Ok(());
+    }
     if timeout > 0 {
         let signal = if container.stop_signal == 0 {
             libc::SIGTERM as u32
@@ -624,15 +629,25 @@ pub async fn remove(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
     }
     let _lifecycle = manager.lifecycle.lock().await;
     let container = manager.container(&container.id)?;
-    if let Ok(shim) = shim_for(manager, &container) {
-        match shim.delete(&container.id, "").await {
-            Ok(_) => {}
-            Err(CriError::Shim {
-                code: tonic::Code::NotFound | tonic::Code::Unavailable,
+    let deleted = match shim_for(manager, &container) {
+        Ok(shim) => match shim.delete(&container.id, "").await {
+            Ok(_)
+            | Err(CriError::Shim {
+                code: tonic::Code::NotFound,
                 ..
-            }) => {}
+            }) => true,
+            Err(CriError::Shim {
+                code: tonic::Code::Unavailable,
+                ..
+            }) => false,
             Err(err) => return Err(err),
-        }
+        },
+        Err(_) => false,
+    };
+    if !deleted {
+        // No shim to ask: the runtime state and cgroups go the way containerd removes what a
+        // dead shim left, through the shim binary's `delete` action.
+        manager.delete_without_shim(&container).await;
     }
     let prepared = Prepared {
         bundle: container.bundle.clone(),

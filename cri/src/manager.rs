@@ -255,6 +255,36 @@ impl Manager {
         Ok(address)
     }
 
+    /// Removes a container's runtime state and cgroups when its shim is gone, with the shim
+    /// binary's `delete` action (as containerd cleans up after a dead shim).
+    pub async fn delete_without_shim(&self, container: &ContainerRecord) {
+        let Ok(socket) = self.config.socket_path() else {
+            return;
+        };
+        let result = tokio::process::Command::new(&self.shim_binary)
+            .args(["-namespace", SHIM_NAMESPACE, "-id", &container.id])
+            .arg("-address")
+            .arg(socket)
+            .arg("-bundle")
+            .arg(&container.bundle)
+            .arg("delete")
+            .env("INGOT_SHIM_ROOT", self.config.state.join("shim"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .output()
+            .await;
+        match result {
+            Ok(output) if output.status.success() => {}
+            Ok(output) => tracing::warn!(
+                container = %container.id,
+                status = %output.status,
+                stderr = %String::from_utf8_lossy(&output.stderr).trim(),
+                "shim delete"
+            ),
+            Err(err) => tracing::warn!(container = %container.id, error = %err, "shim delete"),
+        }
+    }
+
     /// Records a container's exit (once; later calls change nothing) and publishes it.
     pub fn record_exit(&self, id: &str, code: u32, exited_at: i64, message: &str) {
         let updated = {

@@ -362,7 +362,15 @@ fn detach(pod: &PodRecord, manager: &Manager) -> Result<(), CriError> {
     };
     let saved: serde_json::Value = serde_json::from_str(saved).unwrap_or_default();
     let source = PathBuf::from(saved["network"].as_str().unwrap_or_default());
-    let text = std::fs::read(&source).map_err(io(format!("read {}", source.display())))?;
+    let text = match std::fs::read(&source) {
+        Ok(text) => text,
+        // The network's configuration is gone: nothing can run its DEL; stopping the pod must
+        // not fail forever because of it.
+        Err(err) => {
+            tracing::warn!(pod = %pod.id, config = %source.display(), error = %err, "CNI DEL skipped");
+            return Ok(());
+        }
+    };
     let value: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
     let network = cni::parse_network(value, source)?;
     let config = decode_config(pod);

@@ -609,6 +609,39 @@ async fn exec_gets_the_container_identity() {
         missing.message().contains("executable file not found"),
         "{missing:?}"
     );
+
+    // The node "rebooted" under the pod: shim and container gone. Stop still succeeds.
+    let info = client
+        .container_status(v1::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("status")
+        .into_inner()
+        .info;
+    let info: serde_json::Value = serde_json::from_str(&info["info"]).expect("info json");
+    let pid = i32::try_from(info["pid"].as_i64().expect("pid")).expect("pid");
+    for victim in ingot_tests::pids_with_cmdline(&["containerd-shim-ingot-v2", &pod_id])
+        .into_iter()
+        .chain([pid])
+    {
+        let victim = nix::unistd::Pid::from_raw(victim);
+        let _ = nix::sys::signal::kill(victim, nix::sys::signal::Signal::SIGKILL);
+    }
+    assert!(ingot_tests::wait_until(Duration::from_secs(5), || {
+        ingot_tests::pids_with_cmdline(&["containerd-shim-ingot-v2", &pod_id]).is_empty()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }));
+    client
+        .stop_pod_sandbox(v1::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .expect("StopPodSandbox with the shim gone");
+    let status = container_status(&mut client, &id).await;
+    assert_eq!(status.state, v1::ContainerState::ContainerExited as i32);
+    assert_eq!(status.exit_code, 255, "{status:?}");
     client
         .remove_pod_sandbox(v1::RemovePodSandboxRequest {
             pod_sandbox_id: pod_id.clone(),
