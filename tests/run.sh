@@ -14,7 +14,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update
 apt-get install -y --no-install-recommends \
     busybox-static containerd runc crun libseccomp-dev pkg-config protobuf-compiler \
-    skopeo docker-registry containernetworking-plugins iproute2 numactl rt-tests util-linux
+    skopeo docker-registry containernetworking-plugins iproute2 numactl rt-tests util-linux procps
 
 cargo fmt --all --check
 cargo build --workspace --bins --locked

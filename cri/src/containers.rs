@@ -209,6 +209,11 @@ fn prepare_bundle(
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref());
+    #[allow(deprecated)]
+    let apparmor = context.is_some_and(|c| c.apparmor.is_some() || !c.apparmor_profile.is_empty());
+    if apparmor {
+        tracing::info!(container = %id, "AppArmor profile ignored: ingot applies no AppArmor profiles");
+    }
     let request = spec::user_request(config, &image_config)?;
     let read_in_image = |name: &str| std::fs::read_to_string(rootfs.join(name)).unwrap_or_default();
     let user = spec::resolve_user(
