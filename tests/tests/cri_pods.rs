@@ -228,7 +228,12 @@ async fn pod_lifecycle_network_logs_exec_stats() {
     let (env, mut client, image) = env(true).await;
     let daemon = &env.daemon;
     let log_dir = daemon.log_dir("web");
-    let pod = pod_config("web", &log_dir);
+    let mut pod = pod_config("web", &log_dir);
+    // A namespaced sysctl of the pod, set in its network namespace for its containers.
+    pod.linux = Some(v1::LinuxPodSandboxConfig {
+        sysctls: HashMap::from([("net.ipv4.ip_unprivileged_port_start".into(), "80".into())]),
+        ..Default::default()
+    });
     let pod_id = run_pod(&mut client, pod.clone()).await;
 
     let status = client
@@ -286,6 +291,13 @@ async fn pod_lifecycle_network_logs_exec_stats() {
     assert!(status.started_at >= status.created_at && status.created_at > 0);
 
     // ExecSync: the pod's hostname, DNS and network, output and exit codes.
+    let out = exec(
+        &mut client,
+        &id,
+        &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "80\n");
     let out = exec(&mut client, &id, &["hostname"]).await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "web-host\n");
     assert_eq!(out.exit_code, 0);
