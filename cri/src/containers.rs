@@ -27,6 +27,9 @@ use crate::{
     CriError,
 };
 
+/// The stdio URI scheme under which the shim writes a CRI-format log (the shim's `crilog`).
+const CRI_LOG_SCHEME: &str = "cri-log://";
+
 /// ExecSync output beyond this is dropped (containerd's limit).
 const MAX_EXEC_OUTPUT: usize = 16 << 20;
 /// After an exec'd process exits, how long its output may still drain (a child it left behind
@@ -426,7 +429,7 @@ pub async fn create(
         let shim_time = timer.elapsed();
         let output = log_path
             .as_ref()
-            .map(|p| format!("{}{}", containerd_shim_ingot_log_scheme(), p.display()))
+            .map(|p| format!("{CRI_LOG_SCHEME}{}", p.display()))
             .unwrap_or_default();
         let task = api::CreateTaskRequest {
             id: id.clone(),
@@ -481,10 +484,6 @@ pub async fn create(
     Ok(id)
 }
 
-/// The stdio URI scheme the shim writes CRI logs for.
-fn containerd_shim_ingot_log_scheme() -> &'static str {
-    "cri-log://"
-}
 
 fn shim_for(manager: &Manager, container: &ContainerRecord) -> Result<ShimClient, CriError> {
     let pod = manager.pod(&container.pod_id)?;
