@@ -484,7 +484,6 @@ pub async fn create(
     Ok(id)
 }
 
-
 fn shim_for(manager: &Manager, container: &ContainerRecord) -> Result<ShimClient, CriError> {
     let pod = manager.pod(&container.pod_id)?;
     manager
