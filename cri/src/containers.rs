@@ -36,24 +36,6 @@ const MAX_EXEC_OUTPUT: usize = 16 << 20;
 /// may hold the pipe open).
 const EXEC_DRAIN: Duration = Duration::from_secs(1);
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> CriError {
-    CriError::InvalidArgument {
-        field,
-        reason: reason.into(),
-    }
-}
-
-fn io(context: String) -> impl FnOnce(std::io::Error) -> CriError {
-    move |source| CriError::Io { context, source }
-}
-
-fn join_error(what: &str) -> impl FnOnce(tokio::task::JoinError) -> CriError + '_ {
-    move |err| CriError::Io {
-        context: format!("{what} task"),
-        source: std::io::Error::other(err.to_string()),
-    }
-}
-
 pub fn decode_config(container: &ContainerRecord) -> v1::ContainerConfig {
     v1::ContainerConfig::decode(container.config.as_slice()).unwrap_or_default()
 }
@@ -68,12 +50,12 @@ pub fn validate(config: &v1::ContainerConfig) -> Result<(), CriError> {
     let metadata = config
         .metadata
         .as_ref()
-        .ok_or_else(|| invalid("config.metadata", "is required"))?;
+        .ok_or_else(|| CriError::invalid("config.metadata", "is required"))?;
     if metadata.name.is_empty() {
-        return Err(invalid("config.metadata.name", "is required"));
+        return Err(CriError::invalid("config.metadata.name", "is required"));
     }
     if metadata.name.len() > 253 || metadata.name.contains('/') {
-        return Err(invalid(
+        return Err(CriError::invalid(
             "config.metadata.name",
             "must be at most 253 bytes without '/'",
         ));
@@ -83,7 +65,7 @@ pub fn validate(config: &v1::ContainerConfig) -> Result<(), CriError> {
         .as_ref()
         .is_none_or(|i| i.image.trim().is_empty())
     {
-        return Err(invalid(
+        return Err(CriError::invalid(
             "config.image.image",
             "an image reference is required",
         ));
@@ -91,7 +73,7 @@ pub fn validate(config: &v1::ContainerConfig) -> Result<(), CriError> {
     if !config.log_path.is_empty() {
         let path = Path::new(&config.log_path);
         if path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
-            return Err(invalid(
+            return Err(CriError::invalid(
                 "config.log_path",
                 format!(
                     "{:?} must be relative to the pod's log directory, without \"..\"",
@@ -124,7 +106,7 @@ fn mount_rootfs(lower: &[PathBuf], snapshot: &Path, rootfs: &Path) -> Result<(),
     let upper = snapshot.join("upper");
     let work = snapshot.join("work");
     for dir in [&upper, &work, &rootfs.to_path_buf()] {
-        std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(CriError::io(format!("create {}", dir.display())))?;
     }
     let lowerdir: Vec<String> = lower
         .iter()
@@ -156,7 +138,7 @@ pub fn unmount_rootfs(rootfs: &Path) {
 
 fn host_device(device: &v1::Device) -> Result<HostDevice, CriError> {
     let meta = std::fs::metadata(&device.host_path).map_err(|err| {
-        invalid(
+        CriError::invalid(
             "config.devices.host_path",
             format!("{:?}: {err}", device.host_path),
         )
@@ -166,7 +148,7 @@ fn host_device(device: &v1::Device) -> Result<HostDevice, CriError> {
     } else if meta.file_type().is_block_device() {
         'b'
     } else {
-        return Err(invalid(
+        return Err(CriError::invalid(
             "config.devices.host_path",
             format!("{:?} is not a device node", device.host_path),
         ));
@@ -234,13 +216,13 @@ fn prepare_bundle(
         SeccompChoice::RuntimeDefault => Some(spec::default_seccomp_profile()),
         SeccompChoice::Localhost(path) => {
             let text = std::fs::read(&path).map_err(|err| {
-                invalid(
+                CriError::invalid(
                     "linux.security_context.seccomp",
                     format!("localhost profile {}: {err}", path.display()),
                 )
             })?;
             Some(serde_json::from_slice(&text).map_err(|err| {
-                invalid(
+                CriError::invalid(
                     "linux.security_context.seccomp",
                     format!("localhost profile {} is not JSON: {err}", path.display()),
                 )
@@ -251,7 +233,8 @@ fn prepare_bundle(
         let host = Path::new(&mount.host_path);
         if !host.exists() {
             // As containerd: a missing host directory is created.
-            std::fs::create_dir_all(host).map_err(io(format!("create {}", host.display())))?;
+            std::fs::create_dir_all(host)
+                .map_err(CriError::io(format!("create {}", host.display())))?;
         }
     }
     // The container's own PID mode when it gives one, else the pod's.
@@ -312,7 +295,7 @@ fn prepare_bundle(
         context: format!("encode {}", path.display()),
         source: err.into(),
     })?;
-    std::fs::write(&path, json).map_err(io(format!("write {}", path.display())))?;
+    std::fs::write(&path, json).map_err(CriError::io(format!("write {}", path.display())))?;
     Ok(signal_number(&image_config.stop_signal))
 }
 
@@ -344,9 +327,9 @@ pub async fn create(
 ) -> Result<String, CriError> {
     let config = request
         .config
-        .ok_or_else(|| invalid("config", "is required"))?;
+        .ok_or_else(|| CriError::invalid("config", "is required"))?;
     if request.pod_sandbox_id.is_empty() {
-        return Err(invalid("pod_sandbox_id", "is required"));
+        return Err(CriError::invalid("pod_sandbox_id", "is required"));
     }
     validate(&config)?;
     let image_name = config
@@ -409,7 +392,7 @@ pub async fn create(
         )
     })
     .await
-    .map_err(join_error("container set-up"))
+    .map_err(CriError::join("container set-up"))
     .and_then(|r| r);
     let stop_signal = match built {
         Ok(signal) => signal,
@@ -659,7 +642,7 @@ pub async fn remove(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
     };
     tokio::task::spawn_blocking(move || cleanup_bundle(&prepared))
         .await
-        .map_err(join_error("container removal"))?;
+        .map_err(CriError::join("container removal"))?;
     manager.forget_container(&container.id)?;
     tracing::info!(container = %container.id, "container removed");
     manager.event(&container, v1::ContainerEventType::ContainerDeletedEvent);
@@ -790,10 +773,10 @@ pub async fn exec_sync(
     request: v1::ExecSyncRequest,
 ) -> Result<v1::ExecSyncResponse, CriError> {
     if request.cmd.is_empty() {
-        return Err(invalid("cmd", "is required"));
+        return Err(CriError::invalid("cmd", "is required"));
     }
     if request.timeout < 0 {
-        return Err(invalid(
+        return Err(CriError::invalid(
             "timeout",
             format!("{} is negative", request.timeout),
         ));
@@ -803,7 +786,7 @@ pub async fn exec_sync(
     let spec: serde_json::Value = serde_json::from_slice(
         &tokio::fs::read(&spec_path)
             .await
-            .map_err(io(format!("read {}", spec_path.display())))?,
+            .map_err(CriError::io(format!("read {}", spec_path.display())))?,
     )
     .map_err(|err| CriError::Io {
         context: format!("parse {}", spec_path.display()),
@@ -815,7 +798,7 @@ pub async fn exec_sync(
 
     let exec_id = new_id()?[..16].to_string();
     let dir = manager.config.state.join("exec").join(&exec_id);
-    std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(CriError::io(format!("create {}", dir.display())))?;
     let result = run_exec(
         &shim,
         &container.id,
@@ -856,7 +839,7 @@ async fn run_exec(
             .read(true)
             .write(true)
             .open(path)
-            .map_err(io(format!("open {}", path.display())))
+            .map_err(CriError::io(format!("open {}", path.display())))
     };
     let keepers = (keep(&stdout_path)?, keep(&stderr_path)?);
     let stdout = Arc::new(Mutex::new(Vec::new()));

@@ -52,3 +52,27 @@ pub enum CriError {
         source: std::io::Error,
     },
 }
+
+impl CriError {
+    /// InvalidArgument naming the request field.
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> CriError {
+        CriError::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CriError {
+        let context = context.into();
+        move |source| CriError::Io { context, source }
+    }
+
+    /// A blocking task that did not finish (it panicked or was cancelled).
+    pub fn join(what: &str) -> impl FnOnce(tokio::task::JoinError) -> CriError + '_ {
+        move |err| CriError::Io {
+            context: format!("{what} task"),
+            source: std::io::Error::other(err.to_string()),
+        }
+    }
+}

@@ -50,10 +50,7 @@ pub fn new_id() -> Result<String, CriError> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|source| CriError::Io {
-            context: "read /dev/urandom".into(),
-            source,
-        })?;
+        .map_err(CriError::io("read /dev/urandom"))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -88,10 +85,6 @@ fn find<'a, T>(map: &'a BTreeMap<String, T>, id: &str, what: &str) -> Result<&'a
     }
 }
 
-fn io(context: String) -> impl FnOnce(std::io::Error) -> CriError {
-    move |source| CriError::Io { context, source }
-}
-
 impl Manager {
     pub fn open(config: Config, images: Arc<ImageStore>) -> Result<Arc<Self>, CriError> {
         let store = Store::open(&config.root)?;
@@ -112,7 +105,8 @@ impl Manager {
             .filter(|path| path.is_file())
             .unwrap_or_else(|| PathBuf::from(SHIM_BINARY));
         for dir in [config.state.join("pods"), config.state.join("containers")] {
-            std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(CriError::io(format!("create {}", dir.display())))?;
         }
         Ok(Arc::new(Manager {
             config,
@@ -215,14 +209,14 @@ impl Manager {
     /// Starts the pod's shim from a bundle directory `dir` that names only the pod (the shim
     /// groups containers by their sandbox id); returns its address.
     pub async fn start_shim(&self, pod_id: &str, dir: &Path) -> Result<String, CriError> {
-        std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(CriError::io(format!("create {}", dir.display())))?;
         let config = serde_json::json!({
             "ociVersion": "1.0.2",
             "annotations": {"io.kubernetes.cri.sandbox-id": pod_id},
         });
         let path = dir.join("config.json");
         std::fs::write(&path, config.to_string())
-            .map_err(io(format!("write {}", path.display())))?;
+            .map_err(CriError::io(format!("write {}", path.display())))?;
         let output = tokio::process::Command::new(&self.shim_binary)
             .args(["-namespace", SHIM_NAMESPACE, "-id", pod_id])
             .arg("-address")
@@ -234,7 +228,7 @@ impl Manager {
             .stdin(std::process::Stdio::null())
             .output()
             .await
-            .map_err(io(format!(
+            .map_err(CriError::io(format!(
                 "run {} start for pod {pod_id}",
                 self.shim_binary.display()
             )))?;

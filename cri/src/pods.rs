@@ -68,41 +68,36 @@ fn stop_pod_init(pod: &PodRecord) {
 /// The longest name, namespace, uid or hostname accepted (Kubernetes' own limits are lower).
 const MAX_NAME: usize = 253;
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> CriError {
-    CriError::InvalidArgument {
-        field,
-        reason: reason.into(),
-    }
-}
-
-fn io(context: String) -> impl FnOnce(std::io::Error) -> CriError {
-    move |source| CriError::Io { context, source }
-}
-
 /// Checks an absolute host path without `..`.
 pub fn absolute_path(field: &'static str, path: &str) -> Result<(), CriError> {
     let p = Path::new(path);
     if !p.is_absolute() {
-        return Err(invalid(field, format!("{path:?} is not an absolute path")));
+        return Err(CriError::invalid(
+            field,
+            format!("{path:?} is not an absolute path"),
+        ));
     }
     if p.components().any(|c| c == Component::ParentDir) {
-        return Err(invalid(field, format!("{path:?} contains \"..\"")));
+        return Err(CriError::invalid(
+            field,
+            format!("{path:?} contains \"..\""),
+        ));
     }
     Ok(())
 }
 
 fn name_field(field: &'static str, value: &str) -> Result<(), CriError> {
     if value.is_empty() {
-        return Err(invalid(field, "is required"));
+        return Err(CriError::invalid(field, "is required"));
     }
     if value.len() > MAX_NAME {
-        return Err(invalid(
+        return Err(CriError::invalid(
             field,
             format!("is {} bytes long; at most {MAX_NAME}", value.len()),
         ));
     }
     if value.contains('/') || value.chars().any(char::is_control) {
-        return Err(invalid(
+        return Err(CriError::invalid(
             field,
             format!("{value:?} holds '/' or control characters"),
         ));
@@ -115,7 +110,7 @@ pub fn validate(config: &v1::PodSandboxConfig) -> Result<(), CriError> {
     let metadata = config
         .metadata
         .as_ref()
-        .ok_or_else(|| invalid("config.metadata", "is required"))?;
+        .ok_or_else(|| CriError::invalid("config.metadata", "is required"))?;
     name_field("config.metadata.name", &metadata.name)?;
     name_field("config.metadata.namespace", &metadata.namespace)?;
     name_field("config.metadata.uid", &metadata.uid)?;
@@ -126,7 +121,7 @@ pub fn validate(config: &v1::PodSandboxConfig) -> Result<(), CriError> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
         if !valid {
-            return Err(invalid(
+            return Err(CriError::invalid(
                 "config.hostname",
                 format!(
                     "{:?} is not a host name of at most 64 characters",
@@ -147,14 +142,17 @@ pub fn validate(config: &v1::PodSandboxConfig) -> Result<(), CriError> {
             ("config.port_mappings.host_port", mapping.host_port),
         ] {
             if !(0..=65535).contains(&port) {
-                return Err(invalid(field, format!("{port} is not a port number")));
+                return Err(CriError::invalid(
+                    field,
+                    format!("{port} is not a port number"),
+                ));
             }
         }
     }
     if let Some(dns) = &config.dns_config {
         for server in &dns.servers {
             if server.parse::<std::net::IpAddr>().is_err() {
-                return Err(invalid(
+                return Err(CriError::invalid(
                     "config.dns_config.servers",
                     format!("{server:?} is not an IP address"),
                 ));
@@ -164,7 +162,7 @@ pub fn validate(config: &v1::PodSandboxConfig) -> Result<(), CriError> {
     if let Some(linux) = &config.linux {
         if !linux.cgroup_parent.is_empty() {
             ingot_oci::validate_cgroups_path(&linux.cgroup_parent).map_err(|_| {
-                invalid(
+                CriError::invalid(
                     "config.linux.cgroup_parent",
                     format!(
                         "{:?} must be an absolute cgroupfs path without \"..\"",
@@ -182,7 +180,7 @@ pub fn validate(config: &v1::PodSandboxConfig) -> Result<(), CriError> {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
             if !valid || value.contains('\n') {
-                return Err(invalid(
+                return Err(CriError::invalid(
                     "config.linux.sysctls",
                     format!("{name:?}={value:?} is not a sysctl setting"),
                 ));
@@ -242,10 +240,11 @@ fn set_up(
     let host_ipc = is_node(options.ipc);
     pod.host_pid = is_node(options.pid);
     if options.pid == v1::NamespaceMode::Pod as i32 {
-        let exe = std::env::current_exe().map_err(io("find the ingotd binary".into()))?;
+        let exe = std::env::current_exe().map_err(CriError::io("find the ingotd binary"))?;
         pod.pid_holder = Some(ingot_netns::spawn_pid_holder(&exe, &[POD_INIT_ARG])?);
     }
-    std::fs::create_dir_all(&pod.dir).map_err(io(format!("create {}", pod.dir.display())))?;
+    std::fs::create_dir_all(&pod.dir)
+        .map_err(CriError::io(format!("create {}", pod.dir.display())))?;
 
     let mut kinds = Vec::new();
     if !host_network {
@@ -272,7 +271,7 @@ fn set_up(
 
     let write = |name: &str, text: &str| -> Result<(), CriError> {
         let path = pod.dir.join(name);
-        std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))
+        std::fs::write(&path, text).map_err(CriError::io(format!("write {}", path.display())))
     };
     write("hostname", &format!("{hostname}\n"))?;
     let hosts = if host_network {
@@ -289,7 +288,7 @@ fn set_up(
 
     if !host_ipc {
         let shm = pod.dir.join("shm");
-        std::fs::create_dir_all(&shm).map_err(io(format!("create {}", shm.display())))?;
+        std::fs::create_dir_all(&shm).map_err(CriError::io(format!("create {}", shm.display())))?;
         mount(
             Some("shm"),
             &shm,
@@ -427,7 +426,7 @@ pub async fn run(
 ) -> Result<String, CriError> {
     let config = request
         .config
-        .ok_or_else(|| invalid("config", "is required"))?;
+        .ok_or_else(|| CriError::invalid("config", "is required"))?;
     validate(&config)?;
     if !matches!(request.runtime_handler.as_str(), "" | "ingot") {
         return Err(CriError::NotFound {
@@ -495,10 +494,7 @@ pub async fn run(
                     .shutdown()
                     .await;
             }
-            return Err(CriError::Io {
-                context: "pod set-up task".into(),
-                source: std::io::Error::other(err.to_string()),
-            });
+            return Err(CriError::join("pod set-up")(err));
         }
     };
     let saved = outcome.and_then(|()| {
@@ -552,10 +548,7 @@ pub async fn stop(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
     let detached = pod.clone();
     tokio::task::spawn_blocking(move || detach(&detached, &worker))
         .await
-        .map_err(|err| CriError::Io {
-            context: "pod network task".into(),
-            source: std::io::Error::other(err.to_string()),
-        })??;
+        .map_err(CriError::join("pod network"))??;
     pod.state = PodState::NotReady;
     pod.ips.clear();
     manager.save_pod(pod.clone())?;
@@ -588,10 +581,7 @@ pub async fn remove(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
         remove_pod_cgroup(&removed);
     })
     .await
-    .map_err(|err| CriError::Io {
-        context: "pod removal task".into(),
-        source: std::io::Error::other(err.to_string()),
-    })?;
+    .map_err(CriError::join("pod removal"))?;
     manager.forget_pod(&pod.id)?;
     tracing::info!(pod = %pod.id, "pod sandbox removed");
     Ok(())

@@ -9,14 +9,11 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::{config::Config, images::Images, manager::Manager, runtime::Runtime, CriError};
 
-fn io(context: String) -> impl FnOnce(std::io::Error) -> CriError {
-    move |source| CriError::Io { context, source }
-}
-
 /// Binds the socket, refusing to take over one another ingotd still serves.
 fn bind(socket: &Path) -> Result<tokio::net::UnixListener, CriError> {
     if let Some(parent) = socket.parent() {
-        std::fs::create_dir_all(parent).map_err(io(format!("create {}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(CriError::io(format!("create {}", parent.display())))?;
     }
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
@@ -25,13 +22,15 @@ fn bind(socket: &Path) -> Result<tokio::net::UnixListener, CriError> {
                 socket.display()
             )));
         }
-        std::fs::remove_file(socket)
-            .map_err(io(format!("remove stale socket {}", socket.display())))?;
+        std::fs::remove_file(socket).map_err(CriError::io(format!(
+            "remove stale socket {}",
+            socket.display()
+        )))?;
     }
-    let listener =
-        tokio::net::UnixListener::bind(socket).map_err(io(format!("bind {}", socket.display())))?;
+    let listener = tokio::net::UnixListener::bind(socket)
+        .map_err(CriError::io(format!("bind {}", socket.display())))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
-        .map_err(io(format!("chmod 0660 {}", socket.display())))?;
+        .map_err(CriError::io(format!("chmod 0660 {}", socket.display())))?;
     Ok(listener)
 }
 

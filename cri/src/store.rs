@@ -91,10 +91,8 @@ pub struct Store {
 
 impl Store {
     pub fn open(root: &Path) -> Result<Self, CriError> {
-        std::fs::create_dir_all(root).map_err(|source| CriError::Io {
-            context: format!("create {}", root.display()),
-            source,
-        })?;
+        std::fs::create_dir_all(root)
+            .map_err(CriError::io(format!("create {}", root.display())))?;
         let path = root.join("state.redb");
         let err = |message: String| CriError::Store {
             path: path.display().to_string(),
