@@ -529,19 +529,14 @@ async fn wait_exit(
     };
     match result {
         Ok(exit) => {
-            let at = exit
-                .exited_at
-                .as_ref()
-                .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
-                .unwrap_or(0);
-            manager.record_exit(id, exit.exit_status, at, "");
+            manager.record_exit(id, exit.exit_status, exit.exited_at.as_ref(), "");
             Ok(true)
         }
         Err(CriError::Shim {
             code: tonic::Code::NotFound,
             ..
         }) => {
-            manager.record_exit(id, 255, 0, "the shim no longer knows the container");
+            manager.record_exit(id, 255, None, "the shim no longer knows the container");
             Ok(true)
         }
         Err(err) => Err(err),
@@ -558,14 +553,14 @@ pub async fn stop(manager: &Arc<Manager>, id: &str, timeout: i64) -> Result<(), 
     if container.state != ContainerState::Running {
         if container.state == ContainerState::Created {
             // Never started: nothing runs; it counts as exited.
-            manager.record_exit(&container.id, 0, 0, "");
+            manager.record_exit(&container.id, 0, None, "");
         }
         return Ok(());
     }
     let shim = shim_for(manager, &container)?;
     if !shim.alive().await {
         // The shim is gone (the node rebooted, or it was killed): so is the container.
-        manager.record_exit(&container.id, 255, 0, "the pod's shim is gone");
+        manager.record_exit(&container.id, 255, None, "the pod's shim is gone");
         return Ok(());
     }
     if timeout > 0 {

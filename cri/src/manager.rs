@@ -10,6 +10,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use ingot_image::ImageStore;
 use k8s_cri::v1;
 use tokio::sync::broadcast;
@@ -280,7 +281,8 @@ impl Manager {
     }
 
     /// Records a container's exit (once; later calls change nothing) and publishes it.
-    pub fn record_exit(&self, id: &str, code: u32, exited_at: i64, message: &str) {
+    /// `exited_at` is the shim's exit time; without one, now.
+    pub fn record_exit(&self, id: &str, code: u32, exited_at: Option<&Timestamp>, message: &str) {
         let updated = {
             let mut containers = lock(&self.containers);
             let Some(container) = containers.get_mut(id) else {
@@ -291,7 +293,10 @@ impl Manager {
             }
             container.state = ContainerState::Exited;
             container.exit_code = i32::try_from(code).unwrap_or(255);
-            container.finished_at = if exited_at > 0 { exited_at } else { now_ns() };
+            container.finished_at = exited_at
+                .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
+                .filter(|ns| *ns > 0)
+                .unwrap_or_else(now_ns);
             container.reason = if !message.is_empty() {
                 "Unknown".into()
             } else if self.oom_killed(container) {
@@ -347,12 +352,7 @@ impl Manager {
         tokio::spawn(async move {
             match shim.wait(&id, "").await {
                 Ok(exit) => {
-                    let at = exit
-                        .exited_at
-                        .as_ref()
-                        .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
-                        .unwrap_or(0);
-                    manager.record_exit(&id, exit.exit_status, at, "");
+                    manager.record_exit(&id, exit.exit_status, exit.exited_at.as_ref(), "");
                 }
                 Err(CriError::Shim {
                     code: tonic::Code::NotFound,
@@ -360,7 +360,7 @@ impl Manager {
                 }) => {}
                 Err(err) => {
                     tracing::warn!(container = %id, error = %err, "lost the container's shim");
-                    manager.record_exit(&id, 255, 0, &format!("the pod's shim is gone: {err}"));
+                    manager.record_exit(&id, 255, None, &format!("the pod's shim is gone: {err}"));
                 }
             }
         });
@@ -378,7 +378,7 @@ impl Manager {
                 continue;
             }
             let Ok(pod) = self.pod(&container.pod_id) else {
-                self.record_exit(&container.id, 255, 0, "its pod sandbox is gone");
+                self.record_exit(&container.id, 255, None, "its pod sandbox is gone");
                 continue;
             };
             let Some(shim) = self.shim_of(&pod) else {
@@ -389,12 +389,12 @@ impl Manager {
                     use containerd_shim_protos::api::Status;
                     match state.status.enum_value() {
                         Ok(Status::STOPPED) => {
-                            let at = state
-                                .exited_at
-                                .as_ref()
-                                .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
-                                .unwrap_or(0);
-                            self.record_exit(&container.id, state.exit_status, at, "");
+                            self.record_exit(
+                                &container.id,
+                                state.exit_status,
+                                state.exited_at.as_ref(),
+                                "",
+                            );
                         }
                         Ok(Status::RUNNING | Status::PAUSED | Status::PAUSING) => {
                             self.watch_exit(&pod, &container.id);
@@ -407,7 +407,7 @@ impl Manager {
                     self.record_exit(
                         &container.id,
                         255,
-                        0,
+                        None,
                         &format!("lost while ingotd was down: {err}"),
                     );
                 }
