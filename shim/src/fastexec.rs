@@ -162,6 +162,19 @@ pub fn cgroup_procs_files(mountinfo: &str, cgroups_path: &Path) -> Vec<PathBuf> 
         .collect()
 }
 
+/// A list of strings in the process spec (`args`, `env`); empty when absent.
+fn strings(process: &Value, key: &str) -> Vec<String> {
+    process
+        .get(key)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn read_bpf(path: &Path) -> Result<Vec<libc::sock_filter>> {
     let bytes = std::fs::read(path).map_err(ShimError::io(format!("read {}", path.display())))?;
     if bytes.is_empty() || bytes.len() % 8 != 0 {
@@ -196,27 +209,11 @@ impl Plan {
             Ok("seccomp") => Some(read_bpf(&work_dir.join(SECCOMP_BPF_FILE))?),
             _ => return Ok(None),
         };
-        let args: Vec<String> = process
-            .get("args")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let args = strings(process, "args");
         let Some(argv0) = args.first() else {
             return Err(invalid("no args"));
         };
-        let env: Vec<String> = process
-            .get("env")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let env = strings(process, "env");
         let cwd = process.get("cwd").and_then(Value::as_str).unwrap_or("/");
         let user = process.get("user");
         let id = |key: &str| -> Result<u32> {
