@@ -506,15 +506,10 @@ impl Manager {
         }
         // Pod cgroups ingotd made under its own parent, for pods it no longer knows.
         let parent = self.config.cgroup_parent.trim_start_matches('/');
-        let mut roots: Vec<PathBuf> = entries(PathBuf::from("/sys/fs/cgroup"))
-            .into_iter()
-            .map(|(_, path)| path)
-            .collect();
-        roots.push(PathBuf::from("/sys/fs/cgroup"));
-        for root in roots {
-            if parent.is_empty() {
-                break;
-            }
+        if parent.is_empty() {
+            return;
+        }
+        for root in crate::pods::cgroup_roots() {
             for (id, path) in entries(root.join(parent)) {
                 if path.is_dir() && id.len() == 64 && !pods.contains(&id) {
                     tracing::info!(pod = %id, cgroup = %path.display(), "removing an orphaned pod cgroup");

@@ -313,11 +313,7 @@ fn set_up(
                 ),
             }
         })?;
-        let metadata = config.metadata.clone().unwrap_or_default();
-        let args = format!(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
-            metadata.namespace, metadata.name, pod.id, metadata.uid
-        );
+        let args = cni_args(&pod.id, config);
         let port_mappings: Vec<serde_json::Value> = config
             .port_mappings
             .iter()
@@ -354,6 +350,15 @@ fn set_up(
     Ok(())
 }
 
+/// `CNI_ARGS` for the pod, as the kubelet's runtimes pass them (ADD and DEL alike).
+fn cni_args(pod_id: &str, config: &v1::PodSandboxConfig) -> String {
+    let metadata = config.metadata.clone().unwrap_or_default();
+    format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={pod_id};K8S_POD_UID={}",
+        metadata.namespace, metadata.name, metadata.uid
+    )
+}
+
 /// CNI DEL for a pod that was attached; blocking.
 fn detach(pod: &PodRecord, manager: &Manager) -> Result<(), CriError> {
     let (Some(netns), Some(saved)) = (&pod.net, &pod.cni_result) else {
@@ -373,11 +378,7 @@ fn detach(pod: &PodRecord, manager: &Manager) -> Result<(), CriError> {
     let value: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
     let network = cni::parse_network(value, source)?;
     let config = decode_config(pod);
-    let metadata = config.metadata.unwrap_or_default();
-    let args = format!(
-        "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
-        metadata.namespace, metadata.name, pod.id, metadata.uid
-    );
+    let args = cni_args(&pod.id, &config);
     let runtime_config = serde_json::json!({});
     network.del(
         &cni::Attachment {
@@ -402,17 +403,22 @@ pub fn remove_pod_dir(dir: &Path) {
 }
 
 /// Removes the pod's cgroup directory in every hierarchy, when ingotd created it.
+/// Where a cgroup path can live: each hierarchy under /sys/fs/cgroup (v1 and the hybrid
+/// unified one), and /sys/fs/cgroup itself (pure v2).
+pub(crate) fn cgroup_roots() -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    roots.push(PathBuf::from("/sys/fs/cgroup"));
+    roots
+}
+
 fn remove_pod_cgroup(pod: &PodRecord) {
     if !pod.owns_cgroup || pod.cgroup_parent.is_empty() {
         return;
     }
     let relative = pod.cgroup_parent.trim_start_matches('/');
-    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    let mut roots: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-    roots.push(PathBuf::from("/sys/fs/cgroup"));
-    for root in roots {
+    for root in cgroup_roots() {
         let dir = root.join(relative);
         if dir.is_dir() {
             let _ = std::fs::remove_dir(&dir);
