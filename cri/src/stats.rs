@@ -96,7 +96,34 @@ async fn container_usage(manager: &Manager, container: &ContainerRecord) -> Usag
     }
 }
 
+fn cpu_usage(usage: &Usage, now: i64) -> v1::CpuUsage {
+    v1::CpuUsage {
+        timestamp: now,
+        usage_core_nano_seconds: value(usage.cpu_ns),
+        usage_nano_cores: None,
+    }
+}
+
+fn memory_usage(usage: &Usage, now: i64) -> v1::MemoryUsage {
+    v1::MemoryUsage {
+        timestamp: now,
+        working_set_bytes: value(usage.working_set),
+        available_bytes: None,
+        usage_bytes: value(usage.memory_usage),
+        rss_bytes: value(usage.rss),
+        page_faults: value(usage.page_faults),
+        major_page_faults: value(usage.major_page_faults),
+    }
+}
+
 pub async fn container_stats(manager: &Manager, container: &ContainerRecord) -> v1::ContainerStats {
+    container_stats_and_usage(manager, container).await.0
+}
+
+async fn container_stats_and_usage(
+    manager: &Manager,
+    container: &ContainerRecord,
+) -> (v1::ContainerStats, Usage) {
     let usage = container_usage(manager, container).await;
     let now = now_ns();
     let config = crate::containers::decode_config(container);
@@ -104,27 +131,15 @@ pub async fn container_stats(manager: &Manager, container: &ContainerRecord) -> 
     let (bytes, inodes) = tokio::task::spawn_blocking(move || ingot_image::usage(&snapshot))
         .await
         .unwrap_or((0, 0));
-    v1::ContainerStats {
+    let stats = v1::ContainerStats {
         attributes: Some(v1::ContainerAttributes {
             id: container.id.clone(),
             metadata: config.metadata,
             labels: config.labels,
             annotations: config.annotations,
         }),
-        cpu: Some(v1::CpuUsage {
-            timestamp: now,
-            usage_core_nano_seconds: value(usage.cpu_ns),
-            usage_nano_cores: None,
-        }),
-        memory: Some(v1::MemoryUsage {
-            timestamp: now,
-            working_set_bytes: value(usage.working_set),
-            available_bytes: None,
-            usage_bytes: value(usage.memory_usage),
-            rss_bytes: value(usage.rss),
-            page_faults: value(usage.page_faults),
-            major_page_faults: value(usage.major_page_faults),
-        }),
+        cpu: Some(cpu_usage(&usage, now)),
+        memory: Some(memory_usage(&usage, now)),
         writable_layer: Some(v1::FilesystemUsage {
             timestamp: now,
             fs_id: Some(v1::FilesystemIdentifier {
@@ -134,7 +149,8 @@ pub async fn container_stats(manager: &Manager, container: &ContainerRecord) -> 
             inodes_used: value(inodes),
         }),
         swap: None,
-    }
+    };
+    (stats, usage)
 }
 
 pub async fn pod_stats(manager: &Manager, pod: &PodRecord) -> v1::PodSandboxStats {
@@ -142,17 +158,11 @@ pub async fn pod_stats(manager: &Manager, pod: &PodRecord) -> v1::PodSandboxStat
     let mut containers = Vec::new();
     let mut total = Usage::default();
     for container in manager.containers_of(&pod.id) {
-        let stats = container_stats(manager, &container).await;
-        total.cpu_ns += stats
-            .cpu
-            .as_ref()
-            .and_then(|c| c.usage_core_nano_seconds.as_ref())
-            .map(|v| v.value)
-            .unwrap_or(0);
-        let memory = stats.memory.unwrap_or_default();
-        total.working_set += memory.working_set_bytes.map(|v| v.value).unwrap_or(0);
-        total.memory_usage += memory.usage_bytes.map(|v| v.value).unwrap_or(0);
-        total.rss += memory.rss_bytes.map(|v| v.value).unwrap_or(0);
+        let (stats, usage) = container_stats_and_usage(manager, &container).await;
+        total.cpu_ns += usage.cpu_ns;
+        total.working_set += usage.working_set;
+        total.memory_usage += usage.memory_usage;
+        total.rss += usage.rss;
         containers.push(stats);
     }
     let now = now_ns();
@@ -164,19 +174,12 @@ pub async fn pod_stats(manager: &Manager, pod: &PodRecord) -> v1::PodSandboxStat
             annotations: config.annotations,
         }),
         linux: Some(v1::LinuxPodSandboxStats {
-            cpu: Some(v1::CpuUsage {
-                timestamp: now,
-                usage_core_nano_seconds: value(total.cpu_ns),
-                usage_nano_cores: None,
-            }),
+            cpu: Some(cpu_usage(&total, now)),
+            // Page faults are per container only.
             memory: Some(v1::MemoryUsage {
-                timestamp: now,
-                working_set_bytes: value(total.working_set),
-                available_bytes: None,
-                usage_bytes: value(total.memory_usage),
-                rss_bytes: value(total.rss),
                 page_faults: None,
                 major_page_faults: None,
+                ..memory_usage(&total, now)
             }),
             network: None,
             process: Some(v1::ProcessUsage {
