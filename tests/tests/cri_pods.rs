@@ -73,6 +73,37 @@ fn pod_config(name: &str, log_dir: &Path) -> v1::PodSandboxConfig {
     }
 }
 
+/// A pod on the host's network (no CNI needed), with the given PID namespace mode.
+fn host_network_pod(name: &str, log_dir: &Path, pid: v1::NamespaceMode) -> v1::PodSandboxConfig {
+    let mut pod = pod_config(name, log_dir);
+    pod.linux = Some(v1::LinuxPodSandboxConfig {
+        security_context: Some(v1::LinuxSandboxSecurityContext {
+            namespace_options: Some(v1::NamespaceOption {
+                network: v1::NamespaceMode::Node as i32,
+                pid: pid as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    pod
+}
+
+/// The verbose `info` of ContainerStatus, parsed.
+async fn container_info(client: &mut RuntimeServiceClient<Channel>, id: &str) -> serde_json::Value {
+    let info = client
+        .container_status(v1::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .expect("status")
+        .into_inner()
+        .info;
+    serde_json::from_str(&info["info"]).expect("info json")
+}
+
 fn container_config(name: &str, image: &str, script: &str) -> v1::ContainerConfig {
     v1::ContainerConfig {
         metadata: Some(v1::ContainerMetadata {
@@ -466,18 +497,8 @@ async fn pod_lifecycle_network_logs_exec_stats() {
 async fn restart_recovers_pods_and_exits_that_happened_meanwhile() {
     let (mut env, mut client, image) = env(false).await;
     let log_dir = env.daemon.log_dir("batch");
-    let mut pod = pod_config("batch", &log_dir);
     // No network configuration in this daemon's CNI dir: the pod shares the host's network.
-    pod.linux = Some(v1::LinuxPodSandboxConfig {
-        security_context: Some(v1::LinuxSandboxSecurityContext {
-            namespace_options: Some(v1::NamespaceOption {
-                network: v1::NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let pod = host_network_pod("batch", &log_dir, v1::NamespaceMode::Pod);
     let pod_id = run_pod(&mut client, pod.clone()).await;
     let long = start_container(
         &mut client,
@@ -552,18 +573,7 @@ async fn restart_recovers_pods_and_exits_that_happened_meanwhile() {
 async fn exec_gets_the_container_identity() {
     let (env, mut client, image) = env(false).await;
     let log_dir = env.daemon.log_dir("ident");
-    let mut pod = pod_config("ident", &log_dir);
-    pod.linux = Some(v1::LinuxPodSandboxConfig {
-        security_context: Some(v1::LinuxSandboxSecurityContext {
-            namespace_options: Some(v1::NamespaceOption {
-                network: v1::NamespaceMode::Node as i32,
-                pid: v1::NamespaceMode::Container as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let pod = host_network_pod("ident", &log_dir, v1::NamespaceMode::Container);
     let pod_id = run_pod(&mut client, pod.clone()).await;
     let probe = "grep -E '^(Uid|Gid|Groups|Cap[A-Za-z]+|NoNewPrivs|Seccomp):' /proc/self/status; \
                  cat /proc/self/cgroup; for n in pid mnt ipc uts net; do readlink /proc/self/ns/$n; done";
@@ -623,16 +633,7 @@ async fn exec_gets_the_container_identity() {
     );
 
     // The node "rebooted" under the pod: shim and container gone. Stop still succeeds.
-    let info = client
-        .container_status(v1::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: true,
-        })
-        .await
-        .expect("status")
-        .into_inner()
-        .info;
-    let info: serde_json::Value = serde_json::from_str(&info["info"]).expect("info json");
+    let info = container_info(&mut client, &id).await;
     let pid = i32::try_from(info["pid"].as_i64().expect("pid")).expect("pid");
     for victim in ingot_tests::pids_with_cmdline(&["containerd-shim-ingot-v2", &pod_id])
         .into_iter()
@@ -680,18 +681,7 @@ async fn events_updates_stats_and_orphans() {
         .expect("GetContainerEvents")
         .into_inner();
     let log_dir = env.daemon.log_dir("ev");
-    let mut pod = pod_config("ev", &log_dir);
-    pod.linux = Some(v1::LinuxPodSandboxConfig {
-        security_context: Some(v1::LinuxSandboxSecurityContext {
-            namespace_options: Some(v1::NamespaceOption {
-                network: v1::NamespaceMode::Node as i32,
-                pid: v1::NamespaceMode::Container as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let pod = host_network_pod("ev", &log_dir, v1::NamespaceMode::Container);
     let pod_id = run_pod(&mut client, pod.clone()).await;
     let id = start_container(
         &mut client,
@@ -852,18 +842,7 @@ async fn events_updates_stats_and_orphans() {
 async fn restart_removes_what_no_record_owns() {
     let (mut env, mut client, image) = env(false).await;
     let log_dir = env.daemon.log_dir("lost");
-    let mut pod = pod_config("lost", &log_dir);
-    pod.linux = Some(v1::LinuxPodSandboxConfig {
-        security_context: Some(v1::LinuxSandboxSecurityContext {
-            namespace_options: Some(v1::NamespaceOption {
-                network: v1::NamespaceMode::Node as i32,
-                pid: v1::NamespaceMode::Container as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let pod = host_network_pod("lost", &log_dir, v1::NamespaceMode::Container);
     let pod_id = run_pod(&mut client, pod.clone()).await;
     let id = start_container(
         &mut client,
@@ -872,16 +851,7 @@ async fn restart_removes_what_no_record_owns() {
         container_config("lost", &image, "sleep 1000"),
     )
     .await;
-    let info = client
-        .container_status(v1::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: true,
-        })
-        .await
-        .expect("status")
-        .into_inner()
-        .info;
-    let info: serde_json::Value = serde_json::from_str(&info["info"]).expect("info json");
+    let info = container_info(&mut client, &id).await;
     let pid = info["pid"].as_i64().expect("pid");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
 
