@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use ingot_tests::{
-    cri::{image_client, runtime_client, Daemon, Options},
+    cri::{runtime_client, Daemon, Options},
     Registry, TestNetns,
 };
 use k8s_cri::v1::{self, runtime_service_client::RuntimeServiceClient};
@@ -238,18 +238,9 @@ impl Leg {
 }
 
 async fn pull(socket: &Path, image: &str) -> Result<()> {
-    image_client(socket)
+    ingot_tests::cri::pull(socket, image)
         .await
-        .pull_image(v1::PullImageRequest {
-            image: Some(v1::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("pull {image}"))?;
-    Ok(())
+        .with_context(|| format!("pull {image}"))
 }
 
 pub fn run(iterations: usize) -> Result<()> {

@@ -210,3 +210,18 @@ pub async fn runtime_client(socket: &Path) -> RuntimeServiceClient<Channel> {
 pub async fn image_client(socket: &Path) -> ImageServiceClient<Channel> {
     ImageServiceClient::new(channel(socket).await)
 }
+
+/// PullImage of `image` through the daemon at `socket`.
+pub async fn pull(socket: &Path, image: &str) -> Result<(), tonic::Status> {
+    image_client(socket)
+        .await
+        .pull_image(k8s_cri::v1::PullImageRequest {
+            image: Some(k8s_cri::v1::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+}

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use ingot_tests::{
-    cri::{image_client, runtime_client, Daemon},
+    cri::{pull, runtime_client, Daemon},
     Registry,
 };
 use k8s_cri::v1;
@@ -86,17 +86,7 @@ async fn hostile_requests_are_refused_and_leave_nothing() {
     registry.push_test_image(IMAGE).expect("push");
     let daemon = Daemon::start("");
     let image = format!("{}/{IMAGE}", registry.address);
-    image_client(&daemon.socket())
-        .await
-        .pull_image(v1::PullImageRequest {
-            image: Some(v1::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
+    pull(&daemon.socket(), &image).await.expect("pull");
     let mut client = runtime_client(&daemon.socket()).await;
     let mut t = Table {
         cases: 0,

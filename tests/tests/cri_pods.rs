@@ -6,7 +6,7 @@
 use std::{collections::HashMap, path::Path, time::Duration};
 
 use ingot_tests::{
-    cri::{image_client, runtime_client, Daemon, Options},
+    cri::{pull, runtime_client, Daemon, Options},
     Registry, TestNetns,
 };
 use k8s_cri::v1::{self, runtime_service_client::RuntimeServiceClient};
@@ -32,17 +32,7 @@ async fn env(private_network: bool) -> (Env, RuntimeServiceClient<Channel>, Stri
         ..Default::default()
     });
     let image = format!("{}/{IMAGE}", registry.address);
-    let mut images = image_client(&daemon.socket()).await;
-    images
-        .pull_image(v1::PullImageRequest {
-            image: Some(v1::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
+    pull(&daemon.socket(), &image).await.expect("pull");
     let client = runtime_client(&daemon.socket()).await;
     let env = Env {
         daemon,
