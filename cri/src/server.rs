@@ -16,12 +16,7 @@ fn bind(socket: &Path) -> Result<tokio::net::UnixListener, CriError> {
             .map_err(CriError::io(format!("create {}", parent.display())))?;
     }
     if socket.exists() {
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            return Err(CriError::Config(format!(
-                "listen: {} is served by another process",
-                socket.display()
-            )));
-        }
+        refuse_live(socket)?;
         std::fs::remove_file(socket).map_err(CriError::io(format!(
             "remove stale socket {}",
             socket.display()
@@ -34,6 +29,17 @@ fn bind(socket: &Path) -> Result<tokio::net::UnixListener, CriError> {
     Ok(listener)
 }
 
+/// Refuses a socket another ingotd still serves (its state is not ours to reconcile).
+fn refuse_live(socket: &Path) -> Result<(), CriError> {
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(CriError::Config(format!(
+            "listen: {} is served by another process",
+            socket.display()
+        )));
+    }
+    Ok(())
+}
+
 /// How long in-flight calls get after a shutdown signal. Clients that keep their connection open
 /// (the kubelet always does) must not hold the daemon's exit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -43,8 +49,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let socket = config.socket_path()?;
     let images = Images::open(&config)?;
     let manager = Manager::open(config.clone(), images.store())?;
-    let listener = bind(&socket)?;
+    // Reconciled before the socket appears: a client never sees half-recovered state.
+    refuse_live(&socket)?;
     manager.recover().await;
+    let listener = bind(&socket)?;
     tracing::info!(socket = %socket.display(), "serving CRI v1");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()

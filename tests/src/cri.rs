@@ -170,6 +170,14 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            // The test failed: its daemon's log is the first thing to read.
+            eprintln!(
+                "--- ingotd log ({}) ---\n{}",
+                self.dir.path().display(),
+                self.log()
+            );
+        }
         if self.cgroup_parent.is_empty() {
             return;
         }
