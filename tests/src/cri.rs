@@ -133,7 +133,10 @@ impl Daemon {
             options,
         };
         assert!(
-            crate::wait_until(Duration::from_secs(10), || daemon.socket().exists()),
+            // Accepting, not only bound: the file exists a moment before listen(2).
+            crate::wait_until(Duration::from_secs(10), || {
+                std::os::unix::net::UnixStream::connect(daemon.socket()).is_ok()
+            }),
             "ingotd did not listen: {}",
             daemon.log()
         );
