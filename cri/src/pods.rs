@@ -20,7 +20,8 @@ use crate::{
     CriError,
 };
 
-/// `ingotd --pod-init`: PID 1 of a pod's shared PID namespace.
+/// `ingotd --pod-init <pod dir>`: PID 1 of a pod's shared PID namespace (the directory names
+/// the pod in `ps`).
 pub const POD_INIT_ARG: &str = "--pod-init";
 
 extern "C" fn reap_children(_: libc::c_int) {
@@ -241,7 +242,10 @@ fn set_up(
     pod.host_pid = is_node(options.pid);
     if options.pid == v1::NamespaceMode::Pod as i32 {
         let exe = std::env::current_exe().map_err(CriError::io("find the ingotd binary"))?;
-        pod.pid_holder = Some(ingot_netns::spawn_pid_holder(&exe, &[POD_INIT_ARG])?);
+        pod.pid_holder = Some(ingot_netns::spawn_pid_holder(
+            &exe,
+            &[POD_INIT_ARG, &pod.dir.display().to_string()],
+        )?);
     }
     std::fs::create_dir_all(&pod.dir)
         .map_err(CriError::io(format!("create {}", pod.dir.display())))?;

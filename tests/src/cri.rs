@@ -193,6 +193,14 @@ impl Drop for Daemon {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+        // Pod inits name their pod's directory (under this daemon's) after `--pod-init`.
+        let pods = self.dir.path().join("run/pods").display().to_string();
+        for pid in crate::pids_with_cmdline(&["--pod-init", &pods]) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         crate::remove_cgroup_parent(self.cgroup_parent.trim_start_matches('/'));
         crate::unmount_below(self.dir.path());
     }
