@@ -86,7 +86,7 @@ pub struct Caps {
 /// Everything an exec needs, resolved before the fork.
 pub struct Plan {
     namespaces: Vec<(OwnedFd, libc::c_int)>,
-    cgroup_procs: Vec<OwnedFd>,
+    cgroup_joins: Vec<OwnedFd>,
     uid: libc::uid_t,
     gid: libc::gid_t,
     groups: Vec<libc::gid_t>,
@@ -144,19 +144,24 @@ pub fn candidates(argv0: &str, env: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// The `cgroup.procs` files of the container's cgroup in every cgroup hierarchy mounted here.
-pub fn cgroup_procs_files(mountinfo: &str, cgroups_path: &Path) -> Vec<PathBuf> {
+/// The files that move a process into the container's cgroup, one per cgroup hierarchy mounted
+/// here: `tasks` in a v1 hierarchy, `cgroup.procs` in the unified one. The first child of an exec
+/// is single-threaded and moves itself, and a v1 `tasks` write of "0" spares it the kernel's
+/// global threadgroup lock (whose first writer waits an RCU grace period, milliseconds); cgroup v2
+/// moves whole processes only.
+pub fn cgroup_join_files(mountinfo: &str, cgroups_path: &Path) -> Vec<PathBuf> {
     let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
     mountinfo
         .lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
-            let fstype = right.split_whitespace().next()?;
-            if fstype != "cgroup" && fstype != "cgroup2" {
-                return None;
-            }
+            let file = match right.split_whitespace().next()? {
+                "cgroup" => "tasks",
+                "cgroup2" => "cgroup.procs",
+                _ => return None,
+            };
             let mount_point = left.split_whitespace().nth(4)?;
-            let file = Path::new(mount_point).join(relative).join("cgroup.procs");
+            let file = Path::new(mount_point).join(relative).join(file);
             file.exists().then_some(file)
         })
         .collect()
@@ -261,15 +266,15 @@ impl Plan {
         }
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
             .map_err(ShimError::io("read /proc/self/mountinfo"))?;
-        let mut cgroup_procs = Vec::new();
-        for file in cgroup_procs_files(&mountinfo, cgroups_path) {
+        let mut cgroup_joins = Vec::new();
+        for file in cgroup_join_files(&mountinfo, cgroups_path) {
             let fd = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&file)
                 .map_err(ShimError::io(format!("open {}", file.display())))?;
-            cgroup_procs.push(OwnedFd::from(fd));
+            cgroup_joins.push(OwnedFd::from(fd));
         }
-        if cgroup_procs.is_empty() {
+        if cgroup_joins.is_empty() {
             return Err(ShimError::FailedPrecondition {
                 what: "exec".into(),
                 reason: format!("no cgroup {} to join", cgroups_path.display()),
@@ -277,7 +282,7 @@ impl Plan {
         }
         Ok(Some(Plan {
             namespaces,
-            cgroup_procs,
+            cgroup_joins,
             uid: id("uid")?,
             gid: id("gid")?,
             groups,
@@ -382,8 +387,8 @@ impl Child<'_> {
     /// The first child: joins cgroups and namespaces, forks the process into the pid namespace,
     /// reports its pid and exits.
     fn run_first(&self) -> ! {
-        for fd in &self.plan.cgroup_procs {
-            // SAFETY: writes "0" (this process) to an open cgroup.procs file.
+        for fd in &self.plan.cgroup_joins {
+            // SAFETY: writes "0" (this process) to an open `tasks` or `cgroup.procs` file.
             if unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) } < 0 {
                 self.fail(STAGE_CGROUP);
             }
@@ -721,10 +726,14 @@ mod tests {
     #[test]
     fn cgroup_files_of_every_hierarchy() {
         let dir = tempfile::tempdir().expect("tempdir");
-        for hierarchy in ["cpu", "memory", "unified"] {
+        for (hierarchy, file) in [
+            ("cpu", "tasks"),
+            ("memory", "tasks"),
+            ("unified", "cgroup.procs"),
+        ] {
             let cgroup = dir.path().join(hierarchy).join("pods/c1");
             std::fs::create_dir_all(&cgroup).expect("mkdir");
-            std::fs::write(cgroup.join("cgroup.procs"), "").expect("procs");
+            std::fs::write(cgroup.join(file), "").expect("procs");
         }
         let root = dir.path().display();
         let mountinfo = format!(
@@ -734,8 +743,15 @@ mod tests {
              33 25 0:29 / {root}/pids rw - cgroup cgroup rw,pids\n\
              34 25 0:30 / /proc rw - proc proc rw\n"
         );
-        let files = cgroup_procs_files(&mountinfo, Path::new("/pods/c1"));
-        assert_eq!(files.len(), 3, "{files:?}");
-        assert!(files.iter().all(|f| f.ends_with("pods/c1/cgroup.procs")));
+        let files = cgroup_join_files(&mountinfo, Path::new("/pods/c1"));
+        let expected: Vec<PathBuf> = [
+            "cpu/pods/c1/tasks",
+            "memory/pods/c1/tasks",
+            "unified/pods/c1/cgroup.procs",
+        ]
+        .iter()
+        .map(|file| dir.path().join(file))
+        .collect();
+        assert_eq!(files, expected);
     }
 }
