@@ -1,9 +1,16 @@
-//! ingotd's side of the shim v2 Task API: one ttrpc request and its response over a unix
-//! connection, on the async runtime. A call opens its own connection, so a long `Wait` never
-//! holds up other calls, and an idle daemon has no reader task polling anything (the ttrpc
-//! crate's clients keep a reader thread that wakes every few milliseconds).
+//! ingotd's side of the shim v2 Task API: ttrpc requests and their responses over unix
+//! connections, on the async runtime. A call takes an idle connection to the shim or opens one,
+//! and gives it back when the exchange completed, so a long `Wait` never holds up other calls
+//! and an idle daemon has no reader task polling anything (the ttrpc crate's clients keep a
+//! reader thread that wakes every few milliseconds). Reuse matters on the shim's side: its ttrpc
+//! server starts five threads for every connection it accepts.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
 
 use containerd_shim_protos::{
     api,
@@ -22,6 +29,28 @@ const SERVICE: &str = "containerd.task.v2.Task";
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// A response larger than this is refused (the shim's are small).
 const MAX_RESPONSE: u32 = 16 << 20;
+/// Idle connections kept per shim; more are closed when their call ends.
+const IDLE_PER_SHIM: usize = 2;
+
+/// One connection and the stream id its next request gets (client ids are odd and rising).
+struct Connection {
+    stream: UnixStream,
+    next_id: u32,
+}
+
+/// Idle connections by shim socket. Emptied for a shim when it is shut down; a connection the
+/// shim closed (it exited) is noticed before reuse and dropped.
+fn idle() -> &'static Mutex<HashMap<PathBuf, Vec<Connection>>> {
+    static IDLE: OnceLock<Mutex<HashMap<PathBuf, Vec<Connection>>>> = OnceLock::new();
+    IDLE.get_or_init(Mutex::default)
+}
+
+/// Whether an idle connection can carry a request: nothing to read on it (a closed peer
+/// reads as end of file, and a healthy idle connection has no pending bytes).
+fn reusable(stream: &UnixStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(err) if err.kind() == std::io::ErrorKind::WouldBlock)
+}
 
 /// The ttrpc address of one pod's shim.
 #[derive(Debug, Clone)]
@@ -37,9 +66,52 @@ impl ShimClient {
         }
     }
 
-    /// Whether a shim answers at this address.
+    /// Whether a shim answers at this address. A connection opened to find out is kept for the
+    /// next call.
     pub async fn alive(&self) -> bool {
-        UnixStream::connect(&self.socket).await.is_ok()
+        match self.connection().await {
+            Ok(connection) => {
+                self.give_back(connection);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// An idle connection to this shim, or a new one.
+    async fn connection(&self) -> std::io::Result<Connection> {
+        if let Some(connection) = self.take_idle() {
+            return Ok(connection);
+        }
+        let stream = UnixStream::connect(&self.socket).await?;
+        Ok(Connection { stream, next_id: 1 })
+    }
+
+    fn take_idle(&self) -> Option<Connection> {
+        let mut idle = idle()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let connections = idle.get_mut(&self.socket)?;
+        let found = std::iter::from_fn(|| connections.pop()).find(|c| reusable(&c.stream));
+        if connections.is_empty() {
+            idle.remove(&self.socket);
+        }
+        found
+    }
+
+    fn give_back(&self, connection: Connection) {
+        let mut idle = idle()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let connections = idle.entry(self.socket.clone()).or_default();
+        if connections.len() < IDLE_PER_SHIM {
+            connections.push(connection);
+        }
+    }
+
+    /// Closes this shim's idle connections.
+    fn forget_idle(&self) {
+        forget_idle(&self.socket);
     }
 
     async fn call<Req: Message, Resp: Message>(
@@ -89,10 +161,14 @@ impl ShimClient {
         .write_to_bytes()
         .map_err(|err| failed(format!("encode request: {err}")))?;
         let length = u32::try_from(body.len()).map_err(|_| failed("request too large".into()))?;
-        let mut stream = UnixStream::connect(&self.socket)
+        let mut connection = self
+            .connection()
             .await
             .map_err(|err| failed(format!("connect {}: {err}", self.socket.display())))?;
-        let header: Vec<u8> = MessageHeader::new_request(1, length).into();
+        let stream_id = connection.next_id;
+        connection.next_id = connection.next_id.wrapping_add(2);
+        let stream = &mut connection.stream;
+        let header: Vec<u8> = MessageHeader::new_request(stream_id, length).into();
         stream
             .write_all(&header)
             .await
@@ -110,11 +186,19 @@ impl ShimClient {
         if header.length > MAX_RESPONSE {
             return Err(failed(format!("response of {} bytes", header.length)));
         }
+        if header.stream_id != stream_id {
+            return Err(failed(format!(
+                "response for stream {} to request {stream_id}",
+                header.stream_id
+            )));
+        }
         let mut payload = vec![0u8; header.length as usize];
         stream
             .read_exact(&mut payload)
             .await
             .map_err(|err| failed(format!("read response: {err}")))?;
+        // The exchange is complete: the connection can carry the next call.
+        self.give_back(connection);
         let response = ttrpc::Response::parse_from_bytes(&payload)
             .map_err(|err| failed(format!("decode response: {err}")))?;
         let status = response.status();
@@ -213,8 +297,9 @@ impl ShimClient {
             now: true,
             ..Default::default()
         };
-        // The shim may exit before it answers.
-        match self
+        // The shim may exit before it answers; its idle connections go with it.
+        self.forget_idle();
+        let result = match self
             .call::<_, api::Empty>("Shutdown", &request, Some(CALL_TIMEOUT))
             .await
         {
@@ -224,6 +309,16 @@ impl ShimClient {
                 ..
             }) => Ok(()),
             Err(err) => Err(err),
-        }
+        };
+        self.forget_idle();
+        result
     }
+}
+
+/// Closes the idle connections to the shim at `socket`.
+pub fn forget_idle(socket: &Path) {
+    idle()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .remove(socket);
 }
