@@ -85,33 +85,48 @@ pub enum V1ManagerError {
 impl Manager {
     /// Constructs a new cgroup manager with cgroups_path being relative to the root of the subsystem
     pub fn new(cgroup_path: &Path) -> Result<Self, V1ManagerError> {
+        // mountinfo and /proc/self/cgroup are read once for all controllers, not once per
+        // controller: each read through the safe procfs handle costs dozens of system calls,
+        // and a container start builds this manager in several processes.
+        let mount_points = util::list_subsystem_mount_points()?;
+        let cgroups = ProcessCGroups::from_read(ProcfsHandle::new()?.open(
+            ProcfsBase::ProcSelf,
+            "cgroup",
+            OpenFlags::O_RDONLY | OpenFlags::O_CLOEXEC,
+        )?)?;
         let mut subsystems = HashMap::new();
         for subsystem in CONTROLLERS {
-            if let Ok(subsystem_path) = Self::get_subsystem_path(cgroup_path, subsystem) {
-                subsystems.insert(*subsystem, subsystem_path);
-            } else {
-                tracing::warn!("cgroup {} not supported on this system", subsystem);
+            match Self::subsystem_path(cgroup_path, subsystem, &mount_points, &cgroups) {
+                Ok(subsystem_path) => {
+                    subsystems.insert(*subsystem, subsystem_path);
+                }
+                Err(_) => tracing::warn!("cgroup {} not supported on this system", subsystem),
             }
         }
 
         Ok(Manager { subsystems })
     }
 
-    fn get_subsystem_path(
+    fn subsystem_path(
         cgroup_path: &Path,
         subsystem: &CtrlType,
+        mount_points: &[PathBuf],
+        cgroups: &ProcessCGroups,
     ) -> Result<PathBuf, V1ManagerError> {
         tracing::debug!("Get path for subsystem: {}", subsystem);
-        let mount_point = util::get_subsystem_mount_point(subsystem)?;
+        let name = subsystem.to_string();
+        let mount_point = mount_points
+            .iter()
+            .find(|mount_point| util::mounts_subsystem(mount_point, &name))
+            .ok_or(util::V1MountPointError::NotFound {
+                subsystem: *subsystem,
+            })?;
 
-        let cgroup = ProcessCGroups::from_read(ProcfsHandle::new()?.open(
-            ProcfsBase::ProcSelf,
-            "cgroup",
-            OpenFlags::O_RDONLY | OpenFlags::O_CLOEXEC,
-        )?)?
-        .into_iter()
-        .find(|c| c.controllers.contains(&subsystem.to_string()))
-        .ok_or(V1ManagerError::SubsystemDoesNotExist)?;
+        let cgroup = cgroups
+            .0
+            .iter()
+            .find(|c| c.controllers.contains(&name))
+            .ok_or(V1ManagerError::SubsystemDoesNotExist)?;
 
         let p = if cgroup_path.as_os_str().is_empty() {
             mount_point.join_safely(Path::new(&cgroup.pathname))?

@@ -78,24 +78,7 @@ pub fn get_subsystem_mount_point(subsystem: &ControllerType) -> Result<PathBuf, 
         .find_map(|r| match r {
             Err(e) => Some(Err(e)),
             Ok(m) if m.fs_type == "cgroup" => {
-                // Some systems mount net_prio and net_cls in the same directory
-                // other systems mount them in their own directories. This
-                // should handle both cases.
-                let ok = match subsystem_name.as_str() {
-                    "net_cls" => ["net_cls,net_prio", "net_prio,net_cls", "net_cls"]
-                        .iter()
-                        .any(|s| m.mount_point.ends_with(s)),
-                    "net_prio" => ["net_cls,net_prio", "net_prio,net_cls", "net_prio"]
-                        .iter()
-                        .any(|s| m.mount_point.ends_with(s)),
-                    "cpu" => ["cpu,cpuacct", "cpu"]
-                        .iter()
-                        .any(|s| m.mount_point.ends_with(s)),
-                    "cpuacct" => ["cpu,cpuacct", "cpuacct"]
-                        .iter()
-                        .any(|s| m.mount_point.ends_with(s)),
-                    _ => m.mount_point.ends_with(&subsystem_name),
-                };
+                let ok = mounts_subsystem(&m.mount_point, &subsystem_name);
                 if ok { Some(Ok(m.mount_point)) } else { None }
             }
             Ok(_) => None,
@@ -104,4 +87,26 @@ pub fn get_subsystem_mount_point(subsystem: &ControllerType) -> Result<PathBuf, 
         .ok_or(V1MountPointError::NotFound {
             subsystem: *subsystem,
         })
+}
+
+/// Whether the v1 hierarchy mounted at `mount_point` is the one of `subsystem_name`.
+pub(crate) fn mounts_subsystem(mount_point: &std::path::Path, subsystem_name: &str) -> bool {
+    // Some systems mount net_prio and net_cls in the same directory
+    // other systems mount them in their own directories. This
+    // should handle both cases.
+    match subsystem_name {
+        "net_cls" => ["net_cls,net_prio", "net_prio,net_cls", "net_cls"]
+            .iter()
+            .any(|s| mount_point.ends_with(s)),
+        "net_prio" => ["net_cls,net_prio", "net_prio,net_cls", "net_prio"]
+            .iter()
+            .any(|s| mount_point.ends_with(s)),
+        "cpu" => ["cpu,cpuacct", "cpu"]
+            .iter()
+            .any(|s| mount_point.ends_with(s)),
+        "cpuacct" => ["cpu,cpuacct", "cpuacct"]
+            .iter()
+            .any(|s| mount_point.ends_with(s)),
+        _ => mount_point.ends_with(subsystem_name),
+    }
 }
