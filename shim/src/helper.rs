@@ -11,12 +11,8 @@
 
 use std::{
     io::{Read, Write as _},
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::process::CommandExt,
-    },
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::PathBuf,
-    process::{Command, Stdio},
 };
 
 use libcontainer::{
@@ -237,6 +233,7 @@ fn create(
     )))?;
 
     let readonly_cgroups = cgroup_mount_readonly(&prepared.spec);
+    let export = SeccompExport::start(&prepared.spec, work_dir);
     let container = match builder
         .as_init(work_dir)
         .with_systemd(false)
@@ -273,12 +270,51 @@ fn create(
         "write {}/{CREATED_FILE}",
         work_dir.display()
     )))?;
-    export_seccomp(&prepared.spec, work_dir);
+    export.finish();
     // Last: it enters the container's mount namespace, after which host paths are gone.
     if readonly_cgroups {
         seal_cgroup_mounts(pid).map_err(other(id, "create"))?;
     }
     Ok(())
+}
+
+/// The seccomp export, compiled in a child of the helper while the container is built (the
+/// compile is about a millisecond of CPU, and the build mostly waits on its own children).
+struct SeccompExport(Option<nix::unistd::Pid>);
+
+impl SeccompExport {
+    fn start(spec: &oci_spec::runtime::Spec, work_dir: &std::path::Path) -> Self {
+        // SAFETY: the helper is single-threaded until libcontainer's build, so the child may do
+        // anything; it leaves with _exit, running no exit handlers of the helper.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => {
+                export_seccomp(spec, work_dir);
+                unsafe { libc::_exit(0) }
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => SeccompExport(Some(child)),
+            Err(_) => {
+                export_seccomp(spec, work_dir);
+                SeccompExport(None)
+            }
+        }
+    }
+
+    /// Waits for the export: the files are in place when the create is answered.
+    fn finish(mut self) {
+        self.wait();
+    }
+
+    fn wait(&mut self) {
+        if let Some(pid) = self.0.take() {
+            while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(pid, None) {}
+        }
+    }
+}
+
+impl Drop for SeccompExport {
+    fn drop(&mut self) {
+        self.wait();
+    }
 }
 
 /// Compiles the container's seccomp profile to BPF for the shim's direct exec path
@@ -341,39 +377,26 @@ pub fn spawn(
         context: "create helper error pipe".into(),
         source: errno.into(),
     })?;
-    let error_fd = error_write.as_raw_fd();
-    let mut command = Command::new(binary);
-    command
-        .arg(arg)
-        .stdin(Stdio::from(stdio.stdin))
-        .stdout(Stdio::from(stdio.stdout))
-        .stderr(Stdio::from(stdio.stderr));
-    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if error_fd == ERROR_FD {
-                if libc::fcntl(ERROR_FD, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(error_fd, ERROR_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 
     let _hold = reaper.hold();
-    let mut child = command.spawn().map_err(ShimError::io(format!(
+    let pid = spawn_process(binary, &arg, &stdio, &error_write).map_err(ShimError::io(format!(
         "spawn container helper {}",
         binary.display()
     )))?;
-    drop(command);
+    drop(stdio);
     drop(error_write);
     // Wait first, then read what the helper wrote: the container's init is cloned from the
     // helper and holds the pipe's write end until it execs, so EOF would wait for Start.
-    let status = child
-        .wait()
-        .map_err(ShimError::io("wait for container helper"))?;
+    let status = loop {
+        match nix::sys::wait::waitpid(pid, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other,
+        }
+    }
+    .map_err(|errno| ShimError::Io {
+        context: "wait for container helper".into(),
+        source: errno.into(),
+    })?;
     let mut message = String::new();
     if nix::fcntl::fcntl(
         error_read.as_raw_fd(),
@@ -383,12 +406,13 @@ pub fn spawn(
     {
         let _ = std::fs::File::from(error_read).read_to_string(&mut message);
     }
-    if !status.success() {
+    let success = matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0));
+    if !success {
         if message.is_empty() {
             return Err(ShimError::Runtime {
                 id: id.to_string(),
                 op,
-                message: format!("helper {status}"),
+                message: format!("helper {}", describe(status)),
             });
         }
         let (code, message) = parse_error(&message);
@@ -409,6 +433,114 @@ pub fn spawn(
     })?;
     register(Some(pid));
     Ok(Some(pid))
+}
+
+/// How a helper ended, for an error message.
+fn describe(status: nix::sys::wait::WaitStatus) -> String {
+    match status {
+        nix::sys::wait::WaitStatus::Exited(_, code) => format!("exit status: {code}"),
+        nix::sys::wait::WaitStatus::Signaled(_, signal, _) => format!("killed by {signal}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Starts `binary arg` with `stdio` as fds 0-2 and `error` as fd 3, through posix_spawn: glibc
+/// runs it with a vfork-style clone, so the shim's page tables are not copied as `fork` would
+/// (std's `Command` forks when an extra fd needs placing). Signal dispositions and mask start
+/// clean (the shim ignores SIGPIPE and blocks signals on some threads).
+fn spawn_process(
+    binary: &std::path::Path,
+    arg: &str,
+    stdio: &ChildStdio,
+    error: &OwnedFd,
+) -> std::io::Result<nix::unistd::Pid> {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt};
+    let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let path = CString::new(binary.as_os_str().as_bytes()).map_err(invalid)?;
+    let arg = CString::new(arg).map_err(invalid)?;
+    // Sources at or below fd 3 could be overwritten by an earlier dup2: move them up first.
+    let mut raised = Vec::new();
+    let mut source = |fd: &OwnedFd| -> std::io::Result<i32> {
+        let raw = fd.as_raw_fd();
+        if raw > ERROR_FD {
+            return Ok(raw);
+        }
+        // SAFETY: duplicates an open fd; the copy is owned by `raised` and closed on return.
+        let copy = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, ERROR_FD + 1) };
+        if copy < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `copy` is a new fd nothing else owns.
+        raised.push(unsafe { OwnedFd::from_raw_fd(copy) });
+        Ok(copy)
+    };
+    let moves = [
+        (source(&stdio.stdin)?, 0),
+        (source(&stdio.stdout)?, 1),
+        (source(&stdio.stderr)?, 2),
+        (source(error)?, ERROR_FD),
+    ];
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::from_raw_os_error(rc))
+        }
+    };
+    // SAFETY (whole block): the spawn attributes and file actions are initialised before use
+    // and destroyed on every path; argv is NULL-terminated and outlives the call; environ is
+    // the process environment.
+    unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut actions))?;
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        if let Err(err) = check(libc::posix_spawnattr_init(&mut attr)) {
+            libc::posix_spawn_file_actions_destroy(&mut actions);
+            return Err(err);
+        }
+        let result = (|| {
+            for (from, to) in moves {
+                check(libc::posix_spawn_file_actions_adddup2(
+                    &mut actions,
+                    from,
+                    to,
+                ))?;
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            check(libc::posix_spawnattr_setsigmask(&mut attr, &empty))?;
+            let mut defaults: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut defaults);
+            libc::sigaddset(&mut defaults, libc::SIGPIPE);
+            check(libc::posix_spawnattr_setsigdefault(&mut attr, &defaults))?;
+            let flags = libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF;
+            check(libc::posix_spawnattr_setflags(
+                &mut attr,
+                libc::c_short::try_from(flags).unwrap_or(0),
+            ))?;
+            let argv = [
+                path.as_ptr().cast_mut(),
+                arg.as_ptr().cast_mut(),
+                std::ptr::null_mut(),
+            ];
+            extern "C" {
+                static environ: *const *mut libc::c_char;
+            }
+            let mut pid: libc::pid_t = 0;
+            check(libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                &actions,
+                &attr,
+                argv.as_ptr(),
+                environ,
+            ))?;
+            Ok(nix::unistd::Pid::from_raw(pid))
+        })();
+        libc::posix_spawnattr_destroy(&mut attr);
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        result
+    }
 }
 
 /// Whether the spec asks for a read-only cgroup mount (runc's default spec does).
