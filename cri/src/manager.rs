@@ -247,6 +247,11 @@ impl Manager {
         }
         let address = String::from_utf8_lossy(&output.stdout).trim().to_string();
         tracing::info!(pod = %pod_id, %address, "pod shim started");
+        // A first connection now, kept for the pod's first CreateContainer: the shim starts
+        // its threads for it while the pod's network is still being set up.
+        if !ShimClient::new(&address).alive().await {
+            tracing::warn!(pod = %pod_id, %address, "the new shim does not accept connections yet");
+        }
         Ok(address)
     }
 

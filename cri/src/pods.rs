@@ -346,7 +346,9 @@ fn set_up(
         // The pod's loopback is always up, whatever the network configuration holds (natively:
         // one plugin process less on every pod start).
         ingot_netns::loopback_up(&netns)?;
+        let started = std::time::Instant::now();
         let result = network.add(&attachment)?;
+        tracing::debug!(pod = %pod.id, elapsed = ?started.elapsed(), "CNI ADD");
         pod.ips = cni::pod_ips(&result);
         pod.cni_result =
             Some(serde_json::json!({"network": network.source, "result": result}).to_string());
@@ -406,7 +408,6 @@ pub fn remove_pod_dir(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Removes the pod's cgroup directory in every hierarchy, when ingotd created it.
 /// Where a cgroup path can live: each hierarchy under /sys/fs/cgroup (v1 and the hybrid
 /// unified one), and /sys/fs/cgroup itself (pure v2).
 pub(crate) fn cgroup_roots() -> Vec<PathBuf> {
@@ -415,6 +416,48 @@ pub(crate) fn cgroup_roots() -> Vec<PathBuf> {
         .unwrap_or_default();
     roots.push(PathBuf::from("/sys/fs/cgroup"));
     roots
+}
+
+/// Creates the pod's cgroup in each v1 controller hierarchy where it is missing, as the sandbox
+/// container of containerd does at RunPodSandbox, so the pod's first CreateContainer makes one
+/// cgroup level, not two (a v1 cgroup costs one directory per hierarchy, each with per-controller
+/// state to set up). It runs beside the CNI plugin. Returns what it created, parents first, for
+/// removal when the pod fails to start. On cgroup v2 the runtime makes the path itself, enabling
+/// controllers on the way down.
+fn create_pod_cgroups(parent: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        return Vec::new();
+    }
+    let relative = Path::new(parent.trim_start_matches('/'));
+    let mut created = Vec::new();
+    for hierarchy in cgroup_roots() {
+        let name = hierarchy.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if hierarchy == root || matches!(name, "unified" | "systemd") || !hierarchy.is_dir() {
+            continue;
+        }
+        let mut dir = hierarchy.clone();
+        for component in relative.components() {
+            dir.push(component);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => created.push(dir.clone()),
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(err) => {
+                    // The runtime creates it later, or fails with the reason.
+                    tracing::debug!(dir = %dir.display(), error = %err, "pod cgroup not created");
+                    break;
+                }
+            }
+        }
+    }
+    created
+}
+
+/// Removes cgroup directories made by [`create_pod_cgroups`], children first.
+fn remove_created_cgroups(created: &[PathBuf]) {
+    for dir in created.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 fn remove_pod_cgroup(pod: &PodRecord) {
@@ -489,21 +532,33 @@ pub async fn run(
     // The pod's shim starts while its namespaces and network are set up.
     let worker = Arc::clone(manager);
     let shim_dir = pod.dir.join("shim");
-    let (set_up_result, shim_result) = tokio::join!(
+    let started = std::time::Instant::now();
+    let parent = pod.cgroup_parent.clone();
+    let (set_up_result, shim_result, cgroups) = tokio::join!(
         tokio::task::spawn_blocking(move || {
             let outcome = set_up(&mut pod, &config, &worker);
-            (pod, outcome)
+            (pod, outcome, started.elapsed())
         }),
-        manager.start_shim(&id, &shim_dir),
+        async {
+            let address = manager.start_shim(&id, &shim_dir).await;
+            tracing::debug!(pod = %id, elapsed = ?started.elapsed(), "shim started");
+            address
+        },
+        tokio::task::spawn_blocking(move || create_pod_cgroups(&parent)),
     );
+    let created_cgroups = cgroups.unwrap_or_default();
     let (mut pod, outcome) = match set_up_result {
-        Ok(done) => done,
+        Ok((pod, outcome, elapsed)) => {
+            tracing::debug!(pod = %pod.id, ?elapsed, "pod set up");
+            (pod, outcome)
+        }
         Err(err) => {
             if let Ok(address) = &shim_result {
                 let _ = crate::shim_client::ShimClient::new(address)
                     .shutdown()
                     .await;
             }
+            remove_created_cgroups(&created_cgroups);
             return Err(CriError::join("pod set-up")(err));
         }
     };
@@ -527,6 +582,7 @@ pub async fn run(
             let _ = detach(&pod, &worker);
             remove_pod_dir(&pod.dir);
             stop_pod_init(&pod);
+            remove_created_cgroups(&created_cgroups);
         })
         .await;
         return Err(err);

@@ -673,6 +673,14 @@ async fn events_updates_stats_and_orphans() {
     let log_dir = env.daemon.log_dir("ev");
     let pod = host_network_pod("ev", &log_dir, v1::NamespaceMode::Container);
     let pod_id = run_pod(&mut client, pod.clone()).await;
+    // As a sandbox container would, RunPodSandbox puts the pod cgroup in place (v1 hosts).
+    if !std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        let pod_cgroup = format!("{}/{pod_id}", env.daemon.cgroup_parent);
+        for hierarchy in ["cpu", "memory", "pids", "cpuset"] {
+            let dir = format!("/sys/fs/cgroup/{hierarchy}{pod_cgroup}");
+            assert!(std::path::Path::new(&dir).is_dir(), "{dir} missing");
+        }
+    }
     let id = start_container(
         &mut client,
         &pod_id,
