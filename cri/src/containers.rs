@@ -488,12 +488,15 @@ pub async fn start(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
     }
     let pod = manager.pod(&container.pod_id)?;
     let shim = shim_for(manager, &container)?;
+    let timer = std::time::Instant::now();
     match shim.start(&container.id, "").await {
         Ok(pid) => {
+            let shim_time = timer.elapsed();
             container.pid = pid;
             container.state = ContainerState::Running;
             container.started_at = now_ns();
             manager.save_container(container.clone())?;
+            tracing::debug!(container = %container.id, shim = ?shim_time, saved = ?timer.elapsed(), "start timings");
             manager.watch_exit(&pod, &container.id);
             tracing::info!(container = %container.id, pid, "container started");
             manager.event(&container, v1::ContainerEventType::ContainerStartedEvent);
