@@ -694,3 +694,19 @@ mod tests {
         )
     }
 }
+
+/// An error with its causes, "outer: inner: innermost", for messages that cross a process
+/// boundary as text (the init's and intermediate's errors reach the caller this way).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
