@@ -289,6 +289,7 @@ impl SeccompExport {
         match unsafe { nix::unistd::fork() } {
             Ok(nix::unistd::ForkResult::Child) => {
                 export_seccomp(spec, work_dir);
+                // SAFETY: ends this child without unwinding into the helper's code.
                 unsafe { libc::_exit(0) }
             }
             Ok(nix::unistd::ForkResult::Parent { child }) => SeccompExport(Some(child)),

@@ -605,6 +605,33 @@ async fn exec_gets_the_container_identity() {
         .map(str::to_string)
         .collect();
     assert_eq!(exec, init);
+    // Both are in the container's own cgroup, in every hierarchy (v1 controllers; or v2's one).
+    let cgroup = format!("{}/{pod_id}/{id}", env.daemon.cgroup_parent);
+    let cgroup_lines: Vec<(&str, &str)> = init
+        .iter()
+        .filter_map(|l| {
+            let mut fields = l.splitn(3, ':');
+            let hierarchy = fields.next()?;
+            let (controllers, path) = (fields.next()?, fields.next()?);
+            (hierarchy.parse::<u32>().is_ok() && path.starts_with('/'))
+                .then_some((controllers, path))
+        })
+        .collect();
+    let v1 = cgroup_lines.iter().any(|(c, _)| !c.is_empty());
+    let checked: Vec<_> = cgroup_lines
+        .iter()
+        .filter(|(c, _)| {
+            if v1 {
+                !c.is_empty() && !c.starts_with("name=")
+            } else {
+                true
+            }
+        })
+        .collect();
+    assert!(!checked.is_empty(), "{init:?}");
+    for (controllers, path) in checked {
+        assert_eq!(*path, cgroup, "{controllers}: {init:?}");
+    }
     assert!(init.iter().any(|l| l.starts_with("Uid:\t1000")), "{init:?}");
     assert!(init.iter().any(|l| l == "Seccomp:\t2"), "{init:?}");
     assert!(init.iter().any(|l| l == "NoNewPrivs:\t1"), "{init:?}");
