@@ -244,6 +244,25 @@ fn leftovers(daemon: &Daemon, pod_id: &str) -> Vec<String> {
     left
 }
 
+/// Waits up to 5 s for the pod to leave nothing behind, then fails naming what is left.
+fn assert_nothing_left(daemon: &Daemon, pod_id: &str) {
+    assert!(
+        ingot_tests::wait_until(Duration::from_secs(5), || leftovers(daemon, pod_id)
+            .is_empty()),
+        "left behind: {:?}",
+        leftovers(daemon, pod_id)
+    );
+}
+
+async fn remove_pod(client: &mut RuntimeServiceClient<Channel>, pod_id: &str) {
+    client
+        .remove_pod_sandbox(v1::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id.to_string(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn pod_lifecycle_network_logs_exec_stats() {
     let (env, mut client, image) = env(true).await;
@@ -454,12 +473,7 @@ async fn pod_lifecycle_network_logs_exec_stats() {
     let status = container_status(&mut client, &sidecar).await;
     assert_eq!(status.state, v1::ContainerState::ContainerExited as i32);
     assert_eq!(status.exit_code, 137);
-    client
-        .remove_pod_sandbox(v1::RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await
-        .expect("RemovePodSandbox");
+    remove_pod(&mut client, &pod_id).await;
     let pods = client
         .list_pod_sandbox(v1::ListPodSandboxRequest { filter: None })
         .await
@@ -467,19 +481,9 @@ async fn pod_lifecycle_network_logs_exec_stats() {
         .into_inner()
         .items;
     assert!(pods.is_empty(), "{pods:?}");
-    assert!(
-        ingot_tests::wait_until(Duration::from_secs(5), || leftovers(daemon, &pod_id)
-            .is_empty()),
-        "left behind: {:?}",
-        leftovers(daemon, &pod_id)
-    );
+    assert_nothing_left(daemon, &pod_id);
     // Idempotent, as the CRI asks.
-    client
-        .remove_pod_sandbox(v1::RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await
-        .expect("second RemovePodSandbox");
+    remove_pod(&mut client, &pod_id).await;
     drop(env);
 }
 
@@ -543,18 +547,8 @@ async fn restart_recovers_pods_and_exits_that_happened_meanwhile() {
         .expect("stop");
     assert_eq!(container_status(&mut client, &long).await.exit_code, 137);
 
-    client
-        .remove_pod_sandbox(v1::RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await
-        .expect("remove pod");
-    assert!(
-        ingot_tests::wait_until(Duration::from_secs(5), || leftovers(&env.daemon, &pod_id)
-            .is_empty()),
-        "left behind: {:?}",
-        leftovers(&env.daemon, &pod_id)
-    );
+    remove_pod(&mut client, &pod_id).await;
+    assert_nothing_left(&env.daemon, &pod_id);
 }
 
 /// A process exec'd into a container (the shim's direct path) has exactly the identity of the
@@ -672,18 +666,8 @@ async fn exec_gets_the_container_identity() {
     let status = container_status(&mut client, &id).await;
     assert_eq!(status.state, v1::ContainerState::ContainerExited as i32);
     assert_eq!(status.exit_code, 255, "{status:?}");
-    client
-        .remove_pod_sandbox(v1::RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await
-        .expect("remove");
-    assert!(
-        ingot_tests::wait_until(Duration::from_secs(5), || leftovers(&env.daemon, &pod_id)
-            .is_empty()),
-        "left behind: {:?}",
-        leftovers(&env.daemon, &pod_id)
-    );
+    remove_pod(&mut client, &pod_id).await;
+    assert_nothing_left(&env.daemon, &pod_id);
 }
 
 /// GetContainerEvents streams each lifecycle change; UpdateContainerResources reaches the
@@ -846,18 +830,8 @@ async fn events_updates_stats_and_orphans() {
             .len(),
         1
     );
-    client
-        .remove_pod_sandbox(v1::RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await
-        .expect("remove pod");
-    assert!(
-        ingot_tests::wait_until(Duration::from_secs(5), || leftovers(&env.daemon, &pod_id)
-            .is_empty()),
-        "left behind: {:?}",
-        leftovers(&env.daemon, &pod_id)
-    );
+    remove_pod(&mut client, &pod_id).await;
+    assert_nothing_left(&env.daemon, &pod_id);
 }
 
 /// ingotd killed after a shim made a pod and container but before their records were committed
