@@ -307,7 +307,7 @@ impl SeccompExport {
 
     fn wait(&mut self) {
         if let Some(pid) = self.0.take() {
-            while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(pid, None) {}
+            let _ = wait_child(pid);
         }
     }
 }
@@ -388,13 +388,7 @@ pub fn spawn(
     drop(error_write);
     // Wait first, then read what the helper wrote: the container's init is cloned from the
     // helper and holds the pipe's write end until it execs, so EOF would wait for Start.
-    let status = loop {
-        match nix::sys::wait::waitpid(pid, None) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => break other,
-        }
-    }
-    .map_err(|errno| ShimError::Io {
+    let status = wait_child(pid).map_err(|errno| ShimError::Io {
         context: "wait for container helper".into(),
         source: errno.into(),
     })?;
@@ -434,6 +428,16 @@ pub fn spawn(
     })?;
     register(Some(pid));
     Ok(Some(pid))
+}
+
+/// Waits for a child of our own to end, through interruptions.
+fn wait_child(pid: nix::unistd::Pid) -> nix::Result<nix::sys::wait::WaitStatus> {
+    loop {
+        match nix::sys::wait::waitpid(pid, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
 }
 
 /// How a helper ended, for an error message.

@@ -37,8 +37,9 @@ impl Controller for CpuSet {
     fn add_task(pid: Pid, cgroup_path: &Path) -> Result<(), Self::Error> {
         fs::create_dir_all(cgroup_path).wrap_create_dir(cgroup_path)?;
 
-        Self::ensure_not_empty(cgroup_path, CGROUP_CPUSET_CPUS)?;
-        Self::ensure_not_empty(cgroup_path, CGROUP_CPUSET_MEMS)?;
+        let mount_point = util::get_subsystem_mount_point(&ControllerType::CpuSet)?;
+        Self::ensure_not_empty(&mount_point, cgroup_path, CGROUP_CPUSET_CPUS)?;
+        Self::ensure_not_empty(&mount_point, cgroup_path, CGROUP_CPUSET_MEMS)?;
 
         super::controller::move_task(cgroup_path, pid)?;
         Ok(())
@@ -81,11 +82,12 @@ impl CpuSet {
     // if a task is moved into the cgroup and a value has not been set for cpus and mems
     // Errno 28 (no space left on device) will be returned. Therefore we set the value from the parent if required.
     fn ensure_not_empty(
+        mount_point: &Path,
         cgroup_path: &Path,
         interface_file: &str,
     ) -> Result<(), V1CpuSetControllerError> {
-        let mut current = util::get_subsystem_mount_point(&ControllerType::CpuSet)?;
-        let relative_cgroup_path = cgroup_path.strip_prefix(&current).map_err(|err| {
+        let mut current = mount_point.to_path_buf();
+        let relative_cgroup_path = cgroup_path.strip_prefix(mount_point).map_err(|err| {
             V1CpuSetControllerError::BadCgroupPath {
                 err,
                 path: cgroup_path.to_path_buf(),
