@@ -25,6 +25,9 @@ use crate::{
 /// The containerd namespace ingotd's shims serve.
 pub const SHIM_NAMESPACE: &str = "ingot";
 const SHIM_BINARY: &str = "containerd-shim-ingot-v2";
+/// Suffix of a shim's own working directory beside its containers' state (the shim's
+/// `bootstrap::SHIM_DIR_SUFFIX`; ingotd does not link the shim).
+const SHIM_DIR_SUFFIX: &str = ".shim";
 
 pub struct Manager {
     pub config: Config,
@@ -449,6 +452,7 @@ impl Manager {
             .collect();
         let mut orphans: Vec<String> = names(shim_root.join(SHIM_NAMESPACE))
             .into_iter()
+            .filter(|name| !name.ends_with(SHIM_DIR_SUFFIX))
             .map(|name| name.trim_end_matches(".ingot").to_string())
             .filter(|id| !known_containers.contains(id))
             .collect();
@@ -500,6 +504,17 @@ impl Manager {
             if !containers.contains(&id) {
                 tracing::info!(container = %id, "removing an orphaned bundle");
                 crate::containers::unmount_rootfs(&path.join("rootfs"));
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+        // A shim's own working directory is named for its pod; one whose pod is gone was left
+        // by a shim that was killed.
+        for (name, path) in entries(self.config.state.join("shim").join(SHIM_NAMESPACE)) {
+            let Some(pod) = name.strip_suffix(SHIM_DIR_SUFFIX) else {
+                continue;
+            };
+            if !pods.iter().any(|id| id == pod) {
+                tracing::info!(pod = %pod, "removing an orphaned shim directory");
                 let _ = std::fs::remove_dir_all(&path);
             }
         }

@@ -248,9 +248,13 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
     }
 
     let root = state_root(&flags.namespace);
-    std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
-    // The first container's bundle may be deleted before the pod ends.
-    env::set_current_dir(&root).with_context(|| format!("chdir {}", root.display()))?;
+    // A working directory of this shim's own, for as long as it runs: the first container's
+    // bundle may be deleted before the pod ends, and the namespace's state root is shared by
+    // every pod's shim (libcontainer and the helper resolve paths against the working
+    // directory, so it must never vanish under a live shim).
+    let work_dir = shim_work_dir(&root, &flags.id);
+    std::fs::create_dir_all(&work_dir).with_context(|| format!("create {}", work_dir.display()))?;
+    env::set_current_dir(&work_dir).with_context(|| format!("chdir {}", work_dir.display()))?;
 
     let (events_tx, events_rx) = mpsc::channel::<Event>();
     start_publisher(events_rx, flags.namespace.clone());
@@ -299,9 +303,21 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
     if !flags.socket.is_empty() {
         let _ = std::fs::remove_file(socket_path(&flags.socket));
     }
-    // Removed only when no other pod's shim of this namespace keeps state there.
-    let _ = std::fs::remove_dir(state_root(&flags.namespace));
+    // Only this shim's own directory: the namespace's state root stays for the other pods'
+    // shims (as containerd keeps its per-namespace task directory).
+    let _ = env::set_current_dir("/");
+    let _ = std::fs::remove_dir_all(&work_dir);
     Ok(())
+}
+
+/// Suffix of a shim's own working directory in the namespace's state root (beside the
+/// containers' `<id>` and `<id>.ingot` directories).
+pub const SHIM_DIR_SUFFIX: &str = ".shim";
+
+/// The working directory of the shim started with `-id id`: unique while it runs, since a
+/// shim's id is its pod's (or its first container's).
+fn shim_work_dir(root: &Path, id: &str) -> PathBuf {
+    root.join(format!("{id}{SHIM_DIR_SUFFIX}"))
 }
 
 /// The task service's methods under one ttrpc service name.

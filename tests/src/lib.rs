@@ -18,6 +18,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 pub mod cri;
+pub mod pods;
 use sha2::{Digest, Sha256};
 
 pub const SHIM_BINARY: &str = "containerd-shim-ingot-v2";
