@@ -10,11 +10,15 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
+# The build's and the daemon's packages (cri/packages.sh), and those the tests use.
+# shellcheck source=cri/packages.sh
+source cri/packages.sh
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
 apt-get install -y --no-install-recommends \
-    busybox-static containerd runc crun libseccomp-dev pkg-config protobuf-compiler \
-    skopeo docker-registry containernetworking-plugins iproute2 numactl rt-tests util-linux procps
+    "${INGOT_BUILD_PACKAGES[@]}" "${INGOT_RUN_PACKAGES[@]}" \
+    busybox-static containerd runc crun skopeo docker-registry iproute2 numactl rt-tests procps \
+    python3-venv
 
 cargo fmt --all --check
 cargo build --workspace --bins --locked
