@@ -344,8 +344,9 @@ pub async fn create(
             what: format!("image {image_name:?}"),
         })?;
 
-    let _lifecycle = manager.lifecycle.lock().await;
-    let mut pod = manager.pod(&request.pod_sandbox_id)?;
+    let pod_id = manager.pod(&request.pod_sandbox_id)?.id;
+    let _lifecycle = manager.lock_pod(&pod_id).await;
+    let mut pod = manager.pod(&pod_id)?;
     if pod.state != PodState::Ready {
         return Err(CriError::FailedPrecondition {
             what: format!("pod sandbox {}", pod.id),
@@ -477,9 +478,19 @@ fn shim_for(manager: &Manager, container: &ContainerRecord) -> Result<ShimClient
         })
 }
 
+/// The container's record, read again under its pod's lifecycle lock (which the caller holds
+/// while the guard lives).
+async fn locked(
+    manager: &Manager,
+    id: &str,
+) -> Result<(tokio::sync::OwnedMutexGuard<()>, ContainerRecord), CriError> {
+    let container = manager.container(id)?;
+    let guard = manager.lock_pod(&container.pod_id).await;
+    Ok((guard, manager.container(&container.id)?))
+}
+
 pub async fn start(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
-    let _lifecycle = manager.lifecycle.lock().await;
-    let mut container = manager.container(id)?;
+    let (_lifecycle, mut container) = locked(manager, id).await?;
     if container.state != ContainerState::Created {
         return Err(CriError::FailedPrecondition {
             what: format!("container {}", container.id),
@@ -603,15 +614,24 @@ pub async fn stop(manager: &Arc<Manager>, id: &str, timeout: i64) -> Result<(), 
 }
 
 pub async fn remove(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
-    let container = match manager.container(id) {
-        Ok(container) => container,
+    let (_lifecycle, container) = match locked(manager, id).await {
+        Ok(found) => found,
+        // Removing what is already gone succeeds, as the CRI asks.
         Err(CriError::NotFound { .. }) => return Ok(()),
         Err(err) => return Err(err),
     };
+    remove_locked(manager, container).await
+}
+
+/// RemoveContainer with the pod's lifecycle lock held: stops it if it runs, deletes it in the
+/// shim, removes its bundle and writable layer, then its record.
+pub(crate) async fn remove_locked(
+    manager: &Arc<Manager>,
+    container: ContainerRecord,
+) -> Result<(), CriError> {
     if container.state == ContainerState::Running {
         stop(manager, &container.id, 0).await?;
     }
-    let _lifecycle = manager.lifecycle.lock().await;
     let container = manager.container(&container.id)?;
     let deleted = match shim_for(manager, &container) {
         Ok(shim) => match shim.delete(&container.id, "").await {
@@ -936,8 +956,7 @@ pub async fn update_resources(
     request: v1::UpdateContainerResourcesRequest,
 ) -> Result<(), CriError> {
     let resources = spec::resources(request.linux.as_ref())?;
-    let _lifecycle = manager.lifecycle.lock().await;
-    let mut container = manager.container(&request.container_id)?;
+    let (_lifecycle, mut container) = locked(manager, &request.container_id).await?;
     if !matches!(
         container.state,
         ContainerState::Created | ContainerState::Running

@@ -1,9 +1,10 @@
 //! The pod and container manager: the records (in memory, and committed to the store before an
-//! RPC answers), the lock that orders lifecycle changes, the pod shims, container exit
-//! tracking, container events, and recovery when ingotd starts again.
+//! RPC answers), the per-pod locks that order lifecycle changes and the reservations of pod
+//! names being created, the pod shims, container exit tracking, container events, and recovery
+//! when ingotd starts again.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, HashSet},
     io::Read,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
@@ -35,9 +36,14 @@ pub struct Manager {
     pub images: Arc<ImageStore>,
     pods: Mutex<BTreeMap<String, PodRecord>>,
     containers: Mutex<BTreeMap<String, ContainerRecord>>,
-    /// Held across every lifecycle change (create, start, stop, remove of pods and containers),
-    /// never across a wait for a process.
-    pub lifecycle: tokio::sync::Mutex<()>,
+    /// One lock per pod, held across every lifecycle change of the pod or its containers
+    /// (RunPodSandbox, Create/Start/Remove/UpdateContainer, Stop/RemovePodSandbox, which hold
+    /// it while their containers stop): calls on one pod are ordered, calls on different pods
+    /// run in parallel. StopContainer and ExecSync wait on processes and take none.
+    pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Names of pods whose RunPodSandbox is in flight (as containerd's name registrar): a
+    /// second RunPodSandbox of the same name fails at once instead of racing the first.
+    reserved_pod_names: Mutex<HashSet<String>>,
     events: broadcast::Sender<v1::ContainerEventResponse>,
     shim_binary: PathBuf,
 }
@@ -118,10 +124,44 @@ impl Manager {
             images,
             pods: Mutex::new(pods),
             containers: Mutex::new(containers),
-            lifecycle: tokio::sync::Mutex::new(()),
+            pod_locks: Mutex::default(),
+            reserved_pod_names: Mutex::default(),
             events,
             shim_binary,
         }))
+    }
+
+    /// Takes the lifecycle lock of the pod with this (full) id.
+    pub async fn lock_pod(&self, pod_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let pod_lock = Arc::clone(lock(&self.pod_locks).entry(pod_id.to_string()).or_default());
+        pod_lock.lock_owned().await
+    }
+
+    /// Reserves a pod name for a RunPodSandbox: AlreadyExists while another RunPodSandbox of
+    /// the name is in flight or a recorded pod holds it (`owner` finds that one). The
+    /// reservation ends when the returned guard is dropped; by then the pod's record (if it
+    /// was made) holds the name.
+    pub fn reserve_pod_name(
+        &self,
+        name: String,
+        owner: impl FnOnce() -> Option<String>,
+    ) -> Result<NameReservation<'_>, CriError> {
+        let mut reserved = lock(&self.reserved_pod_names);
+        if reserved.contains(&name) {
+            return Err(CriError::AlreadyExists {
+                what: format!("pod sandbox name {name:?} (being created by another call)"),
+            });
+        }
+        if let Some(id) = owner() {
+            return Err(CriError::AlreadyExists {
+                what: format!("pod sandbox name {name:?} (reserved by {id})"),
+            });
+        }
+        reserved.insert(name.clone());
+        Ok(NameReservation {
+            names: &self.reserved_pod_names,
+            name,
+        })
     }
 
     pub fn pod(&self, id: &str) -> Result<PodRecord, CriError> {
@@ -158,6 +198,8 @@ impl Manager {
     pub fn forget_pod(&self, id: &str) -> Result<(), CriError> {
         self.store.delete_pod(id)?;
         lock(&self.pods).remove(id);
+        // A call still waiting on the lock re-reads the pod after it and finds it gone.
+        lock(&self.pod_locks).remove(id);
         Ok(())
     }
 
@@ -494,9 +536,21 @@ impl Manager {
                 })
                 .unwrap_or_default()
         };
+        // Pod inits no record owns: ingotd died inside RunPodSandbox, after the pod init
+        // started and before the pod's record was committed.
+        for (pid, pod_id) in crate::pods::pod_inits_under(&self.config.state.join("pods")) {
+            let owned = lock(&self.pods)
+                .get(&pod_id)
+                .is_some_and(|pod| pod.pid_holder == Some(pid));
+            if !owned {
+                tracing::info!(pod = %pod_id, pid, "ending a pod init no record owns");
+                crate::pods::kill_pod_init(pid);
+            }
+        }
         for (id, path) in entries(self.config.state.join("pods")) {
             if !pods.contains(&id) {
                 tracing::info!(pod = %id, "removing an orphaned pod directory");
+                crate::pods::release_orphan_network(self, &id, &path);
                 crate::pods::remove_pod_dir(&path);
             }
         }
@@ -540,6 +594,18 @@ impl Manager {
     }
 }
 
+/// A pod name held for an in-flight RunPodSandbox; released on drop.
+pub struct NameReservation<'a> {
+    names: &'a Mutex<HashSet<String>>,
+    name: String,
+}
+
+impl Drop for NameReservation<'_> {
+    fn drop(&mut self) {
+        lock(self.names).remove(&self.name);
+    }
+}
+
 /// Removes an (empty of processes) cgroup directory tree, deepest first.
 fn remove_cgroup_tree(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -549,7 +615,7 @@ fn remove_cgroup_tree(dir: &Path) {
             }
         }
     }
-    let _ = std::fs::remove_dir(dir);
+    crate::pods::remove_cgroup_dir(dir);
 }
 
 #[cfg(test)]

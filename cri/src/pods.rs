@@ -55,6 +55,38 @@ fn is_pod_init(pid: u32) -> bool {
         .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(POD_INIT_ARG))
 }
 
+/// Running pod inits whose pod directory is directly under `pods_dir`: (pid, pod id). Their
+/// command line is `ingotd --pod-init <pods_dir>/<id>`.
+pub fn pod_inits_under(pods_dir: &Path) -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let mut args = cmdline.split(|b| *b == 0).skip(1);
+            if args.next()? != POD_INIT_ARG.as_bytes() {
+                return None;
+            }
+            let dir = PathBuf::from(String::from_utf8_lossy(args.next()?).into_owned());
+            if dir.parent()? != pods_dir {
+                return None;
+            }
+            Some((pid, dir.file_name()?.to_string_lossy().into_owned()))
+        })
+        .collect()
+}
+
+/// Ends a pod init by pid (SIGKILL; reaped when it is ingotd's child).
+pub fn kill_pod_init(pid: u32) {
+    let Ok(raw) = i32::try_from(pid) else { return };
+    let pid = nix::unistd::Pid::from_raw(raw);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+}
+
 fn stop_pod_init(pod: &PodRecord) {
     let Some(pid) = pod.pid_holder.filter(|pid| is_pod_init(*pid)) else {
         return;
@@ -235,16 +267,22 @@ fn set_up(
     pod: &mut PodRecord,
     config: &v1::PodSandboxConfig,
     manager: &Manager,
+    created_cgroups: &mut Vec<PathBuf>,
 ) -> Result<(), CriError> {
     let options = namespace_options(config);
     let host_network = is_node(options.network);
     let host_ipc = is_node(options.ipc);
     pod.host_pid = is_node(options.pid);
+    // The pod's cgroup first: the pod init, like every process of the pod, lives in it from
+    // its start (a kubelet's pod accounting and the pod's cpuset see it).
+    created_cgroups.extend(create_pod_cgroups(&pod.cgroup_parent));
     if options.pid == v1::NamespaceMode::Pod as i32 {
         let exe = std::env::current_exe().map_err(CriError::io("find the ingotd binary"))?;
+        let joins = pod_init_cgroup_files(&pod.cgroup_parent, created_cgroups)?;
         pod.pid_holder = Some(ingot_netns::spawn_pid_holder(
             &exe,
             &[POD_INIT_ARG, &pod.dir.display().to_string()],
+            &joins,
         )?);
     }
     std::fs::create_dir_all(&pod.dir)
@@ -400,6 +438,39 @@ fn detach(pod: &PodRecord, manager: &Manager) -> Result<(), CriError> {
     Ok(())
 }
 
+/// CNI DEL for a pod directory no record owns (ingotd died inside RunPodSandbox, perhaps after
+/// CNI ADD), so its addresses are released (host-local IPAM keeps them by pod id otherwise).
+/// Its network was not recorded: the node's current configuration is used, with the pod id
+/// as container id (the only CNI_ARGS known). Blocking.
+pub fn release_orphan_network(manager: &Manager, pod_id: &str, dir: &Path) {
+    let netns = dir.join("ns/net");
+    // Pinned before CNI ADD runs: without it the pod never reached its network.
+    if !netns.exists() {
+        return;
+    }
+    let network = match cni::load_network(&manager.config.cni.conf_dir) {
+        Ok(Some(network)) => network,
+        Ok(None) => return,
+        Err(err) => {
+            tracing::warn!(pod = %pod_id, error = %err, "CNI DEL of an orphaned pod skipped");
+            return;
+        }
+    };
+    let args = format!("IgnoreUnknown=1;K8S_POD_INFRA_CONTAINER_ID={pod_id}");
+    let runtime_config = serde_json::json!({});
+    let attachment = cni::Attachment {
+        plugin_dirs: &manager.config.cni.bin_dirs,
+        container_id: pod_id,
+        netns: &netns,
+        ifname: "eth0",
+        args: &args,
+        runtime_config: &runtime_config,
+    };
+    if let Err(err) = network.del(&attachment, &serde_json::Value::Null) {
+        tracing::warn!(pod = %pod_id, error = %err, "CNI DEL of an orphaned pod");
+    }
+}
+
 /// Unmounts and removes a pod directory (namespaces, shm, files). Idempotent.
 pub fn remove_pod_dir(dir: &Path) {
     for name in ["ns/net", "ns/ipc", "ns/uts", "shm"] {
@@ -440,7 +511,12 @@ fn create_pod_cgroups(parent: &str) -> Vec<PathBuf> {
         for component in relative.components() {
             dir.push(component);
             match std::fs::create_dir(&dir) {
-                Ok(()) => created.push(dir.clone()),
+                Ok(()) => {
+                    if name == "cpuset" {
+                        inherit_cpuset(&dir);
+                    }
+                    created.push(dir.clone());
+                }
                 Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(err) => {
                     // The runtime creates it later, or fails with the reason.
@@ -453,6 +529,58 @@ fn create_pod_cgroups(parent: &str) -> Vec<PathBuf> {
     created
 }
 
+/// On cgroup v2 a process may not sit in a cgroup whose children have controllers enabled,
+/// so the pod init gets a leaf of its own under the pod's cgroup (as a pause container has).
+const POD_INIT_CGROUP: &str = "pod-init";
+
+/// The files through which the pod init joins the pod's cgroup: `tasks` in each v1 hierarchy
+/// where the pod cgroup exists, or `cgroup.procs` of its v2 leaf (created here, and added to
+/// `created`).
+fn pod_init_cgroup_files(
+    parent: &str,
+    created: &mut Vec<PathBuf>,
+) -> Result<Vec<PathBuf>, CriError> {
+    let root = Path::new("/sys/fs/cgroup");
+    let relative = Path::new(parent.trim_start_matches('/'));
+    if root.join("cgroup.controllers").exists() {
+        let mut dir = root.to_path_buf();
+        for component in relative.join(POD_INIT_CGROUP).components() {
+            dir.push(component);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => created.push(dir.clone()),
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(err) => return Err(CriError::io(format!("create {}", dir.display()))(err)),
+            }
+        }
+        return Ok(vec![dir.join("cgroup.procs")]);
+    }
+    Ok(cgroup_roots()
+        .into_iter()
+        .filter(|hierarchy| {
+            let name = hierarchy.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            hierarchy != root && !matches!(name, "unified" | "systemd")
+        })
+        .map(|hierarchy| hierarchy.join(relative).join("tasks"))
+        .filter(|tasks| tasks.exists())
+        .collect())
+}
+
+/// A new v1 cpuset cgroup starts with no CPUs and no memory nodes, and no process can join it
+/// (ENOSPC) until they are set: it gets its parent's, as libcontainer does for a container's.
+fn inherit_cpuset(dir: &Path) {
+    let Some(parent) = dir.parent() else { return };
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let own = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        if !own.trim().is_empty() {
+            continue;
+        }
+        let inherited = std::fs::read_to_string(parent.join(file)).unwrap_or_default();
+        if let Err(err) = std::fs::write(dir.join(file), inherited.trim()) {
+            tracing::debug!(dir = %dir.display(), file, error = %err, "cpuset not inherited");
+        }
+    }
+}
+
 /// Removes cgroup directories made by [`create_pod_cgroups`], children first.
 fn remove_created_cgroups(created: &[PathBuf]) {
     for dir in created.iter().rev() {
@@ -460,17 +588,42 @@ fn remove_created_cgroups(created: &[PathBuf]) {
     }
 }
 
+/// Removes the pod init's v2 leaf, and the pod's cgroup where ingotd made it. The pod init
+/// was just killed; one not reaped by ingotd (after a restart its parent is another) may take
+/// a moment to leave the cgroup.
 fn remove_pod_cgroup(pod: &PodRecord) {
-    if !pod.owns_cgroup || pod.cgroup_parent.is_empty() {
+    if pod.cgroup_parent.is_empty() {
         return;
     }
     let relative = pod.cgroup_parent.trim_start_matches('/');
     for root in cgroup_roots() {
         let dir = root.join(relative);
-        if dir.is_dir() {
-            let _ = std::fs::remove_dir(&dir);
+        let mut dirs = vec![dir.join(POD_INIT_CGROUP)];
+        if pod.owns_cgroup {
+            dirs.push(dir);
+        }
+        for dir in dirs.iter().filter(|d| d.is_dir()) {
+            remove_cgroup_dir(dir);
         }
     }
+}
+
+/// Removes one cgroup directory, waiting up to 100 ms for processes just killed (and reaped
+/// by another parent) to leave it; one that still holds live processes is left, with a log line.
+pub(crate) fn remove_cgroup_dir(dir: &Path) {
+    for _ in 0..20 {
+        match std::fs::remove_dir(dir) {
+            Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(cgroup = %dir.display(), error = %err, "cgroup not removed");
+                return;
+            }
+            _ => return,
+        }
+    }
+    tracing::warn!(cgroup = %dir.display(), "cgroup not removed: processes still in it");
 }
 
 pub async fn run(
@@ -486,18 +639,16 @@ pub async fn run(
             what: format!("runtime handler {:?}", request.runtime_handler),
         });
     }
-    let _lifecycle = manager.lifecycle.lock().await;
     let key = name_key(&config);
-    if let Some(existing) = manager
-        .pods()
-        .into_iter()
-        .find(|p| name_key(&decode_config(p)) == key)
-    {
-        return Err(CriError::AlreadyExists {
-            what: format!("pod sandbox name {key:?} (reserved by {})", existing.id),
-        });
-    }
+    let _name = manager.reserve_pod_name(key.clone(), || {
+        manager
+            .pods()
+            .into_iter()
+            .find(|p| name_key(&decode_config(p)) == key)
+            .map(|p| p.id)
+    })?;
     let id = new_id()?;
+    let _lifecycle = manager.lock_pod(&id).await;
     let (cgroup_parent, owns_cgroup) = match config.linux.as_ref().map(|l| l.cgroup_parent.as_str())
     {
         Some(parent) if !parent.is_empty() => (parent.to_string(), false),
@@ -533,24 +684,22 @@ pub async fn run(
     let worker = Arc::clone(manager);
     let shim_dir = pod.dir.join("shim");
     let started = std::time::Instant::now();
-    let parent = pod.cgroup_parent.clone();
-    let (set_up_result, shim_result, cgroups) = tokio::join!(
+    let (set_up_result, shim_result) = tokio::join!(
         tokio::task::spawn_blocking(move || {
-            let outcome = set_up(&mut pod, &config, &worker);
-            (pod, outcome, started.elapsed())
+            let mut created_cgroups = Vec::new();
+            let outcome = set_up(&mut pod, &config, &worker, &mut created_cgroups);
+            (pod, outcome, created_cgroups, started.elapsed())
         }),
         async {
             let address = manager.start_shim(&id, &shim_dir).await;
             tracing::debug!(pod = %id, elapsed = ?started.elapsed(), "shim started");
             address
         },
-        tokio::task::spawn_blocking(move || create_pod_cgroups(&parent)),
     );
-    let created_cgroups = cgroups.unwrap_or_default();
-    let (mut pod, outcome) = match set_up_result {
-        Ok((pod, outcome, elapsed)) => {
+    let (mut pod, outcome, created_cgroups) = match set_up_result {
+        Ok((pod, outcome, created_cgroups, elapsed)) => {
             tracing::debug!(pod = %pod.id, ?elapsed, "pod set up");
-            (pod, outcome)
+            (pod, outcome, created_cgroups)
         }
         Err(err) => {
             if let Ok(address) = &shim_result {
@@ -558,7 +707,6 @@ pub async fn run(
                     .shutdown()
                     .await;
             }
-            remove_created_cgroups(&created_cgroups);
             return Err(CriError::join("pod set-up")(err));
         }
     };
@@ -595,18 +743,40 @@ fn pod_ips_of(manager: &Manager, id: &str) -> Vec<String> {
     manager.pod(id).map(|p| p.ips).unwrap_or_default()
 }
 
-pub async fn stop(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
+/// The pod's record, read again under its lifecycle lock (held while the guard lives);
+/// None when it is gone.
+async fn locked(
+    manager: &Manager,
+    id: &str,
+) -> Result<Option<(tokio::sync::OwnedMutexGuard<()>, PodRecord)>, CriError> {
     let pod = match manager.pod(id) {
         Ok(pod) => pod,
-        // Stopping what is gone succeeds: the CRI asks StopPodSandbox to be idempotent.
-        Err(CriError::NotFound { .. }) => return Ok(()),
+        Err(CriError::NotFound { .. }) => return Ok(None),
         Err(err) => return Err(err),
     };
+    let guard = manager.lock_pod(&pod.id).await;
+    match manager.pod(&pod.id) {
+        Ok(pod) => Ok(Some((guard, pod))),
+        // Removed by a call that held the lock first.
+        Err(CriError::NotFound { .. }) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+pub async fn stop(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
+    // Stopping what is gone succeeds: the CRI asks StopPodSandbox to be idempotent.
+    let Some((_lifecycle, pod)) = locked(manager, id).await? else {
+        return Ok(());
+    };
+    stop_locked(manager, pod).await
+}
+
+/// StopPodSandbox with the pod's lock held: its containers are killed (a container created
+/// before the lock was taken included), then its network is detached.
+async fn stop_locked(manager: &Arc<Manager>, mut pod: PodRecord) -> Result<(), CriError> {
     for container in manager.containers_of(&pod.id) {
         crate::containers::stop(manager, &container.id, 0).await?;
     }
-    let _lifecycle = manager.lifecycle.lock().await;
-    let mut pod = manager.pod(&pod.id)?;
     if pod.state == PodState::NotReady {
         return Ok(());
     }
@@ -623,17 +793,14 @@ pub async fn stop(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
 }
 
 pub async fn remove(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
-    let pod = match manager.pod(id) {
-        Ok(pod) => pod,
-        // Removing what is already gone succeeds, as the CRI asks.
-        Err(CriError::NotFound { .. }) => return Ok(()),
-        Err(err) => return Err(err),
+    // Removing what is already gone succeeds, as the CRI asks.
+    let Some((_lifecycle, pod)) = locked(manager, id).await? else {
+        return Ok(());
     };
-    stop(manager, &pod.id).await?;
+    stop_locked(manager, pod.clone()).await?;
     for container in manager.containers_of(&pod.id) {
-        crate::containers::remove(manager, &container.id).await?;
+        crate::containers::remove_locked(manager, container).await?;
     }
-    let _lifecycle = manager.lifecycle.lock().await;
     let pod = manager.pod(&pod.id)?;
     if let Some(shim) = manager.shim_of(&pod) {
         if let Err(err) = shim.shutdown().await {

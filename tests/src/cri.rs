@@ -24,6 +24,11 @@ pub struct Options {
     pub extra_config: String,
     /// Run in this network namespace, with a bridge + host-local network (10.99.0.0/24).
     pub netns: Option<PathBuf>,
+    /// Directories searched for CNI plugins before Debian's (`/usr/lib/cni`).
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// The network's plugin `type` instead of `bridge` (a plugin in `cni_bin_dirs` that calls
+    /// the bridge plugin itself).
+    pub cni_plugin: Option<String>,
 }
 
 pub struct Daemon {
@@ -36,11 +41,16 @@ pub struct Daemon {
 
 /// A CNI configuration list: the bridge `ingot0` with host-local addresses, state kept in `dir`.
 pub fn bridge_network(dir: &Path) -> String {
+    network(dir, "bridge")
+}
+
+/// [`bridge_network`] run by the plugin `plugin` (which must hand on to `bridge`).
+fn network(dir: &Path, plugin: &str) -> String {
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "ingot-test",
         "plugins": [{
-            "type": "bridge",
+            "type": plugin,
             "bridge": "ingot0",
             "isGateway": true,
             "ipMasq": false,
@@ -68,15 +78,23 @@ impl Daemon {
         let net_d = dir.path().join("net.d");
         std::fs::create_dir_all(&net_d).expect("mkdir");
         if options.netns.is_some() {
-            std::fs::write(net_d.join("10-ingot.conflist"), bridge_network(dir.path()))
+            let plugin = options.cni_plugin.as_deref().unwrap_or("bridge");
+            std::fs::write(net_d.join("10-ingot.conflist"), network(dir.path(), plugin))
                 .expect("cni conf");
         }
+        let bin_dirs: Vec<String> = options
+            .cni_bin_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .chain(["/usr/lib/cni".to_string()])
+            .collect();
         std::fs::write(
             dir.path().join("ingot.toml"),
             format!(
-                "cgroup_parent = \"{cgroup_parent}\"\n{}[cni]\nconf_dir = \"{}\"\n",
+                "cgroup_parent = \"{cgroup_parent}\"\n{}[cni]\nconf_dir = \"{}\"\nbin_dirs = {:?}\n",
                 options.extra_config,
-                net_d.display()
+                net_d.display(),
+                bin_dirs,
             ),
         )
         .expect("config");

@@ -25,12 +25,20 @@ pub struct Env {
 /// A registry with the test image and a daemon that pulled it; with `private_network`, both
 /// run in a network namespace of the test's own, with a bridge network for pods.
 pub async fn env(private_network: bool) -> (Env, RuntimeServiceClient<Channel>, String) {
+    env_with(private_network, Options::default()).await
+}
+
+/// [`env`] with a daemon started with `options` (its network namespace set here).
+pub async fn env_with(
+    private_network: bool,
+    options: Options,
+) -> (Env, RuntimeServiceClient<Channel>, String) {
     let netns = private_network.then(|| TestNetns::create().expect("netns"));
     let registry = Registry::start_in(netns.as_ref()).expect("registry");
     registry.push_test_image(IMAGE).expect("push");
     let daemon = Daemon::start_with(Options {
         netns: netns.as_ref().map(TestNetns::path),
-        ..Default::default()
+        ..options
     });
     let image = format!("{}/{IMAGE}", registry.address);
     pull(&daemon.socket(), &image).await.expect("pull");
@@ -319,4 +327,58 @@ pub async fn remove_pod(client: &mut RuntimeServiceClient<Channel>, pod_id: &str
         })
         .await
         .expect("RemovePodSandbox");
+}
+
+/// What a daemon whose pods are all removed still has: pod directories, pod inits and shims
+/// of its own, mounts under its directory, pod cgroups under its parent, and addresses its
+/// CNI network (host-local, under `<dir>/ipam`) still holds.
+pub fn daemon_leftovers(daemon: &Daemon) -> Vec<String> {
+    let dir = daemon.dir.path();
+    let entries = |path: std::path::PathBuf| -> Vec<String> {
+        std::fs::read_dir(&path)
+            .map(|e| {
+                e.flatten()
+                    .map(|e| format!("{}", e.path().display()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut left = entries(dir.join("run/pods"));
+    let pods = dir.join("run/pods").display().to_string();
+    left.extend(
+        crate::pids_with_cmdline(&["--pod-init", &pods])
+            .into_iter()
+            .map(|pid| format!("pod init pid {pid}")),
+    );
+    let socket = daemon.socket().display().to_string();
+    left.extend(
+        crate::pids_with_cmdline(&["containerd-shim-ingot-v2", &socket])
+            .into_iter()
+            .map(|pid| format!("shim pid {pid}")),
+    );
+    let prefix = dir.display().to_string();
+    left.extend(
+        crate::mounts()
+            .into_iter()
+            .filter(|m| m.starts_with(&prefix)),
+    );
+    for parent in crate::cgroups_named(daemon.cgroup_parent.trim_start_matches('/')) {
+        left.extend(
+            std::fs::read_dir(&parent)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| format!("cgroup {}", e.path().display())),
+        );
+    }
+    // host-local keeps one file per address in use (plus its lock and last-reserved marker).
+    for network in entries(dir.join("ipam")) {
+        left.extend(
+            entries(network.into())
+                .into_iter()
+                .filter(|file| !file.ends_with("/lock") && !file.contains("last_reserved_ip")),
+        );
+    }
+    left
 }

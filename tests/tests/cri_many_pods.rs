@@ -3,9 +3,12 @@
 //! long-lived one must keep working (its shim, its containers, its execs), and each removed one
 //! must leave nothing behind.
 
-use std::time::Duration;
+use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
-use ingot_tests::pods::*;
+use ingot_tests::{
+    cri::{runtime_client, Daemon, Options},
+    pods::*,
+};
 use k8s_cri::v1::{self, runtime_service_client::RuntimeServiceClient};
 use tonic::transport::Channel;
 
@@ -167,4 +170,246 @@ async fn pods_keep_working_while_others_come_and_go() {
         std::fs::read_dir(&shim_root)
             .map(|e| e.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
     );
+}
+
+/// A pod on the test's bridge network with a shared PID namespace (so it has a pod init).
+fn shared_pid_pod(name: &str, daemon: &Daemon) -> v1::PodSandboxConfig {
+    let mut pod = pod_config(name, &daemon.log_dir(name));
+    pod.linux = Some(v1::LinuxPodSandboxConfig {
+        security_context: Some(v1::LinuxSandboxSecurityContext {
+            namespace_options: Some(v1::NamespaceOption {
+                pid: v1::NamespaceMode::Pod as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    pod
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn killed_inside_run_pod_sandbox_leaves_nothing_after_recovery() {
+    let (mut env, _, _) = env(true).await;
+    for burst in 0..3 {
+        let daemon = &env.daemon;
+        let pods_dir = daemon.dir.path().join("run/pods").display().to_string();
+        let mut calls = Vec::new();
+        for i in 0..5 {
+            let socket = daemon.socket();
+            let config = shared_pid_pod(&format!("crash-{burst}-{i}"), daemon);
+            calls.push(tokio::spawn(async move {
+                let mut client = runtime_client(&socket).await;
+                client
+                    .run_pod_sandbox(v1::RunPodSandboxRequest {
+                        config: Some(config),
+                        runtime_handler: String::new(),
+                    })
+                    .await
+            }));
+        }
+        // Killed at a different point of RunPodSandbox in each burst: once the first pod init
+        // runs (nothing committed yet), once CNI ADD gave the first address (its pod not yet
+        // committed), once the first call answered (some pods committed, others in flight).
+        let ipam = daemon.dir.path().join("ipam/ingot-test");
+        let addresses = || {
+            std::fs::read_dir(&ipam).map_or(0, |entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
+                    .count()
+            })
+        };
+        let pod_inits = || ingot_tests::pids_with_cmdline(&["--pod-init", &pods_dir]).len();
+        let mut waited = Duration::ZERO;
+        // (Polled asynchronously: the calls are tasks of this thread's runtime.)
+        loop {
+            let reached = match burst {
+                0 => pod_inits() > 0,
+                1 => addresses() > 0,
+                _ => calls.iter().any(|call| call.is_finished()),
+            };
+            if reached {
+                break;
+            }
+            assert!(
+                waited < Duration::from_secs(10),
+                "burst {burst}: kill point not reached"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            waited += Duration::from_millis(1);
+        }
+        env.daemon.kill();
+        let mut answered = 0;
+        for call in calls {
+            if call.await.expect("task").is_ok() {
+                answered += 1;
+            }
+        }
+        assert!(
+            answered < 5,
+            "burst {burst}: every call answered before the kill"
+        );
+
+        env.daemon = Daemon::restart(env.daemon);
+        let mut client = runtime_client(&env.daemon.socket()).await;
+        let listed = client
+            .list_pod_sandbox(v1::ListPodSandboxRequest { filter: None })
+            .await
+            .expect("ListPodSandbox")
+            .into_inner()
+            .items;
+        for pod in &listed {
+            client
+                .stop_pod_sandbox(v1::StopPodSandboxRequest {
+                    pod_sandbox_id: pod.id.clone(),
+                })
+                .await
+                .expect("StopPodSandbox");
+            remove_pod(&mut client, &pod.id).await;
+        }
+        assert!(
+            ingot_tests::wait_until(Duration::from_secs(10), || daemon_leftovers(&env.daemon)
+                .is_empty()),
+            "burst {burst} ({} pods listed after the restart) left: {:?}",
+            listed.len(),
+            daemon_leftovers(&env.daemon)
+        );
+    }
+}
+
+/// A CNI plugin that holds ADD of pods named `gated*` until `<dir>/open` exists (it creates
+/// `<dir>/waiting` meanwhile), then runs Debian's bridge plugin with the same input.
+fn gated_plugin(dir: &Path) {
+    let script = format!(
+        "#!/bin/sh\n\
+         case \"$CNI_COMMAND $CNI_ARGS\" in\n\
+         ADD*K8S_POD_NAME=gated*)\n\
+             touch {dir}/waiting\n\
+             while [ ! -e {dir}/open ]; do sleep 0.02; done;;\n\
+         esac\n\
+         exec /usr/lib/cni/bridge\n",
+        dir = dir.display()
+    );
+    let path = dir.join("gated");
+    std::fs::write(&path, script).expect("plugin");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+async fn wait_for_file(path: &Path) {
+    let mut waited = Duration::ZERO;
+    while !path.exists() {
+        assert!(
+            waited < Duration::from_secs(10),
+            "{} never appeared",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        waited += Duration::from_millis(5);
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_pod_in_cni_add_holds_up_no_other_pod() {
+    let plugins = tempfile::tempdir().expect("tempdir");
+    gated_plugin(plugins.path());
+    let (env, mut client, image) = env_with(
+        true,
+        Options {
+            cni_bin_dirs: vec![plugins.path().to_path_buf()],
+            cni_plugin: Some("gated".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let daemon = &env.daemon;
+    let steady = pod_config("steady", &daemon.log_dir("steady"));
+    let steady_id = run_pod(&mut client, steady.clone()).await;
+    let steady_config = container_config("app", &image, IDLE);
+    let steady_app = start_container(&mut client, &steady_id, &steady, steady_config.clone()).await;
+
+    // The gated pod's RunPodSandbox waits inside CNI ADD...
+    let gated = pod_config("gated", &daemon.log_dir("gated"));
+    let mut gated_client = client.clone();
+    let gated_config = gated.clone();
+    let gated_call = tokio::spawn(async move {
+        gated_client
+            .run_pod_sandbox(v1::RunPodSandboxRequest {
+                config: Some(gated_config),
+                runtime_handler: String::new(),
+            })
+            .await
+    });
+    wait_for_file(&plugins.path().join("waiting")).await;
+
+    // ...while every other pod's calls go through: a new pod with its network and a container,
+    // an exec and a restart in the steady pod, and a removal.
+    let others = tokio::time::timeout(Duration::from_secs(30), async {
+        let other = pod_config("other", &daemon.log_dir("other"));
+        let other_id = run_pod(&mut client, other.clone()).await;
+        let other_app = start_container(
+            &mut client,
+            &other_id,
+            &other,
+            container_config("app", &image, IDLE),
+        )
+        .await;
+        echo_in(&mut client, &other_app, "other").await;
+        let restarted = restart(
+            &mut client,
+            &steady_id,
+            &steady,
+            &steady_app,
+            steady_config,
+            1,
+        )
+        .await;
+        echo_in(&mut client, &restarted, "steady").await;
+        remove_pod(&mut client, &other_id).await;
+        assert_pod_gone(daemon, &other_id, &[other_app]);
+        restarted
+    })
+    .await;
+    let steady_app = others.expect("calls on other pods waited for one pod's CNI ADD");
+    assert!(
+        !gated_call.is_finished(),
+        "the gated pod left CNI ADD early"
+    );
+
+    // A second RunPodSandbox of the same name fails at once: the name is reserved.
+    let duplicate = client
+        .run_pod_sandbox(v1::RunPodSandboxRequest {
+            config: Some(gated.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect_err("duplicate name");
+    assert_eq!(
+        duplicate.code(),
+        tonic::Code::AlreadyExists,
+        "{duplicate:?}"
+    );
+    assert!(duplicate.message().contains("gated"), "{duplicate:?}");
+
+    std::fs::write(plugins.path().join("open"), "").expect("open the gate");
+    let gated_id = gated_call
+        .await
+        .expect("task")
+        .expect("gated RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let gated_app = start_container(
+        &mut client,
+        &gated_id,
+        &gated,
+        container_config("app", &image, IDLE),
+    )
+    .await;
+    echo_in(&mut client, &gated_app, "gated").await;
+    echo_in(&mut client, &steady_app, "steady").await;
+
+    remove_pod(&mut client, &gated_id).await;
+    assert_pod_gone(daemon, &gated_id, &[gated_app]);
+    remove_pod(&mut client, &steady_id).await;
+    assert_nothing_left(daemon, &steady_id);
 }

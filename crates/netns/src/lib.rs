@@ -148,32 +148,61 @@ pub fn pin(dir: &Path, kinds: &[Kind], hostname: Option<&str>) -> Result<Pinned,
 
 /// Starts `program args` as PID 1 of a new PID namespace (the holder a pod's shared PID
 /// namespace needs: unlike network or IPC namespaces, a PID namespace ends with its init), in
-/// its own session, with no stdio. Returns its pid; the caller ends it by pid.
-pub fn spawn_pid_holder(program: &Path, args: &[&str]) -> Result<u32, NetnsError> {
+/// its own session, with no stdio. Before it runs `program` it joins a cgroup through each of
+/// `cgroup_files` (a v1 hierarchy's `tasks` or a v2 `cgroup.procs`), so it is in the pod's
+/// cgroups from its first instruction. Returns its pid; the caller ends it by pid.
+pub fn spawn_pid_holder(
+    program: &Path,
+    args: &[&str],
+    cgroup_files: &[PathBuf],
+) -> Result<u32, NetnsError> {
     let program = program.to_path_buf();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    // Opened here (close-on-exec), written by the child between fork and exec.
+    let joins = cgroup_files
+        .iter()
+        .map(|file| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(file)
+                .map(|f| (file.clone(), std::os::fd::OwnedFd::from(f)))
+                .map_err(io(format!("open {}", file.display())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     std::thread::Builder::new()
         .name("pidns-holder".into())
         .spawn(move || -> Result<u32, NetnsError> {
             // Affects only the children this thread creates.
             unshare(CloneFlags::CLONE_NEWPID).map_err(errno("unshare a PID namespace"))?;
+            let raw: Vec<i32> = joins
+                .iter()
+                .map(|(_, fd)| std::os::fd::AsRawFd::as_raw_fd(fd))
+                .collect();
             let mut command = Command::new(&program);
             command
                 .args(&args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
-            // SAFETY: setsid is async-signal-safe.
+            // SAFETY: setsid and write are async-signal-safe; the closure allocates nothing.
             unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-                    nix::unistd::setsid()
-                        .map(|_| ())
-                        .map_err(std::io::Error::from)
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    nix::unistd::setsid().map_err(std::io::Error::from)?;
+                    // "0" moves the writer: a forked child is single-threaded, so this moves
+                    // the whole process (a v1 `tasks` write takes no threadgroup lock).
+                    for fd in &raw {
+                        if nix::libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
                 });
             }
-            let child = command
-                .spawn()
-                .map_err(io(format!("start {}", program.display())))?;
+            let child = command.spawn().map_err(io(format!(
+                "start {} in the cgroups {:?}",
+                program.display(),
+                joins.iter().map(|(file, _)| file).collect::<Vec<_>>()
+            )))?;
             Ok(child.id())
         })
         .map_err(io("spawn PID namespace thread"))?

@@ -114,7 +114,29 @@ fn loopback_plugin_brings_lo_up_and_errors_name_the_plugin() {
 
 #[test]
 fn pid_holder_is_pid_one_of_its_own_namespace() {
-    let pid = spawn_pid_holder(Path::new("/bin/sleep"), &["30"]).expect("spawn");
+    // A cgroup of the test's own in the v1 pids hierarchy (or none where it is absent).
+    let cgroup =
+        Path::new("/sys/fs/cgroup/pids").join(format!("ingot-netns-test-{}", std::process::id()));
+    let joins = if cgroup.parent().is_some_and(Path::is_dir) {
+        std::fs::create_dir(&cgroup).expect("test cgroup");
+        vec![cgroup.join("tasks")]
+    } else {
+        Vec::new()
+    };
+    let pid = spawn_pid_holder(Path::new("/bin/sleep"), &["30"], &joins).expect("spawn");
+    if !joins.is_empty() {
+        let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+        let name = cgroup
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            own.lines()
+                .any(|l| l.contains(":pids:") && l.ends_with(&format!("/{name}"))),
+            "{own}"
+        );
+    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let nspid = status
         .lines()
@@ -128,6 +150,21 @@ fn pid_holder_is_pid_one_of_its_own_namespace() {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill");
     nix::sys::wait::waitpid(pid, None).expect("reap");
+    if !joins.is_empty() {
+        std::fs::remove_dir(&cgroup).expect("remove test cgroup");
+    }
+    let missing = spawn_pid_holder(
+        Path::new("/bin/sleep"),
+        &["30"],
+        &[PathBuf::from(
+            "/sys/fs/cgroup/pids/ingot-no-such-cgroup/tasks",
+        )],
+    )
+    .expect_err("no such cgroup");
+    assert!(
+        missing.to_string().contains("ingot-no-such-cgroup"),
+        "{missing}"
+    );
 }
 
 #[test]
