@@ -431,6 +431,12 @@ pub async fn create(
     let (shim, pid) = match created {
         Ok(done) => done,
         Err(err) => {
+            tracing::warn!(
+                pod = %pod.id,
+                container = %id,
+                shim_log = %crate::manager::shim_log(&pod.dir.join("shim")).display(),
+                "the pod's shim could not create the container; its log has the details"
+            );
             cleanup_bundle(&prepared);
             return Err(err);
         }
@@ -514,6 +520,12 @@ pub async fn start(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
             Ok(())
         }
         Err(err) => {
+            tracing::warn!(
+                pod = %pod.id,
+                container = %container.id,
+                shim_log = %crate::manager::shim_log(&pod.dir.join("shim")).display(),
+                "the pod's shim could not start the container; its log has the details"
+            );
             // A container that failed to start is exited, with the reason, as containerd does.
             container.state = ContainerState::Exited;
             container.exit_code = 128;

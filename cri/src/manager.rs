@@ -26,6 +26,14 @@ use crate::{
 /// The containerd namespace ingotd's shims serve.
 pub const SHIM_NAMESPACE: &str = "ingot";
 const SHIM_BINARY: &str = "containerd-shim-ingot-v2";
+/// The variable naming a shim's log file (the shim's `shimlog::LOG_ENV`).
+const SHIM_LOG_ENV: &str = "INGOT_SHIM_LOG";
+
+/// A pod shim's log, beside the bundle directory it starts from (`<pod dir>/shim.log`).
+pub fn shim_log(shim_dir: &Path) -> PathBuf {
+    shim_dir.with_file_name("shim.log")
+}
+
 /// Suffix of a shim's own working directory beside its containers' state (the shim's
 /// `bootstrap::SHIM_DIR_SUFFIX`; ingotd does not link the shim).
 const SHIM_DIR_SUFFIX: &str = ".shim";
@@ -271,6 +279,7 @@ impl Manager {
             .current_dir(dir)
             .env_remove("TTRPC_ADDRESS")
             .env("INGOT_SHIM_ROOT", self.config.state.join("shim"))
+            .env(SHIM_LOG_ENV, shim_log(dir))
             .stdin(std::process::Stdio::null())
             .output()
             .await
@@ -279,6 +288,11 @@ impl Manager {
                 self.shim_binary.display()
             )))?;
         if !output.status.success() {
+            tracing::warn!(
+                pod = %pod_id,
+                shim_log = %shim_log(dir).display(),
+                "the pod's shim did not start; its log may have the details"
+            );
             return Err(CriError::Shim {
                 method: "start",
                 code: tonic::Code::Internal,

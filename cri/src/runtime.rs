@@ -3,6 +3,7 @@
 //! RPC.
 
 use std::{
+    future::Future,
     net::IpAddr,
     path::Path,
     pin::Pin,
@@ -11,6 +12,7 @@ use std::{
 
 use k8s_cri::v1::{self, runtime_service_server::RuntimeService};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::{config::Config, containers, manager::Manager, pods, stats, CriError};
 
@@ -69,6 +71,19 @@ pub fn validate_pod_cidr(cidr: &str) -> Result<(), CriError> {
         return Err(invalid());
     }
     Ok(())
+}
+
+/// Runs one RPC inside its span (named for the RPC, with the pod and container ids it names),
+/// and logs a failure there with its code and whole cause chain before it becomes a status.
+async fn traced<T>(
+    span: tracing::Span,
+    call: impl Future<Output = Result<T, CriError>>,
+) -> Result<T, Status> {
+    let result = call.instrument(span.clone()).await;
+    if let Err(err) = &result {
+        span.in_scope(|| tracing::warn!(code = ?err.code(), error = %err, "call failed"));
+    }
+    result.map_err(Status::from)
 }
 
 fn condition(kind: &str, ready: bool, reason: &str, message: String) -> v1::RuntimeCondition {
@@ -173,7 +188,18 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<v1::RunPodSandboxRequest>,
     ) -> Result<Response<v1::RunPodSandboxResponse>, Status> {
-        let pod_sandbox_id = pods::run(&self.manager, request.into_inner()).await?;
+        let request = request.into_inner();
+        let metadata = request
+            .config
+            .as_ref()
+            .and_then(|c| c.metadata.clone())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "RunPodSandbox",
+            pod_name = %metadata.name,
+            pod_namespace = %metadata.namespace
+        );
+        let pod_sandbox_id = traced(span, pods::run(&self.manager, request)).await?;
         Ok(Response::new(v1::RunPodSandboxResponse { pod_sandbox_id }))
     }
 
@@ -181,7 +207,9 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<v1::StopPodSandboxRequest>,
     ) -> Result<Response<v1::StopPodSandboxResponse>, Status> {
-        pods::stop(&self.manager, &request.into_inner().pod_sandbox_id).await?;
+        let id = request.into_inner().pod_sandbox_id;
+        let span = tracing::info_span!("StopPodSandbox", pod = %id);
+        traced(span, pods::stop(&self.manager, &id)).await?;
         Ok(Response::new(v1::StopPodSandboxResponse {}))
     }
 
@@ -189,7 +217,9 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<v1::RemovePodSandboxRequest>,
     ) -> Result<Response<v1::RemovePodSandboxResponse>, Status> {
-        pods::remove(&self.manager, &request.into_inner().pod_sandbox_id).await?;
+        let id = request.into_inner().pod_sandbox_id;
+        let span = tracing::info_span!("RemovePodSandbox", pod = %id);
+        traced(span, pods::remove(&self.manager, &id)).await?;
         Ok(Response::new(v1::RemovePodSandboxResponse {}))
     }
 
@@ -229,7 +259,19 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<v1::CreateContainerRequest>,
     ) -> Result<Response<v1::CreateContainerResponse>, Status> {
-        let container_id = containers::create(&self.manager, request.into_inner()).await?;
+        let request = request.into_inner();
+        let name = request
+            .config
+            .as_ref()
+            .and_then(|c| c.metadata.as_ref())
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "CreateContainer",
+            pod = %request.pod_sandbox_id,
+            container_name = %name
+        );
+        let container_id = traced(span, containers::create(&self.manager, request)).await?;
         Ok(Response::new(v1::CreateContainerResponse { container_id }))
     }
 
@@ -237,7 +279,9 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<v1::StartContainerRequest>,
     ) -> Result<Response<v1::StartContainerResponse>, Status> {
-        containers::start(&self.manager, &request.into_inner().container_id).await?;
+        let id = request.into_inner().container_id;
+        let span = tracing::info_span!("StartContainer", container = %id);
+        traced(span, containers::start(&self.manager, &id)).await?;
         Ok(Response::new(v1::StartContainerResponse {}))
     }
 
@@ -246,7 +290,12 @@ impl RuntimeService for Runtime {
         request: Request<v1::StopContainerRequest>,
     ) -> Result<Response<v1::StopContainerResponse>, Status> {
         let request = request.into_inner();
-        containers::stop(&self.manager, &request.container_id, request.timeout).await?;
+        let span = tracing::info_span!("StopContainer", container = %request.container_id);
+        traced(
+            span,
+            containers::stop(&self.manager, &request.container_id, request.timeout),
+        )
+        .await?;
         Ok(Response::new(v1::StopContainerResponse {}))
     }
 
@@ -254,7 +303,9 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<v1::RemoveContainerRequest>,
     ) -> Result<Response<v1::RemoveContainerResponse>, Status> {
-        containers::remove(&self.manager, &request.into_inner().container_id).await?;
+        let id = request.into_inner().container_id;
+        let span = tracing::info_span!("RemoveContainer", container = %id);
+        traced(span, containers::remove(&self.manager, &id)).await?;
         Ok(Response::new(v1::RemoveContainerResponse {}))
     }
 
@@ -286,7 +337,10 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<v1::UpdateContainerResourcesRequest>,
     ) -> Result<Response<v1::UpdateContainerResourcesResponse>, Status> {
-        containers::update_resources(&self.manager, request.into_inner()).await?;
+        let request = request.into_inner();
+        let span =
+            tracing::info_span!("UpdateContainerResources", container = %request.container_id);
+        traced(span, containers::update_resources(&self.manager, request)).await?;
         Ok(Response::new(v1::UpdateContainerResourcesResponse {}))
     }
 
@@ -294,7 +348,9 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<v1::ReopenContainerLogRequest>,
     ) -> Result<Response<v1::ReopenContainerLogResponse>, Status> {
-        containers::reopen_log(&self.manager, &request.into_inner().container_id).await?;
+        let id = request.into_inner().container_id;
+        let span = tracing::info_span!("ReopenContainerLog", container = %id);
+        traced(span, containers::reopen_log(&self.manager, &id)).await?;
         Ok(Response::new(v1::ReopenContainerLogResponse {}))
     }
 
@@ -302,7 +358,9 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<v1::ExecSyncRequest>,
     ) -> Result<Response<v1::ExecSyncResponse>, Status> {
-        let response = containers::exec_sync(&self.manager, request.into_inner()).await?;
+        let request = request.into_inner();
+        let span = tracing::info_span!("ExecSync", container = %request.container_id);
+        let response = traced(span, containers::exec_sync(&self.manager, request)).await?;
         Ok(Response::new(response))
     }
 

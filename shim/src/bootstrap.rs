@@ -160,7 +160,7 @@ fn spawn_server(
         .env(LISTEN_FD_ENV, LISTEN_FD.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(server_stderr());
     if !flags.publish_binary.is_empty() {
         command.args(["-publish-binary", &flags.publish_binary]);
     }
@@ -187,6 +187,20 @@ fn spawn_server(
     command.spawn().context("spawn shim server")?;
     drop(listen_fd);
     Ok(())
+}
+
+/// The serving shim's stderr before its logger is set up: its log file when ingotd names one
+/// (so a failure to start is in it too), else nowhere (containerd reads the `log` fifo).
+fn server_stderr() -> Stdio {
+    crate::shimlog::path_from_env()
+        .and_then(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        })
+        .map_or_else(Stdio::null, Stdio::from)
 }
 
 fn delete(flags: &Flags) -> anyhow::Result<()> {
@@ -236,7 +250,17 @@ fn is_mount_point(path: &Path) -> bool {
 }
 
 fn serve(flags: &Flags) -> anyhow::Result<()> {
-    if containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id).is_err() {
+    if let Some(path) = crate::shimlog::path_from_env() {
+        let level = if flags.debug {
+            log::LevelFilter::Debug
+        } else {
+            log::LevelFilter::Info
+        };
+        crate::shimlog::init(&path, level)
+            .with_context(|| format!("open the shim log {}", path.display()))?;
+    } else if containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
+        .is_err()
+    {
         // No log fifo (started by hand): containerd is not reading our logs anyway.
         log::set_max_level(log::LevelFilter::Off);
     }

@@ -14,4 +14,5 @@ pub mod mount;
 pub mod oom;
 pub mod reaper;
 pub mod service;
+pub mod shimlog;
 pub mod task;

@@ -638,3 +638,66 @@ async fn restart_removes_what_no_record_owns() {
             .collect();
     assert!(pod_cgroups.is_empty(), "{pod_cgroups:?}");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_create_is_in_the_shim_log_and_ingotd_names_it() {
+    let (env, mut client, image) = env(false).await;
+    let daemon = &env.daemon;
+    let pod = host_network_pod("logged", &daemon.log_dir("logged"), v1::NamespaceMode::Pod);
+    let pod_id = run_pod(&mut client, pod.clone()).await;
+    let mut config = container_config("missing", &image, "");
+    config.command = vec!["/no/such/binary".into()];
+    let err = client
+        .create_container(v1::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .expect_err("a missing binary");
+    assert!(err.message().contains("/no/such/binary"), "{err:?}");
+
+    // The shim's own account of it, in its log under the pod's state directory.
+    let shim_log = daemon
+        .dir
+        .path()
+        .join("run/pods")
+        .join(&pod_id)
+        .join("shim.log");
+    let text = std::fs::read_to_string(&shim_log).expect("shim log");
+    assert!(text.contains("shim serving"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("WARN") && l.contains("/no/such/binary")),
+        "{text}"
+    );
+    // ingotd's log names that file, inside the RPC's span with the pod id.
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("shim_log="))
+        .unwrap_or_else(|| panic!("no shim_log in ingotd's log:\n{log}"));
+    assert!(line.contains(&shim_log.display().to_string()), "{line}");
+    assert!(
+        line.contains("CreateContainer{") && line.contains(&pod_id),
+        "{line}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("call failed") && l.contains("/no/such/binary")),
+        "{log}"
+    );
+
+    // A working container afterwards: the shim survived its failed create.
+    let id = start_container(
+        &mut client,
+        &pod_id,
+        &pod,
+        container_config("ok", &image, "sleep 100"),
+    )
+    .await;
+    let reply = exec(&mut client, &id, &["echo", "fine"]).await;
+    assert_eq!(String::from_utf8_lossy(&reply.stdout), "fine\n");
+    remove_pod(&mut client, &pod_id).await;
+    assert_nothing_left(daemon, &pod_id);
+}
