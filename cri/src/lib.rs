@@ -13,6 +13,7 @@ pub mod shim_client;
 pub mod stats;
 pub mod status;
 pub mod store;
+pub mod sysctl;
 
 /// Everything ingotd's RPCs and start-up can fail with; mapped to gRPC codes in `status`.
 #[derive(Debug, thiserror::Error)]

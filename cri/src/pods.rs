@@ -204,21 +204,7 @@ pub fn validate(config: &v1::PodSandboxConfig) -> Result<(), CriError> {
                 )
             })?;
         }
-        for (name, value) in &linux.sysctls {
-            let valid = !name.is_empty()
-                && name
-                    .split(['.', '/'])
-                    .all(|part| !part.is_empty() && part != "..")
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
-            if !valid || value.contains('\n') {
-                return Err(CriError::invalid(
-                    "config.linux.sysctls",
-                    format!("{name:?}={value:?} is not a sysctl setting"),
-                ));
-            }
-        }
+        crate::sysctl::check(&linux.sysctls, &own_namespaces(&namespace_options(config)))?;
     }
     Ok(())
 }
@@ -243,6 +229,19 @@ fn namespace_options(config: &v1::PodSandboxConfig) -> v1::NamespaceOption {
 
 fn is_node(mode: i32) -> bool {
     mode == v1::NamespaceMode::Node as i32
+}
+
+/// The namespaces a pod gets of its own (and pins): network and UTS unless it uses the host's
+/// network, IPC unless it uses the host's IPC.
+fn own_namespaces(options: &v1::NamespaceOption) -> Vec<Kind> {
+    let mut kinds = Vec::new();
+    if !is_node(options.network) {
+        kinds.extend([Kind::Net, Kind::Uts]);
+    }
+    if !is_node(options.ipc) {
+        kinds.push(Kind::Ipc);
+    }
+    kinds
 }
 
 /// resolv.conf for the pod: the kubelet's DNS config, or the host's file.
@@ -288,13 +287,22 @@ fn set_up(
     std::fs::create_dir_all(&pod.dir)
         .map_err(CriError::io(format!("create {}", pod.dir.display())))?;
 
-    let mut kinds = Vec::new();
-    if !host_network {
-        kinds.extend([Kind::Net, Kind::Uts]);
-    }
-    if !host_ipc {
-        kinds.push(Kind::Ipc);
-    }
+    let kinds = own_namespaces(&options);
+    let sysctls: Vec<ingot_netns::Sysctl> = crate::sysctl::check(
+        &config
+            .linux
+            .as_ref()
+            .map(|l| l.sysctls.clone())
+            .unwrap_or_default(),
+        &kinds,
+    )?
+    .into_iter()
+    .map(|(name, value)| ingot_netns::Sysctl {
+        path: crate::sysctl::proc_path(&name),
+        name,
+        value,
+    })
+    .collect();
     let host_name = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
@@ -305,7 +313,17 @@ fn set_up(
         config.hostname.clone()
     };
     if !kinds.is_empty() {
-        let pinned = ingot_netns::pin(&pod.dir.join("ns"), &kinds, Some(&hostname))?;
+        let pinned = ingot_netns::pin(&pod.dir.join("ns"), &kinds, Some(&hostname), &sysctls)
+            .map_err(|err| match err {
+                // The kernel's verdict on a sysctl is the request's fault, like its syntax.
+                ingot_netns::NetnsError::Sysctl { .. } => {
+                    let cause = std::error::Error::source(&err)
+                        .map(|source| format!(": {source}"))
+                        .unwrap_or_default();
+                    CriError::invalid("config.linux.sysctls", format!("{err}{cause}"))
+                }
+                err => err.into(),
+            })?;
         pod.net = pinned.path(Kind::Net);
         pod.ipc = pinned.path(Kind::Ipc);
         pod.uts = pinned.path(Kind::Uts);

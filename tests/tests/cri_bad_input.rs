@@ -12,6 +12,8 @@ use k8s_cri::v1;
 use tonic::Code;
 
 const IMAGE: &str = "ingot/bad-input:1";
+const NODE: v1::NamespaceMode = v1::NamespaceMode::Node;
+const POD: v1::NamespaceMode = v1::NamespaceMode::Pod;
 
 struct Table {
     cases: usize,
@@ -227,6 +229,78 @@ async fn hostile_requests_are_refused_and_leave_nothing() {
         ia,
         "config.linux.sysctls",
     );
+    // Sysctls as runc checks them (namespaced ones only, each where the pod has that namespace
+    // of its own), then as the kernel does when RunPodSandbox writes them in the new
+    // namespaces. `network` and `ipc` choose the pod's namespaces (the table's pod shares the
+    // host's network).
+    let sysctl_cases: &[(&str, &str, &str, v1::NamespaceMode, v1::NamespaceMode)] = &[
+        (
+            "sysctl not in a namespace",
+            "kernel.no_such_sysctl",
+            "1",
+            NODE,
+            POD,
+        ),
+        ("sysctl of the host only", "kernel.panic", "1", POD, POD),
+        (
+            "net sysctl with host network",
+            "net.ipv4.ip_forward",
+            "1",
+            NODE,
+            POD,
+        ),
+        (
+            "ipc sysctl with host IPC",
+            "kernel.shmmax",
+            "4096",
+            POD,
+            NODE,
+        ),
+        (
+            "mqueue sysctl with host IPC",
+            "fs.mqueue.msg_max",
+            "10",
+            NODE,
+            NODE,
+        ),
+        ("hostname sysctl", "kernel.hostname", "x", POD, POD),
+        (
+            "unknown net sysctl",
+            "net.ipv4.no_such_sysctl",
+            "1",
+            POD,
+            POD,
+        ),
+        (
+            "unknown mqueue sysctl",
+            "fs.mqueue.no_such_sysctl",
+            "1",
+            NODE,
+            POD,
+        ),
+        ("bad ipc sysctl value", "kernel.shmmax", "lots", NODE, POD),
+        (
+            "bad net sysctl value",
+            "net.ipv4.ip_forward",
+            "on",
+            POD,
+            POD,
+        ),
+    ];
+    for (case, name, value, network, ipc) in sysctl_cases {
+        let request = with(|c| {
+            let linux = c.linux.as_mut().expect("linux");
+            linux.sysctls = HashMap::from([(name.to_string(), value.to_string())]);
+            let options = linux
+                .security_context
+                .as_mut()
+                .and_then(|s| s.namespace_options.as_mut())
+                .expect("namespace options");
+            options.network = *network as i32;
+            options.ipc = *ipc as i32;
+        });
+        t.check(case, client.run_pod_sandbox(request).await, ia, name);
+    }
     t.check(
         "unknown runtime handler",
         client

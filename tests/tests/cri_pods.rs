@@ -42,6 +42,16 @@ async fn pod_lifecycle_network_logs_exec_stats() {
         Some("kept")
     );
     assert!(status.info.contains_key("info"));
+    // The pod's sysctl is set in its pinned network namespace at RunPodSandbox, before any
+    // container exists.
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).expect("info json");
+    let netns = info["netNamespacePath"].as_str().expect("netns path");
+    let set = std::process::Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"])
+        .output()
+        .expect("nsenter");
+    assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), "80", "{set:?}");
 
     // A duplicate name is refused, and leaves nothing.
     let duplicate = client

@@ -23,6 +23,15 @@ pub enum NetnsError {
         #[source]
         source: std::io::Error,
     },
+    /// The kernel refused a sysctl in the new namespaces (no such sysctl, a bad value).
+    #[error("sysctl {name}={value:?}: {reason}")]
+    Sysctl {
+        name: String,
+        value: String,
+        reason: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("CNI plugin {plugin} {command}: {message}")]
     Cni {
         plugin: String,
@@ -85,9 +94,48 @@ impl Pinned {
     }
 }
 
-/// Creates new namespaces of `kinds` (setting `hostname` in a new UTS namespace) and pins them
-/// under `dir`. On failure nothing stays mounted.
-pub fn pin(dir: &Path, kinds: &[Kind], hostname: Option<&str>) -> Result<Pinned, NetnsError> {
+/// A sysctl to write in new namespaces: its dotted name and the file under `/proc/sys`.
+#[derive(Debug, Clone)]
+pub struct Sysctl {
+    pub name: String,
+    pub path: String,
+    pub value: String,
+}
+
+/// Writes one sysctl as the calling thread's namespaces see it (`/proc/sys/net` and the IPC
+/// and UTS files are per namespace of the task that opens them).
+fn write_sysctl(sysctl: &Sysctl) -> Result<(), NetnsError> {
+    let file = Path::new("/proc/sys").join(&sysctl.path);
+    let refused = |reason: &str, source: std::io::Error| NetnsError::Sysctl {
+        name: sysctl.name.clone(),
+        value: sysctl.value.clone(),
+        reason: format!("{reason} ({})", file.display()),
+        source,
+    };
+    let mut opened = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .map_err(|err| {
+            let reason = match err.kind() {
+                std::io::ErrorKind::NotFound => "no such sysctl in this kernel",
+                std::io::ErrorKind::PermissionDenied => "not writable",
+                _ => "cannot be opened",
+            };
+            refused(reason, err)
+        })?;
+    opened
+        .write_all(sysctl.value.as_bytes())
+        .map_err(|err| refused("the kernel refused the value", err))
+}
+
+/// Creates new namespaces of `kinds` (setting `hostname` in a new UTS namespace, and writing
+/// `sysctls` in them) and pins them under `dir`. On failure nothing stays mounted.
+pub fn pin(
+    dir: &Path,
+    kinds: &[Kind],
+    hostname: Option<&str>,
+    sysctls: &[Sysctl],
+) -> Result<Pinned, NetnsError> {
     std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
     for kind in kinds {
         let file = dir.join(kind.name());
@@ -99,6 +147,7 @@ pub fn pin(dir: &Path, kinds: &[Kind], hostname: Option<&str>) -> Result<Pinned,
     };
     let worker = pinned.clone();
     let hostname = hostname.map(str::to_string);
+    let sysctls = sysctls.to_vec();
     // Namespaces belong to the thread that unshares; this one exists only to make and pin them.
     let result = std::thread::Builder::new()
         .name("netns-pin".into())
@@ -112,6 +161,10 @@ pub fn pin(dir: &Path, kinds: &[Kind], hostname: Option<&str>) -> Result<Pinned,
                 if worker.kinds.contains(&Kind::Uts) {
                     nix::unistd::sethostname(name).map_err(errno("set pod hostname"))?;
                 }
+            }
+            // In the new namespaces, before anything joins them (as CRI-O's pinns does).
+            for sysctl in &sysctls {
+                write_sysctl(sysctl)?;
             }
             for kind in &worker.kinds {
                 let source = format!("/proc/thread-self/ns/{}", kind.name());

@@ -20,7 +20,21 @@ fn mounted_at(path: &Path) -> bool {
 fn pins_new_namespaces_and_removes_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ns_dir = dir.path().join("ns");
-    let pinned = pin(&ns_dir, &[Kind::Net, Kind::Ipc, Kind::Uts], Some("pod-a")).expect("pin");
+    let sysctl = |name: &str, value: &str| Sysctl {
+        name: name.into(),
+        path: name.replace('.', "/"),
+        value: value.into(),
+    };
+    let pinned = pin(
+        &ns_dir,
+        &[Kind::Net, Kind::Ipc, Kind::Uts],
+        Some("pod-a"),
+        &[
+            sysctl("net.ipv4.ip_unprivileged_port_start", "81"),
+            sysctl("kernel.shmmni", "1000"),
+        ],
+    )
+    .expect("pin");
     for kind in [Kind::Net, Kind::Ipc, Kind::Uts] {
         let path = pinned.path(kind).expect("pinned");
         assert!(mounted_at(&path), "{} not mounted", path.display());
@@ -49,17 +63,49 @@ fn pins_new_namespaces_and_removes_them() {
     .join()
     .expect("thread");
     assert_eq!(hostname.to_string_lossy(), "pod-a");
+    // The sysctls are set in the new namespaces, not on the host.
+    let port_start = in_netns(&net, || {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+    })
+    .expect("enter")
+    .expect("read");
+    assert_eq!(port_start.trim(), "81");
+    let ipc = std::fs::File::open(pinned.path(Kind::Ipc).expect("ipc")).expect("open");
+    let shmmni = std::thread::spawn(move || {
+        nix::sched::setns(&ipc, CloneFlags::CLONE_NEWIPC).expect("setns");
+        std::fs::read_to_string("/proc/sys/kernel/shmmni").expect("read")
+    })
+    .join()
+    .expect("thread");
+    assert_eq!(shmmni.trim(), "1000");
+    let host = std::fs::read_to_string("/proc/sys/kernel/shmmni").expect("host");
+    assert_ne!(host.trim(), "1000", "set on the host");
 
     remove(&pinned);
     assert!(!ns_dir.exists());
     assert!(!mounted_at(&ns_dir.join("net")));
     remove(&pinned); // idempotent
+
+    // A sysctl the kernel refuses fails the whole pin, naming it, and leaves nothing mounted.
+    let refused = pin(
+        &ns_dir,
+        &[Kind::Net],
+        None,
+        &[sysctl("net.ipv4.no_such_sysctl", "1")],
+    )
+    .expect_err("no such sysctl");
+    assert!(
+        matches!(&refused, NetnsError::Sysctl { name, .. } if name == "net.ipv4.no_such_sysctl"),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("no such sysctl"), "{refused}");
+    assert!(!mounted_at(&ns_dir.join("net")));
 }
 
 #[test]
 fn loopback_plugin_brings_lo_up_and_errors_name_the_plugin() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pinned = pin(&dir.path().join("ns"), &[Kind::Net], None).expect("pin");
+    let pinned = pin(&dir.path().join("ns"), &[Kind::Net], None, &[]).expect("pin");
     let net = pinned.path(Kind::Net).expect("net");
     let plugin_dirs = vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")];
     let config = serde_json::json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
@@ -170,7 +216,7 @@ fn pid_holder_is_pid_one_of_its_own_namespace() {
 #[test]
 fn loopback_up_without_a_plugin() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pinned = pin(&dir.path().join("ns"), &[Kind::Net], None).expect("pin");
+    let pinned = pin(&dir.path().join("ns"), &[Kind::Net], None, &[]).expect("pin");
     let net = pinned.path(Kind::Net).expect("net");
     assert!(
         !interface_is_up(&net, "lo").expect("flags"),
