@@ -73,6 +73,41 @@ async fn pods_keep_working_while_others_come_and_go() {
         start_container(&mut client, &steady_id, &steady, steady_config.clone()).await;
     echo_in(&mut client, &steady_app, "steady").await;
 
+    // The pod's init (its shared PID namespace's PID 1) lives in the pod's cgroup in every
+    // hierarchy, not in ingotd's.
+    let info = client
+        .pod_sandbox_status(v1::PodSandboxStatusRequest {
+            pod_sandbox_id: steady_id.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .info;
+    let info: serde_json::Value = serde_json::from_str(&info["info"]).expect("info");
+    let init = info["podInitPid"].as_u64().expect("pod init pid");
+    let cgroups = std::fs::read_to_string(format!("/proc/{init}/cgroup")).expect("cgroups");
+    let pod_cgroup = format!("{}/{steady_id}", daemon.cgroup_parent);
+    let mut checked = 0;
+    for line in cgroups.lines() {
+        let (controllers, path) = line
+            .split_once(':')
+            .and_then(|(_, rest)| rest.split_once(':'))
+            .expect("line");
+        if controllers.is_empty()
+            || controllers.starts_with("name=")
+            || controllers == "hugetlb" && path == "/"
+        {
+            continue;
+        }
+        assert!(
+            path.starts_with(&pod_cgroup),
+            "pod init in {line} (want {pod_cgroup})"
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "no cgroup hierarchy checked: {cgroups}");
+
     // A second long-lived pod with two containers.
     let busy = pod_config("busy", &daemon.log_dir("busy"));
     let busy_id = run_pod(&mut client, busy.clone()).await;
