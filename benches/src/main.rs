@@ -7,8 +7,8 @@
 //!
 //! `ingot-bench ingotd-idle`: ingotd's RSS/PSS, threads and wakeups while idle.
 //!
-//! `ingot-bench pods [ITERATIONS]`: pod start and ExecSync, ingotd against containerd's CRI
-//! plugin (see `pods.rs`).
+//! `ingot-bench pods [ITERATIONS]`: pod start and ExecSync, churn of 10 and 50 pods at once,
+//! and ingotd's memory after it all, ingotd against containerd's CRI plugin (see `pods.rs`).
 
 mod pods;
 

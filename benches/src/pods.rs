@@ -3,7 +3,9 @@
 //! containerd's own CRI plugin with runc, alternating in one run. Both run in one network
 //! namespace of the benchmark's own with the same kind of CNI network (bridge + host-local), pull
 //! the same busybox image from the same local registry, write container logs, and put pods under
-//! their own absolute cgroup parents, removed at the end.
+//! their own absolute cgroup parents, removed at the end. Then churn: N pods (10, then 50)
+//! started at once until all run, then all removed, per runtime in turn; and ingotd's resident
+//! memory once everything is gone.
 
 use std::{
     fs,
@@ -153,57 +155,94 @@ fn pod_config(name: &str, cgroup_parent: &str, log_dir: &Path) -> v1::PodSandbox
     }
 }
 
+/// A pod with one `sleep` container, started: RunPodSandbox, CreateContainer, StartContainer,
+/// each call's time in `phases`. Returns the pod and container ids.
+async fn start_pod(
+    client: &mut RuntimeServiceClient<Channel>,
+    leg: &str,
+    pod: v1::PodSandboxConfig,
+    image: &str,
+    phases: &mut [Duration; 3],
+) -> Result<(String, String)> {
+    let mut phase = Instant::now();
+    let pod_id = client
+        .run_pod_sandbox(v1::RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .with_context(|| format!("{leg}: RunPodSandbox"))?
+        .into_inner()
+        .pod_sandbox_id;
+    phases[0] = phase.elapsed();
+    phase = Instant::now();
+    let container_id = client
+        .create_container(v1::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(v1::ContainerConfig {
+                metadata: Some(v1::ContainerMetadata {
+                    name: "app".into(),
+                    attempt: 0,
+                }),
+                image: Some(v1::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                command: vec!["sleep".into(), "100000".into()],
+                log_path: "app/0.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod),
+        })
+        .await
+        .with_context(|| format!("{leg}: CreateContainer"))?
+        .into_inner()
+        .container_id;
+    phases[1] = phase.elapsed();
+    phase = Instant::now();
+    client
+        .start_container(v1::StartContainerRequest {
+            container_id: container_id.clone(),
+        })
+        .await
+        .with_context(|| format!("{leg}: StartContainer"))?;
+    phases[2] = phase.elapsed();
+    Ok((pod_id, container_id))
+}
+
+/// StopPodSandbox and RemovePodSandbox, as the kubelet ends a pod.
+async fn end_pod(
+    client: &mut RuntimeServiceClient<Channel>,
+    leg: &str,
+    pod_id: &str,
+) -> Result<()> {
+    client
+        .stop_pod_sandbox(v1::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.into(),
+        })
+        .await
+        .with_context(|| format!("{leg}: StopPodSandbox"))?;
+    client
+        .remove_pod_sandbox(v1::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id.into(),
+        })
+        .await
+        .with_context(|| format!("{leg}: RemovePodSandbox"))?;
+    Ok(())
+}
+
 impl Leg {
     async fn iteration(&mut self, n: usize, image: &str) -> Result<()> {
         let name = format!("{}-{n}", self.name);
         let pod = pod_config(&name, &self.cgroup_parent, &self.log_dir);
         let started = Instant::now();
-        let mut phase = Instant::now();
-        let pod_id = self
-            .client
-            .run_pod_sandbox(v1::RunPodSandboxRequest {
-                config: Some(pod.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .with_context(|| format!("{}: RunPodSandbox", self.name))?
-            .into_inner()
-            .pod_sandbox_id;
-        self.phases[0].push(phase.elapsed());
-        phase = Instant::now();
-        let container_id = self
-            .client
-            .create_container(v1::CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(v1::ContainerConfig {
-                    metadata: Some(v1::ContainerMetadata {
-                        name: "app".into(),
-                        attempt: 0,
-                    }),
-                    image: Some(v1::ImageSpec {
-                        image: image.into(),
-                        ..Default::default()
-                    }),
-                    command: vec!["sleep".into(), "100000".into()],
-                    log_path: "app/0.log".into(),
-                    ..Default::default()
-                }),
-                sandbox_config: Some(pod),
-            })
-            .await
-            .with_context(|| format!("{}: CreateContainer", self.name))?
-            .into_inner()
-            .container_id;
-        self.phases[1].push(phase.elapsed());
-        phase = Instant::now();
-        self.client
-            .start_container(v1::StartContainerRequest {
-                container_id: container_id.clone(),
-            })
-            .await
-            .with_context(|| format!("{}: StartContainer", self.name))?;
-        self.phases[2].push(phase.elapsed());
+        let mut phases = [Duration::ZERO; 3];
+        let (pod_id, container_id) =
+            start_pod(&mut self.client, self.name, pod, image, &mut phases).await?;
         self.start.push(started.elapsed());
+        for (samples, phase) in self.phases.iter_mut().zip(phases) {
+            samples.push(phase);
+        }
         for _ in 0..EXECS_PER_POD {
             let started = Instant::now();
             let out = self
@@ -221,21 +260,50 @@ impl Leg {
                 bail!("{}: ExecSync true exited {}", self.name, out.exit_code);
             }
         }
-        self.client
-            .stop_pod_sandbox(v1::StopPodSandboxRequest {
-                pod_sandbox_id: pod_id.clone(),
-            })
-            .await
-            .with_context(|| format!("{}: StopPodSandbox", self.name))?;
-        self.client
-            .remove_pod_sandbox(v1::RemovePodSandboxRequest {
-                pod_sandbox_id: pod_id,
-            })
-            .await
-            .with_context(|| format!("{}: RemovePodSandbox", self.name))?;
-        Ok(())
+        end_pod(&mut self.client, self.name, &pod_id).await
+    }
+
+    /// One churn burst: `pods` pods started concurrently until all run (the sample), then all
+    /// ended concurrently.
+    async fn churn(&mut self, burst: usize, pods: usize, image: &str) -> Result<Duration> {
+        let started = Instant::now();
+        let mut starting = tokio::task::JoinSet::new();
+        for i in 0..pods {
+            let mut client = self.client.clone();
+            let leg = self.name;
+            let pod = pod_config(
+                &format!("{leg}-churn{pods}-{burst}-{i}"),
+                &self.cgroup_parent,
+                &self.log_dir,
+            );
+            let image = image.to_string();
+            starting.spawn(async move {
+                let mut phases = [Duration::ZERO; 3];
+                start_pod(&mut client, leg, pod, &image, &mut phases).await
+            });
+        }
+        let mut started_pods = Vec::with_capacity(pods);
+        while let Some(done) = starting.join_next().await {
+            started_pods.push(done.context("churn task")??.0);
+        }
+        let elapsed = started.elapsed();
+        let mut ending = tokio::task::JoinSet::new();
+        for pod_id in started_pods {
+            let mut client = self.client.clone();
+            let leg = self.name;
+            ending.spawn(async move { end_pod(&mut client, leg, &pod_id).await });
+        }
+        while let Some(done) = ending.join_next().await {
+            done.context("churn task")??;
+        }
+        Ok(elapsed)
     }
 }
+
+/// Churn bursts per size: (pods started at once, bursts per runtime).
+const CHURN: [(usize, usize); 2] = [(10, 5), (50, 3)];
+/// ingotd's resident memory after the whole run, its pods gone: the bound.
+const RSS_TARGET_KIB: u64 = 20 * 1024;
 
 async fn pull(socket: &Path, image: &str) -> Result<()> {
     ingot_tests::cri::pull(socket, image)
@@ -264,7 +332,7 @@ pub fn run(iterations: usize) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (ingot, ctd) = runtime.block_on(async {
+    let (ingot, ctd, churn) = runtime.block_on(async {
         pull(&ingotd.socket(), &image).await?;
         pull(&containerd.socket(), &image).await?;
         let mut legs = [
@@ -299,9 +367,22 @@ pub fn run(iterations: usize) -> Result<()> {
                 leg.iteration(n, &image).await?;
             }
         }
+        let mut churn = Vec::new();
+        for (pods, bursts) in CHURN {
+            let mut samples = [Vec::new(), Vec::new()];
+            for burst in 0..bursts {
+                for (leg, samples) in legs.iter_mut().zip(&mut samples) {
+                    samples.push(leg.churn(burst, pods, &image).await?);
+                }
+            }
+            churn.push((pods, samples));
+        }
         let [ingot, ctd] = legs;
-        Ok::<_, anyhow::Error>((ingot, ctd))
+        Ok::<_, anyhow::Error>((ingot, ctd, churn))
     })?;
+    // All pods are gone: what ingotd still holds is what a day's work leaves.
+    std::thread::sleep(Duration::from_secs(1));
+    let (rss, pss) = crate::smaps_rollup(ingotd.pid().as_raw())?;
 
     let p50 = |samples: &[Duration]| {
         let mut sorted = samples.to_vec();
@@ -343,6 +424,21 @@ pub fn run(iterations: usize) -> Result<()> {
         "ingotd/containerd: pod start p50 {:.2} (target <= 0.25), ExecSync p50 {:.2} (target <= 0.33)",
         ratio(p50(&ingot.start), p50(&ctd.start)),
         ratio(p50(&ingot.exec), p50(&ctd.exec)),
+    );
+    println!("churn: N pods started at once until all run, then removed; p50 of the bursts");
+    for (pods, [ingot, ctd]) in &churn {
+        println!(
+            "N={pods:<3} ingotd {:>10}  containerd {:>10}  ratio {:.2} (target <= 0.17), {} bursts",
+            crate::ms(p50(ingot)),
+            crate::ms(p50(ctd)),
+            ratio(p50(ingot), p50(ctd)),
+            ingot.len(),
+        );
+    }
+    let pods_run = iterations + 1 + CHURN.iter().map(|(n, b)| n * b).sum::<usize>();
+    println!(
+        "ingotd after {pods_run} pods and {} ExecSync, all removed: RSS {rss} KiB, PSS {pss} KiB (target RSS <= {RSS_TARGET_KIB} KiB)",
+        (iterations + 1) * EXECS_PER_POD,
     );
     if let Ok(path) = std::env::var("INGOT_BENCH_LOG") {
         fs::copy(ingotd.dir.path().join("ingotd.log"), &path)?;
