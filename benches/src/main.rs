@@ -268,15 +268,18 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 
 /// (Rss, Pss) in KiB from /proc/PID/smaps_rollup.
 fn smaps_rollup(pid: i32) -> Result<(u64, u64)> {
+    Ok((smaps_field(pid, "Rss:")?, smaps_field(pid, "Pss:")?))
+}
+
+/// One field (KiB) of /proc/PID/smaps_rollup, e.g. `Anonymous:`.
+fn smaps_field(pid: i32, name: &str) -> Result<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Ok((field("Rss:"), field("Pss:")))
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0))
 }
 
 /// Voluntary + involuntary context switches over all threads: each is a wakeup.

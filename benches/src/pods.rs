@@ -383,6 +383,11 @@ pub fn run(iterations: usize) -> Result<()> {
     // All pods are gone: what ingotd still holds is what a day's work leaves.
     std::thread::sleep(Duration::from_secs(1));
     let (rss, pss) = crate::smaps_rollup(ingotd.pid().as_raw())?;
+    let anonymous = crate::smaps_field(ingotd.pid().as_raw(), "Anonymous:")?;
+    if let Ok(path) = std::env::var("INGOT_BENCH_SMAPS") {
+        fs::copy(format!("/proc/{}/smaps", ingotd.pid()), &path)?;
+        println!("ingotd's memory map: {path}");
+    }
 
     let p50 = |samples: &[Duration]| {
         let mut sorted = samples.to_vec();
@@ -437,7 +442,7 @@ pub fn run(iterations: usize) -> Result<()> {
     }
     let pods_run = iterations + 1 + CHURN.iter().map(|(n, b)| n * b).sum::<usize>();
     println!(
-        "ingotd after {pods_run} pods and {} ExecSync, all removed: RSS {rss} KiB, PSS {pss} KiB (target RSS <= {RSS_TARGET_KIB} KiB)",
+        "ingotd after {pods_run} pods and {} ExecSync, all removed: RSS {rss} KiB ({anonymous} KiB anonymous), PSS {pss} KiB (target RSS <= {RSS_TARGET_KIB} KiB)",
         (iterations + 1) * EXECS_PER_POD,
     );
     if let Ok(path) = std::env::var("INGOT_BENCH_LOG") {

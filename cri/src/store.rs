@@ -84,6 +84,9 @@ pub struct ContainerRecord {
     pub stop_signal: u32,
 }
 
+/// The page cache of the state store.
+const STORE_CACHE_BYTES: usize = 1 << 20;
+
 pub struct Store {
     db: Database,
     path: PathBuf,
@@ -98,7 +101,12 @@ impl Store {
             path: path.display().to_string(),
             message,
         };
-        let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
+        // redb caches up to 1 GiB of pages by default, which a long-lived daemon's resident
+        // memory keeps after a day of pods; the records are small and read once at start.
+        let db = redb::Builder::new()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| err(e.to_string()))?;
         let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
         txn.open_table(PODS).map_err(|e| err(e.to_string()))?;
         txn.open_table(CONTAINERS).map_err(|e| err(e.to_string()))?;

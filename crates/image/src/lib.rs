@@ -4,6 +4,7 @@
 //! `redb`, and layers unpacked in overlayfs form (whiteouts as 0/0 devices, opaque directories).
 //! Overlay rootfs assembly lands with containers.
 
+pub mod reference;
 pub mod store;
 pub mod unpack;
 
@@ -45,12 +46,10 @@ pub fn normalize(reference: &str) -> Result<oci_client::Reference, ImageError> {
             reason: "empty".into(),
         });
     }
-    reference
-        .parse::<oci_client::Reference>()
-        .map_err(|err| ImageError::InvalidReference {
-            reference: reference.into(),
-            reason: err.to_string(),
-        })
+    reference::parse(reference).map_err(|reason| ImageError::InvalidReference {
+        reference: reference.into(),
+        reason: reason.into(),
+    })
 }
 
 /// `registry/repository:tag`, or `registry/repository@digest` without a tag.

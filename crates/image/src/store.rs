@@ -172,7 +172,11 @@ impl ImageStore {
             path: db_path.display().to_string(),
             message,
         };
-        let db = Database::create(&db_path).map_err(|err| store_err(err.to_string()))?;
+        // Bounded page cache: redb's default (1 GiB) would stay resident in ingotd.
+        let db = redb::Builder::new()
+            .set_cache_size(1 << 20)
+            .create(&db_path)
+            .map_err(|err| store_err(err.to_string()))?;
         let txn = db.begin_write().map_err(|err| store_err(err.to_string()))?;
         txn.open_table(IMAGES)
             .map_err(|err| store_err(err.to_string()))?;

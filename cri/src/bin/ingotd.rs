@@ -4,9 +4,18 @@
 use anyhow::Context;
 use ingot_cri::config::{Config, Flags};
 
+/// Threads for blocking work: enough for a burst of pods on a node's housekeeping CPUs.
+const MAX_BLOCKING_THREADS: usize = 32;
+
 fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some(ingot_cri::pods::POD_INIT_ARG) {
         ingot_cri::pods::pod_init();
+    }
+    // Every thread of the blocking pool (namespaces, CNI, mounts) would get a malloc arena of
+    // its own, each keeping what it once held; two shared arenas serve a daemon that mostly
+    // waits. SAFETY: mallopt only tunes the allocator; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -21,6 +30,8 @@ fn main() -> anyhow::Result<()> {
     // One thread: the daemon mostly waits; housekeeping CPUs stay quiet.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Blocking work (pod set-up, CNI plugins, unpacking) in at most this many threads.
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
         .context("start the async runtime")?;
     runtime.block_on(async {
