@@ -314,14 +314,16 @@ async fn killed_inside_run_pod_sandbox_leaves_nothing_after_recovery() {
 }
 
 /// A CNI plugin that holds ADD of pods named `gated*` until `<dir>/open` exists (it creates
-/// `<dir>/waiting` meanwhile), then runs Debian's bridge plugin with the same input.
+/// `<dir>/waiting` meanwhile; it gives up after 60 s, so a failed test leaves no process), then
+/// runs Debian's bridge plugin with the same input.
 fn gated_plugin(dir: &Path) {
     let script = format!(
         "#!/bin/sh\n\
          case \"$CNI_COMMAND $CNI_ARGS\" in\n\
          ADD*K8S_POD_NAME=gated*)\n\
              touch {dir}/waiting\n\
-             while [ ! -e {dir}/open ]; do sleep 0.02; done;;\n\
+             i=0\n\
+             while [ ! -e {dir}/open ] && [ $i -lt 3000 ]; do sleep 0.02; i=$((i+1)); done;;\n\
          esac\n\
          exec /usr/lib/cni/bridge\n",
         dir = dir.display()
