@@ -207,8 +207,13 @@ impl Manager {
         self.store.delete_pod(id)?;
         lock(&self.pods).remove(id);
         // A call still waiting on the lock re-reads the pod after it and finds it gone.
-        lock(&self.pod_locks).remove(id);
+        self.forget_pod_lock(id);
         Ok(())
+    }
+
+    /// Drops the lifecycle lock of a pod that is gone (or never got a record).
+    pub fn forget_pod_lock(&self, id: &str) {
+        lock(&self.pod_locks).remove(id);
     }
 
     pub fn save_container(&self, container: ContainerRecord) -> Result<(), CriError> {

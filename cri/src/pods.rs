@@ -666,7 +666,23 @@ pub async fn run(
             .map(|p| p.id)
     })?;
     let id = new_id()?;
-    let _lifecycle = manager.lock_pod(&id).await;
+    let lifecycle = manager.lock_pod(&id).await;
+    let result = run_locked(manager, id.clone(), config, request.runtime_handler).await;
+    drop(lifecycle);
+    if result.is_err() {
+        // No record was made: the pod's lock goes too.
+        manager.forget_pod_lock(&id);
+    }
+    result
+}
+
+/// RunPodSandbox of a new pod `id` whose name is reserved, with its lock held.
+async fn run_locked(
+    manager: &Arc<Manager>,
+    id: String,
+    config: v1::PodSandboxConfig,
+    runtime_handler: String,
+) -> Result<String, CriError> {
     let (cgroup_parent, owns_cgroup) = match config.linux.as_ref().map(|l| l.cgroup_parent.as_str())
     {
         Some(parent) if !parent.is_empty() => (parent.to_string(), false),
@@ -682,7 +698,7 @@ pub async fn run(
     let mut pod = PodRecord {
         id: id.clone(),
         config: config.encode_to_vec(),
-        runtime_handler: request.runtime_handler,
+        runtime_handler,
         created_at: now_ns(),
         state: PodState::Ready,
         dir: manager.config.state.join("pods").join(&id),
