@@ -434,7 +434,7 @@ pub async fn create(
             tracing::warn!(
                 pod = %pod.id,
                 container = %id,
-                shim_log = %crate::manager::shim_log(&pod.dir.join("shim")).display(),
+                shim_log = %crate::manager::shim_log(&pod.dir).display(),
                 "the pod's shim could not create the container; its log has the details"
             );
             cleanup_bundle(&prepared);
@@ -523,7 +523,7 @@ pub async fn start(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
             tracing::warn!(
                 pod = %pod.id,
                 container = %container.id,
-                shim_log = %crate::manager::shim_log(&pod.dir.join("shim")).display(),
+                shim_log = %crate::manager::shim_log(&pod.dir).display(),
                 "the pod's shim could not start the container; its log has the details"
             );
             // A container that failed to start is exited, with the reason, as containerd does.

@@ -29,9 +29,9 @@ const SHIM_BINARY: &str = "containerd-shim-ingot-v2";
 /// The variable naming a shim's log file (the shim's `shimlog::LOG_ENV`).
 const SHIM_LOG_ENV: &str = "INGOT_SHIM_LOG";
 
-/// A pod shim's log, beside the bundle directory it starts from (`<pod dir>/shim.log`).
-pub fn shim_log(shim_dir: &Path) -> PathBuf {
-    shim_dir.with_file_name("shim.log")
+/// A pod shim's log, `<pod dir>/shim.log`.
+pub fn shim_log(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("shim.log")
 }
 
 /// Suffix of a shim's own working directory beside its containers' state (the shim's
@@ -259,15 +259,17 @@ impl Manager {
                 return Ok(shim);
             }
         }
-        let address = self.start_shim(&pod.id, &pod.dir.join("shim")).await?;
+        let address = self.start_shim(&pod.id, &pod.dir).await?;
         pod.shim = Some(address.clone());
         self.save_pod(pod.clone())?;
         Ok(ShimClient::new(&address))
     }
 
-    /// Starts the pod's shim from a bundle directory `dir` that names only the pod (the shim
-    /// groups containers by their sandbox id); returns its address.
-    pub async fn start_shim(&self, pod_id: &str, dir: &Path) -> Result<String, CriError> {
+    /// Starts the pod's shim from a bundle directory `<pod dir>/shim` that names only the pod
+    /// (the shim groups containers by their sandbox id), logging to [`shim_log`]; returns its
+    /// address.
+    pub async fn start_shim(&self, pod_id: &str, pod_dir: &Path) -> Result<String, CriError> {
+        let dir = &pod_dir.join("shim");
         std::fs::create_dir_all(dir).map_err(CriError::io(format!("create {}", dir.display())))?;
         let config = serde_json::json!({
             "ociVersion": "1.0.2",
@@ -284,7 +286,7 @@ impl Manager {
             .current_dir(dir)
             .env_remove("TTRPC_ADDRESS")
             .env("INGOT_SHIM_ROOT", self.config.state.join("shim"))
-            .env(SHIM_LOG_ENV, shim_log(dir))
+            .env(SHIM_LOG_ENV, shim_log(pod_dir))
             .stdin(std::process::Stdio::null())
             .output()
             .await
@@ -295,7 +297,7 @@ impl Manager {
         if !output.status.success() {
             tracing::warn!(
                 pod = %pod_id,
-                shim_log = %shim_log(dir).display(),
+                shim_log = %shim_log(pod_dir).display(),
                 "the pod's shim did not start; its log may have the details"
             );
             return Err(CriError::Shim {

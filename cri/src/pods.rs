@@ -507,6 +507,19 @@ pub(crate) fn cgroup_roots() -> Vec<PathBuf> {
     roots
 }
 
+/// The v1 controller hierarchies under /sys/fs/cgroup (not the hybrid unified one, nor the
+/// named systemd one), where a pod's cgroup is made and its pod init joins it.
+fn v1_controller_hierarchies() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    cgroup_roots()
+        .into_iter()
+        .filter(|hierarchy| {
+            let name = hierarchy.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            hierarchy != root && !matches!(name, "unified" | "systemd") && hierarchy.is_dir()
+        })
+        .collect()
+}
+
 /// Creates the pod's cgroup in each v1 controller hierarchy where it is missing, as the sandbox
 /// container of containerd does at RunPodSandbox, so the pod's first CreateContainer makes one
 /// cgroup level, not two (a v1 cgroup costs one directory per hierarchy, each with per-controller
@@ -520,11 +533,8 @@ fn create_pod_cgroups(parent: &str) -> Vec<PathBuf> {
     }
     let relative = Path::new(parent.trim_start_matches('/'));
     let mut created = Vec::new();
-    for hierarchy in cgroup_roots() {
+    for hierarchy in v1_controller_hierarchies() {
         let name = hierarchy.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if hierarchy == root || matches!(name, "unified" | "systemd") || !hierarchy.is_dir() {
-            continue;
-        }
         let mut dir = hierarchy.clone();
         for component in relative.components() {
             dir.push(component);
@@ -572,12 +582,8 @@ fn pod_init_cgroup_files(
         }
         return Ok(vec![dir.join("cgroup.procs")]);
     }
-    Ok(cgroup_roots()
+    Ok(v1_controller_hierarchies()
         .into_iter()
-        .filter(|hierarchy| {
-            let name = hierarchy.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            hierarchy != root && !matches!(name, "unified" | "systemd")
-        })
         .map(|hierarchy| hierarchy.join(relative).join("tasks"))
         .filter(|tasks| tasks.exists())
         .collect())
@@ -716,7 +722,7 @@ async fn run_locked(
     };
     // The pod's shim starts while its namespaces and network are set up.
     let worker = Arc::clone(manager);
-    let shim_dir = pod.dir.join("shim");
+    let pod_dir = pod.dir.clone();
     let started = std::time::Instant::now();
     let (set_up_result, shim_result) = tokio::join!(
         tokio::task::spawn_blocking(move || {
@@ -725,7 +731,7 @@ async fn run_locked(
             (pod, outcome, created_cgroups, started.elapsed())
         }),
         async {
-            let address = manager.start_shim(&id, &shim_dir).await;
+            let address = manager.start_shim(&id, &pod_dir).await;
             tracing::debug!(pod = %id, elapsed = ?started.elapsed(), "shim started");
             address
         },
