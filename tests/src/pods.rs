@@ -93,6 +93,41 @@ pub fn host_network_pod(
     pod
 }
 
+/// The verbose `info` of PodSandboxStatus, parsed.
+pub async fn pod_info(client: &mut RuntimeServiceClient<Channel>, id: &str) -> serde_json::Value {
+    let info = client
+        .pod_sandbox_status(v1::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .info;
+    serde_json::from_str(&info["info"]).expect("info json")
+}
+
+/// StopContainer (with `timeout` seconds of grace), then RemoveContainer.
+pub async fn stop_and_remove_container(
+    client: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    timeout: i64,
+) {
+    client
+        .stop_container(v1::StopContainerRequest {
+            container_id: id.into(),
+            timeout,
+        })
+        .await
+        .expect("StopContainer");
+    client
+        .remove_container(v1::RemoveContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .expect("RemoveContainer");
+}
+
 /// The verbose `info` of ContainerStatus, parsed.
 pub async fn container_info(
     client: &mut RuntimeServiceClient<Channel>,

@@ -35,19 +35,7 @@ async fn restart(
     mut config: v1::ContainerConfig,
     attempt: u32,
 ) -> String {
-    client
-        .stop_container(v1::StopContainerRequest {
-            container_id: old.into(),
-            timeout: 5,
-        })
-        .await
-        .expect("StopContainer");
-    client
-        .remove_container(v1::RemoveContainerRequest {
-            container_id: old.into(),
-        })
-        .await
-        .expect("RemoveContainer");
+    stop_and_remove_container(client, old, 5).await;
     if let Some(metadata) = config.metadata.as_mut() {
         metadata.attempt = attempt;
     }
@@ -75,16 +63,7 @@ async fn pods_keep_working_while_others_come_and_go() {
 
     // The pod's init (its shared PID namespace's PID 1) lives in the pod's cgroup in every
     // hierarchy, not in ingotd's.
-    let info = client
-        .pod_sandbox_status(v1::PodSandboxStatusRequest {
-            pod_sandbox_id: steady_id.clone(),
-            verbose: true,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .info;
-    let info: serde_json::Value = serde_json::from_str(&info["info"]).expect("info");
+    let info = pod_info(&mut client, &steady_id).await;
     let init = info["podInitPid"].as_u64().expect("pod init pid");
     let cgroups = std::fs::read_to_string(format!("/proc/{init}/cgroup")).expect("cgroups");
     let pod_cgroup = format!("{}/{steady_id}", daemon.cgroup_parent);

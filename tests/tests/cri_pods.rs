@@ -527,19 +527,7 @@ async fn events_updates_stats_and_orphans() {
         .await
         .expect("ListPodSandboxMetrics");
 
-    client
-        .stop_container(v1::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 1,
-        })
-        .await
-        .expect("stop");
-    client
-        .remove_container(v1::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("remove");
+    stop_and_remove_container(&mut client, &id, 1).await;
     let mut kinds = Vec::new();
     while kinds.len() < 4 {
         let event = tokio::time::timeout(Duration::from_secs(10), events.message())
