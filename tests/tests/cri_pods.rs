@@ -3,7 +3,7 @@
 //! of its own, so the bridge never appears on the host), the shim, CRI logs, ExecSync, stats,
 //! stop/remove leaving nothing behind, and recovery after `kill -9` of the daemon.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use ingot_tests::{
     cri::{runtime_client, Daemon},
@@ -696,6 +696,68 @@ async fn a_failed_create_is_in_the_shim_log_and_ingotd_names_it() {
     .await;
     let reply = exec(&mut client, &id, &["echo", "fine"]).await;
     assert_eq!(String::from_utf8_lossy(&reply.stdout), "fine\n");
+    remove_pod(&mut client, &pod_id).await;
+    assert_nothing_left(daemon, &pod_id);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_container_joins_a_shared_pid_namespace_whatever_pid_it_gets_there() {
+    let (env, mut client, image) = env(false).await;
+    let daemon = &env.daemon;
+    let pod = host_network_pod("pidns", &daemon.log_dir("pidns"), v1::NamespaceMode::Pod);
+    let pod_id = run_pod(&mut client, pod.clone()).await;
+    let init = pod_info(&mut client, &pod_id).await["podInitPid"]
+        .as_u64()
+        .expect("pod init pid");
+    // The container's init gets the next pids of the pod's PID namespace: make them numbers no
+    // host process has (the host's /proc is still mounted while its rootfs is prepared), far
+    // from where the host allocates now.
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .expect("pid_max")
+        .trim()
+        .parse()
+        .expect("pid_max number");
+    let host_last: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .expect("ns_last_pid")
+        .trim()
+        .parse()
+        .expect("ns_last_pid number");
+    let free =
+        |start: u32| (start..start + 50).all(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+    let start = (1..pid_max / 100)
+        .map(|step| (host_last + pid_max / 2 + step * 50) % (pid_max - 100) + 50)
+        .find(|start| free(*start))
+        .expect("a window of free pids");
+    let set = std::process::Command::new("nsenter")
+        .arg(format!("--pid=/proc/{init}/ns/pid"))
+        .args(["sh", "-c"])
+        .arg(format!("echo {} > /proc/sys/kernel/ns_last_pid", start - 1))
+        .status()
+        .expect("nsenter");
+    assert!(set.success(), "set the pod's ns_last_pid");
+
+    let id = start_container(
+        &mut client,
+        &pod_id,
+        &pod,
+        container_config("app", &image, "sleep 100"),
+    )
+    .await;
+    // It is in the pod's PID namespace, with a pid from the window.
+    let reply = exec(&mut client, &id, &["cat", "/proc/1/cmdline"]).await;
+    assert!(
+        String::from_utf8_lossy(&reply.stdout).contains("--pod-init"),
+        "{reply:?}"
+    );
+    let reply = exec(&mut client, &id, &["sh", "-c", "pidof sleep"]).await;
+    let pid: u32 = String::from_utf8_lossy(&reply.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("pidof: {reply:?}"));
+    assert!(
+        (start..start + 50).contains(&pid),
+        "sleep is pid {pid}, window {start}"
+    );
     remove_pod(&mut client, &pod_id).await;
     assert_nothing_left(daemon, &pod_id);
 }

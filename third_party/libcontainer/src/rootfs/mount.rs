@@ -279,8 +279,13 @@ impl Mount {
 
         // get process cgroups
         let ppid = std::os::unix::process::parent_id();
-        // The non-zero ppid means that the PID Namespace is not separated.
-        let ppid = if ppid == 0 { std::process::id() } else { ppid };
+        // The non-zero ppid means that the PID Namespace is not separated. A zero one means
+        // the parent is outside this PID namespace: the root is the init of the /proc still
+        // mounted here (pid 1 of the PID namespace it was mounted for). Our own pid is that
+        // only in a new PID namespace; in one joined from outside (a pod's shared PID
+        // namespace) it is some other number, which names another process in that /proc, or
+        // none (ENOENT: "procfs failed").
+        let ppid = if ppid == 0 { 1 } else { ppid };
         let root_cgroups = Process::new(ppid as i32)?.cgroups()?.0;
         let process_cgroups: HashMap<String, String> =
             ProcessCGroups::from_read(ProcfsHandle::new()?.open(
