@@ -1,0 +1,1 @@
+//! Exclusive-CPU and memory-node allocation for ingot's containers.
