@@ -347,3 +347,191 @@ fn seccomp_choices() {
         SeccompChoice::Unconfined
     );
 }
+
+/// Compares `spec` with the committed snapshot `tests/snapshots/<name>.json`; with
+/// `INGOT_UPDATE_SNAPSHOTS=1` it rewrites the file instead.
+fn assert_snapshot(name: &str, spec: &Spec) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(format!("{name}.json"));
+    // Capabilities are sets in oci-spec (no order): sorted, so the snapshot is stable.
+    let mut value = serde_json::to_value(spec).expect("json");
+    if let Some(Value::Object(sets)) = value.pointer_mut("/process/capabilities") {
+        for set in sets.values_mut() {
+            if let Value::Array(names) = set {
+                names.sort_by_key(|name| name.to_string());
+            }
+        }
+    }
+    let actual = serde_json::to_string_pretty(&value).expect("json") + "\n";
+    if std::env::var_os("INGOT_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("snapshot dir");
+        std::fs::write(&path, &actual).expect("write snapshot");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|err| panic!("{}: {err} (INGOT_UPDATE_SNAPSHOTS=1 writes it)", path.display()));
+    assert!(
+        expected == actual,
+        "spec {name} differs from {}:\n{}",
+        path.display(),
+        first_difference(&expected, &actual)
+    );
+}
+
+fn first_difference(expected: &str, actual: &str) -> String {
+    for (line, (e, a)) in expected.lines().zip(actual.lines()).enumerate() {
+        if e != a {
+            return format!("line {}: expected {e:?}, got {a:?}", line + 1);
+        }
+    }
+    format!(
+        "lengths differ: {} lines expected, {} got",
+        expected.lines().count(),
+        actual.lines().count()
+    )
+}
+
+fn privileged_pod() -> v1::PodSandboxConfig {
+    v1::PodSandboxConfig {
+        metadata: Some(v1::PodSandboxMetadata {
+            name: "pod".into(),
+            uid: "uid-1".into(),
+            namespace: "ns".into(),
+            attempt: 0,
+        }),
+        linux: Some(v1::LinuxPodSandboxConfig {
+            security_context: Some(v1::LinuxSandboxSecurityContext {
+                privileged: true,
+                ..Default::default()
+            }),
+            sysctls: [("net.core.somaxconn".to_string(), "1024".to_string())].into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn spec_snapshots() {
+    assert_snapshot(
+        "default",
+        &spec_of(&container(), &v1::PodSandboxConfig::default()).expect("default"),
+    );
+
+    let mut config = container();
+    config.tty = true;
+    config.args = vec!["sleep".into(), "100".into()];
+    config.envs = vec![v1::KeyValue {
+        key: "A".into(),
+        value: "request".into(),
+    }];
+    config.working_dir = "/data".into();
+    config.annotations.insert("team".into(), "rt".into());
+    config.image = Some(v1::ImageSpec {
+        image: "busybox:latest".into(),
+        ..Default::default()
+    });
+    config.mounts = vec![
+        v1::Mount {
+            container_path: "/data".into(),
+            host_path: "/srv/data".into(),
+            readonly: true,
+            propagation: v1::MountPropagation::PropagationBidirectional as i32,
+            ..Default::default()
+        },
+        v1::Mount {
+            container_path: "/etc/hosts".into(),
+            host_path: "/srv/hosts".into(),
+            ..Default::default()
+        },
+    ];
+    config.linux = Some(v1::LinuxContainerConfig {
+        resources: Some(v1::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 200_000,
+            cpu_shares: 2048,
+            memory_limit_in_bytes: 1 << 30,
+            memory_swap_limit_in_bytes: 1 << 31,
+            oom_score_adj: -997,
+            cpuset_cpus: "2-3".into(),
+            cpuset_mems: "0".into(),
+            hugepage_limits: vec![v1::HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 4 << 21,
+            }],
+            unified: [("memory.high".to_string(), "max".to_string())].into(),
+            ..Default::default()
+        }),
+        security_context: Some(v1::LinuxContainerSecurityContext {
+            readonly_rootfs: true,
+            no_new_privs: true,
+            capabilities: Some(v1::Capability {
+                add_capabilities: vec!["NET_ADMIN".into()],
+                drop_capabilities: vec!["KILL".into()],
+                ..Default::default()
+            }),
+            masked_paths: vec!["/proc/secret".into()],
+            readonly_paths: vec!["/proc/sys".into()],
+            ..Default::default()
+        }),
+    });
+    assert_snapshot(
+        "resources-and-mounts",
+        &spec_of(&config, &v1::PodSandboxConfig::default()).expect("resources"),
+    );
+
+    let mut config = container();
+    config.linux = Some(v1::LinuxContainerConfig {
+        security_context: Some(v1::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = privileged_pod();
+    let namespaces = PodNamespaces {
+        network: None,
+        ipc: Some(PathBuf::from("/run/ingot/pods/p/ns/ipc")),
+        uts: Some(PathBuf::from("/run/ingot/pods/p/ns/uts")),
+        pid: Some(PathBuf::from("/proc/42/ns/pid")),
+        host_pid: false,
+    };
+    let files = PodFiles {
+        hostname: Some(PathBuf::from("/run/ingot/pods/p/hostname")),
+        hosts: Some(PathBuf::from("/run/ingot/pods/p/hosts")),
+        resolv_conf: Some(PathBuf::from("/run/ingot/pods/p/resolv.conf")),
+        shm: Some(PathBuf::from("/run/ingot/pods/p/shm")),
+    };
+    let devices = [HostDevice {
+        container_path: "/dev/fuse".into(),
+        kind: 'c',
+        major: 10,
+        minor: 229,
+        file_mode: 0o666,
+        permissions: "rw".into(),
+    }];
+    let user = User {
+        uid: 1000,
+        gid: 100,
+        additional_gids: vec![10, 20],
+    };
+    let spec = container_spec(&ContainerInput {
+        id: "c2",
+        sandbox_id: "p",
+        config: &config,
+        sandbox: &pod,
+        image: &image(),
+        image_name: "busybox:latest",
+        rootfs: Path::new("/var/lib/ingot/containers/c2/rootfs"),
+        namespaces: &namespaces,
+        files: &files,
+        cgroups_path: "/ingot/p/c2",
+        user: &user,
+        devices: &devices,
+        seccomp: None,
+        bounding: (1 << 21) | (1 << 12),
+    })
+    .expect("privileged");
+    assert_snapshot("privileged-with-devices", &spec);
+}
