@@ -31,7 +31,9 @@ impl CriError {
                 | OciError::ExecutableNotFound { .. }
                 | OciError::HugetlbUnavailable { .. } => Code::InvalidArgument,
                 OciError::RootfsMissing { .. } => Code::FailedPrecondition,
-                OciError::Read { .. } | OciError::Malformed { .. } => Code::Internal,
+                OciError::Read { .. } | OciError::Malformed { .. } | OciError::Build { .. } => {
+                    Code::Internal
+                }
             },
         }
     }

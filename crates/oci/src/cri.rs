@@ -6,12 +6,20 @@
 //! passed in.
 
 use std::{
-    collections::BTreeMap,
+    collections::HashMap,
     path::{Component, Path, PathBuf},
 };
 
 use k8s_cri::v1;
-use oci_spec::runtime::Spec;
+use oci_spec::{
+    runtime::{
+        Capabilities, Capability, Linux, LinuxCapabilities, LinuxCpu, LinuxDevice,
+        LinuxDeviceCgroup, LinuxDeviceType, LinuxHugepageLimitBuilder, LinuxMemoryBuilder,
+        LinuxNamespace, LinuxNamespaceType, LinuxResources, LinuxSeccomp, Mount, Process, Root,
+        Spec,
+    },
+    OciSpecError,
+};
 use serde_json::{json, Value};
 
 use crate::OciError;
@@ -668,11 +676,25 @@ fn non_negative(field: &'static str, value: i64) -> Result<i64, OciError> {
     Ok(value)
 }
 
-/// The `linux.resources` object for CRI resources (also used by UpdateContainerResources).
-pub fn resources(resources: Option<&v1::LinuxContainerResources>) -> Result<Value, OciError> {
-    let mut out = serde_json::Map::new();
+fn built<T>(what: &'static str, result: Result<T, OciSpecError>) -> Result<T, OciError> {
+    result.map_err(|err| OciError::Build {
+        what,
+        reason: err.to_string(),
+    })
+}
+
+/// `Some(value)` when positive: the CRI's zero means "not set".
+fn positive(value: i64) -> Option<u64> {
+    u64::try_from(value).ok().filter(|v| *v > 0)
+}
+
+/// The `linux.resources` for CRI resources (also used by UpdateContainerResources).
+pub fn resources(
+    resources: Option<&v1::LinuxContainerResources>,
+) -> Result<LinuxResources, OciError> {
+    let mut out = empty_resources();
     let Some(r) = resources else {
-        return Ok(Value::Object(out));
+        return Ok(out);
     };
     let shares = non_negative("linux.resources.cpu_shares", r.cpu_shares)?;
     let period = non_negative("linux.resources.cpu_period", r.cpu_period)?;
@@ -684,24 +706,14 @@ pub fn resources(resources: Option<&v1::LinuxContainerResources>) -> Result<Valu
     }
     validate_cpuset("linux.resources.cpuset_cpus", &r.cpuset_cpus)?;
     validate_cpuset("linux.resources.cpuset_mems", &r.cpuset_mems)?;
-    let mut cpu = serde_json::Map::new();
-    if shares > 0 {
-        cpu.insert("shares".into(), json!(shares));
-    }
-    if r.cpu_quota > 0 {
-        cpu.insert("quota".into(), json!(r.cpu_quota));
-    }
-    if period > 0 {
-        cpu.insert("period".into(), json!(period));
-    }
-    if !r.cpuset_cpus.is_empty() {
-        cpu.insert("cpus".into(), json!(r.cpuset_cpus));
-    }
-    if !r.cpuset_mems.is_empty() {
-        cpu.insert("mems".into(), json!(r.cpuset_mems));
-    }
-    if !cpu.is_empty() {
-        out.insert("cpu".into(), Value::Object(cpu));
+    let mut cpu = LinuxCpu::default();
+    cpu.set_shares(positive(shares))
+        .set_quota((r.cpu_quota > 0).then_some(r.cpu_quota))
+        .set_period(positive(period))
+        .set_cpus((!r.cpuset_cpus.is_empty()).then(|| r.cpuset_cpus.clone()))
+        .set_mems((!r.cpuset_mems.is_empty()).then(|| r.cpuset_mems.clone()));
+    if cpu != LinuxCpu::default() {
+        out.set_cpu(Some(cpu));
     }
     let limit = non_negative(
         "linux.resources.memory_limit_in_bytes",
@@ -712,11 +724,11 @@ pub fn resources(resources: Option<&v1::LinuxContainerResources>) -> Result<Valu
         r.memory_swap_limit_in_bytes,
     )?;
     if limit > 0 {
-        let mut memory = json!({ "limit": limit });
+        let mut memory = LinuxMemoryBuilder::default().limit(limit);
         if swap > 0 {
-            memory["swap"] = json!(swap);
+            memory = memory.swap(swap);
         }
-        out.insert("memory".into(), memory);
+        out.set_memory(Some(built("linux.resources.memory", memory.build())?));
     }
     let mut hugepages = Vec::new();
     for limit in &r.hugepage_limits {
@@ -726,10 +738,20 @@ pub fn resources(resources: Option<&v1::LinuxContainerResources>) -> Result<Valu
                 reason: "is empty".into(),
             });
         }
-        hugepages.push(json!({ "pageSize": limit.page_size, "limit": limit.limit }));
+        let limit_bytes = i64::try_from(limit.limit).map_err(|_| OciError::InvalidField {
+            field: "linux.resources.hugepage_limits.limit",
+            reason: format!("{} is too large", limit.limit),
+        })?;
+        hugepages.push(built(
+            "linux.resources.hugepageLimits",
+            LinuxHugepageLimitBuilder::default()
+                .page_size(limit.page_size.clone())
+                .limit(limit_bytes)
+                .build(),
+        )?);
     }
     if !hugepages.is_empty() {
-        out.insert("hugepageLimits".into(), Value::Array(hugepages));
+        out.set_hugepage_limits(Some(hugepages));
     }
     if !r.unified.is_empty() {
         for key in r.unified.keys() {
@@ -740,10 +762,16 @@ pub fn resources(resources: Option<&v1::LinuxContainerResources>) -> Result<Valu
                 });
             }
         }
-        let unified: BTreeMap<_, _> = r.unified.iter().collect();
-        out.insert("unified".into(), json!(unified));
+        out.set_unified(Some(r.unified.clone()));
     }
-    Ok(Value::Object(out))
+    Ok(out)
+}
+
+/// Resources with nothing set (oci-spec's `Default` allows every device).
+fn empty_resources() -> LinuxResources {
+    let mut resources = LinuxResources::default();
+    resources.set_devices(None);
+    resources
 }
 
 fn propagation(mode: i32) -> &'static str {
@@ -754,13 +782,82 @@ fn propagation(mode: i32) -> &'static str {
     }
 }
 
-fn bind(destination: &str, source: &Path, readonly: bool) -> Value {
-    let mut options = vec!["rbind", "rprivate"];
-    options.push(if readonly { "ro" } else { "rw" });
-    json!({"destination": destination, "type": "bind", "source": source, "options": options})
+fn strings(values: &[&str]) -> Vec<String> {
+    values.iter().map(|value| value.to_string()).collect()
 }
 
-/// Builds the container's spec.
+fn mount(destination: &str, kind: &str, source: &str, options: &[&str]) -> Mount {
+    let mut mount = Mount::default();
+    mount
+        .set_destination(PathBuf::from(destination))
+        .set_typ(Some(kind.to_string()))
+        .set_source(Some(PathBuf::from(source)))
+        .set_options(Some(strings(options)));
+    mount
+}
+
+fn bind(destination: &str, source: &Path, readonly: bool) -> Mount {
+    let mut mount = mount(
+        destination,
+        "bind",
+        "",
+        &["rbind", "rprivate", if readonly { "ro" } else { "rw" }],
+    );
+    mount.set_source(Some(source.to_path_buf()));
+    mount
+}
+
+fn namespace(kind: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {
+    let mut namespace = LinuxNamespace::default();
+    namespace
+        .set_typ(kind)
+        .set_path(path.map(Path::to_path_buf));
+    namespace
+}
+
+fn capability_set(names: &[String]) -> Result<Capabilities, OciError> {
+    names
+        .iter()
+        .map(|name| {
+            name.trim_start_matches("CAP_")
+                .parse::<Capability>()
+                .map_err(|_| OciError::InvalidField {
+                    field: "linux.security_context.capabilities",
+                    reason: format!("unknown capability {name:?}"),
+                })
+        })
+        .collect()
+}
+
+fn device_type(kind: char) -> LinuxDeviceType {
+    match kind {
+        'b' => LinuxDeviceType::B,
+        'p' => LinuxDeviceType::P,
+        'u' => LinuxDeviceType::U,
+        _ => LinuxDeviceType::C,
+    }
+}
+
+/// A process with only what the container asks for (oci-spec's `Default` adds a shell, an
+/// environment, rlimits and capabilities of its own).
+fn empty_process() -> Process {
+    let mut process = Process::default();
+    process
+        .set_args(None)
+        .set_env(None)
+        .set_capabilities(None)
+        .set_rlimits(None)
+        .set_no_new_privileges(None)
+        .set_console_size(None)
+        .set_apparmor_profile(None)
+        .set_selinux_label(None)
+        .set_scheduler(None)
+        .set_io_priority(None)
+        .set_exec_cpu_affinity(None);
+    process
+}
+
+/// Builds the container's spec: the base every spec step starts from.
 pub fn container_spec(input: &ContainerInput<'_>) -> Result<Spec, OciError> {
     let config = input.config;
     let linux = config.linux.as_ref();
@@ -790,26 +887,31 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<Spec, OciError> {
         "/".to_string()
     };
     container_path("working_dir", &cwd)?;
-    let caps = within_bounding(capabilities(context)?, input.bounding);
+    let caps = capability_set(&within_bounding(capabilities(context)?, input.bounding))?;
 
-    let mut process = json!({
-        "terminal": config.tty,
-        "user": {
-            "uid": input.user.uid,
-            "gid": input.user.gid,
-            "additionalGids": input.user.additional_gids,
-        },
-        "args": args,
-        "env": env,
-        "cwd": cwd,
-        "capabilities": {
-            "bounding": caps, "effective": caps, "permitted": caps,
-        },
-    });
+    let mut user = oci_spec::runtime::User::default();
+    user.set_uid(input.user.uid)
+        .set_gid(input.user.gid)
+        .set_additional_gids(Some(input.user.additional_gids.clone()));
+    let mut capabilities = LinuxCapabilities::default();
+    capabilities
+        .set_bounding(Some(caps.clone()))
+        .set_effective(Some(caps.clone()))
+        .set_permitted(Some(caps))
+        .set_inheritable(None)
+        .set_ambient(None);
+    let mut process = empty_process();
+    process
+        .set_terminal(Some(config.tty))
+        .set_user(user)
+        .set_args(Some(args))
+        .set_env(Some(env))
+        .set_cwd(PathBuf::from(cwd))
+        .set_capabilities(Some(capabilities));
     // Only when set: libcontainer loads seccomp after dropping capabilities whenever the field
     // is present, even false, and that load needs CAP_SYS_ADMIN or no_new_privs.
     if context.is_some_and(|c| c.no_new_privs) {
-        process["noNewPrivileges"] = json!(true);
+        process.set_no_new_privileges(Some(true));
     }
     let resources_in = linux.and_then(|l| l.resources.as_ref());
     if let Some(r) = resources_in {
@@ -821,29 +923,52 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<Spec, OciError> {
                     field: "linux.resources.oom_score_adj",
                     reason: format!("{} is outside -1000..=1000", r.oom_score_adj),
                 })?;
-            process["oomScoreAdj"] = json!(adj);
+            process.set_oom_score_adj(Some(adj));
         }
     }
 
     // Mounts: the defaults, then the pod's files, then the CRI's; a later destination replaces
     // an earlier one.
-    let sys_options = if privileged {
-        vec!["nosuid", "noexec", "nodev", "rw"]
-    } else {
-        vec!["nosuid", "noexec", "nodev", "ro"]
-    };
-    let mut mounts: Vec<Value> = vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc",
-               "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-               "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_options}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-               "options": ["nosuid", "noexec", "nodev", "relatime", if privileged { "rw" } else { "ro" }]}),
+    let read_write = if privileged { "rw" } else { "ro" };
+    let mut mounts: Vec<Mount> = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", read_write],
+        ),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", read_write],
+        ),
     ];
     let readonly_rootfs = context.is_some_and(|c| c.readonly_rootfs);
     let files = input.files;
@@ -858,52 +983,64 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<Spec, OciError> {
     }
     match &files.shm {
         Some(shm) => mounts.push(bind("/dev/shm", shm, false)),
-        None => mounts.push(
-            json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-        ),
+        None => mounts.push(mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )),
     }
-    for (index, mount) in config.mounts.iter().enumerate() {
-        container_path("mounts.container_path", &mount.container_path)?;
-        let host = Path::new(&mount.host_path);
+    for (index, requested) in config.mounts.iter().enumerate() {
+        container_path("mounts.container_path", &requested.container_path)?;
+        let host = Path::new(&requested.host_path);
         if !host.is_absolute() || host.components().any(|c| c == Component::ParentDir) {
             return Err(OciError::InvalidField {
                 field: "mounts.host_path",
                 reason: format!(
                     "mounts[{index}]: {:?} must be an absolute path without \"..\"",
-                    mount.host_path
+                    requested.host_path
                 ),
             });
         }
-        let mut options = vec!["rbind", propagation(mount.propagation)];
-        options.push(if mount.readonly { "ro" } else { "rw" });
-        mounts.retain(|m| m["destination"] != json!(mount.container_path));
-        mounts.push(json!({
-            "destination": mount.container_path,
-            "type": "bind",
-            "source": mount.host_path,
-            "options": options,
-        }));
+        let destination = Path::new(&requested.container_path);
+        mounts.retain(|m| m.destination() != destination);
+        let mut bind = mount(
+            &requested.container_path,
+            "bind",
+            "",
+            &[
+                "rbind",
+                propagation(requested.propagation),
+                if requested.readonly { "ro" } else { "rw" },
+            ],
+        );
+        bind.set_source(Some(host.to_path_buf()));
+        mounts.push(bind);
     }
 
-    let mut namespaces = vec![json!({"type": "mount"})];
+    let mut namespaces = vec![namespace(LinuxNamespaceType::Mount, None)];
     match (&input.namespaces.pid, input.namespaces.host_pid) {
         (_, true) => {}
-        (Some(path), false) => namespaces.push(json!({"type": "pid", "path": path})),
-        (None, false) => namespaces.push(json!({"type": "pid"})),
+        (Some(path), false) => namespaces.push(namespace(LinuxNamespaceType::Pid, Some(path))),
+        (None, false) => namespaces.push(namespace(LinuxNamespaceType::Pid, None)),
     }
     for (kind, path) in [
-        ("network", &input.namespaces.network),
-        ("ipc", &input.namespaces.ipc),
-        ("uts", &input.namespaces.uts),
+        (LinuxNamespaceType::Network, &input.namespaces.network),
+        (LinuxNamespaceType::Ipc, &input.namespaces.ipc),
+        (LinuxNamespaceType::Uts, &input.namespaces.uts),
     ] {
         if let Some(path) = path {
-            namespaces.push(json!({"type": kind, "path": path}));
+            namespaces.push(namespace(kind, Some(path)));
         }
     }
 
     let mut resources = resources(resources_in)?;
-    let mut devices = vec![json!({"allow": privileged, "access": "rwm"})];
+    let mut allowed = LinuxDeviceCgroup::default();
+    allowed
+        .set_allow(privileged)
+        .set_typ(None)
+        .set_access(Some("rwm".to_string()));
+    let mut device_rules = vec![allowed];
     let mut linux_devices = Vec::new();
     for device in input.devices {
         container_path("devices.container_path", &device.container_path)?;
@@ -912,30 +1049,34 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<Spec, OciError> {
             .chars()
             .filter(|c| matches!(c, 'r' | 'w' | 'm'))
             .collect();
-        linux_devices.push(json!({
-            "path": device.container_path,
-            "type": device.kind.to_string(),
-            "major": device.major,
-            "minor": device.minor,
-            "fileMode": device.file_mode,
-            "uid": 0,
-            "gid": 0,
-        }));
-        devices.push(json!({
-            "allow": true,
-            "type": device.kind.to_string(),
-            "major": device.major,
-            "minor": device.minor,
-            "access": if access.is_empty() { "rwm".to_string() } else { access },
-        }));
+        let mut node = LinuxDevice::default();
+        node.set_path(PathBuf::from(&device.container_path))
+            .set_typ(device_type(device.kind))
+            .set_major(device.major)
+            .set_minor(device.minor)
+            .set_file_mode(Some(device.file_mode))
+            .set_uid(Some(0))
+            .set_gid(Some(0));
+        linux_devices.push(node);
+        let mut rule = LinuxDeviceCgroup::default();
+        rule.set_allow(true)
+            .set_typ(Some(device_type(device.kind)))
+            .set_major(Some(device.major))
+            .set_minor(Some(device.minor))
+            .set_access(Some(if access.is_empty() {
+                "rwm".to_string()
+            } else {
+                access
+            }));
+        device_rules.push(rule);
     }
-    resources["devices"] = Value::Array(devices);
+    resources.set_devices(Some(device_rules));
 
-    let sysctls: BTreeMap<_, _> = input
+    let sysctls: HashMap<String, String> = input
         .sandbox
         .linux
         .as_ref()
-        .map(|l| l.sysctls.iter().collect())
+        .map(|l| l.sysctls.clone())
         .unwrap_or_default();
 
     let masked: Vec<String> = if privileged {
@@ -943,24 +1084,17 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<Spec, OciError> {
     } else if let Some(paths) = context.filter(|c| !c.masked_paths.is_empty()) {
         paths.masked_paths.clone()
     } else {
-        DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect()
+        strings(DEFAULT_MASKED_PATHS)
     };
     let readonly: Vec<String> = if privileged {
         Vec::new()
     } else if let Some(paths) = context.filter(|c| !c.readonly_paths.is_empty()) {
         paths.readonly_paths.clone()
     } else {
-        DEFAULT_READONLY_PATHS
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        strings(DEFAULT_READONLY_PATHS)
     };
 
-    let mut annotations: BTreeMap<String, String> = config
-        .annotations
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut annotations: HashMap<String, String> = config.annotations.clone();
     let metadata = config.metadata.clone().unwrap_or_default();
     let sandbox_metadata = input.sandbox.metadata.clone().unwrap_or_default();
     for (key, value) in [
@@ -997,35 +1131,45 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<Spec, OciError> {
     } else {
         None
     };
+    let seccomp = match input.seccomp.filter(|_| !privileged) {
+        Some(profile) => Some(
+            serde_json::from_value::<LinuxSeccomp>(profile.clone()).map_err(|err| {
+                OciError::InvalidField {
+                    field: "linux.security_context.seccomp",
+                    reason: format!("the profile is not an OCI seccomp profile: {err}"),
+                }
+            })?,
+        ),
+        None => None,
+    };
 
-    let mut linux_json = json!({
-        "namespaces": namespaces,
-        "resources": resources,
-        "cgroupsPath": input.cgroups_path,
-        "devices": linux_devices,
-        "maskedPaths": masked,
-        "readonlyPaths": readonly,
-        "sysctl": sysctls,
-    });
-    if let Some(propagation) = rootfs_propagation {
-        linux_json["rootfsPropagation"] = json!(propagation);
-    }
-    if let Some(profile) = input.seccomp.filter(|_| !privileged) {
-        linux_json["seccomp"] = profile.clone();
-    }
+    let mut linux = Linux::default();
+    linux
+        .set_namespaces(Some(namespaces))
+        .set_resources(Some(resources))
+        .set_cgroups_path(Some(PathBuf::from(input.cgroups_path)))
+        .set_devices(Some(linux_devices))
+        .set_masked_paths(Some(masked))
+        .set_readonly_paths(Some(readonly))
+        .set_sysctl(Some(sysctls))
+        .set_rootfs_propagation(rootfs_propagation.map(str::to_string))
+        .set_seccomp(seccomp)
+        .set_uid_mappings(None)
+        .set_gid_mappings(None);
 
-    let spec = json!({
-        "ociVersion": "1.0.2",
-        "process": process,
-        "root": {"path": input.rootfs, "readonly": readonly_rootfs},
-        "mounts": mounts,
-        "annotations": annotations,
-        "linux": linux_json,
-    });
-    serde_json::from_value(spec).map_err(|err| OciError::Malformed {
-        path: PathBuf::from(format!("generated spec of container {}", input.id)),
-        reason: err.to_string(),
-    })
+    let mut root = Root::default();
+    root.set_path(input.rootfs.to_path_buf())
+        .set_readonly(Some(readonly_rootfs));
+
+    let mut spec = Spec::default();
+    spec.set_version("1.0.2".to_string())
+        .set_process(Some(process))
+        .set_root(Some(root))
+        .set_hostname(None)
+        .set_mounts(Some(mounts))
+        .set_annotations(Some(annotations))
+        .set_linux(Some(linux));
+    Ok(spec)
 }
 
 #[cfg(test)]

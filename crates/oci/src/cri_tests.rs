@@ -172,7 +172,7 @@ fn resources_translate_and_refuse_bad_values() {
         }],
         ..Default::default()
     };
-    let json = resources(Some(&r)).expect("resources");
+    let json = serde_json::to_value(resources(Some(&r)).expect("resources")).expect("json");
     assert_eq!(json["cpu"]["shares"], 512);
     assert_eq!(json["cpu"]["quota"], 50_000);
     assert_eq!(json["cpu"]["cpus"], "0-1");
@@ -369,8 +369,12 @@ fn assert_snapshot(name: &str, spec: &Spec) {
         std::fs::write(&path, &actual).expect("write snapshot");
         return;
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|err| panic!("{}: {err} (INGOT_UPDATE_SNAPSHOTS=1 writes it)", path.display()));
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|err| {
+        panic!(
+            "{}: {err} (INGOT_UPDATE_SNAPSHOTS=1 writes it)",
+            path.display()
+        )
+    });
     assert!(
         expected == actual,
         "spec {name} differs from {}:\n{}",

@@ -28,6 +28,8 @@ pub enum OciError {
     Malformed { path: PathBuf, reason: String },
     #[error("invalid {field}: {reason}")]
     InvalidField { field: &'static str, reason: String },
+    #[error("cannot build {what}: {reason}")]
+    Build { what: &'static str, reason: String },
     #[error("rootfs {path} does not exist")]
     RootfsMissing { path: PathBuf },
     #[error("exec: \"{name}\": executable file not found in $PATH")]
