@@ -14,6 +14,7 @@ use std::{
 use oci_spec::runtime::{Process, Spec};
 
 pub mod cri;
+pub mod steps;
 
 /// Everything that can be wrong with a container's spec or bundle.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,12 @@ pub enum OciError {
     Malformed { path: PathBuf, reason: String },
     #[error("invalid {field}: {reason}")]
     InvalidField { field: &'static str, reason: String },
+    #[error("{field}: {source}")]
+    Placement {
+        field: &'static str,
+        #[source]
+        source: ingot_placement::PlacementError,
+    },
     #[error("cannot build {what}: {reason}")]
     Build { what: &'static str, reason: String },
     #[error("rootfs {path} does not exist")]

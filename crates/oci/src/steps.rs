@@ -1,0 +1,264 @@
+//! The ordered spec steps every bare-metal feature plugs into. The base spec
+//! ([`crate::cri::container_spec`]) is passed through [`STEPS`] in a fixed order (hugepages, then
+//! placement; devices, RT and tuning join here), at CreateContainer and again at
+//! UpdateContainerResources. Each step is a pure function of the CRI request and the discovered
+//! node; the only state it touches is the in-memory [`Placement`], whose change the caller
+//! checkpoints, and which [`run`] undoes when a later step fails, so a refused request leaves
+//! nothing half-allocated.
+
+use ingot_placement::{guaranteed_integer_cpus, Assignment, Kind, Placement, Request};
+use ingot_topology::{hugepage_size_name, CpuSet, Topology};
+use k8s_cri::v1;
+use oci_spec::runtime::{LinuxCpu, LinuxResources, Spec};
+
+use crate::OciError;
+
+/// Whether the steps serve CreateContainer or UpdateContainerResources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Create,
+    Update,
+}
+
+/// What every step reads.
+#[derive(Debug, Clone, Copy)]
+pub struct StepInput<'a> {
+    pub pod_id: &'a str,
+    pub container_id: &'a str,
+    /// The request's resources (CreateContainer's `linux.resources`, or the update's).
+    pub resources: Option<&'a v1::LinuxContainerResources>,
+    pub node: &'a Topology,
+    pub phase: Phase,
+}
+
+/// What the steps decided beside the spec itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepEffects {
+    /// Where the container runs, as placement recorded it.
+    pub assignment: Option<Assignment>,
+    /// NUMA nodes with the requested hugepages free (None: no hugepages asked for).
+    pub hugepage_nodes: Option<CpuSet>,
+    /// Whether placement's shared pool changed, so running shared containers must follow.
+    pub shared_pool_changed: bool,
+    /// Sentences for the log.
+    pub notes: Vec<String>,
+}
+
+type StepFn =
+    fn(&mut Spec, &StepInput<'_>, &mut Placement, &mut StepEffects) -> Result<(), OciError>;
+
+/// The steps, in the order they run.
+pub const STEPS: &[(&str, StepFn)] = &[("hugepages", hugepages), ("placement", placement)];
+
+/// Runs every step over `spec`. On an error, a container placed by this run is released again.
+pub fn run(
+    spec: &mut Spec,
+    input: &StepInput<'_>,
+    placement: &mut Placement,
+) -> Result<StepEffects, OciError> {
+    let mut effects = StepEffects::default();
+    let placed_before = placement.assignment(input.container_id).cloned();
+    for (_name, step) in STEPS {
+        if let Err(err) = step(spec, input, placement, &mut effects) {
+            if input.phase == Phase::Create && placed_before.is_none() {
+                placement.release(input.container_id);
+            }
+            return Err(err);
+        }
+    }
+    Ok(effects)
+}
+
+fn resources_mut(spec: &mut Spec) -> &mut LinuxResources {
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    linux.resources_mut().get_or_insert_with(|| {
+        let mut resources = LinuxResources::default();
+        resources.set_devices(None);
+        resources
+    })
+}
+
+/// `2MB` → 2048 (KiB); None when it is not a size.
+fn page_size_kb(name: &str) -> Option<u64> {
+    let split = name.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = name.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor = match unit.to_ascii_uppercase().as_str() {
+        "KB" => 1,
+        "MB" => 1 << 10,
+        "GB" => 1 << 20,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+/// Hugepages: a size the node lacks is refused; the memory nodes of a container with hugepages
+/// are those that have them free.
+fn hugepages(
+    spec: &mut Spec,
+    input: &StepInput<'_>,
+    _placement: &mut Placement,
+    effects: &mut StepEffects,
+) -> Result<(), OciError> {
+    let Some(limits) = resources_mut(spec).hugepage_limits().clone() else {
+        return Ok(());
+    };
+    let field = "linux.resources.hugepage_limits.page_size";
+    let sizes = input.node.hugepage_sizes_kb();
+    let offered = || {
+        if sizes.is_empty() {
+            "none".to_string()
+        } else {
+            sizes
+                .iter()
+                .map(|kb| hugepage_size_name(*kb))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let mut nodes: Option<CpuSet> = None;
+    for limit in &limits {
+        let size_kb = page_size_kb(limit.page_size()).ok_or_else(|| OciError::InvalidField {
+            field,
+            reason: format!("{:?} is not a page size like 2MB or 1GB", limit.page_size()),
+        })?;
+        if !sizes.contains(&size_kb) {
+            if limit.limit() == 0 {
+                continue;
+            }
+            return Err(OciError::InvalidField {
+                field,
+                reason: format!(
+                    "{}: this node has no {} hugepages (it has: {})",
+                    limit.page_size(),
+                    hugepage_size_name(size_kb),
+                    offered()
+                ),
+            });
+        }
+        let Ok(limit_bytes) = u64::try_from(limit.limit()) else {
+            continue;
+        };
+        if limit_bytes == 0 {
+            continue;
+        }
+        let pages = limit_bytes.div_ceil(size_kb * 1024);
+        let free_on = |enough: bool| -> CpuSet {
+            input
+                .node
+                .numa_nodes
+                .iter()
+                .filter(|node| {
+                    node.hugepages.iter().any(|p| {
+                        p.size_kb == size_kb && if enough { p.free >= pages } else { p.free > 0 }
+                    })
+                })
+                .map(|node| node.id)
+                .collect()
+        };
+        // One node that holds them all, else every node with some free.
+        let mut with_pages = free_on(true);
+        if with_pages.is_empty() {
+            with_pages = free_on(false);
+        }
+        if with_pages.is_empty() {
+            effects.notes.push(format!(
+                "no NUMA node has {} hugepages free; memory nodes left to placement",
+                limit.page_size()
+            ));
+            continue;
+        }
+        nodes = Some(match nodes {
+            None => with_pages,
+            Some(so_far) => {
+                let both = so_far.intersection(&with_pages);
+                if both.is_empty() {
+                    so_far.union(&with_pages)
+                } else {
+                    both
+                }
+            }
+        });
+    }
+    effects.hugepage_nodes = nodes;
+    Ok(())
+}
+
+fn cpu_list(field: &'static str, list: Option<&String>) -> Result<Option<CpuSet>, OciError> {
+    match list.map(|l| l.trim()).filter(|l| !l.is_empty()) {
+        None => Ok(None),
+        Some(list) => CpuSet::parse(list)
+            .map(Some)
+            .map_err(|err| OciError::InvalidField {
+                field,
+                reason: err.to_string(),
+            }),
+    }
+}
+
+/// Placement: the kubelet's cpuset exactly, exclusive CPUs for a Guaranteed container with
+/// integer CPUs under the `exclusive` policy, else the shared pool.
+fn placement(
+    spec: &mut Spec,
+    input: &StepInput<'_>,
+    placement: &mut Placement,
+    effects: &mut StepEffects,
+) -> Result<(), OciError> {
+    let resources = resources_mut(spec);
+    let cpu = resources.cpu().clone().unwrap_or_default();
+    let kubelet_cpus = cpu_list("linux.resources.cpuset_cpus", cpu.cpus().as_ref())?;
+    let kubelet_mems = cpu_list("linux.resources.cpuset_mems", cpu.mems().as_ref())?;
+    let exclusive_cpus = input
+        .resources
+        .and_then(|r| {
+            guaranteed_integer_cpus(
+                r.cpu_quota,
+                r.cpu_period,
+                r.cpu_shares,
+                r.memory_limit_in_bytes,
+            )
+        })
+        .unwrap_or(0);
+    let request = Request {
+        pod_id: input.pod_id.to_string(),
+        container_id: input.container_id.to_string(),
+        kubelet_cpus,
+        kubelet_mems,
+        exclusive_cpus,
+        numa_affinity: None,
+        hugepage_nodes: effects.hugepage_nodes.clone(),
+    };
+    let pool_before = placement.shared_pool();
+    let field = if request.kubelet_cpus.is_some() {
+        "linux.resources.cpuset_cpus"
+    } else {
+        "linux.resources.cpu"
+    };
+    let assignment = match input.phase {
+        Phase::Create => placement.allocate(&request),
+        Phase::Update => placement.update(&request),
+    }
+    .map_err(|source| OciError::Placement { field, source })?;
+    effects.shared_pool_changed = placement.shared_pool() != pool_before;
+    let mut cpu = cpu;
+    // A shared container on a node without exclusive CPUs inherits its parent's cpuset, as it
+    // would without ingot's placement.
+    let cpus = match assignment.kind {
+        Kind::Shared if assignment.cpus == input.node.online() => None,
+        _ => Some(assignment.cpus.to_string()),
+    };
+    let mems = (!assignment.mems.is_empty()).then(|| assignment.mems.to_string());
+    cpu.set_cpus(cpus).set_mems(mems);
+    if cpu == LinuxCpu::default() {
+        resources.set_cpu(None);
+    } else {
+        resources.set_cpu(Some(cpu));
+    }
+    effects.notes.extend(assignment.notes.iter().cloned());
+    effects.assignment = Some(assignment);
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "steps_tests.rs"]
+mod tests;

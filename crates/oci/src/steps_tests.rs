@@ -1,0 +1,234 @@
+use ingot_placement::{PlacementConfig, Policy};
+use ingot_topology::{Cpu, Hugepages, NumaNode};
+use oci_spec::runtime::LinuxHugepageLimitBuilder;
+
+use super::*;
+
+/// Two NUMA nodes of two cores × two threads (CPU n and n+4 are siblings); 2 MB pages on node 1
+/// only, 1 GB pages nowhere.
+fn node() -> Topology {
+    let cpus = (0..8)
+        .map(|id| {
+            let core = id % 4;
+            Cpu {
+                id,
+                core_id: core,
+                die_id: 0,
+                cluster_id: None,
+                socket_id: core / 2,
+                numa_node: core / 2,
+                l3_id: Some(core / 2),
+                thread_siblings: [core, core + 4].into_iter().collect(),
+            }
+        })
+        .collect();
+    let numa = |id: u32, cpus: &str, free_2mb: u64| NumaNode {
+        id,
+        cpus: CpuSet::parse(cpus).expect("cpus"),
+        memory_total_kb: 8 << 20,
+        memory_free_kb: 4 << 20,
+        hugepages: vec![Hugepages {
+            size_kb: 2048,
+            total: free_2mb,
+            free: free_2mb,
+        }],
+        distances: vec![10, 21],
+    };
+    Topology {
+        cpus,
+        isolated: CpuSet::new(),
+        nohz_full: CpuSet::new(),
+        numa_nodes: vec![numa(0, "0-1,4-5", 0), numa(1, "2-3,6-7", 512)],
+        pci_devices: Vec::new(),
+        gpus: Vec::new(),
+    }
+}
+
+fn exclusive(reserved: &str) -> Placement {
+    Placement::new(
+        &node(),
+        PlacementConfig {
+            policy: Policy::Exclusive,
+            reserved: CpuSet::parse(reserved).expect("reserved"),
+        },
+    )
+    .expect("placement")
+}
+
+fn guaranteed(cpus: i64) -> v1::LinuxContainerResources {
+    v1::LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: cpus * 100_000,
+        cpu_shares: cpus * 1024,
+        memory_limit_in_bytes: 1 << 30,
+        ..Default::default()
+    }
+}
+
+/// A spec as the base step leaves it for `resources`.
+fn base(resources: &v1::LinuxContainerResources) -> Spec {
+    let mut spec = Spec::default();
+    let mut linux = oci_spec::runtime::Linux::default();
+    linux.set_resources(Some(
+        crate::cri::resources(Some(resources)).expect("resources"),
+    ));
+    spec.set_linux(Some(linux));
+    spec
+}
+
+fn run_for(
+    id: &str,
+    resources: &v1::LinuxContainerResources,
+    placement: &mut Placement,
+    phase: Phase,
+) -> Result<(Spec, StepEffects), OciError> {
+    let topology = node();
+    let mut spec = base(resources);
+    let input = StepInput {
+        pod_id: "pod",
+        container_id: id,
+        resources: Some(resources),
+        node: &topology,
+        phase,
+    };
+    let effects = run(&mut spec, &input, placement)?;
+    Ok((spec, effects))
+}
+
+fn cpu_of(spec: &Spec) -> (Option<String>, Option<String>) {
+    let cpu = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.cpu().clone())
+        .unwrap_or_default();
+    (cpu.cpus().clone(), cpu.mems().clone())
+}
+
+#[test]
+fn the_kubelet_cpuset_is_applied_exactly() {
+    let mut placement = exclusive("0");
+    let mut resources = guaranteed(2);
+    resources.cpuset_cpus = "5-6".into();
+    let (spec, effects) =
+        run_for("c1", &resources, &mut placement, Phase::Create).expect("kubelet cpuset");
+    assert_eq!(cpu_of(&spec), (Some("5-6".into()), Some("0-1".into())));
+    assert_eq!(effects.assignment.expect("assignment").kind, Kind::Kubelet);
+    assert!(placement.exclusive_cpus().is_empty());
+
+    // A later update from the kubelet replaces it, live.
+    resources.cpuset_cpus = "1".into();
+    resources.cpuset_mems = "0".into();
+    let (spec, _) = run_for("c1", &resources, &mut placement, Phase::Update).expect("update");
+    assert_eq!(cpu_of(&spec), (Some("1".into()), Some("0".into())));
+}
+
+#[test]
+fn a_cpuset_outside_the_online_cpus_is_refused_and_nothing_is_placed() {
+    let mut placement = exclusive("0");
+    let mut resources = guaranteed(1);
+    resources.cpuset_cpus = "7-9".into();
+    let err = run_for("c1", &resources, &mut placement, Phase::Create).expect_err("offline");
+    let message = err.to_string();
+    assert!(message.contains("linux.resources.cpuset_cpus"), "{message}");
+    assert!(message.contains("8-9"), "{message}");
+    assert!(placement.assignment("c1").is_none());
+}
+
+#[test]
+fn guaranteed_integer_cpus_get_full_cores_of_one_node() {
+    let mut placement = exclusive("0");
+    let (spec, effects) =
+        run_for("c1", &guaranteed(2), &mut placement, Phase::Create).expect("exclusive");
+    let assignment = effects.assignment.expect("assignment");
+    assert_eq!(assignment.kind, Kind::Exclusive);
+    // CPU 0 is reserved, so core 0 (0,4) is not whole: the first full core is 1 (1,5).
+    assert_eq!(cpu_of(&spec), (Some("1,5".into()), Some("0".into())));
+    assert!(effects.shared_pool_changed);
+
+    // A shared container now runs beside them, not on them.
+    let burstable = v1::LinuxContainerResources {
+        cpu_shares: 512,
+        ..Default::default()
+    };
+    let (spec, effects) = run_for("c2", &burstable, &mut placement, Phase::Create).expect("shared");
+    assert_eq!(effects.assignment.expect("assignment").kind, Kind::Shared);
+    assert_eq!(cpu_of(&spec), (Some("0,2-4,6-7".into()), None));
+    assert!(!effects.shared_pool_changed);
+}
+
+#[test]
+fn more_exclusive_cpus_than_free_are_refused_with_nothing_half_allocated() {
+    let mut placement = exclusive("0");
+    let err = run_for("c1", &guaranteed(8), &mut placement, Phase::Create).expect_err("too many");
+    let message = err.to_string();
+    assert!(message.contains("8 exclusive CPUs"), "{message}");
+    assert!(placement.assignment("c1").is_none());
+    assert!(placement.exclusive_cpus().is_empty());
+}
+
+#[test]
+fn hugepages_pick_the_memory_nodes_and_a_missing_size_is_refused() {
+    let mut placement = exclusive("0");
+    let mut resources = guaranteed(1);
+    resources.hugepage_limits = vec![v1::HugepageLimit {
+        page_size: "2MB".into(),
+        limit: 64 << 20,
+    }];
+    let (spec, effects) =
+        run_for("c1", &resources, &mut placement, Phase::Create).expect("hugepages");
+    assert_eq!(effects.hugepage_nodes, Some(CpuSet::parse("1").expect("1")));
+    assert_eq!(cpu_of(&spec).1, Some("1".into()));
+    // The CPU comes from the node whose memory it uses.
+    let cpus = CpuSet::parse(&cpu_of(&spec).0.expect("cpus")).expect("cpus");
+    assert!(
+        cpus.is_subset(&CpuSet::parse("2-3,6-7").expect("node 1")),
+        "{cpus}"
+    );
+
+    resources.hugepage_limits = vec![v1::HugepageLimit {
+        page_size: "1GB".into(),
+        limit: 1 << 30,
+    }];
+    let err = run_for("c2", &resources, &mut placement, Phase::Create).expect_err("1GB");
+    let message = err.to_string();
+    assert!(
+        message.contains("hugepage_limits.page_size") && message.contains("no 1GB hugepages"),
+        "{message}"
+    );
+    assert!(message.contains("it has: 2MB"), "{message}");
+    assert!(placement.assignment("c2").is_none());
+
+    // A size the node lacks with a zero limit is what a kubelet sends for sizes not asked for.
+    resources.hugepage_limits[0].limit = 0;
+    run_for("c3", &resources, &mut placement, Phase::Create).expect("zero limit");
+}
+
+#[test]
+fn page_sizes_parse_like_the_cri_writes_them() {
+    assert_eq!(page_size_kb("2MB"), Some(2048));
+    assert_eq!(page_size_kb("1GB"), Some(1 << 20));
+    assert_eq!(page_size_kb("64KB"), Some(64));
+    assert_eq!(page_size_kb("2Mi"), None);
+    assert_eq!(page_size_kb("MB"), None);
+    let mut spec = base(&guaranteed(1));
+    let limit = LinuxHugepageLimitBuilder::default()
+        .page_size("huge")
+        .limit(1)
+        .build()
+        .expect("limit");
+    resources_mut(&mut spec).set_hugepage_limits(Some(vec![limit]));
+    let topology = node();
+    let input = StepInput {
+        pod_id: "pod",
+        container_id: "c1",
+        resources: None,
+        node: &topology,
+        phase: Phase::Create,
+    };
+    let err = run(&mut spec, &input, &mut exclusive("")).expect_err("not a size");
+    assert!(
+        err.to_string().contains("\"huge\" is not a page size"),
+        "{err}"
+    );
+}
