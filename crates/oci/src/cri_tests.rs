@@ -465,7 +465,6 @@ fn spec_snapshots() {
                 limit: 4 << 21,
             }],
             unified: [("memory.high".to_string(), "max".to_string())].into(),
-            ..Default::default()
         }),
         security_context: Some(v1::LinuxContainerSecurityContext {
             readonly_rootfs: true,

@@ -6,9 +6,15 @@
 
 use std::path::PathBuf;
 
+mod cpus;
 mod cpuset;
+mod discover;
+mod numa;
+mod pci;
+mod sysfs;
 
 pub use cpuset::{CpuSet, MAX_ID};
+pub use discover::discover;
 
 /// Everything that can go wrong reading a node.
 #[derive(Debug, thiserror::Error)]
