@@ -27,6 +27,44 @@ struct Container {
     assignment: Assignment,
 }
 
+/// One container of a checkpoint as [`read_checkpoint`] returns it, for readers other than
+/// [`Placement::restore`] (the `ingot node report` command) that show the state without
+/// checking it against a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointEntry {
+    pub container_id: String,
+    pub pod_id: String,
+    pub assignment: Assignment,
+}
+
+/// The containers of [`Placement::checkpoint`]'s output as written, in its order. Unlike
+/// [`Placement::restore`] nothing is checked against a node or dropped: a reader that only
+/// reports wants to see what ingotd holds, even records a restart would drop. A document that
+/// is not a checkpoint, or of another version, is refused the way `restore` refuses it.
+pub fn read_checkpoint(bytes: &[u8]) -> Result<Vec<CheckpointEntry>, PlacementError> {
+    let checkpoint: Checkpoint =
+        serde_json::from_slice(bytes).map_err(|err| PlacementError::Checkpoint {
+            reason: err.to_string(),
+        })?;
+    if checkpoint.version != VERSION {
+        return Err(PlacementError::Checkpoint {
+            reason: format!(
+                "version {} (this ingot reads version {VERSION})",
+                checkpoint.version
+            ),
+        });
+    }
+    Ok(checkpoint
+        .containers
+        .into_iter()
+        .map(|container| CheckpointEntry {
+            container_id: container.container_id,
+            pod_id: container.pod_id,
+            assignment: container.assignment,
+        })
+        .collect())
+}
+
 impl Placement {
     /// The state as versioned JSON, for [`Placement::restore`].
     pub fn checkpoint(&self) -> Vec<u8> {
@@ -148,6 +186,99 @@ impl Placement {
                 }
                 Ok(())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod read_checkpoint_tests {
+    use super::*;
+    use crate::{
+        testing::{machine, set},
+        Policy, Request,
+    };
+
+    #[test]
+    fn reads_back_every_container_a_placement_checkpoints() {
+        let topology = machine(1, 1, 1, 4, 1);
+        let config = PlacementConfig {
+            policy: Policy::Exclusive,
+            reserved: set("0"),
+        };
+        let mut placement = Placement::new(&topology, config).expect("placement");
+        let request = |container_id: &str, exclusive_cpus: u32| Request {
+            pod_id: "pod".into(),
+            container_id: container_id.into(),
+            exclusive_cpus,
+            ..Request::default()
+        };
+        let a = placement.allocate(&request("a", 2)).expect("fits");
+        let web = placement.allocate(&request("web", 0)).expect("shared");
+        let entries = read_checkpoint(&placement.checkpoint()).expect("its own checkpoint");
+        let seen: Vec<(&str, &str, &Assignment)> = entries
+            .iter()
+            .map(|entry| {
+                (
+                    entry.container_id.as_str(),
+                    entry.pod_id.as_str(),
+                    &entry.assignment,
+                )
+            })
+            .collect();
+        assert_eq!(seen, vec![("a", "pod", &a), ("web", "pod", &web)]);
+    }
+
+    #[test]
+    fn reads_what_checkpoint_writes_and_refuses_the_rest() {
+        let text = br#"{"version":1,"containers":[
+            {"container_id":"c1","pod_id":"p1","cpus":"2-3","mems":"0","kind":"exclusive",
+             "notes":["not NUMA-aligned: x"]},
+            {"container_id":"c2","pod_id":"p1","cpus":"0-1,4-7","mems":"","kind":"shared",
+             "notes":[]}]}"#;
+        let entries = read_checkpoint(text).expect("a checkpoint");
+        assert_eq!(
+            entries,
+            vec![
+                CheckpointEntry {
+                    container_id: "c1".into(),
+                    pod_id: "p1".into(),
+                    assignment: Assignment {
+                        cpus: set("2-3"),
+                        mems: set("0"),
+                        kind: Kind::Exclusive,
+                        notes: vec!["not NUMA-aligned: x".into()],
+                    },
+                },
+                CheckpointEntry {
+                    container_id: "c2".into(),
+                    pod_id: "p1".into(),
+                    assignment: Assignment {
+                        cpus: set("0-1,4-7"),
+                        mems: CpuSet::new(),
+                        kind: Kind::Shared,
+                        notes: Vec::new(),
+                    },
+                },
+            ]
+        );
+        assert_eq!(
+            read_checkpoint(br#"{"version":1,"containers":[]}"#).expect("empty"),
+            Vec::new()
+        );
+
+        let version = read_checkpoint(br#"{"version":2,"containers":[]}"#).expect_err("v2");
+        assert_eq!(
+            version.to_string(),
+            "placement checkpoint: version 2 (this ingot reads version 1)"
+        );
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[]",
+            br#"{"version":1,"containers":[{"cpus":"x"}]}"#,
+        ] {
+            let err = read_checkpoint(bad).expect_err("not a checkpoint");
+            assert!(matches!(err, PlacementError::Checkpoint { .. }), "{err}");
         }
     }
 }

@@ -23,6 +23,7 @@ mod error;
 mod machine;
 mod placement;
 
+pub use checkpoint::{read_checkpoint, CheckpointEntry};
 pub use error::PlacementError;
 pub use placement::Placement;
 

@@ -1,0 +1,90 @@
+//! `ingot`, the person-facing command. This file owns the process edges only: the arguments
+//! in, reading the node and the allocations file, output and exit codes (0 done, 1 failed,
+//! 2 usage). What the report says and how it looks is `report`'s; the grammar is `args`'.
+
+use std::{
+    ffi::OsString,
+    fs,
+    io::{self, Write},
+    path::Path,
+    process::ExitCode,
+};
+
+use anyhow::Context;
+use ingot_placement::CheckpointEntry;
+
+mod args;
+mod report;
+
+use args::{Command, ReportArgs};
+
+fn main() -> ExitCode {
+    let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+    match args::parse(argv) {
+        Ok(Command::Help(topic)) => print(topic.usage()),
+        Ok(Command::NodeReport(args)) => match node_report(&args) {
+            Ok(text) => print(&text),
+            Err(err) => {
+                eprint(&format!("ingot: {err:#}\n"));
+                ExitCode::FAILURE
+            }
+        },
+        Err(usage) => {
+            eprint(&format!(
+                "ingot: {}\n\n{}",
+                usage.message,
+                usage.topic.usage()
+            ));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn node_report(args: &ReportArgs) -> anyhow::Result<String> {
+    let topology = ingot_topology::discover(&args.root)
+        .with_context(|| format!("discovering the node under {}", args.root.display()))?;
+    let entries = read_allocations(&args.allocations)?;
+    let report = report::build(topology, entries);
+    if args.json {
+        report::render_json(&report).context("writing the report as JSON")
+    } else {
+        Ok(report::render_table(&report))
+    }
+}
+
+/// The checkpoint's containers, or None where the file does not exist: ingotd writes it on
+/// the first placement, so its absence is a node without allocations, not a failure.
+fn read_allocations(path: &Path) -> anyhow::Result<Option<Vec<CheckpointEntry>>> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => {
+            return Err(err).with_context(|| format!("reading allocations {}", path.display()))
+        }
+    };
+    ingot_placement::read_checkpoint(&bytes)
+        .map(Some)
+        .with_context(|| format!("reading allocations {}", path.display()))
+}
+
+/// Writes to stdout. A reader that went away (`ingot node report | head`) is not an error
+/// worth a message; `println!` would panic on it.
+fn print(text: &str) -> ExitCode {
+    let mut stdout = io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => {
+            eprint(&format!("ingot: writing the output: {err}\n"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes to stderr; if even that fails there is nowhere left to say so.
+fn eprint(text: &str) {
+    let _ = io::stderr().write_all(text.as_bytes());
+}
