@@ -28,6 +28,10 @@ pub struct Config {
     pub cni: CniConfig,
     /// Per registry host (`registry.k8s.io`, `127.0.0.1:5000`): mirrors and plain http.
     pub registries: BTreeMap<String, RegistryConfig>,
+    /// Where the node's `/sys` and `/proc` are read from (`/`; a captured tree in tests).
+    pub host_root: PathBuf,
+    /// CPU placement: `policy = "none" | "exclusive"`, `reserved = "0"` (housekeeping CPUs).
+    pub placement: ingot_placement::PlacementConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -55,6 +59,8 @@ impl Default for Config {
             cgroup_parent: "/ingot".into(),
             cni: CniConfig::default(),
             registries: BTreeMap::new(),
+            host_root: PathBuf::from("/"),
+            placement: ingot_placement::PlacementConfig::default(),
         }
     }
 }
@@ -147,7 +153,11 @@ impl Config {
 
     fn validate(self) -> Result<Config, CriError> {
         self.socket_path()?;
-        for (name, path) in [("root", &self.root), ("state", &self.state)] {
+        for (name, path) in [
+            ("root", &self.root),
+            ("state", &self.state),
+            ("host_root", &self.host_root),
+        ] {
             if !path.is_absolute() {
                 return Err(CriError::Config(format!(
                     "{name} = {:?}: an absolute path is required",

@@ -11,8 +11,9 @@ use std::{
 };
 
 use containerd_shim_protos::{api, protobuf::well_known_types::any::Any};
-use ingot_oci::cri::{
-    self as spec, HostDevice, ImageConfig, PodFiles, PodNamespaces, SeccompChoice,
+use ingot_oci::{
+    cri::{self as spec, HostDevice, ImageConfig, PodFiles, PodNamespaces, SeccompChoice},
+    steps::{Phase, StepInput},
 };
 use k8s_cri::v1;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -174,7 +175,15 @@ struct Prepared {
     stop_signal: u32,
 }
 
-/// Mounts the rootfs and writes config.json; blocking. On error the caller cleans up.
+/// What set-up decided beside the bundle.
+struct Built {
+    stop_signal: u32,
+    /// Exclusive CPUs were allocated: the shared containers and ingot's threads must move.
+    shared_pool_changed: bool,
+}
+
+/// Mounts the rootfs, runs the spec steps and writes config.json; blocking. On error the caller
+/// cleans up (the bundle and the placement).
 fn prepare_bundle(
     manager: &Manager,
     id: &str,
@@ -183,7 +192,7 @@ fn prepare_bundle(
     image: &ingot_image::ImageRecord,
     bundle: &Path,
     snapshot: &Path,
-) -> Result<u32, CriError> {
+) -> Result<Built, CriError> {
     let sandbox = decode_pod_config(pod);
     let image_config = ImageConfig::from_document(&image.config)?;
     let layers = manager.images.layer_dirs(image)?;
@@ -274,7 +283,7 @@ fn prepare_bundle(
         .as_ref()
         .map(|i| i.image.as_str())
         .unwrap_or_default();
-    let built = spec::container_spec(&spec::ContainerInput {
+    let mut built = spec::container_spec(&spec::ContainerInput {
         id,
         sandbox_id: &pod.id,
         config,
@@ -290,13 +299,32 @@ fn prepare_bundle(
         seccomp: seccomp.as_ref(),
         bounding: spec::own_bounding_set(),
     })?;
+    let effects = manager.run_spec_steps(
+        &mut built,
+        &StepInput {
+            pod_id: &pod.id,
+            container_id: id,
+            resources: config.linux.as_ref().and_then(|l| l.resources.as_ref()),
+            node: &manager.topology,
+            phase: Phase::Create,
+        },
+    )?;
+    for note in &effects.notes {
+        tracing::info!(container = %id, pod = %pod.id, %note, "placement");
+    }
+    if let Some(assignment) = &effects.assignment {
+        tracing::debug!(container = %id, cpus = %assignment.cpus, mems = %assignment.mems, kind = ?assignment.kind, "placed");
+    }
     let path = bundle.join("config.json");
     let json = serde_json::to_vec_pretty(&built).map_err(|err| CriError::Io {
         context: format!("encode {}", path.display()),
         source: err.into(),
     })?;
     std::fs::write(&path, json).map_err(CriError::io(format!("write {}", path.display())))?;
-    Ok(signal_number(&image_config.stop_signal))
+    Ok(Built {
+        stop_signal: signal_number(&image_config.stop_signal),
+        shared_pool_changed: effects.shared_pool_changed,
+    })
 }
 
 /// `SIGTERM`, `TERM` or `15` → 15; unknown → SIGTERM.
@@ -395,15 +423,16 @@ pub async fn create(
     .await
     .map_err(CriError::join("container set-up"))
     .and_then(|r| r);
-    let stop_signal = match built {
-        Ok(signal) => signal,
+    let built = match built {
+        Ok(built) => built,
         Err(err) => {
             cleanup_bundle(&prepared);
+            manager.release_placement(&id);
             return Err(err);
         }
     };
     let prepared = Prepared {
-        stop_signal,
+        stop_signal: built.stop_signal,
         ..prepared
     };
 
@@ -438,6 +467,7 @@ pub async fn create(
                 "the pod's shim could not create the container; its log has the details"
             );
             cleanup_bundle(&prepared);
+            abandon_placement(manager, &id).await;
             return Err(err);
         }
     };
@@ -467,11 +497,23 @@ pub async fn create(
     if let Err(err) = manager.save_container(record.clone()) {
         let _ = shim.delete(&id, "").await;
         cleanup_bundle(&prepared);
+        abandon_placement(manager, &id).await;
         return Err(err);
+    }
+    if built.shared_pool_changed {
+        manager.follow_shared_pool().await;
     }
     tracing::info!(container = %id, pod = %pod.id, "container created");
     manager.event(&record, v1::ContainerEventType::ContainerCreatedEvent);
     Ok(id)
+}
+
+/// Releases a container's placement after a failed create, moving the shared pool back when its
+/// exclusive CPUs return to it.
+async fn abandon_placement(manager: &Arc<Manager>, id: &str) {
+    if manager.release_placement(id) {
+        manager.follow_shared_pool().await;
+    }
 }
 
 fn shim_for(manager: &Manager, container: &ContainerRecord) -> Result<ShimClient, CriError> {
@@ -674,6 +716,7 @@ pub(crate) async fn remove_locked(
         .await
         .map_err(CriError::join("container removal"))?;
     manager.forget_container(&container.id)?;
+    abandon_placement(manager, &container.id).await;
     tracing::info!(container = %container.id, "container removed");
     manager.event(&container, v1::ContainerEventType::ContainerDeletedEvent);
     Ok(())
@@ -982,6 +1025,27 @@ pub async fn update_resources(
         });
     }
     let shim = shim_for(manager, &container)?;
+    // The same steps as at create: a kubelet cpuset replaces the placement exactly, hugepage
+    // sizes are checked against the node.
+    let mut update = oci_spec::runtime::Spec::default();
+    let mut linux = oci_spec::runtime::Linux::default();
+    linux.set_resources(Some(resources));
+    update.set_linux(Some(linux));
+    let effects = manager.run_spec_steps(
+        &mut update,
+        &StepInput {
+            pod_id: &container.pod_id,
+            container_id: &container.id,
+            resources: request.linux.as_ref(),
+            node: &manager.topology,
+            phase: Phase::Update,
+        },
+    )?;
+    let resources = update
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().clone())
+        .unwrap_or_default();
     let value = serde_json::to_vec(&resources).map_err(|err| CriError::Io {
         context: "encode resources".into(),
         source: err.into(),
@@ -989,7 +1053,7 @@ pub async fn update_resources(
     shim.update(&api::UpdateTaskRequest {
         id: container.id.clone(),
         resources: Some(Any {
-            type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+            type_url: crate::manager::LINUX_RESOURCES_TYPE.into(),
             value,
             ..Default::default()
         })
@@ -997,6 +1061,9 @@ pub async fn update_resources(
         ..Default::default()
     })
     .await?;
+    if effects.shared_pool_changed {
+        manager.follow_shared_pool().await;
+    }
     // The new values are what ContainerStatus reports from now on.
     let mut config = decode_config(&container);
     if let Some(linux) = request.linux {

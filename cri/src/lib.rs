@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod containers;
+pub mod host;
 pub mod images;
 pub mod manager;
 pub mod pods;
@@ -46,6 +47,10 @@ pub enum CriError {
     Netns(#[from] ingot_netns::NetnsError),
     #[error(transparent)]
     Oci(#[from] ingot_oci::OciError),
+    #[error("node topology: {0}")]
+    Topology(#[from] ingot_topology::TopologyError),
+    #[error("placement: {0}")]
+    Placement(#[from] ingot_placement::PlacementError),
     #[error("{context}: {source}")]
     Io {
         context: String,

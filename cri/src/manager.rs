@@ -16,6 +16,10 @@ use ingot_image::ImageStore;
 use k8s_cri::v1;
 use tokio::sync::broadcast;
 
+use ingot_oci::steps::{StepEffects, StepInput};
+use ingot_placement::Placement;
+use ingot_topology::{CpuSet, Topology};
+
 use crate::{
     config::Config,
     shim_client::ShimClient,
@@ -32,6 +36,44 @@ const SHIM_LOG_ENV: &str = "INGOT_SHIM_LOG";
 /// A pod shim's log, `<pod dir>/shim.log`.
 pub fn shim_log(pod_dir: &Path) -> PathBuf {
     pod_dir.join("shim.log")
+}
+
+/// The placement checkpoint's copy under the runtime state directory.
+pub const PLACEMENT_MIRROR: &str = "placement.json";
+/// The type of the resources an UpdateTaskRequest carries.
+pub const LINUX_RESOURCES_TYPE: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+
+/// Restores placement from the store's checkpoint, dropping what the node no longer allows and
+/// containers the store no longer has.
+fn open_placement(
+    store: &Store,
+    topology: &Topology,
+    config: &Config,
+    containers: &BTreeMap<String, ContainerRecord>,
+) -> Result<Placement, CriError> {
+    let mut placement = match store.placement()? {
+        Some(checkpoint) => {
+            let (placement, dropped) =
+                Placement::restore(topology, config.placement.clone(), &checkpoint)?;
+            for reason in dropped {
+                tracing::warn!(%reason, "placement record dropped at start");
+            }
+            placement
+        }
+        None => Placement::new(topology, config.placement.clone())?,
+    };
+    let gone: Vec<String> = placement
+        .assignments()
+        .map(|(id, _)| id.to_string())
+        .filter(|id| !containers.contains_key(id))
+        .collect();
+    for id in gone {
+        tracing::info!(container = %id, "placement released: the container is gone");
+        placement.release(&id);
+    }
+    store.put_placement(&placement.checkpoint())?;
+    Ok(placement)
 }
 
 /// Suffix of a shim's own working directory beside its containers' state (the shim's
@@ -54,6 +96,10 @@ pub struct Manager {
     reserved_pod_names: Mutex<HashSet<String>>,
     events: broadcast::Sender<v1::ContainerEventResponse>,
     shim_binary: PathBuf,
+    /// The node as discovered at start, under `config.host_root`.
+    pub topology: Topology,
+    /// Where every container runs; checkpointed in the store after every change.
+    placement: Mutex<Placement>,
 }
 
 pub fn now_ns() -> i64 {
@@ -116,6 +162,8 @@ impl Manager {
             .into_iter()
             .map(|c| (c.id.clone(), c))
             .collect();
+        let topology = ingot_topology::discover(&config.host_root)?;
+        let placement = open_placement(&store, &topology, &config, &containers)?;
         let (events, _) = broadcast::channel(256);
         let shim_binary = std::env::current_exe()
             .ok()
@@ -126,7 +174,7 @@ impl Manager {
             std::fs::create_dir_all(&dir)
                 .map_err(CriError::io(format!("create {}", dir.display())))?;
         }
-        Ok(Arc::new(Manager {
+        let manager = Arc::new(Manager {
             config,
             store,
             images,
@@ -136,7 +184,139 @@ impl Manager {
             reserved_pod_names: Mutex::default(),
             events,
             shim_binary,
-        }))
+            topology,
+            placement: Mutex::new(placement),
+        });
+        manager.save_placement(&lock(&manager.placement))?;
+        Ok(manager)
+    }
+
+    /// Runs the spec steps for a container and checkpoints what placement decided. A checkpoint
+    /// that cannot be written undoes the placement: an allocation never outlives a crash unsaved.
+    pub fn run_spec_steps(
+        &self,
+        spec: &mut oci_spec::runtime::Spec,
+        input: &StepInput<'_>,
+    ) -> Result<StepEffects, CriError> {
+        let mut placement = lock(&self.placement);
+        let before = placement.clone();
+        let effects = ingot_oci::steps::run(spec, input, &mut placement)?;
+        if *placement != before {
+            if let Err(err) = self.save_placement(&placement) {
+                *placement = before;
+                return Err(err);
+            }
+        }
+        Ok(effects)
+    }
+
+    /// Forgets where a container ran; true when the shared pool changed.
+    pub fn release_placement(&self, container_id: &str) -> bool {
+        let mut placement = lock(&self.placement);
+        let pool = placement.shared_pool();
+        if placement.release(container_id).is_none() {
+            return false;
+        }
+        if let Err(err) = self.save_placement(&placement) {
+            tracing::warn!(container = %container_id, error = %err, "placement checkpoint not saved");
+        }
+        placement.shared_pool() != pool
+    }
+
+    fn save_placement(&self, placement: &Placement) -> Result<(), CriError> {
+        let checkpoint = placement.checkpoint();
+        self.store.put_placement(&checkpoint)?;
+        // A copy for `ingot node report`, which cannot open the store while ingotd holds it.
+        let mirror = self.config.state.join(PLACEMENT_MIRROR);
+        let partial = mirror.with_extension("json.partial");
+        if let Err(err) =
+            std::fs::write(&partial, &checkpoint).and_then(|()| std::fs::rename(&partial, &mirror))
+        {
+            tracing::warn!(path = %mirror.display(), error = %err, "placement mirror not written");
+        }
+        Ok(())
+    }
+
+    /// The CPUs ingot's own threads may run on now.
+    pub fn housekeeping_cpus(&self) -> CpuSet {
+        lock(&self.placement).housekeeping_cpus()
+    }
+
+    /// After exclusive CPUs came or went: ingot's own processes move to the housekeeping CPUs,
+    /// and every running shared container's cpuset follows the shared pool (as the kubelet's
+    /// static policy updates its shared containers).
+    pub async fn follow_shared_pool(&self) {
+        let (pool, shared) = {
+            let placement = lock(&self.placement);
+            (placement.shared_pool(), placement.shared_containers())
+        };
+        self.pin_housekeeping().await;
+        for id in shared {
+            let Ok(container) = self.container(&id) else {
+                continue;
+            };
+            if !matches!(
+                container.state,
+                ContainerState::Created | ContainerState::Running
+            ) {
+                continue;
+            }
+            let Some(shim) = self
+                .pod(&container.pod_id)
+                .ok()
+                .and_then(|p| self.shim_of(&p))
+            else {
+                continue;
+            };
+            let mut cpu = oci_spec::runtime::LinuxCpu::default();
+            cpu.set_cpus(Some(pool.to_string()));
+            let mut resources = oci_spec::runtime::LinuxResources::default();
+            resources.set_devices(None).set_cpu(Some(cpu));
+            let Ok(value) = serde_json::to_vec(&resources) else {
+                continue;
+            };
+            let request = containerd_shim_protos::api::UpdateTaskRequest {
+                id: id.clone(),
+                resources: Some(
+                    containerd_shim_protos::protobuf::well_known_types::any::Any {
+                        type_url: LINUX_RESOURCES_TYPE.into(),
+                        value,
+                        ..Default::default()
+                    },
+                )
+                .into(),
+                ..Default::default()
+            };
+            match shim.update(&request).await {
+                Ok(()) => {
+                    tracing::info!(container = %id, cpus = %pool, "shared container follows the shared pool")
+                }
+                Err(err) => {
+                    tracing::warn!(container = %id, error = %err, "shared container's cpuset not updated")
+                }
+            }
+        }
+    }
+
+    /// Pins ingotd, every pod shim and every pod-init holder to the housekeeping CPUs.
+    pub async fn pin_housekeeping(&self) {
+        let cpus = self.housekeeping_cpus();
+        let proc_root = self.config.host_root.join("proc");
+        let mut pids = vec![std::process::id()];
+        for pod in self.pods() {
+            pids.extend(pod.pid_holder);
+            if let Some(shim) = self.shim_of(&pod) {
+                if let Ok(pid) = shim.shim_pid().await {
+                    pids.push(pid);
+                }
+            }
+        }
+        for pid in pids {
+            if let Err(err) = crate::host::affinity::pin_process(&proc_root, pid, &cpus) {
+                tracing::warn!(pid, %cpus, error = %err, "not pinned to the housekeeping CPUs");
+            }
+        }
+        tracing::debug!(%cpus, "ingot's processes pinned to the housekeeping CPUs");
     }
 
     /// Takes the lifecycle lock of the pod with this (full) id.

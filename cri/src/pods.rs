@@ -278,11 +278,16 @@ fn set_up(
     if options.pid == v1::NamespaceMode::Pod as i32 {
         let exe = std::env::current_exe().map_err(CriError::io("find the ingotd binary"))?;
         let joins = pod_init_cgroup_files(&pod.cgroup_parent, created_cgroups)?;
-        pod.pid_holder = Some(ingot_netns::spawn_pid_holder(
+        let pid = ingot_netns::spawn_pid_holder(
             &exe,
             &[POD_INIT_ARG, &pod.dir.display().to_string()],
             &joins,
-        )?);
+        )?;
+        pod.pid_holder = Some(pid);
+        // Joining the pod's cpuset gave it all the pod's CPUs; it is ingot's, so it goes back
+        // to the housekeeping CPUs.
+        let cpus = manager.housekeeping_cpus();
+        crate::host::affinity::pin_process(&manager.config.host_root.join("proc"), pid, &cpus)?;
     }
     std::fs::create_dir_all(&pod.dir)
         .map_err(CriError::io(format!("create {}", pod.dir.display())))?;

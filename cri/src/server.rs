@@ -52,6 +52,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     // Reconciled before the socket appears: a client never sees half-recovered state.
     refuse_live(&socket)?;
     manager.recover().await;
+    manager.pin_housekeeping().await;
     let listener = bind(&socket)?;
     tracing::info!(socket = %socket.display(), "serving CRI v1");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

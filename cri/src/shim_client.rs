@@ -279,6 +279,14 @@ impl ShimClient {
         self.call("Delete", &request, Some(CALL_TIMEOUT)).await
     }
 
+    /// The shim's own process id (its Connect answer).
+    pub async fn shim_pid(&self) -> Result<u32, CriError> {
+        let request = api::ConnectRequest::default();
+        let response: api::ConnectResponse =
+            self.call("Connect", &request, Some(CALL_TIMEOUT)).await?;
+        Ok(response.shim_pid)
+    }
+
     pub async fn update(&self, request: &api::UpdateTaskRequest) -> Result<(), CriError> {
         let _: api::Empty = self.call("Update", request, Some(CALL_TIMEOUT)).await?;
         Ok(())

@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use ingot_image::ImageError;
 use ingot_oci::OciError;
+use ingot_placement::PlacementError;
 
 use crate::CriError;
 
@@ -26,6 +27,19 @@ impl CriError {
             CriError::FailedPrecondition { .. } => Code::FailedPrecondition,
             CriError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             CriError::Shim { code, .. } => *code,
+            CriError::Topology(_) => Code::Internal,
+            CriError::Placement(err) | CriError::Oci(OciError::Placement { source: err, .. }) => {
+                match err {
+                    PlacementError::InsufficientCpus { .. } | PlacementError::NoHugepageNodes => {
+                        Code::ResourceExhausted
+                    }
+                    PlacementError::Checkpoint { .. } | PlacementError::NoOnlineCpus => {
+                        Code::Internal
+                    }
+                    PlacementError::UnknownContainer { .. } => Code::NotFound,
+                    _ => Code::InvalidArgument,
+                }
+            }
             CriError::Oci(err) => match err {
                 OciError::InvalidField { .. }
                 | OciError::ExecutableNotFound { .. }
@@ -34,6 +48,7 @@ impl CriError {
                 OciError::Read { .. } | OciError::Malformed { .. } | OciError::Build { .. } => {
                     Code::Internal
                 }
+                OciError::Placement { .. } => Code::InvalidArgument,
             },
         }
     }

@@ -11,6 +11,9 @@ use crate::CriError;
 
 const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+/// Node-wide records, one per key: the placement checkpoint.
+const NODE: TableDefinition<&str, &[u8]> = TableDefinition::new("node");
+const PLACEMENT_KEY: &str = "placement";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PodState {
@@ -110,6 +113,7 @@ impl Store {
         let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
         txn.open_table(PODS).map_err(|e| err(e.to_string()))?;
         txn.open_table(CONTAINERS).map_err(|e| err(e.to_string()))?;
+        txn.open_table(NODE).map_err(|e| err(e.to_string()))?;
         txn.commit().map_err(|e| err(e.to_string()))?;
         Ok(Store { db, path })
     }
@@ -184,6 +188,25 @@ impl Store {
     pub fn delete_container(&self, id: &str) -> Result<(), CriError> {
         self.delete(CONTAINERS, id)
     }
+
+    /// The placement checkpoint, when one was saved.
+    pub fn placement(&self) -> Result<Option<Vec<u8>>, CriError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(NODE).map_err(|e| self.err(e))?;
+        let value = table.get(PLACEMENT_KEY).map_err(|e| self.err(e))?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    pub fn put_placement(&self, checkpoint: &[u8]) -> Result<(), CriError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut table = txn.open_table(NODE).map_err(|e| self.err(e))?;
+            table
+                .insert(PLACEMENT_KEY, checkpoint)
+                .map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
 }
 
 #[cfg(test)]
@@ -227,5 +250,10 @@ mod tests {
         let store = Store::open(dir.path()).expect("reopen");
         assert_eq!(store.pods().expect("pods"), vec![changed]);
         assert!(store.containers().expect("containers").is_empty());
+        assert_eq!(store.placement().expect("placement"), None);
+        store.put_placement(b"{}").expect("put placement");
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.placement().expect("placement"), Some(b"{}".to_vec()));
     }
 }

@@ -54,6 +54,7 @@ const STAGES: &[&str] = &[
     "raise ambient capabilities",
     "change directory",
     "exec",
+    "reset the CPU affinity",
 ];
 const STAGE_CGROUP: u32 = 0;
 const STAGE_SETNS: u32 = 1;
@@ -69,6 +70,36 @@ const STAGE_CAPS: u32 = 10;
 const STAGE_AMBIENT: u32 = 11;
 const STAGE_CHDIR: u32 = 12;
 const STAGE_EXEC: u32 = 13;
+const STAGE_AFFINITY: u32 = 14;
+
+/// The process fields this path applies; an exec whose process sets any other goes through the
+/// runtime helper, which applies them all (rlimits, scheduler, I/O priority, CPU affinity, OOM
+/// score, labels).
+const HONOURED_FIELDS: &[&str] = &[
+    "terminal",
+    "user",
+    "args",
+    "env",
+    "cwd",
+    "capabilities",
+    "noNewPrivileges",
+];
+
+/// The first process field set in `process` that this path does not apply.
+pub fn unhonoured_field(process: &Value) -> Option<&str> {
+    let fields = process.as_object()?;
+    fields
+        .iter()
+        .filter(|(name, _)| !HONOURED_FIELDS.contains(&name.as_str()))
+        .find(|(_, value)| match value {
+            Value::Null => false,
+            Value::String(text) => !text.is_empty(),
+            Value::Array(items) => !items.is_empty(),
+            Value::Object(entries) => !entries.is_empty(),
+            _ => true,
+        })
+        .map(|(name, _)| name.as_str())
+}
 
 const MSG_PID: u32 = 1;
 const MSG_ERROR: u32 = 2;
@@ -207,6 +238,13 @@ impl Plan {
         work_dir: &Path,
     ) -> Result<Option<Plan>> {
         if process.get("terminal").and_then(Value::as_bool) == Some(true) || init_pid <= 0 {
+            return Ok(None);
+        }
+        if let Some(field) = unhonoured_field(process) {
+            tracing::debug!(
+                field,
+                "exec through the runtime helper: the fast path does not apply this field"
+            );
             return Ok(None);
         }
         let seccomp = match std::fs::read_to_string(work_dir.join(ELIGIBLE_FILE)).as_deref() {
@@ -391,6 +429,19 @@ impl Child<'_> {
             // SAFETY: writes "0" (this process) to an open `tasks` or `cgroup.procs` file.
             if unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) } < 0 {
                 self.fail(STAGE_CGROUP);
+            }
+        }
+        // Every CPU allowed, so the kernel confines the process to the container's cpuset: the
+        // shim's own affinity (the housekeeping CPUs) would otherwise stay, as a cpuset move
+        // keeps an affinity set with sched_setaffinity (Linux 6.2 on).
+        // SAFETY: an all-ones cpu_set_t on this stack, its size passed with it.
+        unsafe {
+            let mut all: libc::cpu_set_t = std::mem::zeroed();
+            for cpu in 0..libc::CPU_SETSIZE as usize {
+                libc::CPU_SET(cpu, &mut all);
+            }
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &all) < 0 {
+                self.fail(STAGE_AFFINITY);
             }
         }
         for (fd, flag) in &self.plan.namespaces {
@@ -674,6 +725,40 @@ fn overwrite(path: &Path, text: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_the_fast_path_cannot_apply_send_the_exec_to_the_helper() {
+        let plain = serde_json::json!({
+            "args": ["sh"], "env": [], "cwd": "/", "user": {"uid": 0, "gid": 0},
+            "capabilities": {"bounding": []}, "noNewPrivileges": true,
+            "apparmorProfile": "", "rlimits": [], "oomScoreAdj": null,
+        });
+        assert_eq!(unhonoured_field(&plain), None);
+        for (field, value) in [
+            (
+                "rlimits",
+                serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 64, "soft": 64}]),
+            ),
+            (
+                "scheduler",
+                serde_json::json!({"policy": "SCHED_FIFO", "priority": 10}),
+            ),
+            ("execCPUAffinity", serde_json::json!({"final": "1"})),
+            (
+                "ioPriority",
+                serde_json::json!({"class": "IOPRIO_CLASS_RT", "priority": 1}),
+            ),
+            ("oomScoreAdj", serde_json::json!(500)),
+        ] {
+            let mut process = plain.clone();
+            process[field] = value;
+            assert_eq!(unhonoured_field(&process), Some(field));
+            let dir = tempfile::tempdir().expect("tempdir");
+            // Refused before any file or namespace is looked at: the helper takes it.
+            let plan = Plan::new(&process, 1, Path::new("/ingot/x"), dir.path()).expect("plan");
+            assert!(plan.is_none(), "{field}");
+        }
+    }
 
     #[test]
     fn path_search_and_capabilities() {

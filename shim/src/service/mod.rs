@@ -321,9 +321,11 @@ impl Service {
             id: id.to_string(),
             exec_id: exec_id.to_string(),
         })?;
+        let mut path = "fast";
         let (pid, process_io) = match self.fast_exec(id, exec_id, &stdio, &process_file)? {
             Some(started) => started,
             None => {
+                path = "helper";
                 let request = helper::Request {
                     op: helper::Op::Exec {
                         process: process_file.clone(),
@@ -350,7 +352,7 @@ impl Service {
         {
             process.io = process_io;
         }
-        tracing::info!(container_id = id, exec_id, pid, "exec started");
+        tracing::info!(container_id = id, exec_id, pid, path, "exec started");
         Ok(u32::try_from(pid).unwrap_or(0))
     }
 

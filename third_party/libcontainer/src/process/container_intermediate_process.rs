@@ -89,16 +89,21 @@ pub fn container_intermediate_process(
     )?;
 
     // setting CPU affinity for tenant container after cgroup move
-    if matches!(args.container_type, ContainerType::TenantContainer { .. }) {
-        if let Some(exec_cpu_affinity) = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.exec_cpu_affinity().as_ref())
-        {
-            if let Some(cpu_affinity_final) = exec_cpu_affinity.cpu_affinity_final() {
-                cpu_affinity::set_cpuset_affinity_from_string(current_pid, cpu_affinity_final)?;
-            }
+    let final_affinity = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.exec_cpu_affinity().as_ref())
+        .and_then(|a| a.cpu_affinity_final().as_ref())
+        .filter(|_| matches!(args.container_type, ContainerType::TenantContainer { .. }));
+    match final_affinity {
+        Some(cpu_affinity_final) => {
+            cpu_affinity::set_cpuset_affinity_from_string(current_pid, cpu_affinity_final)?;
         }
+        // ingot: as runc 1.2, the affinity of the runtime (a shim pinned to housekeeping CPUs)
+        // is not inherited: the process may run on every CPU of its cgroup's cpuset. Since
+        // Linux 6.2 a cpuset move keeps an affinity the parent asked for with
+        // sched_setaffinity, so the move alone does not widen it.
+        None => cpu_affinity::reset_cpu_affinity(current_pid)?,
     }
 
     // if new user is specified in specification, this will be true and new

@@ -1,0 +1,4 @@
+//! Everything in ingotd that changes the node outside its own state directories, each part
+//! under a root path so a test can point it at a temp tree.
+
+pub mod affinity;
