@@ -328,7 +328,8 @@ pub fn v1_metrics(stats: &Stats) -> Metrics {
 }
 
 /// Hugepage limits in the unified hierarchy beside v1 controllers: creates the cgroup (enabling
-/// hugetlb on each level it creates), writes `hugetlb.<size>.max`, and moves `pid` in.
+/// hugetlb on each level it creates), writes `hugetlb.<size>.max` (and `.rsvd.max` where the
+/// kernel has it), and moves `pid` in.
 /// Returns the directories created, deepest last, for removal.
 pub fn apply_unified_hugetlb(
     unified_mount: &Path,
@@ -355,6 +356,13 @@ pub fn apply_unified_hugetlb(
             let file = dir.join(format!("hugetlb.{size}.max"));
             fs::write(&file, bytes.to_string())
                 .map_err(ShimError::io(format!("write {}", file.display())))?;
+            // Reservations (Linux 5.7 on) are limited too, as libcgroups does on v1 and v2: a
+            // process cannot reserve pages at mmap time it may not fault in.
+            let reserved = dir.join(format!("hugetlb.{size}.rsvd.max"));
+            if reserved.exists() {
+                fs::write(&reserved, bytes.to_string())
+                    .map_err(ShimError::io(format!("write {}", reserved.display())))?;
+            }
         }
         let procs = dir.join("cgroup.procs");
         fs::write(&procs, pid.to_string())
@@ -417,6 +425,25 @@ mod tests {
             placement.unified_mount,
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
+    }
+
+    #[test]
+    fn unified_hugetlb_limits_reservations_too() {
+        let unified = tempfile::tempdir().expect("tempdir");
+        let leaf = unified.path().join("ingot/pod/c1");
+        fs::create_dir_all(&leaf).expect("leaf");
+        fs::write(leaf.join("hugetlb.2MB.rsvd.max"), "max\n").expect("rsvd");
+        let limits = BTreeMap::from([("2MB".to_string(), 8u64 << 20), ("1GB".to_string(), 0)]);
+        let created =
+            apply_unified_hugetlb(unified.path(), Path::new("/ingot/pod/c1"), &limits, 42)
+                .expect("apply");
+        assert!(created.is_empty(), "nothing was created: {created:?}");
+        let read = |name: &str| fs::read_to_string(leaf.join(name)).expect(name);
+        assert_eq!(read("hugetlb.2MB.max"), (8u64 << 20).to_string());
+        assert_eq!(read("hugetlb.2MB.rsvd.max"), (8u64 << 20).to_string());
+        assert_eq!(read("hugetlb.1GB.max"), "0");
+        assert!(!leaf.join("hugetlb.1GB.rsvd.max").exists(), "no rsvd file is made up");
+        assert_eq!(read("cgroup.procs"), "42");
     }
 
     #[test]
