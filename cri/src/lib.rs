@@ -1,18 +1,15 @@
-//! ingotd's CRI v1 server: RuntimeService and ImageService over gRPC on a unix socket, its
-//! configuration, and (as they land) the state store and the pod and container managers that
-//! drive one `containerd-shim-ingot-v2` per pod.
+//! ingotd's CRI v1 server, in layers that call one way:
+//! `rpc` (tonic handlers: decode, validate, map errors) → `lifecycle` (pods, containers, exec,
+//! stats, recovery; ordering and rollback) → the `store`, the `shim_client`, `host` (everything
+//! that changes the node, under a root path) and `ingot_oci`'s spec steps. `convert` (records to
+//! CRI messages), `config` and `sysctl` are leaves any layer may use.
 
 pub mod config;
-pub mod containers;
+pub mod convert;
 pub mod host;
-pub mod images;
-pub mod manager;
-pub mod pods;
-pub mod runtime;
-pub mod server;
+pub mod lifecycle;
+pub mod rpc;
 pub mod shim_client;
-pub mod stats;
-pub mod status;
 pub mod store;
 pub mod sysctl;
 

@@ -8,8 +8,8 @@ use ingot_cri::config::{Config, Flags};
 const MAX_BLOCKING_THREADS: usize = 32;
 
 fn main() -> anyhow::Result<()> {
-    if std::env::args().nth(1).as_deref() == Some(ingot_cri::pods::POD_INIT_ARG) {
-        ingot_cri::pods::pod_init();
+    if std::env::args().nth(1).as_deref() == Some(ingot_cri::host::pod_init::POD_INIT_ARG) {
+        ingot_cri::host::pod_init::pod_init();
     }
     // Every thread of the blocking pool (namespaces, CNI, mounts) would get a malloc arena of
     // its own, each keeping what it once held; two shared arenas serve a daemon that mostly
@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
             }
             tracing::info!("shutting down");
         };
-        ingot_cri::server::serve(config, shutdown).await
+        ingot_cri::rpc::server::serve(config, shutdown).await
     })?;
     Ok(())
 }

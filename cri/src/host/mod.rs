@@ -2,3 +2,7 @@
 //! under a root path so a test can point it at a temp tree.
 
 pub mod affinity;
+pub mod cgroups;
+pub mod devices;
+pub mod pod_init;
+pub mod rootfs;

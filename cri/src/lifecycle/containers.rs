@@ -1,173 +1,31 @@
 //! Containers: the image's layers mounted as an overlay rootfs, the spec built from the CRI
-//! config (`ingot_oci::cri`), and the task run by the pod's shim, which writes the CRI log
-//! itself. Exits are followed by a task asleep in the shim's Wait.
+//! config (`ingot_oci::cri`) and passed through the spec steps, and the task run by the pod's
+//! shim, which writes the CRI log itself. Exits are followed by a task asleep in the shim's Wait.
 
 use std::{
     collections::HashMap,
-    os::unix::fs::{FileTypeExt, MetadataExt},
-    path::{Component, Path, PathBuf},
-    sync::{Arc, Mutex},
+    path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use containerd_shim_protos::{api, protobuf::well_known_types::any::Any};
 use ingot_oci::{
-    cri::{self as spec, HostDevice, ImageConfig, PodFiles, PodNamespaces, SeccompChoice},
+    cri::{self as spec, ImageConfig, PodFiles, PodNamespaces, SeccompChoice},
     steps::{Phase, StepInput},
 };
 use k8s_cri::v1;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use prost::Message;
-use tokio::io::AsyncReadExt;
 
 use crate::{
-    manager::{new_id, now_ns, Manager},
-    pods::{absolute_path, decode_config as decode_pod_config},
+    convert, host,
+    lifecycle::{new_id, now_ns, Manager},
     shim_client::ShimClient,
     store::{ContainerRecord, ContainerState, PodRecord, PodState},
     CriError,
 };
-
 /// The stdio URI scheme under which the shim writes a CRI-format log (the shim's `crilog`).
 const CRI_LOG_SCHEME: &str = "cri-log://";
-
-/// ExecSync output beyond this is dropped (containerd's limit).
-const MAX_EXEC_OUTPUT: usize = 16 << 20;
-/// After an exec'd process exits, how long its output may still drain (a child it left behind
-/// may hold the pipe open).
-const EXEC_DRAIN: Duration = Duration::from_secs(1);
-
-pub fn decode_config(container: &ContainerRecord) -> v1::ContainerConfig {
-    v1::ContainerConfig::decode(container.config.as_slice()).unwrap_or_default()
-}
-
-fn name_key(config: &v1::ContainerConfig) -> String {
-    let m = config.metadata.clone().unwrap_or_default();
-    format!("{}_{}", m.name, m.attempt)
-}
-
-/// Everything CreateContainer refuses before it touches the host.
-pub fn validate(config: &v1::ContainerConfig) -> Result<(), CriError> {
-    let metadata = config
-        .metadata
-        .as_ref()
-        .ok_or_else(|| CriError::invalid("config.metadata", "is required"))?;
-    if metadata.name.is_empty() {
-        return Err(CriError::invalid("config.metadata.name", "is required"));
-    }
-    if metadata.name.len() > 253 || metadata.name.contains('/') {
-        return Err(CriError::invalid(
-            "config.metadata.name",
-            "must be at most 253 bytes without '/'",
-        ));
-    }
-    if config
-        .image
-        .as_ref()
-        .is_none_or(|i| i.image.trim().is_empty())
-    {
-        return Err(CriError::invalid(
-            "config.image.image",
-            "an image reference is required",
-        ));
-    }
-    if !config.log_path.is_empty() {
-        let path = Path::new(&config.log_path);
-        if path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
-            return Err(CriError::invalid(
-                "config.log_path",
-                format!(
-                    "{:?} must be relative to the pod's log directory, without \"..\"",
-                    config.log_path
-                ),
-            ));
-        }
-    }
-    for mount in &config.mounts {
-        spec::container_path("config.mounts.container_path", &mount.container_path)?;
-        absolute_path("config.mounts.host_path", &mount.host_path)?;
-    }
-    for device in &config.devices {
-        spec::container_path("config.devices.container_path", &device.container_path)?;
-        absolute_path("config.devices.host_path", &device.host_path)?;
-    }
-    if !config.working_dir.is_empty() {
-        spec::container_path("config.working_dir", &config.working_dir)?;
-    }
-    let linux = config.linux.as_ref();
-    spec::resources(linux.and_then(|l| l.resources.as_ref()))?;
-    let context = linux.and_then(|l| l.security_context.as_ref());
-    spec::capabilities(context)?;
-    spec::seccomp_choice(context)?;
-    Ok(())
-}
-
-/// The overlay rootfs: the image's layers (top first) under the container's writable layer.
-fn mount_rootfs(lower: &[PathBuf], snapshot: &Path, rootfs: &Path) -> Result<(), CriError> {
-    let upper = snapshot.join("upper");
-    let work = snapshot.join("work");
-    for dir in [&upper, &work, &rootfs.to_path_buf()] {
-        std::fs::create_dir_all(dir).map_err(CriError::io(format!("create {}", dir.display())))?;
-    }
-    let lowerdir: Vec<String> = lower
-        .iter()
-        .rev()
-        .map(|p| p.display().to_string())
-        .collect();
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lowerdir.join(":"),
-        upper.display(),
-        work.display()
-    );
-    mount(
-        Some("overlay"),
-        rootfs,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(options.as_str()),
-    )
-    .map_err(|errno| CriError::Io {
-        context: format!("mount the overlay rootfs at {}", rootfs.display()),
-        source: errno.into(),
-    })
-}
-
-pub fn unmount_rootfs(rootfs: &Path) {
-    let _ = umount2(rootfs, MntFlags::MNT_DETACH);
-}
-
-fn host_device(device: &v1::Device) -> Result<HostDevice, CriError> {
-    let meta = std::fs::metadata(&device.host_path).map_err(|err| {
-        CriError::invalid(
-            "config.devices.host_path",
-            format!("{:?}: {err}", device.host_path),
-        )
-    })?;
-    let kind = if meta.file_type().is_char_device() {
-        'c'
-    } else if meta.file_type().is_block_device() {
-        'b'
-    } else {
-        return Err(CriError::invalid(
-            "config.devices.host_path",
-            format!("{:?} is not a device node", device.host_path),
-        ));
-    };
-    let rdev = meta.rdev();
-    Ok(HostDevice {
-        container_path: device.container_path.clone(),
-        kind,
-        major: i64::try_from(nix::sys::stat::major(rdev)).unwrap_or(-1),
-        minor: i64::try_from(nix::sys::stat::minor(rdev)).unwrap_or(-1),
-        file_mode: meta.mode() & 0o7777,
-        permissions: if device.permissions.is_empty() {
-            "rwm".into()
-        } else {
-            device.permissions.clone()
-        },
-    })
-}
 
 struct Prepared {
     bundle: PathBuf,
@@ -193,11 +51,11 @@ fn prepare_bundle(
     bundle: &Path,
     snapshot: &Path,
 ) -> Result<Built, CriError> {
-    let sandbox = decode_pod_config(pod);
+    let sandbox = convert::pod_config(pod);
     let image_config = ImageConfig::from_document(&image.config)?;
     let layers = manager.images.layer_dirs(image)?;
     let rootfs = bundle.join("rootfs");
-    mount_rootfs(&layers, snapshot, &rootfs)?;
+    host::rootfs::mount_rootfs(&layers, snapshot, &rootfs)?;
 
     let context = config
         .linux
@@ -218,7 +76,7 @@ fn prepare_bundle(
     let devices = config
         .devices
         .iter()
-        .map(host_device)
+        .map(host::devices::host_device)
         .collect::<Result<Vec<_>, _>>()?;
     let seccomp = match spec::seccomp_choice(context)? {
         SeccompChoice::Unconfined => None,
@@ -344,7 +202,7 @@ fn signal_number(name: &str) -> u32 {
 }
 
 fn cleanup_bundle(prepared: &Prepared) {
-    unmount_rootfs(&prepared.bundle.join("rootfs"));
+    host::rootfs::unmount_rootfs(&prepared.bundle.join("rootfs"));
     let _ = std::fs::remove_dir_all(&prepared.bundle);
     let _ = std::fs::remove_dir_all(&prepared.snapshot);
 }
@@ -359,7 +217,6 @@ pub async fn create(
     if request.pod_sandbox_id.is_empty() {
         return Err(CriError::invalid("pod_sandbox_id", "is required"));
     }
-    validate(&config)?;
     let image_name = config
         .image
         .as_ref()
@@ -381,11 +238,11 @@ pub async fn create(
             reason: "is not ready".into(),
         });
     }
-    let key = name_key(&config);
+    let key = convert::container_name_key(&config);
     if let Some(existing) = manager
         .containers_of(&pod.id)
         .into_iter()
-        .find(|c| name_key(&decode_config(c)) == key)
+        .find(|c| convert::container_name_key(&convert::container_config(c)) == key)
     {
         return Err(CriError::AlreadyExists {
             what: format!(
@@ -394,7 +251,7 @@ pub async fn create(
             ),
         });
     }
-    let sandbox = decode_pod_config(&pod);
+    let sandbox = convert::pod_config(&pod);
     let log_path = (!config.log_path.is_empty() && !sandbox.log_directory.is_empty())
         .then(|| Path::new(&sandbox.log_directory).join(&config.log_path));
 
@@ -463,7 +320,7 @@ pub async fn create(
             tracing::warn!(
                 pod = %pod.id,
                 container = %id,
-                shim_log = %crate::manager::shim_log(&pod.dir).display(),
+                shim_log = %super::shim_log(&pod.dir).display(),
                 "the pod's shim could not create the container; its log has the details"
             );
             cleanup_bundle(&prepared);
@@ -516,16 +373,6 @@ async fn abandon_placement(manager: &Arc<Manager>, id: &str) {
     }
 }
 
-fn shim_for(manager: &Manager, container: &ContainerRecord) -> Result<ShimClient, CriError> {
-    let pod = manager.pod(&container.pod_id)?;
-    manager
-        .shim_of(&pod)
-        .ok_or_else(|| CriError::FailedPrecondition {
-            what: format!("container {}", container.id),
-            reason: "its pod has no shim".into(),
-        })
-}
-
 /// The container's record, read again under its pod's lifecycle lock (which the caller holds
 /// while the guard lives).
 async fn locked(
@@ -546,7 +393,7 @@ pub async fn start(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
         });
     }
     let pod = manager.pod(&container.pod_id)?;
-    let shim = shim_for(manager, &container)?;
+    let shim = super::shim_for(manager, &container)?;
     let timer = std::time::Instant::now();
     match shim.start(&container.id, "").await {
         Ok(pid) => {
@@ -565,7 +412,7 @@ pub async fn start(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
             tracing::warn!(
                 pod = %pod.id,
                 container = %container.id,
-                shim_log = %crate::manager::shim_log(&pod.dir).display(),
+                shim_log = %super::shim_log(&pod.dir).display(),
                 "the pod's shim could not start the container; its log has the details"
             );
             // A container that failed to start is exited, with the reason, as containerd does.
@@ -625,7 +472,7 @@ pub async fn stop(manager: &Arc<Manager>, id: &str, timeout: i64) -> Result<(), 
         }
         return Ok(());
     }
-    let shim = shim_for(manager, &container)?;
+    let shim = super::shim_for(manager, &container)?;
     if !shim.alive().await {
         // The shim is gone (the node rebooted, or it was killed): so is the container.
         manager.record_exit(&container.id, 255, None, "the pod's shim is gone");
@@ -687,7 +534,7 @@ pub(crate) async fn remove_locked(
         stop(manager, &container.id, 0).await?;
     }
     let container = manager.container(&container.id)?;
-    let deleted = match shim_for(manager, &container) {
+    let deleted = match super::shim_for(manager, &container) {
         Ok(shim) => match shim.delete(&container.id, "").await {
             Ok(_)
             | Err(CriError::Shim {
@@ -722,290 +569,6 @@ pub(crate) async fn remove_locked(
     Ok(())
 }
 
-fn cri_state(state: ContainerState) -> i32 {
-    (match state {
-        ContainerState::Created => v1::ContainerState::ContainerCreated,
-        ContainerState::Running => v1::ContainerState::ContainerRunning,
-        ContainerState::Exited => v1::ContainerState::ContainerExited,
-        ContainerState::Unknown => v1::ContainerState::ContainerUnknown,
-    }) as i32
-}
-
-pub fn status_of(container: &ContainerRecord) -> v1::ContainerStatus {
-    let config = decode_config(container);
-    v1::ContainerStatus {
-        id: container.id.clone(),
-        metadata: config.metadata.clone(),
-        state: cri_state(container.state),
-        created_at: container.created_at,
-        started_at: container.started_at,
-        finished_at: container.finished_at,
-        exit_code: container.exit_code,
-        image: config.image.clone(),
-        image_ref: container.image_id.clone(),
-        reason: container.reason.clone(),
-        message: container.message.clone(),
-        labels: config.labels.clone(),
-        annotations: config.annotations.clone(),
-        mounts: config.mounts.clone(),
-        log_path: container
-            .log_path
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-        resources: config
-            .linux
-            .as_ref()
-            .and_then(|l| l.resources.clone())
-            .map(|linux| v1::ContainerResources {
-                linux: Some(linux),
-                windows: None,
-            }),
-        ..Default::default()
-    }
-}
-
-pub fn verbose_info(container: &ContainerRecord) -> HashMap<String, String> {
-    let info = serde_json::json!({
-        "sandboxID": container.pod_id,
-        "pid": container.pid,
-        "bundle": container.bundle,
-        "snapshotDir": container.snapshot,
-        "imageRef": container.image_ref,
-    });
-    HashMap::from([("info".to_string(), info.to_string())])
-}
-
-pub fn list(manager: &Manager, filter: Option<&v1::ContainerFilter>) -> Vec<v1::Container> {
-    manager
-        .containers()
-        .into_iter()
-        .filter(|c| {
-            let Some(filter) = filter else { return true };
-            if !filter.id.is_empty() && !c.id.starts_with(&filter.id) {
-                return false;
-            }
-            if !filter.pod_sandbox_id.is_empty() && !c.pod_id.starts_with(&filter.pod_sandbox_id) {
-                return false;
-            }
-            if filter
-                .state
-                .as_ref()
-                .is_some_and(|s| s.state != cri_state(c.state))
-            {
-                return false;
-            }
-            crate::pods::labels_match(&filter.label_selector, &decode_config(c).labels)
-        })
-        .map(|c| {
-            let config = decode_config(&c);
-            v1::Container {
-                id: c.id.clone(),
-                pod_sandbox_id: c.pod_id.clone(),
-                metadata: config.metadata,
-                image: config.image,
-                image_ref: c.image_id.clone(),
-                state: cri_state(c.state),
-                created_at: c.created_at,
-                labels: config.labels,
-                annotations: config.annotations,
-                image_id: c.image_id.clone(),
-            }
-        })
-        .collect()
-}
-
-fn running(manager: &Manager, id: &str) -> Result<(ContainerRecord, ShimClient), CriError> {
-    let container = manager.container(id)?;
-    if container.state != ContainerState::Running {
-        return Err(CriError::FailedPrecondition {
-            what: format!("container {}", container.id),
-            reason: format!("is {:?}, not running", container.state),
-        });
-    }
-    let shim = shim_for(manager, &container)?;
-    Ok((container, shim))
-}
-
-async fn read_all(path: PathBuf, sink: Arc<Mutex<Vec<u8>>>) -> std::io::Result<()> {
-    let mut fifo = tokio::net::unix::pipe::OpenOptions::new().open_receiver(&path)?;
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        let n = fifo.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        let mut out = sink.lock().unwrap_or_else(|p| p.into_inner());
-        let room = MAX_EXEC_OUTPUT.saturating_sub(out.len());
-        out.extend_from_slice(&buf[..n.min(room)]);
-    }
-}
-
-pub async fn exec_sync(
-    manager: &Arc<Manager>,
-    request: v1::ExecSyncRequest,
-) -> Result<v1::ExecSyncResponse, CriError> {
-    if request.cmd.is_empty() {
-        return Err(CriError::invalid("cmd", "is required"));
-    }
-    if request.timeout < 0 {
-        return Err(CriError::invalid(
-            "timeout",
-            format!("{} is negative", request.timeout),
-        ));
-    }
-    let (container, shim) = running(manager, &request.container_id)?;
-    let spec_path = container.bundle.join("config.json");
-    let spec: serde_json::Value = serde_json::from_slice(
-        &tokio::fs::read(&spec_path)
-            .await
-            .map_err(CriError::io(format!("read {}", spec_path.display())))?,
-    )
-    .map_err(|err| CriError::Io {
-        context: format!("parse {}", spec_path.display()),
-        source: err.into(),
-    })?;
-    let mut process = spec["process"].clone();
-    process["args"] = serde_json::json!(request.cmd);
-    process["terminal"] = serde_json::json!(false);
-
-    let exec_id = new_id()?[..16].to_string();
-    let dir = manager.config.state.join("exec").join(&exec_id);
-    std::fs::create_dir_all(&dir).map_err(CriError::io(format!("create {}", dir.display())))?;
-    let result = run_exec(
-        &shim,
-        &container.id,
-        &exec_id,
-        &dir,
-        &process,
-        request.timeout,
-    )
-    .await;
-    let _ = shim.delete(&container.id, &exec_id).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-async fn run_exec(
-    shim: &ShimClient,
-    id: &str,
-    exec_id: &str,
-    dir: &Path,
-    process: &serde_json::Value,
-    timeout: i64,
-) -> Result<v1::ExecSyncResponse, CriError> {
-    let fifo = |name: &str| -> Result<PathBuf, CriError> {
-        let path = dir.join(name);
-        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(
-            |errno| CriError::Io {
-                context: format!("mkfifo {}", path.display()),
-                source: errno.into(),
-            },
-        )?;
-        Ok(path)
-    };
-    let (stdout_path, stderr_path) = (fifo("stdout")?, fifo("stderr")?);
-    // Our own writing ends keep each pipe (and what the process wrote) alive until its exit is
-    // known, and keep the readers from seeing EOF before the shim has opened the fifos.
-    let keep = |path: &Path| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(CriError::io(format!("open {}", path.display())))
-    };
-    let keepers = (keep(&stdout_path)?, keep(&stderr_path)?);
-    let stdout = Arc::new(Mutex::new(Vec::new()));
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    let mut readers = (
-        tokio::spawn(read_all(stdout_path.clone(), Arc::clone(&stdout))),
-        tokio::spawn(read_all(stderr_path.clone(), Arc::clone(&stderr))),
-    );
-    let outcome = exec_and_wait(
-        shim,
-        id,
-        exec_id,
-        &stdout_path,
-        &stderr_path,
-        process,
-        timeout,
-    )
-    .await;
-    drop(keepers);
-    if outcome.is_ok() {
-        // Output written just before the exit is still in the pipes.
-        let _ = tokio::time::timeout(EXEC_DRAIN, async {
-            let _ = tokio::join!(&mut readers.0, &mut readers.1);
-        })
-        .await;
-    }
-    readers.0.abort();
-    readers.1.abort();
-    let exit_status = outcome?;
-    let take = |sink: &Arc<Mutex<Vec<u8>>>| {
-        std::mem::take(&mut *sink.lock().unwrap_or_else(|p| p.into_inner()))
-    };
-    Ok(v1::ExecSyncResponse {
-        stdout: take(&stdout),
-        stderr: take(&stderr),
-        exit_code: i32::try_from(exit_status).unwrap_or(255),
-    })
-}
-
-/// Starts the exec'd process and waits for its exit status (killing it after `timeout`
-/// seconds, when positive).
-async fn exec_and_wait(
-    shim: &ShimClient,
-    id: &str,
-    exec_id: &str,
-    stdout: &Path,
-    stderr: &Path,
-    process: &serde_json::Value,
-    timeout: i64,
-) -> Result<u32, CriError> {
-    let value = serde_json::to_vec(process).map_err(|err| CriError::Io {
-        context: "encode exec process".into(),
-        source: err.into(),
-    })?;
-    let request = api::ExecProcessRequest {
-        id: id.to_string(),
-        exec_id: exec_id.to_string(),
-        terminal: false,
-        stdout: stdout.display().to_string(),
-        stderr: stderr.display().to_string(),
-        spec: Some(Any {
-            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
-            value,
-            ..Default::default()
-        })
-        .into(),
-        ..Default::default()
-    };
-    let timer = std::time::Instant::now();
-    shim.exec(&request).await?;
-    let exec_time = timer.elapsed();
-    shim.start(id, exec_id).await?;
-    tracing::debug!(container = %id, exec = ?exec_time, started = ?timer.elapsed(), "exec timings");
-    let wait = shim.wait(id, exec_id);
-    let exit = if timeout > 0 {
-        let limit = Duration::from_secs(u64::try_from(timeout).unwrap_or(0));
-        match tokio::time::timeout(limit, wait).await {
-            Ok(exit) => exit?,
-            Err(_) => {
-                let _ = shim.kill(id, exec_id, libc::SIGKILL as u32, false).await;
-                let _ = shim.wait(id, exec_id).await;
-                return Err(CriError::DeadlineExceeded {
-                    what: format!("ExecSync in container {id}"),
-                    reason: format!("command did not finish within {timeout}s"),
-                });
-            }
-        }
-    } else {
-        wait.await?
-    };
-    Ok(exit.exit_status)
-}
-
 pub async fn update_resources(
     manager: &Arc<Manager>,
     request: v1::UpdateContainerResourcesRequest,
@@ -1024,7 +587,7 @@ pub async fn update_resources(
             ),
         });
     }
-    let shim = shim_for(manager, &container)?;
+    let shim = super::shim_for(manager, &container)?;
     // The same steps as at create: a kubelet cpuset replaces the placement exactly, hugepage
     // sizes are checked against the node.
     let mut update = oci_spec::runtime::Spec::default();
@@ -1053,7 +616,7 @@ pub async fn update_resources(
     shim.update(&api::UpdateTaskRequest {
         id: container.id.clone(),
         resources: Some(Any {
-            type_url: crate::manager::LINUX_RESOURCES_TYPE.into(),
+            type_url: super::LINUX_RESOURCES_TYPE.into(),
             value,
             ..Default::default()
         })
@@ -1065,7 +628,7 @@ pub async fn update_resources(
         manager.follow_shared_pool().await;
     }
     // The new values are what ContainerStatus reports from now on.
-    let mut config = decode_config(&container);
+    let mut config = convert::container_config(&container);
     if let Some(linux) = request.linux {
         config.linux.get_or_insert_with(Default::default).resources = Some(linux);
     }
@@ -1075,7 +638,7 @@ pub async fn update_resources(
 }
 
 pub async fn reopen_log(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
-    let (container, shim) = running(manager, id)?;
+    let (container, shim) = super::running(manager, id)?;
     if container.log_path.is_none() {
         return Err(CriError::FailedPrecondition {
             what: format!("container {}", container.id),

@@ -8,7 +8,8 @@ use containerd_shim_protos::{
 use k8s_cri::v1;
 
 use crate::{
-    manager::{now_ns, Manager},
+    convert,
+    lifecycle::{now_ns, Manager},
     store::{ContainerRecord, ContainerState, PodRecord},
     CriError,
 };
@@ -126,7 +127,7 @@ async fn container_stats_and_usage(
 ) -> (v1::ContainerStats, Usage) {
     let usage = container_usage(manager, container).await;
     let now = now_ns();
-    let config = crate::containers::decode_config(container);
+    let config = convert::container_config(container);
     let snapshot = container.snapshot.join("upper");
     let (bytes, inodes) = tokio::task::spawn_blocking(move || ingot_image::usage(&snapshot))
         .await
@@ -154,7 +155,7 @@ async fn container_stats_and_usage(
 }
 
 pub async fn pod_stats(manager: &Manager, pod: &PodRecord) -> v1::PodSandboxStats {
-    let config = crate::pods::decode_config(pod);
+    let config = convert::pod_config(pod);
     let mut containers = Vec::new();
     let mut total = Usage::default();
     for container in manager.containers_of(&pod.id) {

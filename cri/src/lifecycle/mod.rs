@@ -1,35 +1,45 @@
-//! The pod and container manager: the records (in memory, and committed to the store before an
-//! RPC answers), the per-pod locks that order lifecycle changes and the reservations of pod
-//! names being created, the pod shims, container exit tracking, container events, and recovery
-//! when ingotd starts again.
+//! The lifecycle layer: pods, containers, exec and stats in the order the CRI asks, with the
+//! records (in memory, and committed to the store before an RPC answers), the per-pod locks that
+//! order lifecycle changes, the reservations of pod names being created, the pod shims, container
+//! exit tracking, container events, placement, and recovery when ingotd starts again. Called by
+//! `rpc`; calls the store, the shim client, `host` and `ingot_oci`'s spec steps.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     io::Read,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use ingot_image::ImageStore;
-use k8s_cri::v1;
-use tokio::sync::broadcast;
-
 use ingot_oci::steps::{StepEffects, StepInput};
 use ingot_placement::Placement;
 use ingot_topology::{CpuSet, Topology};
+use k8s_cri::v1;
+use tokio::sync::broadcast;
 
 use crate::{
     config::Config,
+    convert,
     shim_client::ShimClient,
     store::{ContainerRecord, ContainerState, PodRecord, Store},
     CriError,
 };
 
+pub mod containers;
+mod exec;
+pub mod pods;
+mod recovery;
+pub mod stats;
+
+pub use exec::exec_sync;
 /// The containerd namespace ingotd's shims serve.
 pub const SHIM_NAMESPACE: &str = "ingot";
+
 const SHIM_BINARY: &str = "containerd-shim-ingot-v2";
+
 /// The variable naming a shim's log file (the shim's `shimlog::LOG_ENV`).
 const SHIM_LOG_ENV: &str = "INGOT_SHIM_LOG";
 
@@ -40,6 +50,7 @@ pub fn shim_log(pod_dir: &Path) -> PathBuf {
 
 /// The placement checkpoint's copy under the runtime state directory.
 pub const PLACEMENT_MIRROR: &str = "placement.json";
+
 /// The type of the resources an UpdateTaskRequest carries.
 pub const LINUX_RESOURCES_TYPE: &str =
     "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
@@ -78,7 +89,7 @@ fn open_placement(
 
 /// Suffix of a shim's own working directory beside its containers' state (the shim's
 /// `bootstrap::SHIM_DIR_SUFFIX`; ingotd does not link the shim).
-const SHIM_DIR_SUFFIX: &str = ".shim";
+pub(crate) const SHIM_DIR_SUFFIX: &str = ".shim";
 
 pub struct Manager {
     pub config: Config,
@@ -118,7 +129,7 @@ pub fn new_id() -> Result<String, CriError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -149,6 +160,35 @@ fn find<'a, T>(map: &'a BTreeMap<String, T>, id: &str, what: &str) -> Result<&'a
     }
 }
 
+pub(crate) fn shim_for(
+    manager: &Manager,
+    container: &ContainerRecord,
+) -> Result<ShimClient, CriError> {
+    let pod = manager.pod(&container.pod_id)?;
+    manager
+        .shim_of(&pod)
+        .ok_or_else(|| CriError::FailedPrecondition {
+            what: format!("container {}", container.id),
+            reason: "its pod has no shim".into(),
+        })
+}
+
+pub(crate) fn running(
+    manager: &Manager,
+    id: &str,
+) -> Result<(ContainerRecord, ShimClient), CriError> {
+    let container = manager.container(id)?;
+    if container.state != ContainerState::Running {
+        return Err(CriError::FailedPrecondition {
+            what: format!("container {}", container.id),
+            reason: format!("is {:?}, not running", container.state),
+        });
+    }
+    let shim = shim_for(manager, &container)?;
+    Ok((container, shim))
+}
+
+/// A pod name held for an in-flight RunPodSandbox; released on drop.
 impl Manager {
     pub fn open(config: Config, images: Arc<ImageStore>) -> Result<Arc<Self>, CriError> {
         let store = Store::open(&config.root)?;
@@ -237,6 +277,11 @@ impl Manager {
         Ok(())
     }
 
+    /// `<host root>/proc`.
+    pub fn proc_root(&self) -> PathBuf {
+        self.config.host_root.join("proc")
+    }
+
     /// The CPUs ingot's own threads may run on now.
     pub fn housekeeping_cpus(&self) -> CpuSet {
         lock(&self.placement).housekeeping_cpus()
@@ -301,7 +346,7 @@ impl Manager {
     /// Pins ingotd, every pod shim and every pod-init holder to the housekeeping CPUs.
     pub async fn pin_housekeeping(&self) {
         let cpus = self.housekeeping_cpus();
-        let proc_root = self.config.host_root.join("proc");
+        let proc_root = self.proc_root();
         let mut pids = vec![std::process::id()];
         for pod in self.pods() {
             pids.extend(pod.pid_holder);
@@ -417,8 +462,8 @@ impl Manager {
         let pod_status = self
             .pod(&container.pod_id)
             .ok()
-            .map(|pod| crate::pods::status_of(&pod));
-        let status = crate::containers::status_of(container);
+            .map(|pod| convert::pod_status(&pod));
+        let status = convert::container_status(container);
         let _ = self.events.send(v1::ContainerEventResponse {
             container_id: container.id.clone(),
             container_event_type: kind as i32,
@@ -573,24 +618,8 @@ impl Manager {
         let Ok(pod) = find(&lock(&self.pods), &container.pod_id, "pod sandbox").cloned() else {
             return false;
         };
-        let relative = format!(
-            "{}/{}",
-            pod.cgroup_parent.trim_start_matches('/'),
-            container.id
-        );
-        ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
-            .iter()
-            .any(|root| {
-                let dir = Path::new(root).join(&relative);
-                ["memory.oom_control", "memory.events"].iter().any(|file| {
-                    std::fs::read_to_string(dir.join(file)).is_ok_and(|text| {
-                        text.lines().any(|line| {
-                            line.strip_prefix("oom_kill ")
-                                .is_some_and(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
-                        })
-                    })
-                })
-            })
+        let relative = format!("{}/{}", pod.cgroup_parent, container.id);
+        crate::host::cgroups::oom_killed(&self.config.host_root, &relative)
     }
 
     /// Follows a running container until it exits (one task, asleep in the shim's Wait).
@@ -616,186 +645,8 @@ impl Manager {
             }
         });
     }
-
-    /// After a restart: containers that were running are checked against their shims (exits
-    /// that happened meanwhile are recorded, live ones followed again), and what no record owns
-    /// (pod directories, bundles, writable layers) is removed.
-    pub async fn recover(self: &Arc<Self>) {
-        for container in self.containers() {
-            if !matches!(
-                container.state,
-                ContainerState::Running | ContainerState::Created
-            ) {
-                continue;
-            }
-            let Ok(pod) = self.pod(&container.pod_id) else {
-                self.record_exit(&container.id, 255, None, "its pod sandbox is gone");
-                continue;
-            };
-            let Some(shim) = self.shim_of(&pod) else {
-                continue;
-            };
-            match shim.state(&container.id).await {
-                Ok(state) => {
-                    use containerd_shim_protos::api::Status;
-                    match state.status.enum_value() {
-                        Ok(Status::STOPPED) => {
-                            self.record_exit(
-                                &container.id,
-                                state.exit_status,
-                                state.exited_at.as_ref(),
-                                "",
-                            );
-                        }
-                        Ok(Status::RUNNING | Status::PAUSED | Status::PAUSING) => {
-                            self.watch_exit(&pod, &container.id);
-                        }
-                        _ => {}
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(container = %container.id, error = %err, "container lost while ingotd was down");
-                    self.record_exit(
-                        &container.id,
-                        255,
-                        None,
-                        &format!("lost while ingotd was down: {err}"),
-                    );
-                }
-            }
-        }
-        self.clean_orphan_containers().await;
-        self.clean_orphans();
-    }
-
-    /// Containers the shims still run but no record owns (ingotd died between a shim call and
-    /// the commit of its record) are killed and deleted through whichever shim knows them; then
-    /// shims no pod record names are shut down.
-    async fn clean_orphan_containers(&self) {
-        let shim_root = self.config.state.join("shim");
-        let names = |dir: PathBuf| -> Vec<String> {
-            std::fs::read_dir(dir)
-                .map(|entries| {
-                    entries
-                        .flatten()
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let known_containers: Vec<String> = lock(&self.containers).keys().cloned().collect();
-        let known_shims: Vec<PathBuf> = lock(&self.pods)
-            .values()
-            .filter_map(|p| p.shim.as_deref())
-            .map(|a| PathBuf::from(a.strip_prefix("unix://").unwrap_or(a)))
-            .collect();
-        let sockets: Vec<PathBuf> = names(shim_root.join("s"))
-            .into_iter()
-            .map(|name| shim_root.join("s").join(name))
-            .collect();
-        let mut orphans: Vec<String> = names(shim_root.join(SHIM_NAMESPACE))
-            .into_iter()
-            .filter(|name| !name.ends_with(SHIM_DIR_SUFFIX))
-            .map(|name| name.trim_end_matches(".ingot").to_string())
-            .filter(|id| !known_containers.contains(id))
-            .collect();
-        orphans.sort();
-        orphans.dedup();
-        for id in &orphans {
-            for socket in &sockets {
-                let shim = ShimClient::new(&socket.display().to_string());
-                if shim.state(id).await.is_err() {
-                    continue;
-                }
-                tracing::info!(container = %id, "removing a container no record owns");
-                let _ = shim.kill(id, "", libc::SIGKILL as u32, true).await;
-                let _ = tokio::time::timeout(Duration::from_secs(5), shim.wait(id, "")).await;
-                if let Err(err) = shim.delete(id, "").await {
-                    tracing::warn!(container = %id, error = %err, "delete orphaned container");
-                }
-                break;
-            }
-        }
-        for socket in sockets.iter().filter(|s| !known_shims.contains(s)) {
-            tracing::info!(socket = %socket.display(), "shutting down a shim no pod owns");
-            let _ = ShimClient::new(&socket.display().to_string())
-                .shutdown()
-                .await;
-        }
-    }
-
-    fn clean_orphans(&self) {
-        let pods: Vec<String> = lock(&self.pods).keys().cloned().collect();
-        let containers: Vec<String> = lock(&self.containers).keys().cloned().collect();
-        let entries = |dir: PathBuf| -> Vec<(String, PathBuf)> {
-            std::fs::read_dir(dir)
-                .map(|entries| {
-                    entries
-                        .flatten()
-                        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        // Pod inits no record owns: ingotd died inside RunPodSandbox, after the pod init
-        // started and before the pod's record was committed.
-        for (pid, pod_id) in crate::pods::pod_inits_under(&self.config.state.join("pods")) {
-            let owned = lock(&self.pods)
-                .get(&pod_id)
-                .is_some_and(|pod| pod.pid_holder == Some(pid));
-            if !owned {
-                tracing::info!(pod = %pod_id, pid, "ending a pod init no record owns");
-                crate::pods::kill_pod_init(pid);
-            }
-        }
-        for (id, path) in entries(self.config.state.join("pods")) {
-            if !pods.contains(&id) {
-                tracing::info!(pod = %id, "removing an orphaned pod directory");
-                crate::pods::release_orphan_network(self, &id, &path);
-                crate::pods::remove_pod_dir(&path);
-            }
-        }
-        for (id, path) in entries(self.config.state.join("containers")) {
-            if !containers.contains(&id) {
-                tracing::info!(container = %id, "removing an orphaned bundle");
-                crate::containers::unmount_rootfs(&path.join("rootfs"));
-                let _ = std::fs::remove_dir_all(&path);
-            }
-        }
-        // A shim's own working directory is named for its pod; one whose pod is gone was left
-        // by a shim that was killed.
-        for (name, path) in entries(self.config.state.join("shim").join(SHIM_NAMESPACE)) {
-            let Some(pod) = name.strip_suffix(SHIM_DIR_SUFFIX) else {
-                continue;
-            };
-            if !pods.iter().any(|id| id == pod) {
-                tracing::info!(pod = %pod, "removing an orphaned shim directory");
-                let _ = std::fs::remove_dir_all(&path);
-            }
-        }
-        for (id, path) in entries(self.config.root.join("containers")) {
-            if !containers.contains(&id) {
-                tracing::info!(container = %id, "removing an orphaned writable layer");
-                let _ = std::fs::remove_dir_all(&path);
-            }
-        }
-        // Pod cgroups ingotd made under its own parent, for pods it no longer knows.
-        let parent = self.config.cgroup_parent.trim_start_matches('/');
-        if parent.is_empty() {
-            return;
-        }
-        for root in crate::pods::cgroup_roots() {
-            for (id, path) in entries(root.join(parent)) {
-                if path.is_dir() && id.len() == 64 && !pods.contains(&id) {
-                    tracing::info!(pod = %id, cgroup = %path.display(), "removing an orphaned pod cgroup");
-                    remove_cgroup_tree(&path);
-                }
-            }
-        }
-    }
 }
 
-/// A pod name held for an in-flight RunPodSandbox; released on drop.
 pub struct NameReservation<'a> {
     names: &'a Mutex<HashSet<String>>,
     name: String,
@@ -805,18 +656,6 @@ impl Drop for NameReservation<'_> {
     fn drop(&mut self) {
         lock(self.names).remove(&self.name);
     }
-}
-
-/// Removes an (empty of processes) cgroup directory tree, deepest first.
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&entry.path());
-            }
-        }
-    }
-    crate::pods::remove_cgroup_dir(dir);
 }
 
 #[cfg(test)]

@@ -7,7 +7,12 @@ use k8s_cri::v1::{
 };
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::{config::Config, images::Images, manager::Manager, runtime::Runtime, CriError};
+use crate::{
+    config::Config,
+    lifecycle::Manager,
+    rpc::{images::Images, Runtime},
+    CriError,
+};
 
 /// Binds the socket, refusing to take over one another ingotd still serves.
 fn bind(socket: &Path) -> Result<tokio::net::UnixListener, CriError> {

@@ -14,7 +14,18 @@ use k8s_cri::v1::{self, runtime_service_server::RuntimeService};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::{config::Config, containers, manager::Manager, pods, stats, CriError};
+use crate::{
+    config::Config,
+    convert,
+    lifecycle::{containers, pods, stats, Manager},
+    CriError,
+};
+
+pub mod images;
+mod list;
+pub mod server;
+pub mod status;
+mod validate;
 
 pub const RUNTIME_NAME: &str = "ingot";
 pub const CRI_API_VERSION: &str = "v1";
@@ -189,6 +200,7 @@ impl RuntimeService for Runtime {
         request: Request<v1::RunPodSandboxRequest>,
     ) -> Result<Response<v1::RunPodSandboxResponse>, Status> {
         let request = request.into_inner();
+        validate::run_pod_sandbox(&request)?;
         let metadata = request
             .config
             .as_ref()
@@ -233,17 +245,17 @@ impl RuntimeService for Runtime {
             .manager
             .containers_of(&pod.id)
             .iter()
-            .map(containers::status_of)
+            .map(convert::container_status)
             .collect();
         Ok(Response::new(v1::PodSandboxStatusResponse {
-            status: Some(pods::status_of(&pod)),
+            status: Some(convert::pod_status(&pod)),
             info: if request.verbose {
-                pods::verbose_info(&pod)
+                convert::pod_verbose_info(&pod)
             } else {
                 Default::default()
             },
             containers_statuses,
-            timestamp: crate::manager::now_ns(),
+            timestamp: crate::lifecycle::now_ns(),
         }))
     }
 
@@ -251,7 +263,7 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<v1::ListPodSandboxRequest>,
     ) -> Result<Response<v1::ListPodSandboxResponse>, Status> {
-        let items = pods::list(&self.manager, request.get_ref().filter.as_ref());
+        let items = list::pods(&self.manager, request.get_ref().filter.as_ref());
         Ok(Response::new(v1::ListPodSandboxResponse { items }))
     }
 
@@ -260,6 +272,7 @@ impl RuntimeService for Runtime {
         request: Request<v1::CreateContainerRequest>,
     ) -> Result<Response<v1::CreateContainerResponse>, Status> {
         let request = request.into_inner();
+        validate::create_container(&request)?;
         let name = request
             .config
             .as_ref()
@@ -313,7 +326,7 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<v1::ListContainersRequest>,
     ) -> Result<Response<v1::ListContainersResponse>, Status> {
-        let containers = containers::list(&self.manager, request.get_ref().filter.as_ref());
+        let containers = list::containers(&self.manager, request.get_ref().filter.as_ref());
         Ok(Response::new(v1::ListContainersResponse { containers }))
     }
 
@@ -324,9 +337,9 @@ impl RuntimeService for Runtime {
         let request = request.into_inner();
         let container = self.manager.container(&request.container_id)?;
         Ok(Response::new(v1::ContainerStatusResponse {
-            status: Some(containers::status_of(&container)),
+            status: Some(convert::container_status(&container)),
             info: if request.verbose {
-                containers::verbose_info(&container)
+                convert::container_verbose_info(&container)
             } else {
                 Default::default()
             },
@@ -360,7 +373,7 @@ impl RuntimeService for Runtime {
     ) -> Result<Response<v1::ExecSyncResponse>, Status> {
         let request = request.into_inner();
         let span = tracing::info_span!("ExecSync", container = %request.container_id);
-        let response = traced(span, containers::exec_sync(&self.manager, request)).await?;
+        let response = traced(span, crate::lifecycle::exec_sync(&self.manager, request)).await?;
         Ok(Response::new(response))
     }
 
@@ -406,9 +419,9 @@ impl RuntimeService for Runtime {
             if (!filter.id.is_empty() && !container.id.starts_with(&filter.id))
                 || (!filter.pod_sandbox_id.is_empty()
                     && !container.pod_id.starts_with(&filter.pod_sandbox_id))
-                || !pods::labels_match(
+                || !convert::labels_match(
                     &filter.label_selector,
-                    &containers::decode_config(&container).labels,
+                    &convert::container_config(&container).labels,
                 )
             {
                 continue;
@@ -437,7 +450,7 @@ impl RuntimeService for Runtime {
         let mut out = Vec::new();
         for pod in self.manager.pods() {
             if (!filter.id.is_empty() && !pod.id.starts_with(&filter.id))
-                || !pods::labels_match(&filter.label_selector, &pods::decode_config(&pod).labels)
+                || !convert::labels_match(&filter.label_selector, &convert::pod_config(&pod).labels)
             {
                 continue;
             }

@@ -1,0 +1,300 @@
+//! The pod cgroups ingotd creates (one per v1 hierarchy, or the unified one), the pod-init's leaf,
+//! whether a container's cgroup saw an OOM kill, and their removal; never a cgroup ingot did not
+//! create. Every function takes the node's root (`/` in production), under which
+//! `sys/fs/cgroup` is read.
+
+use std::path::{Path, PathBuf};
+
+use crate::{store::PodRecord, CriError};
+
+/// `<host root>/sys/fs/cgroup`.
+pub fn cgroup_mount(host_root: &Path) -> PathBuf {
+    host_root.join("sys/fs/cgroup")
+}
+
+/// Where a cgroup path can live: each hierarchy under /sys/fs/cgroup (v1 and the hybrid
+/// unified one), and /sys/fs/cgroup itself (pure v2).
+pub fn cgroup_roots(host_root: &Path) -> Vec<PathBuf> {
+    let mount = cgroup_mount(host_root);
+    let mut roots: Vec<PathBuf> = std::fs::read_dir(&mount)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    roots.sort();
+    roots.push(mount);
+    roots
+}
+
+/// The v1 controller hierarchies under /sys/fs/cgroup (not the hybrid unified one, nor the
+/// named systemd one), where a pod's cgroup is made and its pod init joins it.
+fn v1_controller_hierarchies(host_root: &Path) -> Vec<PathBuf> {
+    let root = cgroup_mount(host_root);
+    cgroup_roots(host_root)
+        .into_iter()
+        .filter(|hierarchy| {
+            let name = hierarchy.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            *hierarchy != root && !matches!(name, "unified" | "systemd") && hierarchy.is_dir()
+        })
+        .collect()
+}
+
+/// Creates the pod's cgroup in each v1 controller hierarchy where it is missing, as the sandbox
+/// container of containerd does at RunPodSandbox, so the pod's first CreateContainer makes one
+/// cgroup level, not two (a v1 cgroup costs one directory per hierarchy, each with per-controller
+/// state to set up). It runs beside the CNI plugin. Returns what it created, parents first, for
+/// removal when the pod fails to start. On cgroup v2 the runtime makes the path itself, enabling
+/// controllers on the way down.
+pub fn create_pod_cgroups(host_root: &Path, parent: &str) -> Vec<PathBuf> {
+    let root = cgroup_mount(host_root);
+    if root.join("cgroup.controllers").exists() {
+        return Vec::new();
+    }
+    let relative = Path::new(parent.trim_start_matches('/'));
+    let mut created = Vec::new();
+    for hierarchy in v1_controller_hierarchies(host_root) {
+        let name = hierarchy.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let mut dir = hierarchy.clone();
+        for component in relative.components() {
+            dir.push(component);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {
+                    if name == "cpuset" {
+                        inherit_cpuset(&dir);
+                    }
+                    created.push(dir.clone());
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(err) => {
+                    // The runtime creates it later, or fails with the reason.
+                    tracing::debug!(dir = %dir.display(), error = %err, "pod cgroup not created");
+                    break;
+                }
+            }
+        }
+    }
+    created
+}
+
+/// On cgroup v2 a process may not sit in a cgroup whose children have controllers enabled,
+/// so the pod init gets a leaf of its own under the pod's cgroup (as a pause container has).
+const POD_INIT_CGROUP: &str = "pod-init";
+
+/// The files through which the pod init joins the pod's cgroup: `tasks` in each v1 hierarchy
+/// where the pod cgroup exists, or `cgroup.procs` of its v2 leaf (created here, and added to
+/// `created`).
+pub fn pod_init_cgroup_files(
+    host_root: &Path,
+    parent: &str,
+    created: &mut Vec<PathBuf>,
+) -> Result<Vec<PathBuf>, CriError> {
+    let root = cgroup_mount(host_root);
+    let relative = Path::new(parent.trim_start_matches('/'));
+    if root.join("cgroup.controllers").exists() {
+        let mut dir = root.to_path_buf();
+        for component in relative.join(POD_INIT_CGROUP).components() {
+            dir.push(component);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => created.push(dir.clone()),
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(err) => return Err(CriError::io(format!("create {}", dir.display()))(err)),
+            }
+        }
+        return Ok(vec![dir.join("cgroup.procs")]);
+    }
+    Ok(v1_controller_hierarchies(host_root)
+        .into_iter()
+        .map(|hierarchy| hierarchy.join(relative).join("tasks"))
+        .filter(|tasks| tasks.exists())
+        .collect())
+}
+
+/// A new v1 cpuset cgroup starts with no CPUs and no memory nodes, and no process can join it
+/// (ENOSPC) until they are set: it gets its parent's, as libcontainer does for a container's.
+fn inherit_cpuset(dir: &Path) {
+    let Some(parent) = dir.parent() else { return };
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let own = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        if !own.trim().is_empty() {
+            continue;
+        }
+        let inherited = std::fs::read_to_string(parent.join(file)).unwrap_or_default();
+        if let Err(err) = std::fs::write(dir.join(file), inherited.trim()) {
+            tracing::debug!(dir = %dir.display(), file, error = %err, "cpuset not inherited");
+        }
+    }
+}
+
+/// Removes cgroup directories made by [`create_pod_cgroups`], children first.
+pub fn remove_created_cgroups(created: &[PathBuf]) {
+    for dir in created.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// Removes the pod init's v2 leaf, and the pod's cgroup where ingotd made it. The pod init
+/// was just killed; one not reaped by ingotd (after a restart its parent is another) may take
+/// a moment to leave the cgroup.
+pub fn remove_pod_cgroup(host_root: &Path, pod: &PodRecord) {
+    if pod.cgroup_parent.is_empty() {
+        return;
+    }
+    let relative = pod.cgroup_parent.trim_start_matches('/');
+    for root in cgroup_roots(host_root) {
+        let dir = root.join(relative);
+        let mut dirs = vec![dir.join(POD_INIT_CGROUP)];
+        if pod.owns_cgroup {
+            dirs.push(dir);
+        }
+        for dir in dirs.iter().filter(|d| d.is_dir()) {
+            remove_cgroup_dir(dir);
+        }
+    }
+}
+
+/// Removes one cgroup directory, waiting up to 100 ms for processes just killed (and reaped
+/// by another parent) to leave it; one that still holds live processes is left, with a log line.
+pub fn remove_cgroup_dir(dir: &Path) {
+    for _ in 0..20 {
+        match std::fs::remove_dir(dir) {
+            Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(cgroup = %dir.display(), error = %err, "cgroup not removed");
+                return;
+            }
+            _ => return,
+        }
+    }
+    tracing::warn!(cgroup = %dir.display(), "cgroup not removed: processes still in it");
+}
+
+/// Removes an (empty of processes) cgroup directory tree, deepest first.
+pub fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    remove_cgroup_dir(dir);
+}
+
+/// Whether the kernel OOM-killed in the memory cgroup at `relative` (v1 `memory.oom_control`'s
+/// `oom_kill` count, or v2 `memory.events`).
+pub fn oom_killed(host_root: &Path, relative: &str) -> bool {
+    let mount = cgroup_mount(host_root);
+    [mount.join("memory"), mount].iter().any(|root| {
+        let dir = root.join(relative.trim_start_matches('/'));
+        ["memory.oom_control", "memory.events"].iter().any(|file| {
+            std::fs::read_to_string(dir.join(file)).is_ok_and(|text| {
+                text.lines().any(|line| {
+                    line.strip_prefix("oom_kill ")
+                        .is_some_and(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+                })
+            })
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    /// A hybrid v1 tree: controller hierarchies, the unified one and the named systemd one.
+    fn v1_tree() -> tempfile::TempDir {
+        let root = tempfile::tempdir().expect("tempdir");
+        for hierarchy in ["cpu", "memory", "cpuset", "unified", "systemd"] {
+            fs::create_dir_all(cgroup_mount(root.path()).join(hierarchy)).expect("hierarchy");
+        }
+        let cpuset = cgroup_mount(root.path()).join("cpuset");
+        fs::write(cpuset.join("cpuset.cpus"), "0-3\n").expect("cpus");
+        fs::write(cpuset.join("cpuset.mems"), "0\n").expect("mems");
+        root
+    }
+
+    #[test]
+    fn v1_pod_cgroups_in_controller_hierarchies_only_with_the_parents_cpuset() {
+        let root = v1_tree();
+        let created = create_pod_cgroups(root.path(), "/ingot/pod1");
+        let mount = cgroup_mount(root.path());
+        let expected: Vec<PathBuf> = ["cpu", "cpuset", "memory"]
+            .iter()
+            .flat_map(|h| {
+                [
+                    mount.join(h).join("ingot"),
+                    mount.join(h).join("ingot/pod1"),
+                ]
+            })
+            .collect();
+        assert_eq!(created, expected);
+        assert!(!mount.join("unified/ingot").exists() && !mount.join("systemd/ingot").exists());
+        let pod = mount.join("cpuset/ingot/pod1");
+        assert_eq!(
+            fs::read_to_string(pod.join("cpuset.cpus")).expect("cpus"),
+            "0-3"
+        );
+        assert_eq!(
+            fs::read_to_string(pod.join("cpuset.mems")).expect("mems"),
+            "0"
+        );
+
+        // The pod init joins through `tasks`, where the kernel has made one.
+        fs::write(mount.join("cpu/ingot/pod1/tasks"), "").expect("tasks");
+        let mut more = Vec::new();
+        let joins = pod_init_cgroup_files(root.path(), "/ingot/pod1", &mut more).expect("joins");
+        assert_eq!(joins, vec![mount.join("cpu/ingot/pod1/tasks")]);
+        assert!(more.is_empty());
+
+        // (A real cgroup's files go with its directory; here only the memory one has none.)
+        remove_created_cgroups(&created);
+        assert!(!mount.join("memory/ingot").exists());
+    }
+
+    #[test]
+    fn v2_pod_init_gets_a_leaf_of_its_own() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mount = cgroup_mount(root.path());
+        fs::create_dir_all(&mount).expect("mount");
+        fs::write(mount.join("cgroup.controllers"), "cpu memory\n").expect("controllers");
+        assert!(create_pod_cgroups(root.path(), "/ingot/pod1").is_empty());
+        let mut created = Vec::new();
+        let joins = pod_init_cgroup_files(root.path(), "/ingot/pod1", &mut created).expect("joins");
+        assert_eq!(joins, vec![mount.join("ingot/pod1/pod-init/cgroup.procs")]);
+        assert_eq!(
+            created,
+            vec![
+                mount.join("ingot"),
+                mount.join("ingot/pod1"),
+                mount.join("ingot/pod1/pod-init")
+            ]
+        );
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_v1_and_v2_files() {
+        let root = v1_tree();
+        let mount = cgroup_mount(root.path());
+        let v1 = mount.join("memory/ingot/p/c1");
+        fs::create_dir_all(&v1).expect("v1");
+        fs::write(
+            v1.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+        )
+        .expect("v1 file");
+        assert!(!oom_killed(root.path(), "/ingot/p/c1"));
+        fs::write(
+            v1.join("memory.oom_control"),
+            "oom_kill_disable 0\noom_kill 2\n",
+        )
+        .expect("v1");
+        assert!(oom_killed(root.path(), "/ingot/p/c1"));
+        let v2 = mount.join("ingot/p/c2");
+        fs::create_dir_all(&v2).expect("v2");
+        fs::write(v2.join("memory.events"), "low 0\noom 1\noom_kill 1\n").expect("v2 file");
+        assert!(oom_killed(root.path(), "/ingot/p/c2"));
+        assert!(!oom_killed(root.path(), "/ingot/p/none"));
+    }
+}
