@@ -442,7 +442,10 @@ mod tests {
         assert_eq!(read("hugetlb.2MB.max"), (8u64 << 20).to_string());
         assert_eq!(read("hugetlb.2MB.rsvd.max"), (8u64 << 20).to_string());
         assert_eq!(read("hugetlb.1GB.max"), "0");
-        assert!(!leaf.join("hugetlb.1GB.rsvd.max").exists(), "no rsvd file is made up");
+        assert!(
+            !leaf.join("hugetlb.1GB.rsvd.max").exists(),
+            "no rsvd file is made up"
+        );
         assert_eq!(read("cgroup.procs"), "42");
     }
 

@@ -519,6 +519,7 @@ impl ShimProcess {
             .args(["-socket", &address])
             .current_dir(dir.path())
             .env_remove("TTRPC_ADDRESS")
+            .env("INGOT_SHIM_LOG", dir.path().join("shim.log"))
             .stdin(Stdio::null())
             .spawn()
             .context("start shim")?;
@@ -538,6 +539,11 @@ impl ShimProcess {
     /// The shim's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The shim's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("shim.log")).unwrap_or_default()
     }
 }
 

@@ -86,11 +86,41 @@ async fn pid_of(
     u32::try_from(info["pid"].as_u64().expect("pid")).expect("pid fits")
 }
 
-/// Every process of this daemon: ingotd, its shims (started with its socket) and pod-inits
-/// (started with a pod directory under its state), by pid.
-fn ingot_processes(daemon: &Daemon) -> Vec<u32> {
-    let marker = daemon.dir.path().display().to_string();
-    let mut pids = vec![u32::try_from(daemon.pid().as_raw()).expect("pid")];
+fn cmdline(pid: u32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+        .into_owned()
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces, so from the last ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Whether a shim is among the process's ancestors: then it is a container's process being set
+/// up (libcontainer's intermediate and init processes, an exec), in the container's cgroup.
+fn descends_from_a_shim(pid: u32) -> bool {
+    let mut next = parent_of(pid);
+    while let Some(parent) = next.filter(|p| *p > 1) {
+        if cmdline(parent).contains("containerd-shim-ingot-v2") {
+            return true;
+        }
+        next = parent_of(parent);
+    }
+    false
+}
+
+/// Every process of a daemon: ingotd, its shims (started with its socket) and pod-inits (started
+/// with a pod directory under its state), by pid. A shim's children are left out: they are its
+/// containers' processes being set up, already in the containers' cgroups.
+fn processes_of(daemon_dir: &Path, daemon_pid: u32) -> Vec<u32> {
+    let marker = daemon_dir.display().to_string();
+    let mut pids = vec![daemon_pid];
     for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
         let Some(pid) = entry
             .file_name()
@@ -99,20 +129,58 @@ fn ingot_processes(daemon: &Daemon) -> Vec<u32> {
         else {
             continue;
         };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+        if !cmdline(pid).contains(&marker) || pids.contains(&pid) {
             continue;
-        };
-        if String::from_utf8_lossy(&cmdline).contains(&marker) && !pids.contains(&pid) {
-            pids.push(pid);
         }
+        if descends_from_a_shim(pid) {
+            continue;
+        }
+        pids.push(pid);
     }
     pids
 }
 
+/// Samples every ingot thread's allowed CPUs until finished, noting each one that could run on
+/// `forbidden`.
+struct Audit {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Audit {
+    fn start(daemon_dir: std::path::PathBuf, daemon_pid: u32, forbidden: CpuSet) -> Audit {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let (mut samples, mut found) = (0, Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                found.extend(threads_on(&daemon_dir, daemon_pid, &forbidden));
+                samples += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            (samples, found)
+        });
+        Audit { stop, thread }
+    }
+
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("audit thread")
+    }
+}
+
 /// Every thread of every ingot process whose allowed CPUs reach into `exclusive`.
 fn ingot_threads_on(daemon: &Daemon, exclusive: &CpuSet) -> Vec<String> {
+    threads_on(
+        daemon.dir.path(),
+        u32::try_from(daemon.pid().as_raw()).expect("pid"),
+        exclusive,
+    )
+}
+
+fn threads_on(daemon_dir: &Path, daemon_pid: u32, exclusive: &CpuSet) -> Vec<String> {
     let mut found = Vec::new();
-    for pid in ingot_processes(daemon) {
+    for pid in processes_of(daemon_dir, daemon_pid) {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
@@ -128,7 +196,9 @@ fn ingot_threads_on(daemon: &Daemon, exclusive: &CpuSet) -> Vec<String> {
                     .trim()
                     .to_string()
             };
-            let allowed = CpuSet::parse(&field("Cpus_allowed_list:")).expect("allowed");
+            let Ok(allowed) = CpuSet::parse(&field("Cpus_allowed_list:")) else {
+                continue;
+            };
             if !allowed.is_disjoint(exclusive) {
                 found.push(format!(
                     "pid {pid} thread {} ({}) may run on {allowed}",
@@ -158,6 +228,12 @@ async fn a_guaranteed_container_gets_cpu_1_to_itself() {
         },
     )
     .await;
+    // From here to the end, while pods come and go, no ingot thread may run off CPU 0.
+    let audit = Audit::start(
+        env.daemon.dir.path().to_path_buf(),
+        u32::try_from(env.daemon.pid().as_raw()).expect("pid"),
+        online.difference(&CpuSet::from_iter([0])),
+    );
 
     // A shared container first: it may run anywhere.
     let log_dir = env.daemon.log_dir("shared");
@@ -211,6 +287,14 @@ async fn a_guaranteed_container_gets_cpu_1_to_itself() {
         Some(exclusive.to_string().as_str()),
         "the exec runs on the container's CPU: {stdout}"
     );
+    // The audit sees ingotd, both pods' shims and pod-inits (it is not looking at nothing).
+    let daemon_pid = u32::try_from(env.daemon.pid().as_raw()).expect("pid");
+    let audited = processes_of(env.daemon.dir.path(), daemon_pid);
+    assert!(
+        audited.len() >= 5,
+        "ingotd, 2 shims, 2 pod-inits: {audited:?}"
+    );
+    assert!(ingot_threads_on(&env.daemon, &online).len() >= audited.len());
     let stray = ingot_threads_on(&env.daemon, &exclusive);
     assert!(
         stray.is_empty(),
@@ -319,8 +403,22 @@ async fn a_guaranteed_container_gets_cpu_1_to_itself() {
         "{checkpoint}"
     );
 
-    // kill -9 and a new ingotd: the CPU is still the container's.
+    // kill -9 and a new ingotd: the CPU is still the container's. (The new ingotd pins itself
+    // first thing; the instant between its exec and that is its service manager's to cover, so
+    // the audit starts again once it runs.)
+    let (samples, stray) = audit.finish();
+    assert!(samples > 10, "the audit ran {samples} times");
+    assert!(
+        stray.is_empty(),
+        "ingot threads off the housekeeping CPU:\n{}",
+        stray.join("\n")
+    );
     env.daemon = Daemon::restart(env.daemon);
+    let audit = Audit::start(
+        env.daemon.dir.path().to_path_buf(),
+        u32::try_from(env.daemon.pid().as_raw()).expect("pid"),
+        online.difference(&CpuSet::from_iter([0])),
+    );
     let mut client = ingot_tests::cri::runtime_client(&env.daemon.socket()).await;
     let err = client
         .create_container(v1::CreateContainerRequest {
@@ -334,6 +432,46 @@ async fn a_guaranteed_container_gets_cpu_1_to_itself() {
     assert_eq!(cpus_allowed(rt_pid), exclusive);
     let stray = ingot_threads_on(&env.daemon, &exclusive);
     assert!(stray.is_empty(), "after the restart:\n{}", stray.join("\n"));
+
+    // The kubelet's cpuset is applied exactly, to a running container too; such a container no
+    // longer follows the shared pool.
+    let pinned = start_container(
+        &mut client,
+        &shared_pod_id,
+        &shared_pod,
+        burstable("pinned", &image),
+    )
+    .await;
+    let pinned_pid = pid_of(&mut client, &pinned).await;
+    assert_eq!(cgroup_cpus(pinned_pid), shared_pool);
+    let update = |cpus: String| v1::UpdateContainerResourcesRequest {
+        container_id: pinned.clone(),
+        linux: Some(v1::LinuxContainerResources {
+            cpu_shares: 256,
+            cpuset_cpus: cpus,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    client
+        .update_container_resources(update("0".into()))
+        .await
+        .expect("update to a kubelet cpuset");
+    assert_eq!(cgroup_cpus(pinned_pid), CpuSet::from_iter([0]));
+    let err = client
+        .update_container_resources(update(format!("{}", last + 64)))
+        .await
+        .expect_err("an offline CPU");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("cpuset_cpus"), "{}", err.message());
+    assert_eq!(cgroup_cpus(pinned_pid), CpuSet::from_iter([0]), "unchanged");
+    // Even over ingot's exclusive CPU: the kubelet decides.
+    client
+        .update_container_resources(update(online.to_string()))
+        .await
+        .expect("the kubelet's word");
+    assert_eq!(cgroup_cpus(pinned_pid), online);
+    stop_and_remove_container(&mut client, &pinned, 0).await;
 
     // Removing the pod gives the CPU back: the shared container spreads again, and the next
     // Guaranteed container gets it.
@@ -361,4 +499,89 @@ async fn a_guaranteed_container_gets_cpu_1_to_itself() {
         !checkpoint.contains("\"exclusive\""),
         "released: {checkpoint}"
     );
+    let (samples, stray) = audit.finish();
+    assert!(samples > 10, "the audit ran {samples} times");
+    assert!(
+        stray.is_empty(),
+        "ingot threads off the housekeeping CPU:\n{}",
+        stray.join("\n")
+    );
+}
+
+/// Without reserved CPUs the housekeeping CPUs are those not exclusive: ingot's threads move off
+/// a CPU when it becomes exclusive, and may use it again when it is freed.
+#[tokio::test(flavor = "current_thread")]
+async fn without_reserved_cpus_ingot_moves_off_a_cpu_that_becomes_exclusive() {
+    let online = online();
+    assert!(
+        online.len() >= 2,
+        "this test needs two CPUs, found {online}"
+    );
+    let (env, mut client, image) = env_with(
+        false,
+        Options {
+            extra_config: "[placement]\npolicy = \"exclusive\"\n".to_string(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let all_threads_on = |cpus: &CpuSet| {
+        let daemon_pid = u32::try_from(env.daemon.pid().as_raw()).expect("pid");
+        processes_of(env.daemon.dir.path(), daemon_pid)
+            .into_iter()
+            .all(|pid| cpus_allowed(pid) == *cpus)
+    };
+    assert!(all_threads_on(&online), "before: ingot may use every CPU");
+
+    let log_dir = env.daemon.log_dir("rt");
+    let rt_pod = host_network_pod("rt", &log_dir, v1::NamespaceMode::Pod);
+    let rt_pod_id = run_pod(&mut client, rt_pod.clone()).await;
+    let rt = start_container(
+        &mut client,
+        &rt_pod_id,
+        &rt_pod,
+        guaranteed("rt", &image, 1),
+    )
+    .await;
+    let rt_pid = pid_of(&mut client, &rt).await;
+    let exclusive = cgroup_cpus(rt_pid);
+    assert_eq!(exclusive.len(), 1, "{exclusive}");
+    assert_eq!(cpus_allowed(rt_pid), exclusive);
+    let stray = ingot_threads_on(&env.daemon, &exclusive);
+    assert!(
+        stray.is_empty(),
+        "not moved off {exclusive}:\n{}",
+        stray.join("\n")
+    );
+
+    // A pod made now starts off it too.
+    let log_dir = env.daemon.log_dir("later");
+    let later_pod = host_network_pod("later", &log_dir, v1::NamespaceMode::Pod);
+    let later_pod_id = run_pod(&mut client, later_pod.clone()).await;
+    let later = start_container(
+        &mut client,
+        &later_pod_id,
+        &later_pod,
+        burstable("later", &image),
+    )
+    .await;
+    let later_pid = pid_of(&mut client, &later).await;
+    assert_eq!(cgroup_cpus(later_pid), online.difference(&exclusive));
+    let stray = ingot_threads_on(&env.daemon, &exclusive);
+    assert!(
+        stray.is_empty(),
+        "a new pod's shim or pod-init:\n{}",
+        stray.join("\n")
+    );
+
+    remove_pod(&mut client, &rt_pod_id).await;
+    assert!(
+        all_threads_on(&online),
+        "after: the CPU is housekeeping again"
+    );
+    assert_eq!(cgroup_cpus(later_pid), online);
+    remove_pod(&mut client, &later_pod_id).await;
+    for pod in [&rt_pod_id, &later_pod_id] {
+        assert_nothing_left(&env.daemon, pod);
+    }
 }

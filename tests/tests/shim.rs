@@ -557,3 +557,109 @@ fn one_shim_per_pod() {
         "socket left"
     );
 }
+
+/// The CPUs every thread of `pid` may run on, one list per thread.
+fn allowed_cpus(pid: u32) -> Vec<String> {
+    let mut lists = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+    {
+        let status = fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        if let Some(list) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        {
+            lists.push(list.trim().to_string());
+        }
+    }
+    lists
+}
+
+/// Pins every thread of `pid` to `cpu`, as ingotd pins its shims to the housekeeping CPUs.
+fn pin(pid: u32, cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).expect("cpu");
+    for task in fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+    {
+        let tid: i32 = task.file_name().to_string_lossy().parse().expect("tid");
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set).expect("pin");
+    }
+}
+
+#[test]
+fn execs_run_in_the_containers_cgroup_and_cpuset_by_either_path() {
+    let online = fs::read_to_string("/sys/devices/system/cpu/online").expect("online");
+    let online = online.trim();
+    assert_ne!(online, "0", "this test needs more than one CPU");
+    let f = Fixture::new();
+    // The shim runs on CPU 0 only; its containers and their execs must not inherit that.
+    pin(f.shim.pid(), 0);
+    let bundle = f.bundle("box", &["sleep", "1000"], |_| {});
+    let created = f.create("box", &bundle).expect("create");
+    f.start("box", "").expect("start");
+    assert!(
+        allowed_cpus(created.pid).iter().all(|list| list == online),
+        "the container's init: {:?}, online {online}",
+        allowed_cpus(created.pid)
+    );
+    let script =
+        "grep Cpus_allowed_list /proc/self/status; grep cpuset /proc/self/cgroup; ulimit -n";
+    let plain = process_any(&["sh", "-c", script], false);
+    // A field the fast path does not apply: the runtime helper runs this one.
+    let mut limited: serde_json::Value = serde_json::from_slice(&plain.value).expect("json");
+    limited["rlimits"] = serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 77, "soft": 77}]);
+    let limited = Any {
+        value: serde_json::to_vec(&limited).expect("json"),
+        ..plain.clone()
+    };
+    for (exec_id, process) in [("fast", plain), ("helper", limited)] {
+        let out = f.work.path().join(format!("{exec_id}.out"));
+        fs::write(&out, b"").expect("out");
+        f.shim
+            .client
+            .exec(
+                ctx(),
+                &api::ExecProcessRequest {
+                    id: "box".into(),
+                    exec_id: exec_id.into(),
+                    stdout: out.display().to_string(),
+                    spec: Some(process).into(),
+                    ..Default::default()
+                },
+            )
+            .expect("exec");
+        f.start("box", exec_id).expect("start exec");
+        assert_eq!(f.wait("box", exec_id), 0, "{exec_id}");
+        let text = fs::read_to_string(&out).expect("exec output");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines
+                .first()
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim()),
+            Some(online),
+            "{exec_id}: the container's CPUs, not the shim's: {text}"
+        );
+        assert!(
+            lines.get(1).is_some_and(|l| l.ends_with(&f.cgroup("box"))),
+            "{exec_id}: the container's cpuset cgroup: {text}"
+        );
+        if exec_id == "helper" {
+            assert_eq!(lines.get(2).copied(), Some("77"), "rlimits applied: {text}");
+        }
+        let log = f.shim.log();
+        assert!(
+            log.lines().any(|line| line.contains("exec started")
+                && line.contains(&format!("exec_id=\"{exec_id}\""))
+                && line.contains(&format!("path=\"{exec_id}\""))),
+            "the {exec_id} path ran:\n{log}"
+        );
+        f.delete("box", exec_id).expect("delete exec");
+    }
+    f.kill("box", "", 9).expect("kill");
+    f.wait("box", "");
+    f.delete("box", "").expect("delete");
+    f.assert_clean("box");
+}

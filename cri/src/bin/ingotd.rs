@@ -27,6 +27,19 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flags = Flags::parse(&args)?;
     let config = Config::load(&flags)?;
+    // Off the CPUs containers may hold, before any other thread exists (each inherits this);
+    // refined once the placement state is read.
+    if let Some(cpus) =
+        ingot_cri::host::affinity::startup_cpus(&config.host_root, &config.placement.reserved)
+    {
+        if let Err(err) = ingot_cri::host::affinity::pin_process(
+            &config.host_root.join("proc"),
+            std::process::id(),
+            &cpus,
+        ) {
+            tracing::warn!(%cpus, error = %err, "not pinned to the housekeeping CPUs at start");
+        }
+    }
     // One thread: the daemon mostly waits; housekeeping CPUs stay quiet.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

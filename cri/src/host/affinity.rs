@@ -66,6 +66,28 @@ pub fn pin_process(proc_root: &Path, pid: u32, cpus: &CpuSet) -> Result<usize, C
     Ok(pinned)
 }
 
+/// The CPUs ingotd takes at start, before its placement state is read: the reserved CPUs when
+/// configured, else the online CPUs that are not isolated (None when neither can be read).
+/// Exclusive CPUs of running containers are left once the checkpoint is restored.
+pub fn startup_cpus(host_root: &Path, reserved: &CpuSet) -> Option<CpuSet> {
+    if !reserved.is_empty() {
+        return Some(reserved.clone());
+    }
+    let cpu = host_root.join("sys/devices/system/cpu");
+    let read = |name: &str| {
+        std::fs::read_to_string(cpu.join(name))
+            .ok()
+            .and_then(|text| CpuSet::parse(&text).ok())
+    };
+    let online = read("online")?;
+    let housekeeping = online.difference(&read("isolated").unwrap_or_default());
+    Some(if housekeeping.is_empty() {
+        online
+    } else {
+        housekeeping
+    })
+}
+
 /// The `Cpus_allowed_list` of every thread of `pid`, by thread id.
 pub fn allowed_cpus(proc_root: &Path, pid: u32) -> Vec<(u32, CpuSet)> {
     let tasks = proc_root.join(pid.to_string()).join("task");
@@ -112,6 +134,32 @@ mod tests {
         }
         pin_process(proc_root, std::process::id(), &original).expect("restore");
         worker.join().expect("worker");
+    }
+
+    #[test]
+    fn startup_cpus_are_the_reserved_else_the_online_not_isolated() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let cpu = root.path().join("sys/devices/system/cpu");
+        std::fs::create_dir_all(&cpu).expect("cpu dir");
+        assert_eq!(startup_cpus(root.path(), &CpuSet::new()), None);
+        std::fs::write(cpu.join("online"), "0-7\n").expect("online");
+        let reserved = CpuSet::parse("0,4").expect("reserved");
+        assert_eq!(startup_cpus(root.path(), &reserved), Some(reserved.clone()));
+        assert_eq!(
+            startup_cpus(root.path(), &CpuSet::new()).map(|c| c.to_string()),
+            Some("0-7".into())
+        );
+        std::fs::write(cpu.join("isolated"), "2-7\n").expect("isolated");
+        assert_eq!(
+            startup_cpus(root.path(), &CpuSet::new()).map(|c| c.to_string()),
+            Some("0-1".into())
+        );
+        std::fs::write(cpu.join("isolated"), "0-7\n").expect("all isolated");
+        assert_eq!(
+            startup_cpus(root.path(), &CpuSet::new()).map(|c| c.to_string()),
+            Some("0-7".into()),
+            "never an empty set"
+        );
     }
 
     #[test]

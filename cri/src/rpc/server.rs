@@ -56,8 +56,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let manager = Manager::open(config.clone(), images.store())?;
     // Reconciled before the socket appears: a client never sees half-recovered state.
     refuse_live(&socket)?;
-    manager.recover().await;
     manager.pin_housekeeping().await;
+    manager.recover().await;
     let listener = bind(&socket)?;
     tracing::info!(socket = %socket.display(), "serving CRI v1");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
