@@ -7,9 +7,13 @@
 //!
 //! `ingot-bench ingotd-idle`: ingotd's RSS/PSS, threads and wakeups while idle.
 //!
+//! `ingot-bench placement [ITERATIONS]`: what exclusive CPU placement adds to a pod start (see
+//! `placement.rs`).
+//!
 //! `ingot-bench pods [ITERATIONS]`: pod start and ExecSync, churn of 10 and 50 pods at once,
 //! and ingotd's memory after it all, ingotd against containerd's CRI plugin (see `pods.rs`).
 
+mod placement;
 mod pods;
 
 use std::{
@@ -59,6 +63,13 @@ fn main() -> Result<()> {
             lifecycle(iterations)
         }
         Some("ingotd-idle") => ingotd_idle(),
+        Some("placement") => {
+            let iterations = match args.get(1) {
+                Some(n) => n.parse().context("ITERATIONS")?,
+                None => 30,
+            };
+            placement::run(iterations)
+        }
         Some("pods") => {
             let iterations = match args.get(1) {
                 Some(n) => n.parse().context("ITERATIONS")?,
@@ -67,7 +78,7 @@ fn main() -> Result<()> {
             pods::run(iterations)
         }
         _ => bail!(
-            "usage: ingot-bench lifecycle [ITERATIONS] | ingot-bench pods [ITERATIONS] | ingot-bench ingotd-idle | ingot-bench image [ARCHIVE]"
+            "usage: ingot-bench lifecycle [ITERATIONS] | ingot-bench pods [ITERATIONS] | ingot-bench placement [ITERATIONS] | ingot-bench ingotd-idle | ingot-bench image [ARCHIVE]"
         ),
     }
 }

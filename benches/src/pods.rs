@@ -22,7 +22,7 @@ use ingot_tests::{
 use k8s_cri::v1::{self, runtime_service_client::RuntimeServiceClient};
 use tonic::transport::Channel;
 
-const IMAGE: &str = "bench/busybox:1";
+pub(crate) const IMAGE: &str = "bench/busybox:1";
 const PAUSE: &str = "bench/pause:1";
 const EXECS_PER_POD: usize = 5;
 
@@ -131,7 +131,7 @@ struct Leg {
     exec: Vec<Duration>,
 }
 
-fn pod_config(name: &str, cgroup_parent: &str, log_dir: &Path) -> v1::PodSandboxConfig {
+pub(crate) fn pod_config(name: &str, cgroup_parent: &str, log_dir: &Path) -> v1::PodSandboxConfig {
     v1::PodSandboxConfig {
         metadata: Some(v1::PodSandboxMetadata {
             name: name.into(),
@@ -157,11 +157,23 @@ fn pod_config(name: &str, cgroup_parent: &str, log_dir: &Path) -> v1::PodSandbox
 
 /// A pod with one `sleep` container, started: RunPodSandbox, CreateContainer, StartContainer,
 /// each call's time in `phases`. Returns the pod and container ids.
-async fn start_pod(
+pub(crate) async fn start_pod(
     client: &mut RuntimeServiceClient<Channel>,
     leg: &str,
     pod: v1::PodSandboxConfig,
     image: &str,
+    phases: &mut [Duration; 3],
+) -> Result<(String, String)> {
+    start_pod_with(client, leg, pod, image, None, phases).await
+}
+
+/// [`start_pod`] with the container's `linux.resources`.
+pub(crate) async fn start_pod_with(
+    client: &mut RuntimeServiceClient<Channel>,
+    leg: &str,
+    pod: v1::PodSandboxConfig,
+    image: &str,
+    resources: Option<v1::LinuxContainerResources>,
     phases: &mut [Duration; 3],
 ) -> Result<(String, String)> {
     let mut phase = Instant::now();
@@ -190,6 +202,10 @@ async fn start_pod(
                 }),
                 command: vec!["sleep".into(), "100000".into()],
                 log_path: "app/0.log".into(),
+                linux: resources.map(|resources| v1::LinuxContainerConfig {
+                    resources: Some(resources),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             sandbox_config: Some(pod),
@@ -211,7 +227,7 @@ async fn start_pod(
 }
 
 /// StopPodSandbox and RemovePodSandbox, as the kubelet ends a pod.
-async fn end_pod(
+pub(crate) async fn end_pod(
     client: &mut RuntimeServiceClient<Channel>,
     leg: &str,
     pod_id: &str,
@@ -305,7 +321,7 @@ const CHURN: [(usize, usize); 2] = [(10, 5), (50, 3)];
 /// ingotd's resident memory after the whole run, its pods gone: the bound.
 const RSS_TARGET_KIB: u64 = 20 * 1024;
 
-async fn pull(socket: &Path, image: &str) -> Result<()> {
+pub(crate) async fn pull(socket: &Path, image: &str) -> Result<()> {
     ingot_tests::cri::pull(socket, image)
         .await
         .with_context(|| format!("pull {image}"))

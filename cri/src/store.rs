@@ -139,11 +139,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Writes `record` under `id` in `table`, and the placement checkpoint in the same
+    /// transaction when one is given.
     fn put<T: Serialize>(
         &self,
         table: TableDefinition<&str, &[u8]>,
         id: &str,
         record: &T,
+        placement: Option<&[u8]>,
     ) -> Result<(), CriError> {
         let value = serde_json::to_vec(record).map_err(|e| self.err(e))?;
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
@@ -153,15 +156,36 @@ impl Store {
                 .insert(id, value.as_slice())
                 .map_err(|e| self.err(e))?;
         }
+        self.put_checkpoint(&txn, placement)?;
         txn.commit().map_err(|e| self.err(e))
     }
 
-    fn delete(&self, table: TableDefinition<&str, &[u8]>, id: &str) -> Result<(), CriError> {
+    fn put_checkpoint(
+        &self,
+        txn: &redb::WriteTransaction,
+        placement: Option<&[u8]>,
+    ) -> Result<(), CriError> {
+        if let Some(checkpoint) = placement {
+            let mut table = txn.open_table(NODE).map_err(|e| self.err(e))?;
+            table
+                .insert(PLACEMENT_KEY, checkpoint)
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    fn delete(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        id: &str,
+        placement: Option<&[u8]>,
+    ) -> Result<(), CriError> {
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut table = txn.open_table(table).map_err(|e| self.err(e))?;
             table.remove(id).map_err(|e| self.err(e))?;
         }
+        self.put_checkpoint(&txn, placement)?;
         txn.commit().map_err(|e| self.err(e))
     }
 
@@ -174,19 +198,24 @@ impl Store {
     }
 
     pub fn put_pod(&self, pod: &PodRecord) -> Result<(), CriError> {
-        self.put(PODS, &pod.id, pod)
+        self.put(PODS, &pod.id, pod, None)
     }
 
-    pub fn put_container(&self, container: &ContainerRecord) -> Result<(), CriError> {
-        self.put(CONTAINERS, &container.id, container)
+    /// The container's record, with the placement checkpoint in the same commit when given.
+    pub fn put_container(
+        &self,
+        container: &ContainerRecord,
+        placement: Option<&[u8]>,
+    ) -> Result<(), CriError> {
+        self.put(CONTAINERS, &container.id, container, placement)
     }
 
     pub fn delete_pod(&self, id: &str) -> Result<(), CriError> {
-        self.delete(PODS, id)
+        self.delete(PODS, id, None)
     }
 
-    pub fn delete_container(&self, id: &str) -> Result<(), CriError> {
-        self.delete(CONTAINERS, id)
+    pub fn delete_container(&self, id: &str, placement: Option<&[u8]>) -> Result<(), CriError> {
+        self.delete(CONTAINERS, id, placement)
     }
 
     /// The placement checkpoint, when one was saved.

@@ -375,6 +375,66 @@ pub fn apply_unified_hugetlb(
     Ok(created)
 }
 
+/// The cpuset of an update that changes nothing else (`{"cpu": {"cpus": .., "mems": ..}}`, as
+/// ingotd sends when a shared container follows the shared pool): `(cpus, mems)`.
+pub fn cpuset_only(resources: &[u8]) -> Option<(Option<String>, Option<String>)> {
+    let value: serde_json::Value = serde_json::from_slice(resources).ok()?;
+    let fields = value.as_object()?;
+    if fields.keys().any(|key| key != "cpu") {
+        return None;
+    }
+    let cpu = fields.get("cpu")?.as_object()?;
+    if cpu.keys().any(|key| key != "cpus" && key != "mems") {
+        return None;
+    }
+    let text = |key: &str| cpu.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    let (cpus, mems) = (text("cpus"), text("mems"));
+    (cpus.is_some() || mems.is_some()).then_some((cpus, mems))
+}
+
+/// Writes `cpuset.cpus` / `cpuset.mems` of the container's cgroup in every hierarchy that has
+/// the cpuset controller (the v1 cpuset hierarchy, or the unified one where it is enabled);
+/// false when there is none, so the caller takes the general path. A v1 cpuset move of the
+/// container's tasks is the kernel's: writing the files is the whole update.
+pub fn write_cpuset(
+    mountinfo: &str,
+    cgroups_path: &Path,
+    cpus: Option<&str>,
+    mems: Option<&str>,
+) -> Result<bool> {
+    let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
+    let mut written = false;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mount_point = left.split_whitespace().nth(4).unwrap_or_default();
+        let mut right = right.split_whitespace();
+        let fs_type = right.next().unwrap_or_default();
+        let super_options = right.nth(1).unwrap_or_default();
+        let has_cpuset = match fs_type {
+            "cgroup" => super_options.split(',').any(|o| o == "cpuset"),
+            "cgroup2" => true,
+            _ => false,
+        };
+        let dir = Path::new(mount_point).join(relative);
+        if !has_cpuset || !dir.join("cpuset.cpus").exists() {
+            continue;
+        }
+        for (file, value) in [("cpuset.cpus", cpus), ("cpuset.mems", mems)] {
+            if let Some(value) = value {
+                let path = dir.join(file);
+                fs::write(&path, value).map_err(ShimError::io(format!(
+                    "write {value:?} to {}",
+                    path.display()
+                )))?;
+            }
+        }
+        written = true;
+    }
+    Ok(written)
+}
+
 /// Removes cgroup directories made by [`apply_unified_hugetlb`], deepest first.
 pub fn remove_dirs(created: &[PathBuf]) {
     for dir in created.iter().rev() {
@@ -424,6 +484,65 @@ mod tests {
         assert_eq!(
             placement.unified_mount,
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn a_cpuset_only_update_is_written_where_the_cpuset_controller_is() {
+        assert_eq!(
+            cpuset_only(br#"{"cpu": {"cpus": "0-1"}}"#),
+            Some((Some("0-1".into()), None))
+        );
+        assert_eq!(
+            cpuset_only(br#"{"cpu": {"cpus": "0", "mems": "1"}}"#),
+            Some((Some("0".into()), Some("1".into())))
+        );
+        for other in [
+            &br#"{"cpu": {"cpus": "0", "shares": 2}}"#[..],
+            br#"{"cpu": {"cpus": "0"}, "memory": {"limit": 1}}"#,
+            br#"{"cpu": {}}"#,
+            br#"{}"#,
+            b"not json",
+        ] {
+            assert_eq!(
+                cpuset_only(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+
+        let root = tempfile::tempdir().expect("tempdir");
+        let cpuset = root.path().join("cpuset");
+        let memory = root.path().join("memory");
+        let leaf = cpuset.join("ingot/p/c1");
+        fs::create_dir_all(&leaf).expect("leaf");
+        fs::create_dir_all(memory.join("ingot/p/c1")).expect("memory leaf");
+        fs::write(leaf.join("cpuset.cpus"), "0-1").expect("cpus");
+        fs::write(leaf.join("cpuset.mems"), "0").expect("mems");
+        let mountinfo = format!(
+            "31 24 0:27 / {} rw,nosuid shared:7 - cgroup cgroup rw,memory\n\
+             32 24 0:28 / {} rw,nosuid shared:8 - cgroup cgroup rw,cpuset\n",
+            memory.display(),
+            cpuset.display()
+        );
+        let path = Path::new("/ingot/p/c1");
+        assert!(write_cpuset(&mountinfo, path, Some("1"), None).expect("write"));
+        assert_eq!(
+            fs::read_to_string(leaf.join("cpuset.cpus")).expect("cpus"),
+            "1"
+        );
+        assert_eq!(
+            fs::read_to_string(leaf.join("cpuset.mems")).expect("mems"),
+            "0"
+        );
+        assert!(
+            !memory.join("ingot/p/c1/cpuset.cpus").exists(),
+            "not a cpuset hierarchy"
+        );
+        assert!(
+            !write_cpuset(&mountinfo, Path::new("/ingot/p/none"), Some("1"), None)
+                .expect("nothing to write")
         );
     }
 

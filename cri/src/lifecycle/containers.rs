@@ -358,7 +358,9 @@ pub async fn create(
         return Err(err);
     }
     if built.shared_pool_changed {
+        let follow = std::time::Instant::now();
         manager.follow_shared_pool().await;
+        tracing::debug!(container = %id, follow = ?follow.elapsed(), saved = ?timer.elapsed(), "shared pool followed");
     }
     tracing::info!(container = %id, pod = %pod.id, "container created");
     manager.event(&record, v1::ContainerEventType::ContainerCreatedEvent);
@@ -562,8 +564,11 @@ pub(crate) async fn remove_locked(
     tokio::task::spawn_blocking(move || cleanup_bundle(&prepared))
         .await
         .map_err(CriError::join("container removal"))?;
+    let pool_changed = manager.release_placement(&container.id);
     manager.forget_container(&container.id)?;
-    abandon_placement(manager, &container.id).await;
+    if pool_changed {
+        manager.follow_shared_pool().await;
+    }
     tracing::info!(container = %container.id, "container removed");
     manager.event(&container, v1::ContainerEventType::ContainerDeletedEvent);
     Ok(())

@@ -83,8 +83,43 @@ fn open_placement(
         tracing::info!(container = %id, "placement released: the container is gone");
         placement.release(&id);
     }
+    // Only exclusive CPUs are checkpointed at once; where the others run follows from their
+    // records: the kubelet's cpuset in their config, else the shared pool.
+    for (id, container) in containers {
+        if placement.assignment(id).is_some() {
+            continue;
+        }
+        let resources = convert::container_config(container)
+            .linux
+            .and_then(|l| l.resources)
+            .unwrap_or_default();
+        let list = |text: &str| {
+            ingot_topology::CpuSet::parse(text)
+                .ok()
+                .filter(|set| !set.is_empty())
+        };
+        let request = ingot_placement::Request {
+            pod_id: container.pod_id.clone(),
+            container_id: id.clone(),
+            kubelet_cpus: list(&resources.cpuset_cpus),
+            kubelet_mems: list(&resources.cpuset_mems),
+            ..Default::default()
+        };
+        if let Err(err) = placement.allocate(&request) {
+            tracing::warn!(container = %id, error = %err, "placement not restored");
+        }
+    }
     store.put_placement(&placement.checkpoint())?;
     Ok(placement)
+}
+
+/// The part of placement a crash must not lose: the exclusive allocations.
+fn exclusive_records(placement: &Placement) -> Vec<(String, CpuSet)> {
+    placement
+        .assignments()
+        .filter(|(_, a)| a.kind == ingot_placement::Kind::Exclusive)
+        .map(|(id, a)| (id.to_string(), a.cpus.clone()))
+        .collect()
 }
 
 /// Suffix of a shim's own working directory beside its containers' state (the shim's
@@ -111,6 +146,13 @@ pub struct Manager {
     pub topology: Topology,
     /// Where every container runs; checkpointed in the store after every change.
     placement: Mutex<Placement>,
+    /// The housekeeping CPUs ingot's processes were last pinned to; a new shim or pod-init
+    /// inherits them from ingotd, so only a change re-pins the others.
+    pinned: Mutex<Option<CpuSet>>,
+    /// Shim pids by shim address, asked once (Connect).
+    shim_pids: Mutex<HashMap<String, u32>>,
+    /// The exclusive allocations the store holds.
+    committed_exclusive: Mutex<Vec<(String, CpuSet)>>,
 }
 
 pub fn now_ns() -> i64 {
@@ -204,6 +246,7 @@ impl Manager {
             .collect();
         let topology = ingot_topology::discover(&config.host_root)?;
         let placement = open_placement(&store, &topology, &config, &containers)?;
+        let committed_exclusive = exclusive_records(&placement);
         let (events, _) = broadcast::channel(256);
         let shim_binary = std::env::current_exe()
             .ok()
@@ -226,27 +269,31 @@ impl Manager {
             shim_binary,
             topology,
             placement: Mutex::new(placement),
+            pinned: Mutex::default(),
+            shim_pids: Mutex::default(),
+            committed_exclusive: Mutex::new(committed_exclusive),
         });
-        manager.save_placement(&lock(&manager.placement))?;
+        manager.mirror_placement(&lock(&manager.placement));
         Ok(manager)
     }
 
-    /// Runs the spec steps for a container and checkpoints what placement decided. A checkpoint
-    /// that cannot be written undoes the placement: an allocation never outlives a crash unsaved.
+    /// Runs the spec steps for a container. What placement decided is committed with the
+    /// container's record ([`Manager::save_container`]); until then a crash forgets both.
     pub fn run_spec_steps(
         &self,
         spec: &mut oci_spec::runtime::Spec,
         input: &StepInput<'_>,
     ) -> Result<StepEffects, CriError> {
+        let timer = std::time::Instant::now();
         let mut placement = lock(&self.placement);
         let before = placement.clone();
         let effects = ingot_oci::steps::run(spec, input, &mut placement)?;
+        let stepped = timer.elapsed();
+        // Committed with the container's record; the mirror shows it now.
         if *placement != before {
-            if let Err(err) = self.save_placement(&placement) {
-                *placement = before;
-                return Err(err);
-            }
+            self.mirror_placement(&placement);
         }
+        tracing::debug!(container = %input.container_id, steps = ?stepped, checkpointed = ?timer.elapsed(), "spec steps");
         Ok(effects)
     }
 
@@ -257,24 +304,20 @@ impl Manager {
         if placement.release(container_id).is_none() {
             return false;
         }
-        if let Err(err) = self.save_placement(&placement) {
-            tracing::warn!(container = %container_id, error = %err, "placement checkpoint not saved");
-        }
+        self.mirror_placement(&placement);
         placement.shared_pool() != pool
     }
 
-    fn save_placement(&self, placement: &Placement) -> Result<(), CriError> {
-        let checkpoint = placement.checkpoint();
-        self.store.put_placement(&checkpoint)?;
-        // A copy for `ingot node report`, which cannot open the store while ingotd holds it.
+    /// A copy of the placement for `ingot node report`, which cannot open the store while
+    /// ingotd holds it.
+    fn mirror_placement(&self, placement: &Placement) {
         let mirror = self.config.state.join(PLACEMENT_MIRROR);
         let partial = mirror.with_extension("json.partial");
-        if let Err(err) =
-            std::fs::write(&partial, &checkpoint).and_then(|()| std::fs::rename(&partial, &mirror))
+        if let Err(err) = std::fs::write(&partial, placement.checkpoint())
+            .and_then(|()| std::fs::rename(&partial, &mirror))
         {
             tracing::warn!(path = %mirror.display(), error = %err, "placement mirror not written");
         }
-        Ok(())
     }
 
     /// `<host root>/proc`.
@@ -295,7 +338,9 @@ impl Manager {
             let placement = lock(&self.placement);
             (placement.shared_pool(), placement.shared_containers())
         };
-        self.pin_housekeeping().await;
+        if lock(&self.pinned).as_ref() != Some(&self.housekeeping_cpus()) {
+            self.pin_housekeeping().await;
+        }
         for id in shared {
             let Ok(container) = self.container(&id) else {
                 continue;
@@ -350,12 +395,23 @@ impl Manager {
         let mut pids = vec![std::process::id()];
         for pod in self.pods() {
             pids.extend(pod.pid_holder);
-            if let Some(shim) = self.shim_of(&pod) {
-                if let Ok(pid) = shim.shim_pid().await {
-                    pids.push(pid);
-                }
+            let Some(address) = pod.shim.clone() else {
+                continue;
+            };
+            let known = lock(&self.shim_pids).get(&address).copied();
+            let pid = match known {
+                Some(pid) => Some(pid),
+                None => match self.shim_of(&pod) {
+                    Some(shim) => shim.shim_pid().await.ok(),
+                    None => None,
+                },
+            };
+            if let Some(pid) = pid {
+                lock(&self.shim_pids).insert(address, pid);
+                pids.push(pid);
             }
         }
+        *lock(&self.pinned) = Some(cpus.clone());
         for pid in pids {
             if let Err(err) = crate::host::affinity::pin_process(&proc_root, pid, &cpus) {
                 tracing::warn!(pid, %cpus, error = %err, "not pinned to the housekeeping CPUs");
@@ -430,7 +486,9 @@ impl Manager {
 
     pub fn forget_pod(&self, id: &str) -> Result<(), CriError> {
         self.store.delete_pod(id)?;
-        lock(&self.pods).remove(id);
+        if let Some(address) = lock(&self.pods).remove(id).and_then(|pod| pod.shim) {
+            lock(&self.shim_pids).remove(&address);
+        }
         // A call still waiting on the lock re-reads the pod after it and finds it gone.
         self.forget_pod_lock(id);
         Ok(())
@@ -441,16 +499,41 @@ impl Manager {
         lock(&self.pod_locks).remove(id);
     }
 
+    /// Commits a container's record, with the placement checkpoint in the same transaction
+    /// when exclusive CPUs changed hands since the last commit: an allocation is durable
+    /// exactly when the container that holds it is.
     pub fn save_container(&self, container: ContainerRecord) -> Result<(), CriError> {
-        self.store.put_container(&container)?;
+        let checkpoint = self.pending_checkpoint();
+        self.store
+            .put_container(&container, checkpoint.as_ref().map(|(c, _)| c.as_slice()))?;
+        self.checkpoint_committed(checkpoint);
         lock(&self.containers).insert(container.id.clone(), container);
         Ok(())
     }
 
+    /// Removes a container's record (release its placement first: the checkpoint that no longer
+    /// holds it goes in the same transaction).
     pub fn forget_container(&self, id: &str) -> Result<(), CriError> {
-        self.store.delete_container(id)?;
+        let checkpoint = self.pending_checkpoint();
+        self.store
+            .delete_container(id, checkpoint.as_ref().map(|(c, _)| c.as_slice()))?;
+        self.checkpoint_committed(checkpoint);
         lock(&self.containers).remove(id);
         Ok(())
+    }
+
+    /// The checkpoint to commit with the next record, when the exclusive allocations differ
+    /// from the committed ones.
+    fn pending_checkpoint(&self) -> Option<(Vec<u8>, Vec<(String, CpuSet)>)> {
+        let placement = lock(&self.placement);
+        let exclusive = exclusive_records(&placement);
+        (*lock(&self.committed_exclusive) != exclusive).then(|| (placement.checkpoint(), exclusive))
+    }
+
+    fn checkpoint_committed(&self, checkpoint: Option<(Vec<u8>, Vec<(String, CpuSet)>)>) {
+        if let Some((_, exclusive)) = checkpoint {
+            *lock(&self.committed_exclusive) = exclusive;
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<v1::ContainerEventResponse> {
@@ -605,7 +688,7 @@ impl Manager {
             container.message = message.to_string();
             container.clone()
         };
-        if let Err(err) = self.store.put_container(&updated) {
+        if let Err(err) = self.store.put_container(&updated, None) {
             tracing::error!(container = %id, error = %err, "persist container exit");
         }
         tracing::info!(container = %id, exit_code = code, "container exited");

@@ -776,9 +776,24 @@ impl Service {
         f(container.process_mut(exec_id)?)
     }
 
-    /// Update runs in the helper: applying resources needs the OCI resource types, which the
-    /// long-lived shim does not carry.
+    /// Update runs in the helper (applying resources needs the OCI resource types, which the
+    /// long-lived shim does not carry), but for a cpuset alone.
     pub(crate) fn update(&self, id: &str, cgroups_path: PathBuf, resources: &[u8]) -> Result<()> {
+        // A cpuset alone (a shared container following the shared pool) is two file writes,
+        // not a helper process.
+        if let Some((cpus, mems)) = crate::cgroups::cpuset_only(resources) {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+                .map_err(ShimError::io("read /proc/self/mountinfo"))?;
+            if crate::cgroups::write_cpuset(
+                &mountinfo,
+                &cgroups_path,
+                cpus.as_deref(),
+                mems.as_deref(),
+            )? {
+                tracing::info!(container_id = id, cpus = ?cpus, mems = ?mems, "cpuset updated");
+                return Ok(());
+            }
+        }
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         let file = self.work_dir(id).join(format!("update-{n}.json"));
         std::fs::write(&file, resources)
