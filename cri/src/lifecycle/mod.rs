@@ -113,8 +113,14 @@ fn open_placement(
     Ok(placement)
 }
 
+/// The exclusive allocations, by container.
+type ExclusiveRecords = Vec<(String, CpuSet)>;
+
+/// A checkpoint to commit with the next record, and the exclusive allocations it holds.
+type PendingCheckpoint = (Vec<u8>, ExclusiveRecords);
+
 /// The part of placement a crash must not lose: the exclusive allocations.
-fn exclusive_records(placement: &Placement) -> Vec<(String, CpuSet)> {
+fn exclusive_records(placement: &Placement) -> ExclusiveRecords {
     placement
         .assignments()
         .filter(|(_, a)| a.kind == ingot_placement::Kind::Exclusive)
@@ -152,7 +158,7 @@ pub struct Manager {
     /// Shim pids by shim address, asked once (Connect).
     shim_pids: Mutex<HashMap<String, u32>>,
     /// The exclusive allocations the store holds.
-    committed_exclusive: Mutex<Vec<(String, CpuSet)>>,
+    committed_exclusive: Mutex<ExclusiveRecords>,
 }
 
 pub fn now_ns() -> i64 {
@@ -524,13 +530,13 @@ impl Manager {
 
     /// The checkpoint to commit with the next record, when the exclusive allocations differ
     /// from the committed ones.
-    fn pending_checkpoint(&self) -> Option<(Vec<u8>, Vec<(String, CpuSet)>)> {
+    fn pending_checkpoint(&self) -> Option<PendingCheckpoint> {
         let placement = lock(&self.placement);
         let exclusive = exclusive_records(&placement);
         (*lock(&self.committed_exclusive) != exclusive).then(|| (placement.checkpoint(), exclusive))
     }
 
-    fn checkpoint_committed(&self, checkpoint: Option<(Vec<u8>, Vec<(String, CpuSet)>)>) {
+    fn checkpoint_committed(&self, checkpoint: Option<PendingCheckpoint>) {
         if let Some((_, exclusive)) = checkpoint {
             *lock(&self.committed_exclusive) = exclusive;
         }
