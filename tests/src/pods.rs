@@ -206,6 +206,29 @@ pub async fn start_container(
     id
 }
 
+/// A CreateContainer expected to fail: its status.
+pub async fn refused_create(
+    client: &mut RuntimeServiceClient<Channel>,
+    pod_id: &str,
+    pod: &v1::PodSandboxConfig,
+    config: v1::ContainerConfig,
+) -> tonic::Status {
+    match client
+        .create_container(v1::CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+    {
+        Ok(created) => panic!(
+            "CreateContainer should have failed, made {}",
+            created.into_inner().container_id
+        ),
+        Err(status) => status,
+    }
+}
+
 pub async fn container_status(
     client: &mut RuntimeServiceClient<Channel>,
     id: &str,

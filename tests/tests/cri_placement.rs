@@ -306,14 +306,13 @@ async fn a_guaranteed_container_gets_cpu_1_to_itself() {
     let log_dir = env.daemon.log_dir("late");
     let late_pod = host_network_pod("late", &log_dir, v1::NamespaceMode::Pod);
     let late_pod_id = run_pod(&mut client, late_pod.clone()).await;
-    let err = client
-        .create_container(v1::CreateContainerRequest {
-            pod_sandbox_id: late_pod_id.clone(),
-            config: Some(guaranteed("late", &image, 1)),
-            sandbox_config: Some(late_pod.clone()),
-        })
-        .await
-        .expect_err("no free CPU");
+    let err = refused_create(
+        &mut client,
+        &late_pod_id,
+        &late_pod,
+        guaranteed("late", &image, 1),
+    )
+    .await;
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     assert!(
         err.message().contains("1 exclusive CPU requested, 0 free"),
@@ -364,14 +363,7 @@ async fn a_guaranteed_container_gets_cpu_1_to_itself() {
             format!("this node has no {missing_size} hugepages"),
         ),
     ] {
-        let err = client
-            .create_container(v1::CreateContainerRequest {
-                pod_sandbox_id: late_pod_id.clone(),
-                config: Some(config),
-                sandbox_config: Some(late_pod.clone()),
-            })
-            .await
-            .expect_err(field);
+        let err = refused_create(&mut client, &late_pod_id, &late_pod, config).await;
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
         assert!(
             err.message().contains(field) && err.message().contains(&detail),
@@ -420,14 +412,13 @@ async fn a_guaranteed_container_gets_cpu_1_to_itself() {
         online.difference(&CpuSet::from_iter([0])),
     );
     let mut client = ingot_tests::cri::runtime_client(&env.daemon.socket()).await;
-    let err = client
-        .create_container(v1::CreateContainerRequest {
-            pod_sandbox_id: late_pod_id.clone(),
-            config: Some(guaranteed("late", &image, 1)),
-            sandbox_config: Some(late_pod.clone()),
-        })
-        .await
-        .expect_err("still no free CPU after a restart");
+    let err = refused_create(
+        &mut client,
+        &late_pod_id,
+        &late_pod,
+        guaranteed("late", &image, 1),
+    )
+    .await;
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     assert_eq!(cpus_allowed(rt_pid), exclusive);
     let stray = ingot_threads_on(&env.daemon, &exclusive);
@@ -584,4 +575,157 @@ async fn without_reserved_cpus_ingot_moves_off_a_cpu_that_becomes_exclusive() {
     for pod in [&rt_pod_id, &later_pod_id] {
         assert_nothing_left(&env.daemon, pod);
     }
+}
+
+/// The host's pool of 2 MB pages, grown for a test and put back as it was when dropped.
+struct HugepagePool {
+    file: std::path::PathBuf,
+    original: String,
+}
+
+impl HugepagePool {
+    fn grow(pages: u64) -> HugepagePool {
+        let dir = Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB");
+        let file = dir.join("nr_hugepages");
+        let original = std::fs::read_to_string(&file).expect("nr_hugepages");
+        let count: u64 = original.trim().parse().expect("a number");
+        std::fs::write(&file, (count + pages).to_string()).expect("grow the pool");
+        let pool = HugepagePool { file, original };
+        let free: u64 = std::fs::read_to_string(dir.join("free_hugepages"))
+            .expect("free_hugepages")
+            .trim()
+            .parse()
+            .expect("a number");
+        assert!(
+            free >= pages,
+            "the kernel gave {free} of {pages} 2 MB pages"
+        );
+        pool
+    }
+}
+
+impl Drop for HugepagePool {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.file, self.original.trim());
+    }
+}
+
+/// The container's cgroup directory in the hierarchy mounted at `mount` (`cpuset`, or the
+/// unified one: `0::`).
+fn cgroup_dir(pid: u32, controller: &str, mount: &str) -> std::path::PathBuf {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let path = cgroups
+        .lines()
+        .find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            (controllers == controller).then(|| path.to_string())
+        })
+        .expect("the hierarchy");
+    Path::new(mount).join(path.trim_start_matches('/'))
+}
+
+/// Whether a container can get hugepage limits here: a v1 hugetlb hierarchy, or hugetlb in the
+/// unified one and delegated by its root (ingot never changes a cgroup it did not create).
+fn hugetlb_available() -> bool {
+    if Path::new("/sys/fs/cgroup/hugetlb/tasks").exists() {
+        return true;
+    }
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    std::fs::read_to_string(unified.join("cgroup.subtree_control"))
+        .is_ok_and(|c| c.split_whitespace().any(|c| c == "hugetlb"))
+}
+
+/// Hugepages through the CRI: where the hugetlb controller can be used, the limit lands in it
+/// (`hugetlb.2MB.max` and `.rsvd.max` in the unified hierarchy, `limit_in_bytes` on v1) and the
+/// memory nodes are those with the pages free; where it cannot (this machine's unified root does
+/// not delegate hugetlb), CreateContainer says why and holds nothing. A kubelet's zero limit for
+/// another size is accepted either way.
+#[tokio::test(flavor = "current_thread")]
+async fn hugepage_limits_land_in_hugetlb_or_are_refused_saying_why() {
+    let _pool = HugepagePool::grow(8);
+    let (env, mut client, image) = env_with(
+        false,
+        Options {
+            extra_config: EXCLUSIVE.to_string(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let log_dir = env.daemon.log_dir("huge");
+    let pod = host_network_pod("huge", &log_dir, v1::NamespaceMode::Pod);
+    let pod_id = run_pod(&mut client, pod.clone()).await;
+    let mut config = guaranteed("huge", &image, 1);
+    if let Some(r) = config.linux.as_mut().and_then(|l| l.resources.as_mut()) {
+        r.hugepage_limits = vec![
+            v1::HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 4 << 21,
+            },
+            v1::HugepageLimit {
+                page_size: "1GB".into(),
+                limit: 0,
+            },
+        ];
+    }
+    if !hugetlb_available() {
+        let err = refused_create(&mut client, &pod_id, &pod, config).await;
+        assert!(
+            err.message().contains("hugepageLimits[2MB]")
+                && err
+                    .message()
+                    .contains("hugetlb controller is not available"),
+            "{}",
+            err.message()
+        );
+        let mirror = env.daemon.dir.path().join("run/placement.json");
+        let checkpoint = std::fs::read_to_string(&mirror).expect("placement mirror");
+        assert!(
+            !checkpoint.contains("\"exclusive\""),
+            "released: {checkpoint}"
+        );
+        remove_pod(&mut client, &pod_id).await;
+        assert_nothing_left(&env.daemon, &pod_id);
+        return;
+    }
+    let hybrid = !Path::new("/sys/fs/cgroup/hugetlb/tasks").exists();
+    let id = start_container(&mut client, &pod_id, &pod, config).await;
+    let pid = pid_of(&mut client, &id).await;
+    let cpuset = cgroup_dir(pid, "cpuset", "/sys/fs/cgroup/cpuset");
+    assert_eq!(
+        std::fs::read_to_string(cpuset.join("cpuset.mems"))
+            .expect("mems")
+            .trim(),
+        "0",
+        "the node with the pages"
+    );
+    let hugetlb = if hybrid {
+        cgroup_dir(pid, "", "/sys/fs/cgroup/unified")
+    } else {
+        cgroup_dir(pid, "hugetlb", "/sys/fs/cgroup/hugetlb")
+    };
+    let limit_file = if hybrid {
+        "hugetlb.2MB.max"
+    } else {
+        "hugetlb.2MB.limit_in_bytes"
+    };
+    assert_eq!(
+        std::fs::read_to_string(hugetlb.join(limit_file))
+            .expect("limit")
+            .trim(),
+        (4u64 << 21).to_string()
+    );
+    let reserved = hugetlb.join(if hybrid {
+        "hugetlb.2MB.rsvd.max"
+    } else {
+        "hugetlb.2MB.rsvd.limit_in_bytes"
+    });
+    if reserved.exists() {
+        assert_eq!(
+            std::fs::read_to_string(&reserved).expect("rsvd").trim(),
+            (4u64 << 21).to_string()
+        );
+    }
+    remove_pod(&mut client, &pod_id).await;
+    assert_nothing_left(&env.daemon, &pod_id);
 }

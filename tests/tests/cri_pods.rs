@@ -645,14 +645,7 @@ async fn a_failed_create_is_in_the_shim_log_and_ingotd_names_it() {
     let pod_id = run_pod(&mut client, pod.clone()).await;
     let mut config = container_config("missing", &image, "");
     config.command = vec!["/no/such/binary".into()];
-    let err = client
-        .create_container(v1::CreateContainerRequest {
-            pod_sandbox_id: pod_id.clone(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await
-        .expect_err("a missing binary");
+    let err = refused_create(&mut client, &pod_id, &pod, config).await;
     assert!(err.message().contains("/no/such/binary"), "{err:?}");
 
     // The shim's own account of it, in its log under the pod's state directory.

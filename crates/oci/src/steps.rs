@@ -27,6 +27,8 @@ pub struct StepInput<'a> {
     pub container_id: &'a str,
     /// The request's resources (CreateContainer's `linux.resources`, or the update's).
     pub resources: Option<&'a v1::LinuxContainerResources>,
+    /// The host devices the container asks for (empty for an update).
+    pub devices: &'a [v1::Device],
     pub node: &'a Topology,
     pub phase: Phase,
 }
@@ -38,6 +40,8 @@ pub struct StepEffects {
     pub assignment: Option<Assignment>,
     /// NUMA nodes with the requested hugepages free (None: no hugepages asked for).
     pub hugepage_nodes: Option<CpuSet>,
+    /// NUMA nodes of the PCI devices the container is given (None: none with a node).
+    pub device_nodes: Option<CpuSet>,
     /// Whether placement's shared pool changed, so running shared containers must follow.
     pub shared_pool_changed: bool,
     /// Sentences for the log.
@@ -48,7 +52,11 @@ type StepFn =
     fn(&mut Spec, &StepInput<'_>, &mut Placement, &mut StepEffects) -> Result<(), OciError>;
 
 /// The steps, in the order they run.
-pub const STEPS: &[(&str, StepFn)] = &[("hugepages", hugepages), ("placement", placement)];
+pub const STEPS: &[(&str, StepFn)] = &[
+    ("hugepages", hugepages),
+    ("device alignment", device_alignment),
+    ("placement", placement),
+];
 
 /// Runs every step over `spec`. On an error, a container placed by this run is released again.
 pub fn run(
@@ -184,6 +192,37 @@ fn hugepages(
     Ok(())
 }
 
+/// The IOMMU group a VFIO device node names (`/dev/vfio/<group>`).
+fn vfio_group(host_path: &str) -> Option<u32> {
+    host_path.strip_prefix("/dev/vfio/")?.parse().ok()
+}
+
+/// Device alignment: the NUMA nodes of the PCI functions behind the container's VFIO devices
+/// (an SR-IOV VF or a GPU bound to vfio-pci), which placement prefers for its CPUs.
+fn device_alignment(
+    _spec: &mut Spec,
+    input: &StepInput<'_>,
+    _placement: &mut Placement,
+    effects: &mut StepEffects,
+) -> Result<(), OciError> {
+    let groups: Vec<u32> = input
+        .devices
+        .iter()
+        .filter_map(|device| vfio_group(&device.host_path))
+        .collect();
+    let nodes: CpuSet = input
+        .node
+        .pci_devices
+        .iter()
+        .filter(|pci| pci.iommu_group.is_some_and(|group| groups.contains(&group)))
+        .filter_map(|pci| pci.numa_node)
+        .collect();
+    if !nodes.is_empty() {
+        effects.device_nodes = Some(nodes);
+    }
+    Ok(())
+}
+
 fn cpu_list(field: &'static str, list: Option<&String>) -> Result<Option<CpuSet>, OciError> {
     match list.map(|l| l.trim()).filter(|l| !l.is_empty()) {
         None => Ok(None),
@@ -225,7 +264,7 @@ fn placement(
         kubelet_cpus,
         kubelet_mems,
         exclusive_cpus,
-        numa_affinity: None,
+        numa_affinity: effects.device_nodes.clone(),
         hugepage_nodes: effects.hugepage_nodes.clone(),
     };
     let pool_before = placement.shared_pool();

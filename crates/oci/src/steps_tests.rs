@@ -88,6 +88,7 @@ fn run_for(
         pod_id: "pod",
         container_id: id,
         resources: Some(resources),
+        devices: &[],
         node: &topology,
         phase,
     };
@@ -223,6 +224,7 @@ fn page_sizes_parse_like_the_cri_writes_them() {
         pod_id: "pod",
         container_id: "c1",
         resources: None,
+        devices: &[],
         node: &topology,
         phase: Phase::Create,
     };
@@ -231,4 +233,48 @@ fn page_sizes_parse_like_the_cri_writes_them() {
         err.to_string().contains("\"huge\" is not a page size"),
         "{err}"
     );
+}
+
+#[test]
+fn cpus_follow_the_numa_node_of_the_containers_vfio_device() {
+    let mut topology = node();
+    let pci = |address: &str, group: u32, numa_node: u32| ingot_topology::PciDevice {
+        address: address.into(),
+        vendor: "8086".into(),
+        device: "1889".into(),
+        class_code: "020000".into(),
+        class: ingot_topology::PciClass::Network,
+        numa_node: Some(numa_node),
+        driver: Some("vfio-pci".into()),
+        iommu_group: Some(group),
+        netdevs: Vec::new(),
+        physfn: None,
+        virtfns: Vec::new(),
+        sriov_totalvfs: None,
+        sriov_numvfs: None,
+    };
+    topology.pci_devices = vec![pci("0000:af:01.0", 61, 1), pci("0000:3b:01.0", 40, 0)];
+    let devices = [v1::Device {
+        container_path: "/dev/vfio/61".into(),
+        host_path: "/dev/vfio/61".into(),
+        permissions: "rw".into(),
+    }];
+    let resources = guaranteed(2);
+    let mut placement = exclusive("0");
+    let mut spec = base(&resources);
+    let input = StepInput {
+        pod_id: "pod",
+        container_id: "dpdk",
+        resources: Some(&resources),
+        devices: &devices,
+        node: &topology,
+        phase: Phase::Create,
+    };
+    let effects = run(&mut spec, &input, &mut placement).expect("aligned");
+    assert_eq!(effects.device_nodes, Some(CpuSet::parse("1").expect("1")));
+    // Node 1's first full core, though node 0 has one free too.
+    assert_eq!(cpu_of(&spec), (Some("2,6".into()), Some("1".into())));
+    // A device that is not VFIO, or a group no PCI function has, aligns nothing.
+    assert_eq!(vfio_group("/dev/vfio/vfio"), None);
+    assert_eq!(vfio_group("/dev/nvidia0"), None);
 }

@@ -47,3 +47,10 @@ fn numa_node_of(root: &Path, cpu: u32, nodes: &[NumaNode]) -> Result<u32, Topolo
             )
         })
 }
+
+/// Reads the NUMA nodes' memory and hugepages again (free counts change as pods come and go),
+/// keeping the rest of `topology` as discovered.
+pub fn refresh_memory(root: &Path, topology: &mut Topology) -> Result<(), TopologyError> {
+    topology.numa_nodes = numa::read_numa_nodes(root, &topology.online())?;
+    Ok(())
+}

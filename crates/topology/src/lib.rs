@@ -14,7 +14,7 @@ mod pci;
 mod sysfs;
 
 pub use cpuset::{CpuSet, MAX_ID};
-pub use discover::discover;
+pub use discover::{discover, refresh_memory};
 
 /// Everything that can go wrong reading a node.
 #[derive(Debug, thiserror::Error)]

@@ -731,3 +731,22 @@ fn plain_pci_dirs_and_virtfns_by_number() {
     let expected: Vec<String> = (0..12).map(vf_address).collect();
     assert_eq!(device.virtfns, expected);
 }
+
+#[test]
+fn refreshed_memory_sees_hugepages_taken_since_discovery() {
+    let copy = fixture_copy("intel-2s-smt-isolated");
+    let mut topology = discover(copy.path()).expect("discover");
+    let free = copy
+        .path()
+        .join("sys/devices/system/node/node1/hugepages/hugepages-2048kB/free_hugepages");
+    let before = topology.numa_node(1).expect("node 1").hugepages[0].free;
+    std::fs::write(&free, "7\n").expect("write");
+    assert_eq!(
+        topology.numa_node(1).expect("node 1").hugepages[0].free,
+        before
+    );
+    let cpus = topology.cpus.clone();
+    ingot_topology::refresh_memory(copy.path(), &mut topology).expect("refresh");
+    assert_eq!(topology.numa_node(1).expect("node 1").hugepages[0].free, 7);
+    assert_eq!(topology.cpus, cpus, "the rest is as discovered");
+}

@@ -157,13 +157,16 @@ fn prepare_bundle(
         seccomp: seccomp.as_ref(),
         bounding: spec::own_bounding_set(),
     })?;
+    let resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
+    let node = manager.node_for(resources)?;
     let effects = manager.run_spec_steps(
         &mut built,
         &StepInput {
             pod_id: &pod.id,
             container_id: id,
-            resources: config.linux.as_ref().and_then(|l| l.resources.as_ref()),
-            node: &manager.topology,
+            resources,
+            devices: &config.devices,
+            node: &node,
             phase: Phase::Create,
         },
     )?;
@@ -599,13 +602,15 @@ pub async fn update_resources(
     let mut linux = oci_spec::runtime::Linux::default();
     linux.set_resources(Some(resources));
     update.set_linux(Some(linux));
+    let node = manager.node_for(request.linux.as_ref())?;
     let effects = manager.run_spec_steps(
         &mut update,
         &StepInput {
             pod_id: &container.pod_id,
             container_id: &container.id,
             resources: request.linux.as_ref(),
-            node: &manager.topology,
+            devices: &[],
+            node: &node,
             phase: Phase::Update,
         },
     )?;

@@ -326,6 +326,20 @@ impl Manager {
         }
     }
 
+    /// The node for a container's spec steps: as discovered, with the NUMA nodes' free
+    /// hugepages read again when the container asks for hugepages.
+    pub fn node_for(
+        &self,
+        resources: Option<&v1::LinuxContainerResources>,
+    ) -> Result<std::borrow::Cow<'_, Topology>, CriError> {
+        if !resources.is_some_and(|r| r.hugepage_limits.iter().any(|l| l.limit > 0)) {
+            return Ok(std::borrow::Cow::Borrowed(&self.topology));
+        }
+        let mut node = self.topology.clone();
+        ingot_topology::refresh_memory(&self.config.host_root, &mut node)?;
+        Ok(std::borrow::Cow::Owned(node))
+    }
+
     /// `<host root>/proc`.
     pub fn proc_root(&self) -> PathBuf {
         self.config.host_root.join("proc")
