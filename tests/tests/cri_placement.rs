@@ -49,6 +49,16 @@ fn burstable(name: &str, image: &str) -> v1::ContainerConfig {
     config
 }
 
+/// A running pod on the host network with its own PID namespace: its id and config.
+async fn host_pod(
+    client: &mut v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    daemon: &Daemon,
+    name: &str,
+) -> (String, v1::PodSandboxConfig) {
+    let pod = host_network_pod(name, &daemon.log_dir(name), v1::NamespaceMode::Pod);
+    (run_pod(client, pod.clone()).await, pod)
+}
+
 fn cpus_allowed(pid: u32) -> CpuSet {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let list = status
@@ -236,9 +246,7 @@ async fn a_guaranteed_container_gets_cpu_1_to_itself() {
     );
 
     // A shared container first: it may run anywhere.
-    let log_dir = env.daemon.log_dir("shared");
-    let shared_pod = host_network_pod("shared", &log_dir, v1::NamespaceMode::Pod);
-    let shared_pod_id = run_pod(&mut client, shared_pod.clone()).await;
+    let (shared_pod_id, shared_pod) = host_pod(&mut client, &env.daemon, "shared").await;
     let shared = start_container(
         &mut client,
         &shared_pod_id,
@@ -250,9 +258,7 @@ async fn a_guaranteed_container_gets_cpu_1_to_itself() {
     assert_eq!(cpus_allowed(shared_pid), online);
 
     // The Guaranteed one gets the last CPU.
-    let log_dir = env.daemon.log_dir("rt");
-    let rt_pod = host_network_pod("rt", &log_dir, v1::NamespaceMode::Pod);
-    let rt_pod_id = run_pod(&mut client, rt_pod.clone()).await;
+    let (rt_pod_id, rt_pod) = host_pod(&mut client, &env.daemon, "rt").await;
     let rt = start_container(
         &mut client,
         &rt_pod_id,
@@ -303,9 +309,7 @@ async fn a_guaranteed_container_gets_cpu_1_to_itself() {
     );
 
     // No CPU is left to give: refused, nothing created, nothing allocated.
-    let log_dir = env.daemon.log_dir("late");
-    let late_pod = host_network_pod("late", &log_dir, v1::NamespaceMode::Pod);
-    let late_pod_id = run_pod(&mut client, late_pod.clone()).await;
+    let (late_pod_id, late_pod) = host_pod(&mut client, &env.daemon, "late").await;
     let err = refused_create(
         &mut client,
         &late_pod_id,
@@ -524,9 +528,7 @@ async fn without_reserved_cpus_ingot_moves_off_a_cpu_that_becomes_exclusive() {
     };
     assert!(all_threads_on(&online), "before: ingot may use every CPU");
 
-    let log_dir = env.daemon.log_dir("rt");
-    let rt_pod = host_network_pod("rt", &log_dir, v1::NamespaceMode::Pod);
-    let rt_pod_id = run_pod(&mut client, rt_pod.clone()).await;
+    let (rt_pod_id, rt_pod) = host_pod(&mut client, &env.daemon, "rt").await;
     let rt = start_container(
         &mut client,
         &rt_pod_id,
@@ -546,9 +548,7 @@ async fn without_reserved_cpus_ingot_moves_off_a_cpu_that_becomes_exclusive() {
     );
 
     // A pod made now starts off it too.
-    let log_dir = env.daemon.log_dir("later");
-    let later_pod = host_network_pod("later", &log_dir, v1::NamespaceMode::Pod);
-    let later_pod_id = run_pod(&mut client, later_pod.clone()).await;
+    let (later_pod_id, later_pod) = host_pod(&mut client, &env.daemon, "later").await;
     let later = start_container(
         &mut client,
         &later_pod_id,
@@ -652,9 +652,7 @@ async fn hugepage_limits_land_in_hugetlb_or_are_refused_saying_why() {
         },
     )
     .await;
-    let log_dir = env.daemon.log_dir("huge");
-    let pod = host_network_pod("huge", &log_dir, v1::NamespaceMode::Pod);
-    let pod_id = run_pod(&mut client, pod.clone()).await;
+    let (pod_id, pod) = host_pod(&mut client, &env.daemon, "huge").await;
     let mut config = guaranteed("huge", &image, 1);
     if let Some(r) = config.linux.as_mut().and_then(|l| l.resources.as_mut()) {
         r.hugepage_limits = vec![
