@@ -399,6 +399,30 @@ async fn a_guaranteed_container_gets_cpu_1_to_itself() {
         "{checkpoint}"
     );
 
+    // An update the kernel refuses (a memory limit below what the container uses) leaves it
+    // where it was: still exclusive, the shared pool unchanged.
+    let err = client
+        .update_container_resources(v1::UpdateContainerResourcesRequest {
+            container_id: rt.clone(),
+            linux: Some(v1::LinuxContainerResources {
+                cpuset_cpus: "0".into(),
+                memory_limit_in_bytes: 4096,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a limit below the usage");
+    assert!(err.message().contains("memory"), "{}", err.message());
+    let checkpoint = std::fs::read_to_string(&mirror).expect("placement mirror");
+    assert_eq!(
+        checkpoint.matches("\"exclusive\"").count(),
+        1,
+        "{checkpoint}"
+    );
+    assert_eq!(cgroup_cpus(rt_pid), exclusive);
+    assert_eq!(cgroup_cpus(shared_pid), shared_pool);
+
     // kill -9 and a new ingotd: the CPU is still the container's. (The new ingotd pins itself
     // first thing; the instant between its exec and that is its service manager's to cover, so
     // the audit starts again once it runs.)

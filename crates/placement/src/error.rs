@@ -55,6 +55,10 @@ pub enum PlacementError {
         /// CPU has to stay in the shared pool.
         available: usize,
     },
+    #[error(
+        "container {container_id:?} cannot have CPUs {cpus} back: another container holds them"
+    )]
+    Taken { container_id: String, cpus: CpuSet },
     #[error("container {container_id:?} has no placement")]
     UnknownContainer { container_id: String },
     #[error("placement checkpoint: {reason}")]

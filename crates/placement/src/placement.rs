@@ -116,6 +116,35 @@ impl Placement {
         Some(record.assignment)
     }
 
+    /// Puts a container's assignment back as it was (an update or a removal that could not be
+    /// completed), unless its exclusive CPUs went to another container meanwhile.
+    pub fn reinstate(
+        &mut self,
+        container_id: &str,
+        pod_id: &str,
+        assignment: Assignment,
+    ) -> Result<(), PlacementError> {
+        if assignment.kind == Kind::Exclusive {
+            let held = self.exclusive_cpus_except(Some(container_id));
+            let taken = assignment.cpus.intersection(&held);
+            if !taken.is_empty() {
+                return Err(PlacementError::Taken {
+                    container_id: container_id.to_string(),
+                    cpus: taken,
+                });
+            }
+        }
+        self.containers.insert(
+            container_id.to_string(),
+            Record {
+                pod_id: pod_id.to_string(),
+                assignment,
+            },
+        );
+        self.refresh_shared();
+        Ok(())
+    }
+
     /// Forgets every container of a pod (StopPodSandbox, RemovePodSandbox); returns their ids.
     pub fn release_pod(&mut self, pod_id: &str) -> Vec<String> {
         let released: Vec<String> = self

@@ -585,3 +585,29 @@ fn config_reads_from_text() {
     assert_eq!(default.policy, Policy::None);
     assert!(serde_json::from_str::<PlacementConfig>(r#"{"policy":"static"}"#).is_err());
 }
+
+#[test]
+fn a_released_assignment_is_reinstated_unless_its_cpus_were_taken() {
+    let topology = machine(1, 1, 1, 2, 1);
+    let mut placement = placement(&topology, exclusive("0"));
+    placement.allocate(&burstable("web")).expect("shared");
+    let held = placement.allocate(&guaranteed("rt", 1)).expect("exclusive");
+    let before = placement.clone();
+    let released = placement.release("rt").expect("placed");
+    let pod = guaranteed("rt", 1).pod_id;
+    placement
+        .reinstate("rt", &pod, released.clone())
+        .expect("nobody took CPU 1");
+    assert_eq!(placement, before, "as it was, the shared pool included");
+    assert_eq!(placement.assignment("rt"), Some(&held));
+
+    placement.release("rt");
+    placement
+        .allocate(&guaranteed("other", 1))
+        .expect("CPU 1 again");
+    let err = placement
+        .reinstate("rt", &pod, released)
+        .expect_err("CPU 1 is another's now");
+    assert!(err.to_string().contains("CPUs 1"), "{err}");
+    assert!(placement.assignment("rt").is_none());
+}

@@ -567,8 +567,15 @@ pub(crate) async fn remove_locked(
     tokio::task::spawn_blocking(move || cleanup_bundle(&prepared))
         .await
         .map_err(CriError::join("container removal"))?;
+    let before = manager.assignment(&container.id);
     let pool_changed = manager.release_placement(&container.id);
-    manager.forget_container(&container.id)?;
+    if let Err(err) = manager.forget_container(&container.id) {
+        // The container is still on record: so is where it runs.
+        if manager.reinstate_placement(&container.id, &container.pod_id, before) {
+            manager.follow_shared_pool().await;
+        }
+        return Err(err);
+    }
     if pool_changed {
         manager.follow_shared_pool().await;
     }
@@ -603,6 +610,7 @@ pub async fn update_resources(
     linux.set_resources(Some(resources));
     update.set_linux(Some(linux));
     let node = manager.node_for(request.linux.as_ref())?;
+    let before = manager.assignment(&container.id);
     let effects = manager.run_spec_steps(
         &mut update,
         &StepInput {
@@ -623,17 +631,25 @@ pub async fn update_resources(
         context: "encode resources".into(),
         source: err.into(),
     })?;
-    shim.update(&api::UpdateTaskRequest {
-        id: container.id.clone(),
-        resources: Some(Any {
-            type_url: super::LINUX_RESOURCES_TYPE.into(),
-            value,
+    let updated = shim
+        .update(&api::UpdateTaskRequest {
+            id: container.id.clone(),
+            resources: Some(Any {
+                type_url: super::LINUX_RESOURCES_TYPE.into(),
+                value,
+                ..Default::default()
+            })
+            .into(),
             ..Default::default()
         })
-        .into(),
-        ..Default::default()
-    })
-    .await?;
+        .await;
+    if let Err(err) = updated {
+        // The container runs where it ran: so does placement say.
+        if manager.reinstate_placement(&container.id, &container.pod_id, before) {
+            manager.follow_shared_pool().await;
+        }
+        return Err(err);
+    }
     if effects.shared_pool_changed {
         manager.follow_shared_pool().await;
     }

@@ -303,6 +303,36 @@ impl Manager {
         Ok(effects)
     }
 
+    /// Where a container runs now, to put back with [`Manager::reinstate_placement`] when a
+    /// change cannot be completed.
+    pub fn assignment(&self, container_id: &str) -> Option<ingot_placement::Assignment> {
+        lock(&self.placement).assignment(container_id).cloned()
+    }
+
+    /// Puts a container's placement back as it was (None: it had none); true when the shared
+    /// pool changed. Other containers placed meanwhile keep theirs.
+    pub fn reinstate_placement(
+        &self,
+        container_id: &str,
+        pod_id: &str,
+        previous: Option<ingot_placement::Assignment>,
+    ) -> bool {
+        let mut placement = lock(&self.placement);
+        let pool = placement.shared_pool();
+        match previous {
+            None => {
+                placement.release(container_id);
+            }
+            Some(assignment) => {
+                if let Err(err) = placement.reinstate(container_id, pod_id, assignment) {
+                    tracing::warn!(container = %container_id, error = %err, "placement not put back");
+                }
+            }
+        }
+        self.mirror_placement(&placement);
+        placement.shared_pool() != pool
+    }
+
     /// Forgets where a container ran; true when the shared pool changed.
     pub fn release_placement(&self, container_id: &str) -> bool {
         let mut placement = lock(&self.placement);
