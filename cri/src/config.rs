@@ -30,6 +30,9 @@ pub struct Config {
     pub registries: BTreeMap<String, RegistryConfig>,
     /// Where the node's `/sys` and `/proc` are read from (`/`; a captured tree in tests).
     pub host_root: PathBuf,
+    /// The streaming server (Exec, PortForward URLs): `127.0.0.1:0` picks a free port on
+    /// loopback, as containerd's `stream_server_address`.
+    pub stream_address: String,
     /// CPU placement: `policy = "none" | "exclusive"`, `reserved = "0"` (housekeeping CPUs).
     pub placement: ingot_placement::PlacementConfig,
 }
@@ -60,6 +63,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             registries: BTreeMap::new(),
             host_root: PathBuf::from("/"),
+            stream_address: "127.0.0.1:0".into(),
             placement: ingot_placement::PlacementConfig::default(),
         }
     }

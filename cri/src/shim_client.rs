@@ -287,6 +287,37 @@ impl ShimClient {
         Ok(response.shim_pid)
     }
 
+    /// The terminal size of a process started with a terminal.
+    pub async fn resize_pty(
+        &self,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<(), CriError> {
+        let request = api::ResizePtyRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            width,
+            height,
+            ..Default::default()
+        };
+        let _: api::Empty = self.call("ResizePty", &request, Some(CALL_TIMEOUT)).await?;
+        Ok(())
+    }
+
+    /// Closes the process's stdin (it reads EOF).
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), CriError> {
+        let request = api::CloseIORequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            stdin: true,
+            ..Default::default()
+        };
+        let _: api::Empty = self.call("CloseIO", &request, Some(CALL_TIMEOUT)).await?;
+        Ok(())
+    }
+
     pub async fn update(&self, request: &api::UpdateTaskRequest) -> Result<(), CriError> {
         let _: api::Empty = self.call("Update", request, Some(CALL_TIMEOUT)).await?;
         Ok(())

@@ -15,6 +15,13 @@ use crate::{
 
 pub const IMAGE: &str = "ingot/pods:1";
 
+impl Env {
+    /// The network namespace ingotd and the registry run in, when private.
+    pub fn netns(&self) -> Option<&TestNetns> {
+        self._netns.as_ref()
+    }
+}
+
 pub struct Env {
     // Dropped in order: the daemon (and what it left), the registry, the network namespace.
     pub daemon: Daemon,

@@ -37,6 +37,39 @@ async fn read_all(path: PathBuf, sink: Arc<Mutex<Vec<u8>>>) -> std::io::Result<(
     }
 }
 
+/// The process of an exec: the container's own (user, env, capabilities, cwd...) with `cmd`.
+pub(crate) async fn exec_process(
+    container: &crate::store::ContainerRecord,
+    cmd: &[String],
+    terminal: bool,
+) -> Result<serde_json::Value, CriError> {
+    let spec_path = container.bundle.join("config.json");
+    let spec: serde_json::Value = serde_json::from_slice(
+        &tokio::fs::read(&spec_path)
+            .await
+            .map_err(CriError::io(format!("read {}", spec_path.display())))?,
+    )
+    .map_err(|err| CriError::Io {
+        context: format!("parse {}", spec_path.display()),
+        source: err.into(),
+    })?;
+    let mut process = spec["process"].clone();
+    process["args"] = serde_json::json!(cmd);
+    process["terminal"] = serde_json::json!(terminal);
+    if terminal {
+        let env = process["env"].as_array_mut();
+        if let Some(env) = env {
+            if !env
+                .iter()
+                .any(|e| e.as_str().is_some_and(|e| e.starts_with("TERM=")))
+            {
+                env.push(serde_json::json!("TERM=xterm"));
+            }
+        }
+    }
+    Ok(process)
+}
+
 pub async fn exec_sync(
     manager: &Arc<Manager>,
     request: v1::ExecSyncRequest,
@@ -51,19 +84,7 @@ pub async fn exec_sync(
         ));
     }
     let (container, shim) = super::running(manager, &request.container_id)?;
-    let spec_path = container.bundle.join("config.json");
-    let spec: serde_json::Value = serde_json::from_slice(
-        &tokio::fs::read(&spec_path)
-            .await
-            .map_err(CriError::io(format!("read {}", spec_path.display())))?,
-    )
-    .map_err(|err| CriError::Io {
-        context: format!("parse {}", spec_path.display()),
-        source: err.into(),
-    })?;
-    let mut process = spec["process"].clone();
-    process["args"] = serde_json::json!(request.cmd);
-    process["terminal"] = serde_json::json!(false);
+    let process = exec_process(&container, &request.cmd, false).await?;
 
     let exec_id = new_id()?[..16].to_string();
     let dir = manager.config.state.join("exec").join(&exec_id);

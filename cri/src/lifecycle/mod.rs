@@ -33,6 +33,7 @@ mod exec;
 pub mod pods;
 mod recovery;
 pub mod stats;
+pub mod stream;
 
 pub use exec::exec_sync;
 /// The containerd namespace ingotd's shims serve.
@@ -596,13 +597,21 @@ impl Manager {
             .pod(&container.pod_id)
             .ok()
             .map(|pod| convert::pod_status(&pod));
-        let status = convert::container_status(container);
+        // Every container of the pod, as containerd sends them: the kubelet's evented PLEG
+        // takes the pod's whole state from one event.
+        let mut statuses: Vec<v1::ContainerStatus> = self
+            .containers_of(&container.pod_id)
+            .iter()
+            .filter(|other| other.id != container.id)
+            .map(convert::container_status)
+            .collect();
+        statuses.insert(0, convert::container_status(container));
         let _ = self.events.send(v1::ContainerEventResponse {
             container_id: container.id.clone(),
             container_event_type: kind as i32,
             created_at: now_ns(),
             pod_sandbox_status: pod_status,
-            containers_statuses: vec![status],
+            containers_statuses: statuses,
         });
     }
 

@@ -1,6 +1,6 @@
-//! RuntimeService: thin handlers over the pod and container manager. Exec, Attach and
-//! PortForward (the streaming server) and CheckpointContainer answer Unimplemented, naming the
-//! RPC.
+//! RuntimeService: thin handlers over the pod and container manager. Exec and PortForward hand
+//! out URLs of the streaming server (`streaming`); Attach and CheckpointContainer answer
+//! Unimplemented, naming the RPC.
 
 use std::{
     future::Future,
@@ -25,24 +25,55 @@ pub mod images;
 mod list;
 pub mod server;
 pub mod status;
+pub mod streaming;
 mod validate;
 
 pub const RUNTIME_NAME: &str = "ingot";
 pub const CRI_API_VERSION: &str = "v1";
+
+/// A watcher's events, in order. One that falls behind by more than the buffer holds is
+/// dropped with ResourceExhausted (as containerd drops it) rather than silently missing events.
+fn event_stream(
+    receiver: tokio::sync::broadcast::Receiver<v1::ContainerEventResponse>,
+) -> impl tokio_stream::Stream<Item = Result<v1::ContainerEventResponse, Status>> + Send {
+    use tokio_stream::StreamExt;
+    let mut lagged = false;
+    tokio_stream::wrappers::BroadcastStream::new(receiver).map_while(move |event| {
+        if lagged {
+            return None;
+        }
+        Some(match event {
+            Ok(event) => Ok(event),
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => {
+                lagged = true;
+                tracing::warn!(missed, "a container event watcher fell behind; dropped");
+                Err(Status::resource_exhausted(format!(
+                    "GetContainerEvents: this watcher fell {missed} events behind and is dropped; watch again"
+                )))
+            }
+        })
+    })
+}
 
 pub struct Runtime {
     config: Config,
     manager: Arc<Manager>,
     /// The pod CIDR the kubelet last gave (UpdateRuntimeConfig), for CNI.
     pod_cidr: Mutex<String>,
+    streaming: Arc<streaming::StreamServer>,
 }
 
 impl Runtime {
-    pub fn new(config: Config, manager: Arc<Manager>) -> Self {
+    pub fn new(
+        config: Config,
+        manager: Arc<Manager>,
+        streaming: Arc<streaming::StreamServer>,
+    ) -> Self {
         Runtime {
             config,
             manager,
             pod_cidr: Mutex::new(String::new()),
+            streaming,
         }
     }
 
@@ -190,9 +221,9 @@ impl RuntimeService for Runtime {
         &self,
         _: Request<v1::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        let events = tokio_stream::wrappers::BroadcastStream::new(self.manager.subscribe());
-        let stream = tokio_stream::StreamExt::filter_map(events, |event| event.ok().map(Ok));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(event_stream(
+            self.manager.subscribe(),
+        ))))
     }
 
     async fn run_pod_sandbox(
@@ -379,9 +410,13 @@ impl RuntimeService for Runtime {
 
     async fn exec(
         &self,
-        _: Request<v1::ExecRequest>,
+        request: Request<v1::ExecRequest>,
     ) -> Result<Response<v1::ExecResponse>, Status> {
-        Err(CriError::Unimplemented { rpc: "Exec" }.into())
+        let request = request.into_inner();
+        let span = tracing::info_span!("Exec", container = %request.container_id);
+        let _entered = span.enter();
+        let url = self.streaming.exec_url(request)?;
+        Ok(Response::new(v1::ExecResponse { url }))
     }
 
     async fn attach(
@@ -393,9 +428,13 @@ impl RuntimeService for Runtime {
 
     async fn port_forward(
         &self,
-        _: Request<v1::PortForwardRequest>,
+        request: Request<v1::PortForwardRequest>,
     ) -> Result<Response<v1::PortForwardResponse>, Status> {
-        Err(CriError::Unimplemented { rpc: "PortForward" }.into())
+        let request = request.into_inner();
+        let span = tracing::info_span!("PortForward", pod = %request.pod_sandbox_id);
+        let _entered = span.enter();
+        let url = self.streaming.port_forward_url(request)?;
+        Ok(Response::new(v1::PortForwardResponse { url }))
     }
 
     async fn container_stats(
@@ -520,5 +559,35 @@ mod tests {
         assert!(!has_cni_config(dir.path()));
         std::fs::write(dir.path().join("10-bridge.conflist"), "{}").expect("write");
         assert!(has_cni_config(dir.path()));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_watcher_that_falls_behind_is_dropped_saying_so() {
+        use tokio_stream::StreamExt;
+
+        let (sender, _) = tokio::sync::broadcast::channel(4);
+        let mut fast = Box::pin(event_stream(sender.subscribe()));
+        let mut slow = Box::pin(event_stream(sender.subscribe()));
+        for n in 0..6 {
+            let event = v1::ContainerEventResponse {
+                container_id: format!("c{n}"),
+                ..Default::default()
+            };
+            sender.send(event).expect("send");
+            let seen = fast.next().await.expect("an event").expect("not lagged");
+            assert_eq!(seen.container_id, format!("c{n}"));
+        }
+        let dropped = slow.next().await.expect("an item").expect_err("lagged");
+        assert_eq!(dropped.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            dropped.message().contains("2 events behind"),
+            "{}",
+            dropped.message()
+        );
+        drop(sender);
+        assert!(
+            slow.next().await.is_none(),
+            "the stream ends after the error"
+        );
     }
 }

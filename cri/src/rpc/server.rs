@@ -1,6 +1,6 @@
 //! Serving the CRI on the configured unix socket (mode 0660, directory created).
 
-use std::{future::Future, os::unix::fs::PermissionsExt, path::Path, time::Duration};
+use std::{future::Future, os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
 
 use k8s_cri::v1::{
     image_service_server::ImageServiceServer, runtime_service_server::RuntimeServiceServer,
@@ -58,11 +58,15 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     refuse_live(&socket)?;
     manager.pin_housekeeping().await;
     manager.recover().await;
+    let streaming =
+        super::streaming::StreamServer::start(&config.stream_address, Arc::clone(&manager)).await?;
     let listener = bind(&socket)?;
     tracing::info!(socket = %socket.display(), "serving CRI v1");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
-        .add_service(RuntimeServiceServer::new(Runtime::new(config, manager)))
+        .add_service(RuntimeServiceServer::new(Runtime::new(
+            config, manager, streaming,
+        )))
         .add_service(ImageServiceServer::new(images))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
             let _ = stopped.await;

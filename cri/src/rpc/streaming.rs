@@ -1,0 +1,517 @@
+//! The streaming server behind Exec and PortForward (`kubectl exec`, `crictl exec -it`,
+//! `kubectl port-forward`): the RPCs hand out one-time URLs with a token that expires, and this
+//! server, on its own address (`stream_address`, 127.0.0.1 by default as containerd's), serves
+//! them over SPDY/3.1 with the Kubernetes subprotocols (`v4.channel.k8s.io` down to
+//! `channel.k8s.io` for exec, `portforward.k8s.io`), the way the kubelet's own streaming server
+//! (`k8s.io/kubelet/pkg/cri/streaming`) does.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use http_body_util::Full;
+use hyper::{body::Bytes, header, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use ingot_spdy::{Incoming, Session, Stream};
+use k8s_cri::v1;
+use tokio::{io::AsyncWriteExt, sync::mpsc};
+
+use crate::{
+    lifecycle::{new_id, stream, Manager},
+    store::{ContainerState, PodState},
+    CriError,
+};
+
+/// How long a URL may wait for its client (the kubelet's `StreamIdleTimeout` default is 4 h
+/// for a stream, its tokens last 1 min).
+const TOKEN_TTL: Duration = Duration::from_secs(60);
+/// How long the client may take to open the streams it asked for (the kubelet's
+/// `StreamCreationTimeout`).
+const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Exec subprotocols, most preferred first.
+const EXEC_PROTOCOLS: &[&str] = &[
+    "v4.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+];
+const PORT_FORWARD_PROTOCOLS: &[&str] = &["portforward.k8s.io"];
+const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
+
+/// What a token was handed out for.
+#[derive(Debug, Clone)]
+enum Pending {
+    Exec(v1::ExecRequest),
+    PortForward(v1::PortForwardRequest),
+}
+
+pub struct StreamServer {
+    base: String,
+    tokens: Mutex<HashMap<String, (Pending, Instant)>>,
+    manager: Arc<Manager>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl StreamServer {
+    /// Binds `address` and serves it until the runtime ends.
+    pub async fn start(address: &str, manager: Arc<Manager>) -> Result<Arc<Self>, CriError> {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(CriError::io(format!(
+                "bind the streaming server on {address}"
+            )))?;
+        let local = listener
+            .local_addr()
+            .map_err(CriError::io("the streaming server's address"))?;
+        let server = Arc::new(StreamServer {
+            base: format!("http://{local}"),
+            tokens: Mutex::default(),
+            manager,
+        });
+        tracing::info!(address = %local, "streaming server listening");
+        let accepting = Arc::clone(&server);
+        tokio::spawn(async move {
+            loop {
+                let Ok((connection, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let server = Arc::clone(&accepting);
+                tokio::spawn(async move { server.serve_connection(connection, peer).await });
+            }
+        });
+        Ok(server)
+    }
+
+    fn token_for(&self, pending: Pending) -> Result<String, CriError> {
+        let token = new_id()?[..32].to_string();
+        let mut tokens = lock(&self.tokens);
+        tokens.retain(|_, (_, issued)| issued.elapsed() < TOKEN_TTL);
+        tokens.insert(token.clone(), (pending, Instant::now()));
+        Ok(token)
+    }
+
+    /// The token's request, once: a token is single-use and expires.
+    fn take(&self, token: &str) -> Option<Pending> {
+        let (pending, issued) = lock(&self.tokens).remove(token)?;
+        (issued.elapsed() < TOKEN_TTL).then_some(pending)
+    }
+
+    /// Exec: a URL for a running container, as the CRI and containerd check the request.
+    pub fn exec_url(&self, request: v1::ExecRequest) -> Result<String, CriError> {
+        if request.cmd.is_empty() {
+            return Err(CriError::invalid("cmd", "is required"));
+        }
+        if !(request.stdin || request.stdout || request.stderr) {
+            return Err(CriError::invalid(
+                "stdin",
+                "one of stdin, stdout or stderr must be set",
+            ));
+        }
+        if request.tty && request.stderr {
+            return Err(CriError::invalid(
+                "stderr",
+                "tty and stderr cannot both be true (a terminal has one output)",
+            ));
+        }
+        let container = self.manager.container(&request.container_id)?;
+        if container.state != ContainerState::Running {
+            return Err(CriError::FailedPrecondition {
+                what: format!("container {}", container.id),
+                reason: format!("is {:?}, not running", container.state),
+            });
+        }
+        let token = self.token_for(Pending::Exec(v1::ExecRequest {
+            container_id: container.id,
+            ..request
+        }))?;
+        Ok(format!("{}/exec/{token}", self.base))
+    }
+
+    /// PortForward: a URL for a ready pod.
+    pub fn port_forward_url(&self, request: v1::PortForwardRequest) -> Result<String, CriError> {
+        let pod = self.manager.pod(&request.pod_sandbox_id)?;
+        if pod.state != PodState::Ready {
+            return Err(CriError::FailedPrecondition {
+                what: format!("pod sandbox {}", pod.id),
+                reason: "is not ready".into(),
+            });
+        }
+        for port in &request.port {
+            if !(1..=65535).contains(port) {
+                return Err(CriError::invalid(
+                    "port",
+                    format!("{port} is not a TCP port"),
+                ));
+            }
+        }
+        let token = self.token_for(Pending::PortForward(v1::PortForwardRequest {
+            pod_sandbox_id: pod.id,
+            ..request
+        }))?;
+        Ok(format!("{}/portforward/{token}", self.base))
+    }
+
+    async fn serve_connection(
+        self: Arc<Self>,
+        connection: tokio::net::TcpStream,
+        peer: SocketAddr,
+    ) {
+        let service = hyper::service::service_fn(move |request| {
+            let server = Arc::clone(&self);
+            async move { Ok::<_, std::convert::Infallible>(server.handle(request)) }
+        });
+        let served = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(connection), service)
+            .with_upgrades()
+            .await;
+        if let Err(err) = served {
+            tracing::debug!(%peer, error = %err, "streaming connection ended");
+        }
+    }
+
+    fn handle(self: &Arc<Self>, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path().to_string();
+        let mut parts = path.trim_start_matches('/').splitn(2, '/');
+        let (kind, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let supported = match kind {
+            "exec" => EXEC_PROTOCOLS,
+            "portforward" => PORT_FORWARD_PROTOCOLS,
+            _ => return plain(StatusCode::NOT_FOUND, format!("no such endpoint {path}")),
+        };
+        let upgrade = request
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !upgrade.eq_ignore_ascii_case("SPDY/3.1") {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("unable to upgrade: {upgrade:?} is not a supported protocol (SPDY/3.1)"),
+            );
+        }
+        let offered: Vec<String> = request
+            .headers()
+            .get_all(PROTOCOL_HEADER)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
+            .filter(|p| !p.is_empty())
+            .collect();
+        let protocol = match supported.iter().find(|p| offered.iter().any(|o| o == *p)) {
+            Some(protocol) => protocol.to_string(),
+            // A client that names none speaks the first version (the kubelet's handshake).
+            None if offered.is_empty() => String::new(),
+            None => {
+                return plain(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports {supported:?}"
+                    ),
+                )
+            }
+        };
+        let Some(pending) = self.take(token) else {
+            return plain(
+                StatusCode::NOT_FOUND,
+                format!("unknown or expired token {token:?}"),
+            );
+        };
+        let server = Arc::clone(self);
+        let chosen = protocol.clone();
+        tokio::spawn(async move {
+            match hyper::upgrade::on(request).await {
+                Ok(upgraded) => {
+                    let (session, incoming) = match Session::server(TokioIo::new(upgraded)) {
+                        Ok(started) => started,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "SPDY session not started");
+                            return;
+                        }
+                    };
+                    match pending {
+                        Pending::Exec(exec) => server.exec(&chosen, exec, session, incoming).await,
+                        Pending::PortForward(forward) => {
+                            server.port_forward(forward, session, incoming).await
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "streaming upgrade failed"),
+            }
+        });
+        let mut response = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "SPDY/3.1");
+        if !protocol.is_empty() {
+            response = response.header(PROTOCOL_HEADER, protocol);
+        }
+        response
+            .body(Full::new(Bytes::new()))
+            .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response".into()))
+    }
+
+    async fn exec(
+        &self,
+        protocol: &str,
+        request: v1::ExecRequest,
+        session: Session,
+        mut incoming: Incoming,
+    ) {
+        let resize = request.tty && matches!(protocol, "v3.channel.k8s.io" | "v4.channel.k8s.io");
+        let mut wanted: Vec<&str> = vec!["error"];
+        for (on, kind) in [
+            (request.stdin, "stdin"),
+            (request.stdout, "stdout"),
+            (request.stderr && !request.tty, "stderr"),
+            (resize, "resize"),
+        ] {
+            if on {
+                wanted.push(kind);
+            }
+        }
+        let mut streams: HashMap<String, Stream> = HashMap::new();
+        let gathered = tokio::time::timeout(STREAM_CREATION_TIMEOUT, async {
+            while streams.len() < wanted.len() {
+                let Some(mut stream) = incoming.next().await else {
+                    return false;
+                };
+                let kind = stream.header("streamtype").unwrap_or("").to_string();
+                if !wanted.contains(&kind.as_str()) || streams.contains_key(&kind) {
+                    stream.reset();
+                    continue;
+                }
+                if stream.reply().await.is_err() {
+                    return false;
+                }
+                streams.insert(kind, stream);
+            }
+            true
+        })
+        .await;
+        if !matches!(gathered, Ok(true)) {
+            tracing::info!(container = %request.container_id, "exec client did not open its streams");
+            session.goaway().await;
+            return;
+        }
+        let split = |streams: &mut HashMap<String, Stream>, kind: &str| {
+            streams.remove(kind).map(Stream::split)
+        };
+        let (_, mut error) = match split(&mut streams, "error") {
+            Some(halves) => halves,
+            None => return,
+        };
+        let stdin =
+            split(&mut streams, "stdin").map(|(reader, _)| Box::new(reader) as stream::Reader);
+        let stdout =
+            split(&mut streams, "stdout").map(|(_, writer)| Box::new(writer) as stream::Writer);
+        let stderr =
+            split(&mut streams, "stderr").map(|(_, writer)| Box::new(writer) as stream::Writer);
+        let sizes = split(&mut streams, "resize").map(|(reader, _)| {
+            let (sender, receiver) = mpsc::channel(8);
+            tokio::spawn(read_sizes(reader, sender));
+            receiver
+        });
+        let exit = stream::exec(
+            &self.manager,
+            &request.container_id,
+            &request.cmd,
+            request.tty,
+            stream::ExecStreams {
+                stdin,
+                stdout,
+                stderr,
+                resize: sizes,
+            },
+        )
+        .await;
+        let report = exit_report(protocol, &exit);
+        if let Some(report) = report {
+            let _ = error.write_all(report.as_bytes()).await;
+        }
+        let _ = error.shutdown().await;
+        tracing::info!(container = %request.container_id, exit = ?exit.as_ref().ok(), "streaming exec ended");
+        session.goaway().await;
+    }
+
+    async fn port_forward(
+        &self,
+        request: v1::PortForwardRequest,
+        session: Session,
+        mut incoming: Incoming,
+    ) {
+        // Streams come in pairs by request id: the error stream, then the data stream.
+        let mut errors: HashMap<String, ingot_spdy::StreamWriter> = HashMap::new();
+        let mut connections = tokio::task::JoinSet::new();
+        while let Some(mut stream) = incoming.next().await {
+            let kind = stream.header("streamtype").unwrap_or("").to_string();
+            let id = stream.header("requestid").unwrap_or("").to_string();
+            let port = stream.header("port").and_then(|p| p.parse::<u16>().ok());
+            if stream.reply().await.is_err() {
+                break;
+            }
+            match kind.as_str() {
+                "error" => {
+                    let (_, writer) = stream.split();
+                    errors.insert(id, writer);
+                }
+                "data" => {
+                    let error = errors.remove(&id);
+                    let manager = Arc::clone(&self.manager);
+                    let pod = request.pod_sandbox_id.clone();
+                    let allowed = request.port.is_empty()
+                        || port.is_some_and(|p| request.port.contains(&i32::from(p)));
+                    connections.spawn(async move {
+                        forward(manager, pod, port.filter(|_| allowed), stream, error).await
+                    });
+                }
+                _ => stream.reset(),
+            }
+        }
+        connections.abort_all();
+        session.goaway().await;
+    }
+}
+
+/// One port-forward connection: the data stream to a socket in the pod, both ways; a failure
+/// to connect is written on the request's error stream.
+async fn forward(
+    manager: Arc<Manager>,
+    pod_id: String,
+    port: Option<u16>,
+    stream: Stream,
+    error: Option<ingot_spdy::StreamWriter>,
+) {
+    let connected = match port {
+        Some(port) => stream::connect_in_pod(&manager, &pod_id, port).await,
+        None => Err(CriError::invalid(
+            "port",
+            "missing, malformed or not requested",
+        )),
+    };
+    match connected {
+        Ok(socket) => {
+            let (mut from_client, mut to_client) = stream.split();
+            let (mut from_pod, mut to_pod) = socket.into_split();
+            let upstream = async {
+                let _ = tokio::io::copy(&mut from_client, &mut to_pod).await;
+                let _ = to_pod.shutdown().await;
+            };
+            let downstream = async {
+                let _ = tokio::io::copy(&mut from_pod, &mut to_client).await;
+                let _ = to_client.shutdown().await;
+            };
+            tokio::join!(upstream, downstream);
+        }
+        Err(err) => {
+            tracing::info!(pod = %pod_id, ?port, error = %err, "port-forward connection refused");
+            if let Some(mut error) = error {
+                let _ = error
+                    .write_all(
+                        format!("error forwarding port {}: {err}", port.unwrap_or(0)).as_bytes(),
+                    )
+                    .await;
+                let _ = error.shutdown().await;
+            }
+            stream.reset();
+        }
+    }
+}
+
+/// Terminal sizes, one JSON object per message (`{"Width":80,"Height":24}`).
+async fn read_sizes(reader: ingot_spdy::StreamReader, sender: mpsc::Sender<(u16, u16)>) {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Size {
+        width: u16,
+        height: u16,
+    }
+    let mut reader = tokio::io::BufReader::new(reader);
+    let mut buffer = Vec::new();
+    loop {
+        let mut chunk = [0u8; 512];
+        let n = match tokio::io::AsyncReadExt::read(&mut reader, &mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buffer.extend_from_slice(&chunk[..n]);
+        let mut sizes = serde_json::Deserializer::from_slice(&buffer).into_iter::<Size>();
+        let mut consumed = 0;
+        while let Some(Ok(size)) = sizes.next() {
+            consumed = sizes.byte_offset();
+            if sender.send((size.width, size.height)).await.is_err() {
+                return;
+            }
+        }
+        buffer.drain(..consumed);
+    }
+}
+
+/// What goes on the error stream when the process ends: v4's status object, or the older
+/// protocols' text (nothing on success).
+fn exit_report(protocol: &str, exit: &Result<u32, CriError>) -> Option<String> {
+    let structured = protocol == "v4.channel.k8s.io";
+    match exit {
+        Ok(0) if structured => Some(r#"{"metadata":{},"status":"Success"}"#.to_string()),
+        Ok(0) => None,
+        Ok(code) if structured => Some(
+            serde_json::json!({
+                "metadata": {},
+                "status": "Failure",
+                "message": format!("command terminated with non-zero exit code: {code}"),
+                "reason": "NonZeroExitCode",
+                "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+            })
+            .to_string(),
+        ),
+        Ok(code) => Some(format!(
+            "command terminated with non-zero exit code: {code}"
+        )),
+        Err(err) if structured => Some(
+            serde_json::json!({
+                "metadata": {},
+                "status": "Failure",
+                "message": err.to_string(),
+                "reason": "InternalError",
+            })
+            .to_string(),
+        ),
+        Err(err) => Some(err.to_string()),
+    }
+}
+
+fn plain(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(message)));
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_stream_reports_the_exit_as_each_protocol_does() {
+        let v4 = "v4.channel.k8s.io";
+        assert_eq!(
+            exit_report(v4, &Ok(0)).as_deref(),
+            Some(r#"{"metadata":{},"status":"Success"}"#)
+        );
+        let failure: serde_json::Value =
+            serde_json::from_str(&exit_report(v4, &Ok(7)).expect("report")).expect("json");
+        assert_eq!(failure["reason"], "NonZeroExitCode");
+        assert_eq!(failure["details"]["causes"][0]["reason"], "ExitCode");
+        assert_eq!(failure["details"]["causes"][0]["message"], "7");
+        assert_eq!(exit_report("v3.channel.k8s.io", &Ok(0)), None);
+        assert!(exit_report("v2.channel.k8s.io", &Ok(7))
+            .expect("text")
+            .contains("exit code: 7"));
+    }
+}
