@@ -115,9 +115,9 @@ ingotd_pid=$!
 for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.1; done
 
 # Skipped, and why: the image-manager specs pull the upstream images by digest; port mapping
-# needs the portmap plugin's iptables rules; Exec, Attach and PortForward (the streaming
-# server) are not served yet and answer Unimplemented.
-skip='public image (with|without) (tag|digest)|image status should support all kinds of references|image status get image fields|listImage should get exactly 3|port mapping with|Streaming runtime should support streaming interfaces'
+# needs the portmap plugin's iptables rules. The streaming specs (exec, attach, port-forward
+# over SPDY) run.
+skip='public image (with|without) (tag|digest)|image status should support all kinds of references|image status get image fields|listImage should get exactly 3|port mapping with'
 status=0
 # critest runs in the namespace too: it reaches pod IPs and host-network servers there.
 in_netns "$tools/critest" --runtime-endpoint "unix://$socket" --image-endpoint "unix://$socket" \

@@ -306,18 +306,6 @@ impl ShimClient {
         Ok(())
     }
 
-    /// Closes the process's stdin (it reads EOF).
-    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), CriError> {
-        let request = api::CloseIORequest {
-            id: id.to_string(),
-            exec_id: exec_id.to_string(),
-            stdin: true,
-            ..Default::default()
-        };
-        let _: api::Empty = self.call("CloseIO", &request, Some(CALL_TIMEOUT)).await?;
-        Ok(())
-    }
-
     pub async fn update(&self, request: &api::UpdateTaskRequest) -> Result<(), CriError> {
         let _: api::Empty = self.call("Update", request, Some(CALL_TIMEOUT)).await?;
         Ok(())

@@ -97,12 +97,35 @@ impl CriLog {
                         Ok(n) => splitter
                             .push(&buf[..n], |full, text| log.write_record(stream, full, text)),
                     }
+                    // Text without a newline that nothing follows soon (a prompt, `echo -n`)
+                    // is logged as a partial record, so a follower of the log (Attach, `kubectl
+                    // logs -f`) sees it now rather than at the next newline.
+                    if splitter.has_pending() && !readable_within(&from, PARTIAL_WAIT_MS) {
+                        splitter.flush_partial(|full, text| log.write_record(stream, full, text));
+                    }
                 }
                 splitter.finish(|full, text| log.write_record(stream, full, text));
             })
             .map_err(ShimError::io("spawn log copy thread"))?;
         Ok(())
     }
+}
+
+/// How long text without a newline may wait for the rest of its line before it is logged as a
+/// partial record.
+const PARTIAL_WAIT_MS: i32 = 20;
+
+/// Whether `file` has data to read within `ms` milliseconds.
+fn readable_within(file: &File, ms: i32) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut poll = libc::pollfd {
+        fd: file.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd on the stack, for an fd `file` keeps open.
+    let ready = unsafe { libc::poll(&mut poll, 1, ms) };
+    ready > 0
 }
 
 /// Splits a byte stream into log records: a complete line is `F`; a line reaching [`MAX_LINE`]
@@ -133,6 +156,18 @@ impl Splitter {
                     }
                 }
             }
+        }
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Text so far without its newline, as a partial record; the line goes on in the next.
+    pub fn flush_partial(&mut self, mut emit: impl FnMut(bool, &[u8])) {
+        if !self.pending.is_empty() {
+            emit(false, &self.pending);
+            self.pending.clear();
         }
     }
 
@@ -237,6 +272,21 @@ mod tests {
         let mut exact = vec![b'y'; MAX_LINE];
         exact.push(b'\n');
         assert_eq!(split(&[&exact]), vec![(true, vec![b'y'; MAX_LINE])]);
+    }
+
+    #[test]
+    fn a_flushed_fragment_is_partial_and_its_line_goes_on() {
+        let mut splitter = Splitter::default();
+        let mut out = Vec::new();
+        splitter.push(b"prompt> ", |full, text| out.push((full, text.to_vec())));
+        assert!(splitter.has_pending() && out.is_empty());
+        splitter.flush_partial(|full, text| out.push((full, text.to_vec())));
+        splitter.push(b"typed\n", |full, text| out.push((full, text.to_vec())));
+        assert_eq!(
+            out,
+            vec![(false, b"prompt> ".to_vec()), (true, b"typed".to_vec())]
+        );
+        assert!(!splitter.has_pending());
     }
 
     #[test]

@@ -168,6 +168,41 @@ async fn exec_with_stdin_tty_and_port_forward_through_crictl() {
     );
     let _ = forward.wait();
 
+    // Attach to a container that keeps stdin open: what it prints comes back.
+    let mut reader = container_config("reader", &image, "");
+    reader.command = vec!["/bin/sh".into()];
+    reader.stdin = true;
+    reader.stdin_once = true;
+    let reader_id = start_container(&mut client, &pod_id, &pod, reader).await;
+    // It waits on its stdin, which nobody has opened yet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        container_status(&mut client, &reader_id).await.state,
+        v1::ContainerState::ContainerRunning as i32,
+        "a container with stdin open waits for it"
+    );
+    let mut child = crictl_cmd(&env)
+        .args(["attach", "-i", &reader_id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("crictl attach");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"echo attached-$((6*7))\n")
+        .expect("write stdin");
+    let output = child.wait_with_output().expect("crictl attach output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("attached-42"),
+        "stdout {stdout} stderr {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stop_and_remove_container(&mut client, &reader_id, 0).await;
+
     // Used and unknown tokens, and a bad protocol, are refused.
     let url = client
         .exec(v1::ExecRequest {

@@ -33,6 +33,16 @@ struct Prepared {
     stop_signal: u32,
 }
 
+/// The log of a container the kubelet gave no log path.
+pub fn own_log(bundle: &Path) -> PathBuf {
+    bundle.join("output.log")
+}
+
+/// The fifo a container created with `stdin` reads from.
+pub fn init_stdin(bundle: &Path) -> PathBuf {
+    bundle.join("stdin")
+}
+
 /// What set-up decided beside the bundle.
 struct Built {
     stop_signal: u32,
@@ -300,14 +310,34 @@ pub async fn create(
     let created = async {
         let shim = manager.ensure_shim(&mut pod).await?;
         let shim_time = timer.elapsed();
-        let output = log_path
-            .as_ref()
-            .map(|p| format!("{CRI_LOG_SCHEME}{}", p.display()))
-            .unwrap_or_default();
+        // Without a log path from the kubelet, output goes to a log in the bundle, where
+        // Attach follows it (as it follows the kubelet's).
+        let output = format!(
+            "{CRI_LOG_SCHEME}{}",
+            log_path
+                .clone()
+                .unwrap_or_else(|| own_log(&prepared.bundle))
+                .display()
+        );
+        // A container that keeps stdin open reads it from a fifo in its bundle, which Attach
+        // writes to.
+        let stdin = if config.stdin {
+            let path = init_stdin(&prepared.bundle);
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(
+                |errno| CriError::Io {
+                    context: format!("mkfifo {}", path.display()),
+                    source: errno.into(),
+                },
+            )?;
+            path.display().to_string()
+        } else {
+            String::new()
+        };
         let task = api::CreateTaskRequest {
             id: id.clone(),
             bundle: prepared.bundle.display().to_string(),
             terminal: config.tty,
+            stdin,
             stdout: output.clone(),
             stderr: if config.tty { String::new() } else { output },
             ..Default::default()

@@ -176,12 +176,13 @@ async fn run(
     // stdin: the caller's bytes into the fifo; at its end, the process reads EOF.
     let stdin_task = match (streams.stdin, stdin_writer) {
         (Some(mut source), Some(mut sink)) => {
-            let (shim, id, exec_id) = (shim.clone(), id.to_string(), exec_id.to_string());
+            let exec_id = exec_id.to_string();
             Some(tokio::spawn(async move {
                 let copied = tokio::io::copy(&mut source, &mut sink).await;
                 tracing::debug!(exec = %exec_id, ?copied, "exec stdin ended");
+                // The fifo's last writer closes: the shim's copy reads what is left, then EOF,
+                // and closes the process's stdin. (CloseIO here could cut the copy short.)
                 drop(sink);
-                let _ = shim.close_stdin(&id, &exec_id).await;
             }))
         }
         _ => None,
@@ -255,4 +256,194 @@ pub async fn connect_in_pod(
         .set_nonblocking(true)
         .map_err(CriError::io("port-forward socket"))?;
     tokio::net::TcpStream::from_std(stream).map_err(CriError::io("port-forward socket"))
+}
+
+/// The caller's ends of an attach.
+pub struct AttachStreams {
+    pub stdin: Option<Reader>,
+    pub stdout: Option<Writer>,
+    pub stderr: Option<Writer>,
+    pub resize: Option<mpsc::Receiver<(u16, u16)>>,
+}
+
+/// How often a followed log is read for new lines.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(20);
+/// Empty reads in a row after the attach ends before the log is left (10 × 20 ms).
+const QUIET_READS: u32 = 10;
+
+/// One line of the CRI log format: `<time> <stream> <P|F> <message>`: the stream and the
+/// message, with its newline when the line is full (F).
+fn log_line(line: &str) -> Option<(&str, String)> {
+    let mut parts = line.splitn(4, ' ');
+    let (_time, stream, tag) = (parts.next()?, parts.next()?, parts.next()?);
+    let message = parts.next().unwrap_or("");
+    let text = if tag == "F" {
+        format!("{message}\n")
+    } else {
+        message.to_string()
+    };
+    Some((stream, text))
+}
+
+/// Follows the container's CRI log from its end, writing what the process prints to `stdout`
+/// and `stderr`, until `stop` fires.
+async fn follow_log(
+    mut file: tokio::fs::File,
+    mut stdout: Option<Writer>,
+    mut stderr: Option<Writer>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut pending = Vec::new();
+    let mut buffer = vec![0u8; 32 * 1024];
+    // After the stop, the shim may still be copying the last output into the log: it is read
+    // until it has been quiet for a while.
+    let mut quiet_after_stop = 0;
+    loop {
+        let n = file.read(&mut buffer).await.unwrap_or(0);
+        if n == 0 {
+            if *stop.borrow() {
+                quiet_after_stop += 1;
+                if quiet_after_stop >= QUIET_READS {
+                    break;
+                }
+                tokio::time::sleep(FOLLOW_INTERVAL).await;
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        quiet_after_stop = 0;
+        pending.extend_from_slice(&buffer[..n]);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            let Some((stream, text)) = log_line(&line) else {
+                continue;
+            };
+            let sink = if stream == "stderr" {
+                &mut stderr
+            } else {
+                &mut stdout
+            };
+            if let Some(sink) = sink {
+                if sink.write_all(text.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = sink.flush().await;
+            }
+        }
+    }
+    for sink in [stdout, stderr].into_iter().flatten() {
+        let mut sink = sink;
+        let _ = sink.shutdown().await;
+    }
+}
+
+/// Attaches to a running container's process: the caller's stdin into the container's stdin
+/// fifo, its output followed in the container's CRI log (which the shim writes), terminal sizes
+/// to its console. Ends when the container exits, or when the caller's stdin ends, which closes
+/// the container's stdin (the fifo's last writer goes).
+pub async fn attach(
+    manager: &Arc<Manager>,
+    container_id: &str,
+    streams: AttachStreams,
+) -> Result<(), CriError> {
+    let (container, shim) = super::running(manager, container_id)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The log is opened at its end before any input is passed on: what the input makes the
+    // process print comes after.
+    let log_path = container
+        .log_path
+        .clone()
+        .unwrap_or_else(|| super::containers::own_log(&container.bundle));
+    let log = match Some(&log_path) {
+        Some(path) if streams.stdout.is_some() || streams.stderr.is_some() => {
+            use tokio::io::AsyncSeekExt;
+            match tokio::fs::File::open(path).await {
+                Ok(mut file) => file
+                    .seek(std::io::SeekFrom::End(0))
+                    .await
+                    .ok()
+                    .map(|_| file),
+                Err(err) => {
+                    tracing::info!(container = %container.id, error = %err, "attach: no log to follow");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let follower = log.map(|file| {
+        tokio::spawn(follow_log(
+            file,
+            streams.stdout,
+            streams.stderr,
+            stop_rx.clone(),
+        ))
+    });
+    let resize_task = streams.resize.map(|mut sizes| {
+        let (shim, id) = (shim.clone(), container.id.clone());
+        tokio::spawn(async move {
+            while let Some((width, height)) = sizes.recv().await {
+                let _ = shim
+                    .resize_pty(&id, "", u32::from(width), u32::from(height))
+                    .await;
+            }
+        })
+    });
+    let stdin_done = async {
+        let Some(mut source) = streams.stdin else {
+            return std::future::pending::<()>().await;
+        };
+        let path = super::containers::init_stdin(&container.bundle);
+        match pipe::OpenOptions::new().open_sender(&path) {
+            Ok(mut sink) => {
+                let _ = tokio::io::copy(&mut source, &mut sink).await;
+            }
+            Err(err) => {
+                tracing::info!(container = %container.id, error = %err, "attach: no stdin to write to");
+                return std::future::pending::<()>().await;
+            }
+        }
+        // What the input made the process print is on its way to the log.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::select! {
+        _ = shim.wait(&container.id, "") => {}
+        () = stdin_done => {}
+    }
+    let _ = stop_tx.send(true);
+    if let Some(follower) = follower {
+        let _ = tokio::time::timeout(DRAIN, follower).await;
+    }
+    if let Some(task) = resize_task {
+        task.abort();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_log_lines_give_the_stream_and_the_text() {
+        assert_eq!(
+            log_line("2026-12-02T10:00:00.000000000Z stdout F hello world"),
+            Some(("stdout", "hello world\n".to_string()))
+        );
+        assert_eq!(
+            log_line("2026-12-02T10:00:00.000000000Z stderr P part"),
+            Some(("stderr", "part".to_string()))
+        );
+        assert_eq!(
+            log_line("2026-12-02T10:00:00.000000000Z stdout F "),
+            Some(("stdout", "\n".to_string()))
+        );
+        assert_eq!(log_line("garbage"), None);
+    }
 }

@@ -1,5 +1,5 @@
-//! RuntimeService: thin handlers over the pod and container manager. Exec and PortForward hand
-//! out URLs of the streaming server (`streaming`); Attach and CheckpointContainer answer
+//! RuntimeService: thin handlers over the pod and container manager. Exec, Attach and
+//! PortForward hand out URLs of the streaming server (`streaming`); CheckpointContainer answers
 //! Unimplemented, naming the RPC.
 
 use std::{
@@ -421,9 +421,13 @@ impl RuntimeService for Runtime {
 
     async fn attach(
         &self,
-        _: Request<v1::AttachRequest>,
+        request: Request<v1::AttachRequest>,
     ) -> Result<Response<v1::AttachResponse>, Status> {
-        Err(CriError::Unimplemented { rpc: "Attach" }.into())
+        let request = request.into_inner();
+        let span = tracing::info_span!("Attach", container = %request.container_id);
+        let _entered = span.enter();
+        let url = self.streaming.attach_url(request)?;
+        Ok(Response::new(v1::AttachResponse { url }))
     }
 
     async fn port_forward(

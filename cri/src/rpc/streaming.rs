@@ -45,6 +45,7 @@ const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 #[derive(Debug, Clone)]
 enum Pending {
     Exec(v1::ExecRequest),
+    Attach(v1::AttachRequest),
     PortForward(v1::PortForwardRequest),
 }
 
@@ -135,6 +136,41 @@ impl StreamServer {
         Ok(format!("{}/exec/{token}", self.base))
     }
 
+    /// Attach: a URL for a running container; stdin only where the container keeps it open.
+    pub fn attach_url(&self, request: v1::AttachRequest) -> Result<String, CriError> {
+        if !(request.stdin || request.stdout || request.stderr) {
+            return Err(CriError::invalid(
+                "stdin",
+                "one of stdin, stdout or stderr must be set",
+            ));
+        }
+        let container = self.manager.container(&request.container_id)?;
+        if container.state != ContainerState::Running {
+            return Err(CriError::FailedPrecondition {
+                what: format!("container {}", container.id),
+                reason: format!("is {:?}, not running", container.state),
+            });
+        }
+        let config = crate::convert::container_config(&container);
+        if request.stdin && !config.stdin {
+            return Err(CriError::FailedPrecondition {
+                what: format!("container {}", container.id),
+                reason: "was created without stdin: there is none to attach to".into(),
+            });
+        }
+        if request.tty != config.tty {
+            return Err(CriError::invalid(
+                "tty",
+                format!("the container was created with tty {}", config.tty),
+            ));
+        }
+        let token = self.token_for(Pending::Attach(v1::AttachRequest {
+            container_id: container.id,
+            ..request
+        }))?;
+        Ok(format!("{}/attach/{token}", self.base))
+    }
+
     /// PortForward: a URL for a ready pod.
     pub fn port_forward_url(&self, request: v1::PortForwardRequest) -> Result<String, CriError> {
         let pod = self.manager.pod(&request.pod_sandbox_id)?;
@@ -182,7 +218,7 @@ impl StreamServer {
         let mut parts = path.trim_start_matches('/').splitn(2, '/');
         let (kind, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         let supported = match kind {
-            "exec" => EXEC_PROTOCOLS,
+            "exec" | "attach" => EXEC_PROTOCOLS,
             "portforward" => PORT_FORWARD_PROTOCOLS,
             _ => return plain(StatusCode::NOT_FOUND, format!("no such endpoint {path}")),
         };
@@ -238,6 +274,9 @@ impl StreamServer {
                     };
                     match pending {
                         Pending::Exec(exec) => server.exec(&chosen, exec, session, incoming).await,
+                        Pending::Attach(attach) => {
+                            server.attach(&chosen, attach, session, incoming).await
+                        }
                         Pending::PortForward(forward) => {
                             server.port_forward(forward, session, incoming).await
                         }
@@ -263,62 +302,23 @@ impl StreamServer {
         protocol: &str,
         request: v1::ExecRequest,
         session: Session,
-        mut incoming: Incoming,
+        incoming: Incoming,
     ) {
-        let resize = request.tty && matches!(protocol, "v3.channel.k8s.io" | "v4.channel.k8s.io");
-        let mut wanted: Vec<&str> = vec!["error"];
-        for (on, kind) in [
-            (request.stdin, "stdin"),
-            (request.stdout, "stdout"),
-            (request.stderr && !request.tty, "stderr"),
-            (resize, "resize"),
-        ] {
-            if on {
-                wanted.push(kind);
-            }
-        }
-        let mut streams: HashMap<String, Stream> = HashMap::new();
-        let gathered = tokio::time::timeout(STREAM_CREATION_TIMEOUT, async {
-            while streams.len() < wanted.len() {
-                let Some(mut stream) = incoming.next().await else {
-                    return false;
-                };
-                let kind = stream.header("streamtype").unwrap_or("").to_string();
-                if !wanted.contains(&kind.as_str()) || streams.contains_key(&kind) {
-                    stream.reset();
-                    continue;
-                }
-                if stream.reply().await.is_err() {
-                    return false;
-                }
-                streams.insert(kind, stream);
-            }
-            true
-        })
-        .await;
-        if !matches!(gathered, Ok(true)) {
+        let wanted = Wanted {
+            stdin: request.stdin,
+            stdout: request.stdout,
+            stderr: request.stderr,
+            tty: request.tty,
+        };
+        let Some(mut streams) = gather(protocol, wanted, incoming).await else {
             tracing::info!(container = %request.container_id, "exec client did not open its streams");
             session.goaway().await;
             return;
-        }
-        let split = |streams: &mut HashMap<String, Stream>, kind: &str| {
-            streams.remove(kind).map(Stream::split)
         };
-        let (_, mut error) = match split(&mut streams, "error") {
-            Some(halves) => halves,
-            None => return,
+        let Some(mut error) = streams.error.take() else {
+            return;
         };
-        let stdin =
-            split(&mut streams, "stdin").map(|(reader, _)| Box::new(reader) as stream::Reader);
-        let stdout =
-            split(&mut streams, "stdout").map(|(_, writer)| Box::new(writer) as stream::Writer);
-        let stderr =
-            split(&mut streams, "stderr").map(|(_, writer)| Box::new(writer) as stream::Writer);
-        let sizes = split(&mut streams, "resize").map(|(reader, _)| {
-            let (sender, receiver) = mpsc::channel(8);
-            tokio::spawn(read_sizes(reader, sender));
-            receiver
-        });
+        let (stdin, stdout, stderr, sizes, _unused) = streams.into_parts();
         let exit = stream::exec(
             &self.manager,
             &request.container_id,
@@ -338,6 +338,56 @@ impl StreamServer {
         }
         let _ = error.shutdown().await;
         tracing::info!(container = %request.container_id, exit = ?exit.as_ref().ok(), "streaming exec ended");
+        session.goaway().await;
+    }
+
+    async fn attach(
+        &self,
+        protocol: &str,
+        request: v1::AttachRequest,
+        session: Session,
+        incoming: Incoming,
+    ) {
+        let wanted = Wanted {
+            stdin: request.stdin,
+            stdout: request.stdout,
+            stderr: request.stderr,
+            tty: request.tty,
+        };
+        let Some(mut streams) = gather(protocol, wanted, incoming).await else {
+            tracing::info!(container = %request.container_id, "attach client did not open its streams");
+            session.goaway().await;
+            return;
+        };
+        let Some(mut error) = streams.error.take() else {
+            return;
+        };
+        let (stdin, stdout, stderr, resize, _unused) = streams.into_parts();
+        let attached = stream::attach(
+            &self.manager,
+            &request.container_id,
+            stream::AttachStreams {
+                stdin,
+                stdout,
+                stderr,
+                resize,
+            },
+        )
+        .await;
+        let report = match &attached {
+            Ok(()) => exit_report(protocol, &Ok(0)),
+            Err(err) => exit_report(
+                protocol,
+                &Err(CriError::FailedPrecondition {
+                    what: format!("attach to container {}", request.container_id),
+                    reason: err.to_string(),
+                }),
+            ),
+        };
+        if let Some(report) = report {
+            let _ = error.write_all(report.as_bytes()).await;
+        }
+        let _ = error.shutdown().await;
         session.goaway().await;
     }
 
@@ -378,6 +428,124 @@ impl StreamServer {
         connections.abort_all();
         session.goaway().await;
     }
+}
+
+/// The streams an exec or attach client opens.
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+}
+
+/// The client's streams, accepted.
+struct Streams {
+    error: Option<ingot_spdy::StreamWriter>,
+    stdin: Option<ingot_spdy::StreamReader>,
+    stdout: Option<ingot_spdy::StreamWriter>,
+    stderr: Option<ingot_spdy::StreamWriter>,
+    resize: Option<ingot_spdy::StreamReader>,
+    /// The halves nothing uses (the stdin stream's sending half, the output streams'
+    /// receiving halves), kept until the session ends as the kubelet's server keeps them:
+    /// closing our half of stdin at once made spdystream drop the stream, and with it stdin.
+    unused: Unused,
+}
+
+/// stdin, stdout, stderr, terminal sizes, and the halves to hold.
+type Parts = (
+    Option<stream::Reader>,
+    Option<stream::Writer>,
+    Option<stream::Writer>,
+    Option<mpsc::Receiver<(u16, u16)>>,
+    Unused,
+);
+
+/// Stream halves held open for the session's length.
+#[derive(Default)]
+struct Unused {
+    _writers: Vec<ingot_spdy::StreamWriter>,
+    _readers: Vec<ingot_spdy::StreamReader>,
+}
+
+impl Streams {
+    /// stdin, stdout, stderr and terminal sizes, as the lifecycle takes them.
+    fn into_parts(self) -> Parts {
+        let sizes = self.resize.map(|reader| {
+            let (sender, receiver) = mpsc::channel(8);
+            tokio::spawn(read_sizes(reader, sender));
+            receiver
+        });
+        (
+            self.stdin.map(|r| Box::new(r) as stream::Reader),
+            self.stdout.map(|w| Box::new(w) as stream::Writer),
+            self.stderr.map(|w| Box::new(w) as stream::Writer),
+            sizes,
+            self.unused,
+        )
+    }
+}
+
+/// Waits (at most [`STREAM_CREATION_TIMEOUT`]) for the streams the request asked for: the
+/// error stream always, stdin/stdout/stderr as asked (stderr not with a terminal), the resize
+/// stream with a terminal from v3 on. Others are reset.
+async fn gather(protocol: &str, wanted: Wanted, mut incoming: Incoming) -> Option<Streams> {
+    let resize = wanted.tty && matches!(protocol, "v3.channel.k8s.io" | "v4.channel.k8s.io");
+    let mut kinds: Vec<&str> = vec!["error"];
+    for (on, kind) in [
+        (wanted.stdin, "stdin"),
+        (wanted.stdout, "stdout"),
+        (wanted.stderr && !wanted.tty, "stderr"),
+        (resize, "resize"),
+    ] {
+        if on {
+            kinds.push(kind);
+        }
+    }
+    let mut streams: HashMap<String, Stream> = HashMap::new();
+    let gathered = tokio::time::timeout(STREAM_CREATION_TIMEOUT, async {
+        while streams.len() < kinds.len() {
+            let mut stream = incoming.next().await?;
+            let kind = stream.header("streamtype").unwrap_or("").to_string();
+            if !kinds.contains(&kind.as_str()) || streams.contains_key(&kind) {
+                stream.reset();
+                continue;
+            }
+            stream.reply().await.ok()?;
+            streams.insert(kind, stream);
+        }
+        Some(())
+    })
+    .await;
+    gathered.ok().flatten()?;
+    let mut unused = Unused::default();
+    let mut writer_of = |kind: &str, unused: &mut Unused| {
+        streams.remove(kind).map(|stream| {
+            let (reader, writer) = stream.split();
+            unused._readers.push(reader);
+            writer
+        })
+    };
+    let error = writer_of("error", &mut unused);
+    let stdout = writer_of("stdout", &mut unused);
+    let stderr = writer_of("stderr", &mut unused);
+    let mut reader_of = |kind: &str, unused: &mut Unused| {
+        streams.remove(kind).map(|stream| {
+            let (reader, writer) = stream.split();
+            unused._writers.push(writer);
+            reader
+        })
+    };
+    let stdin = reader_of("stdin", &mut unused);
+    let resize = reader_of("resize", &mut unused);
+    Some(Streams {
+        error,
+        stdin,
+        stdout,
+        stderr,
+        resize,
+        unused,
+    })
 }
 
 /// One port-forward connection: the data stream to a socket in the pod, both ways; a failure
