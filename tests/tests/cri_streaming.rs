@@ -49,6 +49,20 @@ fn crictl_cmd(env: &Env) -> Command {
     command
 }
 
+/// Processes whose whole command line is `sleep 737` (not crictl's, which names it too).
+fn sleeping_737() -> usize {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00737\x00")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// Threads of ingotd, to check none is left running per stream.
 fn threads(daemon: &Daemon) -> usize {
     std::fs::read_dir(format!("/proc/{}/task", daemon.pid()))
@@ -167,6 +181,27 @@ async fn exec_with_stdin_tty_and_port_forward_through_crictl() {
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = forward.wait();
+
+    // A client that vanishes mid-exec takes its process with it.
+    let mut vanishing = crictl_cmd(&env)
+        .args(["exec", &id, "sleep", "737"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("crictl exec sleep");
+    assert!(
+        ingot_tests::wait_until(Duration::from_secs(10), || { sleeping_737() > 0 }),
+        "the exec never started"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(vanishing.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = vanishing.wait();
+    assert!(
+        ingot_tests::wait_until(Duration::from_secs(10), || { sleeping_737() == 0 }),
+        "the exec outlived its client"
+    );
 
     // Attach to a container that keeps stdin open: what it prints comes back.
     let mut reader = container_config("reader", &image, "");

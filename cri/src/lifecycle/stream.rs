@@ -21,6 +21,9 @@ const DRAIN: Duration = Duration::from_secs(1);
 pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
 pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
+/// Resolves when the caller is gone (its connection closed).
+pub type Gone<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
 /// The caller's ends of an exec.
 pub struct ExecStreams {
     pub stdin: Option<Reader>,
@@ -88,6 +91,7 @@ pub async fn exec(
     cmd: &[String],
     tty: bool,
     streams: ExecStreams,
+    gone: Gone<'_>,
 ) -> Result<u32, CriError> {
     if cmd.is_empty() {
         return Err(CriError::invalid("cmd", "is required"));
@@ -97,12 +101,23 @@ pub async fn exec(
     let exec_id = new_id()?[..16].to_string();
     let dir = manager.config.state.join("exec").join(&exec_id);
     std::fs::create_dir_all(&dir).map_err(CriError::io(format!("create {}", dir.display())))?;
-    let result = run(&shim, &container.id, &exec_id, &dir, &process, tty, streams).await;
+    let result = run(
+        &shim,
+        &container.id,
+        &exec_id,
+        &dir,
+        &process,
+        tty,
+        streams,
+        gone,
+    )
+    .await;
     let _ = shim.delete(&container.id, &exec_id).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     shim: &crate::shim_client::ShimClient,
     id: &str,
@@ -111,6 +126,7 @@ async fn run(
     process: &serde_json::Value,
     tty: bool,
     streams: ExecStreams,
+    gone: Gone<'_>,
 ) -> Result<u32, CriError> {
     let stdin_path = streams
         .stdin
@@ -197,7 +213,16 @@ async fn run(
             }
         })
     });
-    let exit = shim.wait(id, exec_id).await;
+    // A caller that goes away takes its process with it: nothing would read its output or
+    // collect its exit.
+    let exit = tokio::select! {
+        exit = shim.wait(id, exec_id) => exit,
+        () = gone => {
+            tracing::info!(container = %id, exec = %exec_id, "exec client gone: the process is killed");
+            let _ = shim.kill(id, exec_id, libc::SIGKILL as u32, false).await;
+            shim.wait(id, exec_id).await
+        }
+    };
     let _ = done_tx.send(true);
     let drained = tokio::time::timeout(DRAIN + Duration::from_millis(500), async {
         while outputs.join_next().await.is_some() {}

@@ -330,6 +330,7 @@ impl StreamServer {
                 stderr,
                 resize: sizes,
             },
+            Box::pin(session.closed()),
         )
         .await;
         let report = exit_report(protocol, &exit);
