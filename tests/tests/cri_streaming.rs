@@ -127,6 +127,38 @@ async fn exec_with_stdin_tty_and_port_forward_through_crictl() {
     );
     assert!(!output.status.success());
 
+    // The same over WebSocket (v5.channel.k8s.io, whose close message ends stdin).
+    let mut child = crictl_cmd(&env)
+        .args([
+            "exec",
+            "-i",
+            "--transport",
+            "websocket",
+            &id,
+            "sh",
+            "-c",
+            "read x; echo ws-$x; exit 3",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("crictl exec over websocket");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"there\n")
+        .expect("write stdin");
+    let output = child.wait_with_output().expect("crictl exec output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stdout.trim(), "ws-there", "stderr: {stderr}");
+    assert!(
+        stderr.contains("command terminated with exit code 3"),
+        "stdout {stdout} stderr {stderr}"
+    );
+
     // A terminal: the process sees a tty of the size crictl's own terminal has (crictl wants
     // a terminal on its stdin for -t: `script` gives it one, 33x101).
     let mut crictl_line = crictl_cmd(&env);
@@ -233,6 +265,34 @@ async fn exec_with_stdin_tty_and_port_forward_through_crictl() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("attached-42"),
+        "stdout {stdout} stderr {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stop_and_remove_container(&mut client, &reader_id, 0).await;
+
+    // And attach over WebSocket.
+    let mut reader = container_config("wsreader", &image, "");
+    reader.command = vec!["/bin/sh".into()];
+    reader.stdin = true;
+    reader.stdin_once = true;
+    let reader_id = start_container(&mut client, &pod_id, &pod, reader).await;
+    let mut child = crictl_cmd(&env)
+        .args(["attach", "-i", "--transport", "websocket", &reader_id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("crictl attach over websocket");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"echo over-ws-$((6*7))\n")
+        .expect("write stdin");
+    let output = child.wait_with_output().expect("crictl attach output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("over-ws-42"),
         "stdout {stdout} stderr {}",
         String::from_utf8_lossy(&output.stderr)
     );

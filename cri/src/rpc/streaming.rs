@@ -39,6 +39,8 @@ const EXEC_PROTOCOLS: &[&str] = &[
     "channel.k8s.io",
 ];
 const PORT_FORWARD_PROTOCOLS: &[&str] = &["portforward.k8s.io"];
+/// Exec and attach subprotocols over WebSocket, most preferred first.
+const WEBSOCKET_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
 const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 
 /// What a token was handed out for.
@@ -97,6 +99,16 @@ impl StreamServer {
         tokens.retain(|_, (_, issued)| issued.elapsed() < TOKEN_TTL);
         tokens.insert(token.clone(), (pending, Instant::now()));
         Ok(token)
+    }
+
+    /// The token's request, or the 404 for a used, expired or unknown one.
+    fn take_or_refuse(&self, token: &str) -> Result<Pending, Box<Response<Full<Bytes>>>> {
+        self.take(token).ok_or_else(|| {
+            Box::new(plain(
+                StatusCode::NOT_FOUND,
+                format!("unknown or expired token {token:?}"),
+            ))
+        })
     }
 
     /// The token's request, once: a token is single-use and expires.
@@ -227,38 +239,27 @@ impl StreamServer {
             .get(header::UPGRADE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
+        if upgrade.eq_ignore_ascii_case("websocket") && kind != "portforward" {
+            return self.handle_websocket(token, request);
+        }
         if !upgrade.eq_ignore_ascii_case("SPDY/3.1") {
             return plain(
                 StatusCode::BAD_REQUEST,
-                format!("unable to upgrade: {upgrade:?} is not a supported protocol (SPDY/3.1)"),
+                format!(
+                    "unable to upgrade: {upgrade:?} is not a supported protocol (SPDY/3.1; websocket for exec and attach)"
+                ),
             );
         }
-        let offered: Vec<String> = request
-            .headers()
-            .get_all(PROTOCOL_HEADER)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
-            .filter(|p| !p.is_empty())
-            .collect();
+        let offered = header_list(request.headers(), PROTOCOL_HEADER);
         let protocol = match supported.iter().find(|p| offered.iter().any(|o| o == *p)) {
             Some(protocol) => protocol.to_string(),
             // A client that names none speaks the first version (the kubelet's handshake).
             None if offered.is_empty() => String::new(),
-            None => {
-                return plain(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports {supported:?}"
-                    ),
-                )
-            }
+            None => return unnegotiable(&offered, supported),
         };
-        let Some(pending) = self.take(token) else {
-            return plain(
-                StatusCode::NOT_FOUND,
-                format!("unknown or expired token {token:?}"),
-            );
+        let pending = match self.take_or_refuse(token) {
+            Ok(pending) => pending,
+            Err(refusal) => return *refusal,
         };
         let server = Arc::clone(self);
         let chosen = protocol.clone();
@@ -295,6 +296,230 @@ impl StreamServer {
         response
             .body(Full::new(Bytes::new()))
             .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response".into()))
+    }
+
+    /// Exec and attach over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`): one binary
+    /// message per write, its first byte the channel (0 stdin, 1 stdout, 2 stderr, 3 error,
+    /// 4 resize; v5's 255 closes a channel, so stdin can end).
+    fn handle_websocket(
+        self: &Arc<Self>,
+        token: &str,
+        request: Request<hyper::body::Incoming>,
+    ) -> Response<Full<Bytes>> {
+        let headers = request.headers();
+        let Some(key) = headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return plain(StatusCode::BAD_REQUEST, "no Sec-WebSocket-Key".into());
+        };
+        let offered = header_list(headers, header::SEC_WEBSOCKET_PROTOCOL.as_str());
+        let Some(protocol) = WEBSOCKET_PROTOCOLS
+            .iter()
+            .find(|p| offered.iter().any(|o| o == *p))
+            .map(|p| p.to_string())
+        else {
+            return unnegotiable(&offered, WEBSOCKET_PROTOCOLS);
+        };
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let pending = match self.take_or_refuse(token) {
+            Ok(pending) => pending,
+            Err(refusal) => return *refusal,
+        };
+        let server = Arc::clone(self);
+        let chosen = protocol.clone();
+        tokio::spawn(async move {
+            let upgraded = match hyper::upgrade::on(request).await {
+                Ok(upgraded) => upgraded,
+                Err(err) => {
+                    tracing::warn!(error = %err, "websocket upgrade failed");
+                    return;
+                }
+            };
+            let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            server.websocket_session(&chosen, pending, socket).await;
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+            .header(header::SEC_WEBSOCKET_PROTOCOL, protocol)
+            .body(Full::new(Bytes::new()))
+            .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response".into()))
+    }
+
+    async fn websocket_session<IO>(
+        &self,
+        protocol: &str,
+        pending: Pending,
+        socket: tokio_tungstenite::WebSocketStream<IO>,
+    ) where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let wanted = match &pending {
+            Pending::Exec(r) => Wanted {
+                stdin: r.stdin,
+                stdout: r.stdout,
+                stderr: r.stderr,
+                tty: r.tty,
+            },
+            Pending::Attach(r) => Wanted {
+                stdin: r.stdin,
+                stdout: r.stdout,
+                stderr: r.stderr,
+                tty: r.tty,
+            },
+            Pending::PortForward(_) => return,
+        };
+        let (mut sink, mut source) = socket.split();
+        // Everything to the client goes through one task, in order.
+        let (outgoing, mut queue) = mpsc::channel::<Message>(64);
+        let writer = tokio::spawn(async move {
+            while let Some(message) = queue.recv().await {
+                let closing = matches!(message, Message::Close(_));
+                if sink.send(message).await.is_err() || closing {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        // An output channel: what the process writes, as messages with its channel byte.
+        let mut pumps = Vec::new();
+        let mut output = |channel: u8| -> stream::Writer {
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            let outgoing = outgoing.clone();
+            pumps.push(tokio::spawn(async move {
+                let mut theirs = theirs;
+                let mut buffer = vec![0u8; 32 * 1024];
+                loop {
+                    let n = match tokio::io::AsyncReadExt::read(&mut theirs, &mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let mut message = Vec::with_capacity(n + 1);
+                    message.push(channel);
+                    message.extend_from_slice(&buffer[..n]);
+                    if outgoing.send(Message::binary(message)).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+            Box::new(ours)
+        };
+        let stdout = wanted.stdout.then(|| output(1));
+        let stderr = (wanted.stderr && !wanted.tty).then(|| output(2));
+        let (stdin_ours, stdin_theirs) = tokio::io::duplex(64 * 1024);
+        let (sizes, resize) = mpsc::channel::<(u16, u16)>(8);
+        let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
+        // What the client sends: stdin bytes, terminal sizes, v5's channel close.
+        let reader = tokio::spawn(async move {
+            let mut stdin = Some(stdin_ours);
+            while let Some(Ok(message)) = source.next().await {
+                let data = match message {
+                    Message::Binary(data) => data.to_vec(),
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                match data.split_first() {
+                    Some((0, rest)) => {
+                        if let Some(pipe) = stdin.as_mut() {
+                            if pipe.write_all(rest).await.is_err() {
+                                stdin = None;
+                            }
+                        }
+                    }
+                    Some((4, rest)) => {
+                        #[derive(serde::Deserialize)]
+                        #[serde(rename_all = "PascalCase")]
+                        struct Size {
+                            width: u16,
+                            height: u16,
+                        }
+                        if let Ok(size) = serde_json::from_slice::<Size>(rest) {
+                            let _ = sizes.send((size.width, size.height)).await;
+                        }
+                    }
+                    Some((255, [0])) => stdin = None,
+                    _ => {}
+                }
+            }
+            let _ = gone_tx.send(());
+        });
+        let gone: stream::Gone<'_> = Box::pin(async move {
+            let _ = gone_rx.await;
+        });
+        let stdin_reader = wanted
+            .stdin
+            .then(|| Box::new(stdin_theirs) as stream::Reader);
+        let resize = wanted.tty.then_some(resize);
+        let report = match pending {
+            Pending::Exec(request) => {
+                let exit = stream::exec(
+                    &self.manager,
+                    &request.container_id,
+                    &request.cmd,
+                    request.tty,
+                    stream::ExecStreams {
+                        stdin: stdin_reader,
+                        stdout,
+                        stderr,
+                        resize,
+                    },
+                    gone,
+                )
+                .await;
+                exit_report(protocol, &exit)
+            }
+            Pending::Attach(request) => {
+                let attached = stream::attach(
+                    &self.manager,
+                    &request.container_id,
+                    stream::AttachStreams {
+                        stdin: stdin_reader,
+                        stdout,
+                        stderr,
+                        resize,
+                    },
+                )
+                .await;
+                exit_report(protocol, &attached.map(|()| 0))
+            }
+            Pending::PortForward(_) => None,
+        };
+        // What the process wrote goes first (its writers are shut: the pumps end), then the
+        // status and the close.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            for pump in pumps {
+                let _ = pump.await;
+            }
+        })
+        .await;
+        if let Some(report) = report {
+            let mut message = vec![3u8];
+            message.extend_from_slice(report.as_bytes());
+            let _ = outgoing.send(Message::binary(message)).await;
+        }
+        // A normal closure: Go's client reads 1005 (no status) as an error on every stream.
+        let _ = outgoing
+            .send(Message::Close(Some(
+                tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                    code:
+                        tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+                    reason: "".into(),
+                },
+            )))
+            .await;
+        drop(outgoing);
+        let _ = writer.await;
+        reader.abort();
     }
 
     async fn exec(
@@ -626,7 +851,7 @@ async fn read_sizes(reader: ingot_spdy::StreamReader, sender: mpsc::Sender<(u16,
 /// What goes on the error stream when the process ends: v4's status object, or the older
 /// protocols' text (nothing on success).
 fn exit_report(protocol: &str, exit: &Result<u32, CriError>) -> Option<String> {
-    let structured = protocol == "v4.channel.k8s.io";
+    let structured = matches!(protocol, "v4.channel.k8s.io" | "v5.channel.k8s.io");
     match exit {
         Ok(0) if structured => Some(r#"{"metadata":{},"status":"Success"}"#.to_string()),
         Ok(0) => None,
@@ -654,6 +879,27 @@ fn exit_report(protocol: &str, exit: &Result<u32, CriError>) -> Option<String> {
         ),
         Err(err) => Some(err.to_string()),
     }
+}
+
+/// Every value of a header given once per value or comma-separated.
+fn header_list(headers: &hyper::HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// 403, as the kubelet answers a client whose protocols it does not speak.
+fn unnegotiable(offered: &[String], supported: &[&str]) -> Response<Full<Bytes>> {
+    plain(
+        StatusCode::FORBIDDEN,
+        format!(
+            "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports {supported:?}"
+        ),
+    )
 }
 
 fn plain(status: StatusCode, message: String) -> Response<Full<Bytes>> {
