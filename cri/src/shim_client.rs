@@ -52,6 +52,10 @@ fn reusable(stream: &UnixStream) -> bool {
     matches!(stream.try_read(&mut byte), Err(err) if err.kind() == std::io::ErrorKind::WouldBlock)
 }
 
+/// The type of the resources an UpdateTaskRequest carries.
+pub const LINUX_RESOURCES_TYPE: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+
 /// The ttrpc address of one pod's shim.
 #[derive(Debug, Clone)]
 pub struct ShimClient {
@@ -304,6 +308,46 @@ impl ShimClient {
         };
         let _: api::Empty = self.call("ResizePty", &request, Some(CALL_TIMEOUT)).await?;
         Ok(())
+    }
+
+    /// Update with Linux resources (the OCI `LinuxResources` JSON the shim applies).
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        resources: &oci_spec::runtime::LinuxResources,
+    ) -> Result<(), CriError> {
+        let value = serde_json::to_vec(resources).map_err(|err| CriError::Io {
+            context: "encode resources".into(),
+            source: err.into(),
+        })?;
+        self.update(&api::UpdateTaskRequest {
+            id: id.to_string(),
+            resources: Some(
+                containerd_shim_protos::protobuf::well_known_types::any::Any {
+                    type_url: LINUX_RESOURCES_TYPE.into(),
+                    value,
+                    ..Default::default()
+                },
+            )
+            .into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// A cpuset alone (the shim writes it without a helper process); `mems` None leaves them.
+    pub async fn update_cpuset(
+        &self,
+        id: &str,
+        cpus: &ingot_topology::CpuSet,
+        mems: Option<&ingot_topology::CpuSet>,
+    ) -> Result<(), CriError> {
+        let mut cpu = oci_spec::runtime::LinuxCpu::default();
+        cpu.set_cpus(Some(cpus.to_string()))
+            .set_mems(mems.filter(|m| !m.is_empty()).map(|m| m.to_string()));
+        let mut resources = oci_spec::runtime::LinuxResources::default();
+        resources.set_devices(None).set_cpu(Some(cpu));
+        self.update_resources(id, &resources).await
     }
 
     pub async fn update(&self, request: &api::UpdateTaskRequest) -> Result<(), CriError> {

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use containerd_shim_protos::{api, protobuf::well_known_types::any::Any};
+use containerd_shim_protos::api;
 use ingot_oci::{
     cri::{self as spec, ImageConfig, PodFiles, PodNamespaces, SeccompChoice},
     steps::{Phase, StepInput},
@@ -657,24 +657,13 @@ pub async fn update_resources(
         .as_ref()
         .and_then(|l| l.resources().clone())
         .unwrap_or_default();
-    let value = serde_json::to_vec(&resources).map_err(|err| CriError::Io {
-        context: "encode resources".into(),
-        source: err.into(),
-    })?;
-    let updated = shim
-        .update(&api::UpdateTaskRequest {
-            id: container.id.clone(),
-            resources: Some(Any {
-                type_url: super::LINUX_RESOURCES_TYPE.into(),
-                value,
-                ..Default::default()
-            })
-            .into(),
-            ..Default::default()
-        })
-        .await;
+    let updated = shim.update_resources(&container.id, &resources).await;
     if let Err(err) = updated {
-        // The container runs where it ran: so does placement say.
+        // A refused update may have changed some controllers before the one that failed: the
+        // cpuset goes back to where placement has the container, and so does placement.
+        if let Some(previous) = &before {
+            restore_cpuset(&shim, &container.id, previous).await;
+        }
         if manager.reinstate_placement(&container.id, &container.pod_id, before) {
             manager.follow_shared_pool().await;
         }
@@ -691,6 +680,16 @@ pub async fn update_resources(
     container.config = config.encode_to_vec();
     manager.save_container(container)?;
     Ok(())
+}
+
+/// Writes a container's cpuset back (a cpuset-only update, which the shim applies itself).
+async fn restore_cpuset(shim: &ShimClient, id: &str, assignment: &ingot_placement::Assignment) {
+    if let Err(err) = shim
+        .update_cpuset(id, &assignment.cpus, Some(&assignment.mems))
+        .await
+    {
+        tracing::warn!(container = %id, error = %err, "cpuset not restored after a failed update");
+    }
 }
 
 pub async fn reopen_log(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {

@@ -52,10 +52,6 @@ pub fn shim_log(pod_dir: &Path) -> PathBuf {
 /// The placement checkpoint's copy under the runtime state directory.
 pub const PLACEMENT_MIRROR: &str = "placement.json";
 
-/// The type of the resources an UpdateTaskRequest carries.
-pub const LINUX_RESOURCES_TYPE: &str =
-    "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
-
 /// Restores placement from the store's checkpoint, dropping what the node no longer allows and
 /// containers the store no longer has.
 fn open_placement(
@@ -409,26 +405,7 @@ impl Manager {
             else {
                 continue;
             };
-            let mut cpu = oci_spec::runtime::LinuxCpu::default();
-            cpu.set_cpus(Some(pool.to_string()));
-            let mut resources = oci_spec::runtime::LinuxResources::default();
-            resources.set_devices(None).set_cpu(Some(cpu));
-            let Ok(value) = serde_json::to_vec(&resources) else {
-                continue;
-            };
-            let request = containerd_shim_protos::api::UpdateTaskRequest {
-                id: id.clone(),
-                resources: Some(
-                    containerd_shim_protos::protobuf::well_known_types::any::Any {
-                        type_url: LINUX_RESOURCES_TYPE.into(),
-                        value,
-                        ..Default::default()
-                    },
-                )
-                .into(),
-                ..Default::default()
-            };
-            match shim.update(&request).await {
+            match shim.update_cpuset(&id, &pool, None).await {
                 Ok(()) => {
                     tracing::info!(container = %id, cpus = %pool, "shared container follows the shared pool")
                 }
