@@ -370,12 +370,13 @@ async fn follow_log(
 
 /// Attaches to a running container's process: the caller's stdin into the container's stdin
 /// fifo, its output followed in the container's CRI log (which the shim writes), terminal sizes
-/// to its console. Ends when the container exits, or when the caller's stdin ends, which closes
-/// the container's stdin (the fifo's last writer goes).
+/// to its console. Ends when the container exits, when the caller's stdin ends (which closes
+/// the container's stdin: the fifo's last writer goes), or when the caller goes away.
 pub async fn attach(
     manager: &Arc<Manager>,
     container_id: &str,
     streams: AttachStreams,
+    gone: Gone<'_>,
 ) -> Result<(), CriError> {
     let (container, shim) = super::running(manager, container_id)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -437,9 +438,11 @@ pub async fn attach(
         // What the input made the process print is on its way to the log.
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // The attach ends with the container, with the caller's input, or with the caller.
     tokio::select! {
         _ = shim.wait(&container.id, "") => {}
         () = stdin_done => {}
+        () = gone => {}
     }
     let _ = stop_tx.send(true);
     if let Some(follower) = follower {

@@ -488,6 +488,7 @@ impl StreamServer {
                         stderr,
                         resize,
                     },
+                    gone,
                 )
                 .await;
                 exit_report(protocol, &attached.map(|()| 0))
@@ -598,6 +599,7 @@ impl StreamServer {
                 stderr,
                 resize,
             },
+            Box::pin(session.closed()),
         )
         .await;
         let report = match &attached {
