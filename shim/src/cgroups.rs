@@ -24,6 +24,18 @@ use libcgroups::{
 
 use crate::error::{Result, ShimError};
 
+/// Each mount of `/proc/self/mountinfo` text: (mount point, filesystem type, super options).
+pub fn mounts(mountinfo: &str) -> impl Iterator<Item = (&str, &str, &str)> {
+    mountinfo.lines().filter_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        let mut right = right.split_whitespace();
+        let fs_type = right.next()?;
+        let super_options = right.nth(1).unwrap_or_default();
+        Some((mount_point, fs_type, super_options))
+    })
+}
+
 /// Where hugetlb lives on this host, and the unified mount when limits go there by hand.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HugetlbPlacement {
@@ -35,14 +47,7 @@ pub struct HugetlbPlacement {
 /// control files (read under `root`, `/` in production).
 pub fn hugetlb_placement(mountinfo: &str, root: &Path) -> HugetlbPlacement {
     let mut unified = None;
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mount_point = left.split_whitespace().nth(4).unwrap_or_default();
-        let mut right = right.split_whitespace();
-        let fs_type = right.next().unwrap_or_default();
-        let super_options = right.nth(1).unwrap_or_default();
+    for (mount_point, fs_type, super_options) in mounts(mountinfo) {
         if fs_type == "cgroup" && super_options.split(',').any(|o| o == "hugetlb") {
             return HugetlbPlacement {
                 support: HugetlbSupport::V1,
@@ -404,14 +409,7 @@ pub fn write_cpuset(
 ) -> Result<bool> {
     let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
     let mut written = false;
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mount_point = left.split_whitespace().nth(4).unwrap_or_default();
-        let mut right = right.split_whitespace();
-        let fs_type = right.next().unwrap_or_default();
-        let super_options = right.nth(1).unwrap_or_default();
+    for (mount_point, fs_type, super_options) in mounts(mountinfo) {
         let has_cpuset = match fs_type {
             "cgroup" => super_options.split(',').any(|o| o == "cpuset"),
             "cgroup2" => true,

@@ -182,16 +182,13 @@ pub fn candidates(argv0: &str, env: &[String]) -> Vec<String> {
 /// moves whole processes only.
 pub fn cgroup_join_files(mountinfo: &str, cgroups_path: &Path) -> Vec<PathBuf> {
     let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let file = match right.split_whitespace().next()? {
+    crate::cgroups::mounts(mountinfo)
+        .filter_map(|(mount_point, fs_type, _)| {
+            let file = match fs_type {
                 "cgroup" => "tasks",
                 "cgroup2" => "cgroup.procs",
                 _ => return None,
             };
-            let mount_point = left.split_whitespace().nth(4)?;
             let file = Path::new(mount_point).join(relative).join(file);
             file.exists().then_some(file)
         })

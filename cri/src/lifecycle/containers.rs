@@ -38,9 +38,12 @@ pub fn own_log(bundle: &Path) -> PathBuf {
     bundle.join("output.log")
 }
 
-/// The fifo a container created with `stdin` reads from.
+/// The fifo in its bundle a container created with `stdin` reads from.
+const INIT_STDIN: &str = "stdin";
+
+/// Its path.
 pub fn init_stdin(bundle: &Path) -> PathBuf {
-    bundle.join("stdin")
+    bundle.join(INIT_STDIN)
 }
 
 /// What set-up decided beside the bundle.
@@ -322,14 +325,9 @@ pub async fn create(
         // A container that keeps stdin open reads it from a fifo in its bundle, which Attach
         // writes to.
         let stdin = if config.stdin {
-            let path = init_stdin(&prepared.bundle);
-            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(
-                |errno| CriError::Io {
-                    context: format!("mkfifo {}", path.display()),
-                    source: errno.into(),
-                },
-            )?;
-            path.display().to_string()
+            super::exec::fifo(&prepared.bundle, INIT_STDIN)?
+                .display()
+                .to_string()
         } else {
             String::new()
         };

@@ -37,6 +37,27 @@ async fn read_all(path: PathBuf, sink: Arc<Mutex<Vec<u8>>>) -> std::io::Result<(
     }
 }
 
+/// A new exec's id and its directory under the runtime state (its fifos); the caller removes
+/// the directory when the exec is done.
+pub(crate) fn exec_dir(manager: &Manager) -> Result<(String, PathBuf), CriError> {
+    let exec_id = new_id()?[..16].to_string();
+    let dir = manager.config.state.join("exec").join(&exec_id);
+    std::fs::create_dir_all(&dir).map_err(CriError::io(format!("create {}", dir.display())))?;
+    Ok((exec_id, dir))
+}
+
+/// Makes the fifo `dir/name` (owner only).
+pub(crate) fn fifo(dir: &Path, name: &str) -> Result<PathBuf, CriError> {
+    let path = dir.join(name);
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(
+        |errno| CriError::Io {
+            context: format!("mkfifo {}", path.display()),
+            source: errno.into(),
+        },
+    )?;
+    Ok(path)
+}
+
 /// The process of an exec: the container's own (user, env, capabilities, cwd...) with `cmd`.
 pub(crate) async fn exec_process(
     container: &crate::store::ContainerRecord,
@@ -86,9 +107,7 @@ pub async fn exec_sync(
     let (container, shim) = super::running(manager, &request.container_id)?;
     let process = exec_process(&container, &request.cmd, false).await?;
 
-    let exec_id = new_id()?[..16].to_string();
-    let dir = manager.config.state.join("exec").join(&exec_id);
-    std::fs::create_dir_all(&dir).map_err(CriError::io(format!("create {}", dir.display())))?;
+    let (exec_id, dir) = exec_dir(manager)?;
     let result = run_exec(
         &shim,
         &container.id,
@@ -111,17 +130,7 @@ async fn run_exec(
     process: &serde_json::Value,
     timeout: i64,
 ) -> Result<v1::ExecSyncResponse, CriError> {
-    let fifo = |name: &str| -> Result<PathBuf, CriError> {
-        let path = dir.join(name);
-        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(
-            |errno| CriError::Io {
-                context: format!("mkfifo {}", path.display()),
-                source: errno.into(),
-            },
-        )?;
-        Ok(path)
-    };
-    let (stdout_path, stderr_path) = (fifo("stdout")?, fifo("stderr")?);
+    let (stdout_path, stderr_path) = (fifo(dir, "stdout")?, fifo(dir, "stderr")?);
     // Our own writing ends keep each pipe (and what the process wrote) alive until its exit is
     // known, and keep the readers from seeing EOF before the shim has opened the fifos.
     let keep = |path: &Path| {

@@ -12,7 +12,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::{new_id, Manager};
+use super::Manager;
 use crate::CriError;
 
 /// How long output written just before the exit may take to drain.
@@ -24,25 +24,14 @@ pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 /// Resolves when the caller is gone (its connection closed).
 pub type Gone<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
-/// The caller's ends of an exec.
-pub struct ExecStreams {
+/// The caller's ends of an exec or an attach.
+pub struct ProcessStreams {
     pub stdin: Option<Reader>,
     pub stdout: Option<Writer>,
     /// Unused with a terminal (its output is all on stdout).
     pub stderr: Option<Writer>,
     /// Terminal sizes (width, height), in order.
     pub resize: Option<mpsc::Receiver<(u16, u16)>>,
-}
-
-fn fifo(dir: &Path, name: &str) -> Result<std::path::PathBuf, CriError> {
-    let path = dir.join(name);
-    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(
-        |errno| CriError::Io {
-            context: format!("mkfifo {}", path.display()),
-            source: errno.into(),
-        },
-    )?;
-    Ok(path)
 }
 
 /// Copies a fifo's output to `sink` until `done` fires, then what is left for [`DRAIN`].
@@ -90,7 +79,7 @@ pub async fn exec(
     container_id: &str,
     cmd: &[String],
     tty: bool,
-    streams: ExecStreams,
+    streams: ProcessStreams,
     gone: Gone<'_>,
 ) -> Result<u32, CriError> {
     if cmd.is_empty() {
@@ -98,9 +87,7 @@ pub async fn exec(
     }
     let (container, shim) = super::running(manager, container_id)?;
     let process = super::exec::exec_process(&container, cmd, tty).await?;
-    let exec_id = new_id()?[..16].to_string();
-    let dir = manager.config.state.join("exec").join(&exec_id);
-    std::fs::create_dir_all(&dir).map_err(CriError::io(format!("create {}", dir.display())))?;
+    let (exec_id, dir) = super::exec::exec_dir(manager)?;
     let result = run(
         &shim,
         &container.id,
@@ -125,16 +112,18 @@ async fn run(
     dir: &Path,
     process: &serde_json::Value,
     tty: bool,
-    streams: ExecStreams,
+    streams: ProcessStreams,
     gone: Gone<'_>,
 ) -> Result<u32, CriError> {
     let stdin_path = streams
         .stdin
         .is_some()
-        .then(|| fifo(dir, "stdin"))
+        .then(|| super::exec::fifo(dir, "stdin"))
         .transpose()?;
-    let stdout_path = fifo(dir, "stdout")?;
-    let stderr_path = (!tty).then(|| fifo(dir, "stderr")).transpose()?;
+    let stdout_path = super::exec::fifo(dir, "stdout")?;
+    let stderr_path = (!tty)
+        .then(|| super::exec::fifo(dir, "stderr"))
+        .transpose()?;
     // The write end of stdin, opened before the shim opens its read end.
     let stdin_writer = match &stdin_path {
         Some(path) => Some(
@@ -283,14 +272,6 @@ pub async fn connect_in_pod(
     tokio::net::TcpStream::from_std(stream).map_err(CriError::io("port-forward socket"))
 }
 
-/// The caller's ends of an attach.
-pub struct AttachStreams {
-    pub stdin: Option<Reader>,
-    pub stdout: Option<Writer>,
-    pub stderr: Option<Writer>,
-    pub resize: Option<mpsc::Receiver<(u16, u16)>>,
-}
-
 /// How often a followed log is read for new lines.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(20);
 /// Empty reads in a row after the attach ends before the log is left (10 × 20 ms).
@@ -375,7 +356,7 @@ async fn follow_log(
 pub async fn attach(
     manager: &Arc<Manager>,
     container_id: &str,
-    streams: AttachStreams,
+    streams: ProcessStreams,
     gone: Gone<'_>,
 ) -> Result<(), CriError> {
     let (container, shim) = super::running(manager, container_id)?;

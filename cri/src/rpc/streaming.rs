@@ -51,6 +51,31 @@ enum Pending {
     PortForward(v1::PortForwardRequest),
 }
 
+impl Pending {
+    /// The streams an exec or an attach asks for (None for a port-forward).
+    fn wanted(&self) -> Option<Wanted> {
+        let (stdin, stdout, stderr, tty) = match self {
+            Pending::Exec(r) => (r.stdin, r.stdout, r.stderr, r.tty),
+            Pending::Attach(r) => (r.stdin, r.stdout, r.stderr, r.tty),
+            Pending::PortForward(_) => return None,
+        };
+        Some(Wanted {
+            stdin,
+            stdout,
+            stderr,
+            tty,
+        })
+    }
+
+    fn container_id(&self) -> &str {
+        match self {
+            Pending::Exec(r) => &r.container_id,
+            Pending::Attach(r) => &r.container_id,
+            Pending::PortForward(r) => &r.pod_sandbox_id,
+        }
+    }
+}
+
 pub struct StreamServer {
     base: String,
     tokens: Mutex<HashMap<String, (Pending, Instant)>>,
@@ -274,13 +299,10 @@ impl StreamServer {
                         }
                     };
                     match pending {
-                        Pending::Exec(exec) => server.exec(&chosen, exec, session, incoming).await,
-                        Pending::Attach(attach) => {
-                            server.attach(&chosen, attach, session, incoming).await
-                        }
                         Pending::PortForward(forward) => {
                             server.port_forward(forward, session, incoming).await
                         }
+                        process => server.process(&chosen, process, session, incoming).await,
                     }
                 }
                 Err(err) => tracing::warn!(error = %err, "streaming upgrade failed"),
@@ -364,20 +386,8 @@ impl StreamServer {
     {
         use futures_util::{SinkExt, StreamExt};
         use tokio_tungstenite::tungstenite::Message;
-        let wanted = match &pending {
-            Pending::Exec(r) => Wanted {
-                stdin: r.stdin,
-                stdout: r.stdout,
-                stderr: r.stderr,
-                tty: r.tty,
-            },
-            Pending::Attach(r) => Wanted {
-                stdin: r.stdin,
-                stdout: r.stdout,
-                stderr: r.stderr,
-                tty: r.tty,
-            },
-            Pending::PortForward(_) => return,
+        let Some(wanted) = pending.wanted() else {
+            return;
         };
         let (mut sink, mut source) = socket.split();
         // Everything to the client goes through one task, in order.
@@ -460,41 +470,19 @@ impl StreamServer {
             .stdin
             .then(|| Box::new(stdin_theirs) as stream::Reader);
         let resize = wanted.tty.then_some(resize);
-        let report = match pending {
-            Pending::Exec(request) => {
-                let exit = stream::exec(
-                    &self.manager,
-                    &request.container_id,
-                    &request.cmd,
-                    request.tty,
-                    stream::ExecStreams {
-                        stdin: stdin_reader,
-                        stdout,
-                        stderr,
-                        resize,
-                    },
-                    gone,
-                )
-                .await;
-                exit_report(protocol, &exit)
-            }
-            Pending::Attach(request) => {
-                let attached = stream::attach(
-                    &self.manager,
-                    &request.container_id,
-                    stream::AttachStreams {
-                        stdin: stdin_reader,
-                        stdout,
-                        stderr,
-                        resize,
-                    },
-                    gone,
-                )
-                .await;
-                exit_report(protocol, &attached.map(|()| 0))
-            }
-            Pending::PortForward(_) => None,
-        };
+        let report = self
+            .run_process(
+                protocol,
+                pending,
+                stream::ProcessStreams {
+                    stdin: stdin_reader,
+                    stdout,
+                    stderr,
+                    resize,
+                },
+                gone,
+            )
+            .await;
         // What the process wrote goes first (its writers are shut: the pumps end), then the
         // status and the close.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
@@ -523,66 +511,19 @@ impl StreamServer {
         reader.abort();
     }
 
-    async fn exec(
+    /// An exec or an attach over SPDY: the streams it asked for, the process, its report.
+    async fn process(
         &self,
         protocol: &str,
-        request: v1::ExecRequest,
+        pending: Pending,
         session: Session,
         incoming: Incoming,
     ) {
-        let wanted = Wanted {
-            stdin: request.stdin,
-            stdout: request.stdout,
-            stderr: request.stderr,
-            tty: request.tty,
-        };
-        let Some(mut streams) = gather(protocol, wanted, incoming).await else {
-            tracing::info!(container = %request.container_id, "exec client did not open its streams");
-            session.goaway().await;
+        let Some(wanted) = pending.wanted() else {
             return;
         };
-        let Some(mut error) = streams.error.take() else {
-            return;
-        };
-        let (stdin, stdout, stderr, sizes, _unused) = streams.into_parts();
-        let exit = stream::exec(
-            &self.manager,
-            &request.container_id,
-            &request.cmd,
-            request.tty,
-            stream::ExecStreams {
-                stdin,
-                stdout,
-                stderr,
-                resize: sizes,
-            },
-            Box::pin(session.closed()),
-        )
-        .await;
-        let report = exit_report(protocol, &exit);
-        if let Some(report) = report {
-            let _ = error.write_all(report.as_bytes()).await;
-        }
-        let _ = error.shutdown().await;
-        tracing::info!(container = %request.container_id, exit = ?exit.as_ref().ok(), "streaming exec ended");
-        session.goaway().await;
-    }
-
-    async fn attach(
-        &self,
-        protocol: &str,
-        request: v1::AttachRequest,
-        session: Session,
-        incoming: Incoming,
-    ) {
-        let wanted = Wanted {
-            stdin: request.stdin,
-            stdout: request.stdout,
-            stderr: request.stderr,
-            tty: request.tty,
-        };
         let Some(mut streams) = gather(protocol, wanted, incoming).await else {
-            tracing::info!(container = %request.container_id, "attach client did not open its streams");
+            tracing::info!(container = %pending.container_id(), "streaming client did not open its streams");
             session.goaway().await;
             return;
         };
@@ -590,33 +531,62 @@ impl StreamServer {
             return;
         };
         let (stdin, stdout, stderr, resize, _unused) = streams.into_parts();
-        let attached = stream::attach(
-            &self.manager,
-            &request.container_id,
-            stream::AttachStreams {
-                stdin,
-                stdout,
-                stderr,
-                resize,
-            },
-            Box::pin(session.closed()),
-        )
-        .await;
-        let report = match &attached {
-            Ok(()) => exit_report(protocol, &Ok(0)),
-            Err(err) => exit_report(
+        let report = self
+            .run_process(
                 protocol,
-                &Err(CriError::FailedPrecondition {
-                    what: format!("attach to container {}", request.container_id),
-                    reason: err.to_string(),
-                }),
-            ),
-        };
+                pending,
+                stream::ProcessStreams {
+                    stdin,
+                    stdout,
+                    stderr,
+                    resize,
+                },
+                Box::pin(session.closed()),
+            )
+            .await;
         if let Some(report) = report {
             let _ = error.write_all(report.as_bytes()).await;
         }
         let _ = error.shutdown().await;
         session.goaway().await;
+    }
+
+    /// Runs an exec or an attach with the caller's streams; returns what goes on its error
+    /// stream.
+    async fn run_process(
+        &self,
+        protocol: &str,
+        pending: Pending,
+        streams: stream::ProcessStreams,
+        gone: stream::Gone<'_>,
+    ) -> Option<String> {
+        match pending {
+            Pending::Exec(request) => {
+                let exit = stream::exec(
+                    &self.manager,
+                    &request.container_id,
+                    &request.cmd,
+                    request.tty,
+                    streams,
+                    gone,
+                )
+                .await;
+                tracing::info!(container = %request.container_id, exit = ?exit.as_ref().ok(), "streaming exec ended");
+                exit_report(protocol, &exit)
+            }
+            Pending::Attach(request) => {
+                let attached =
+                    stream::attach(&self.manager, &request.container_id, streams, gone).await;
+                let exit = attached
+                    .map(|()| 0)
+                    .map_err(|err| CriError::FailedPrecondition {
+                        what: format!("attach to container {}", request.container_id),
+                        reason: err.to_string(),
+                    });
+                exit_report(protocol, &exit)
+            }
+            Pending::PortForward(_) => None,
+        }
     }
 
     async fn port_forward(
