@@ -37,11 +37,8 @@ pub struct CheckpointEntry {
     pub assignment: Assignment,
 }
 
-/// The containers of [`Placement::checkpoint`]'s output as written, in its order. Unlike
-/// [`Placement::restore`] nothing is checked against a node or dropped: a reader that only
-/// reports wants to see what ingotd holds, even records a restart would drop. A document that
-/// is not a checkpoint, or of another version, is refused the way `restore` refuses it.
-pub fn read_checkpoint(bytes: &[u8]) -> Result<Vec<CheckpointEntry>, PlacementError> {
+/// A checkpoint document of this version.
+fn parse(bytes: &[u8]) -> Result<Checkpoint, PlacementError> {
     let checkpoint: Checkpoint =
         serde_json::from_slice(bytes).map_err(|err| PlacementError::Checkpoint {
             reason: err.to_string(),
@@ -54,6 +51,15 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<Vec<CheckpointEntry>, PlacementEr
             ),
         });
     }
+    Ok(checkpoint)
+}
+
+/// The containers of [`Placement::checkpoint`]'s output as written, in its order. Unlike
+/// [`Placement::restore`] nothing is checked against a node or dropped: a reader that only
+/// reports wants to see what ingotd holds, even records a restart would drop. A document that
+/// is not a checkpoint, or of another version, is refused the way `restore` refuses it.
+pub fn read_checkpoint(bytes: &[u8]) -> Result<Vec<CheckpointEntry>, PlacementError> {
+    let checkpoint = parse(bytes)?;
     Ok(checkpoint
         .containers
         .into_iter()
@@ -95,18 +101,7 @@ impl Placement {
         checkpoint: &[u8],
     ) -> Result<(Self, Vec<String>), PlacementError> {
         let mut placement = Self::new(topology, config)?;
-        let checkpoint: Checkpoint =
-            serde_json::from_slice(checkpoint).map_err(|err| PlacementError::Checkpoint {
-                reason: err.to_string(),
-            })?;
-        if checkpoint.version != VERSION {
-            return Err(PlacementError::Checkpoint {
-                reason: format!(
-                    "version {} (this ingot reads version {VERSION})",
-                    checkpoint.version
-                ),
-            });
-        }
+        let checkpoint = parse(checkpoint)?;
         let mut dropped = Vec::new();
         let mut containers = BTreeMap::new();
         let mut exclusive = CpuSet::new();
