@@ -523,11 +523,18 @@ impl ShimProcess {
             .stdin(Stdio::null())
             .spawn()
             .context("start shim")?;
-        if !wait_until(Duration::from_secs(10), || socket.exists()) {
-            bail!("shim did not listen on {}", socket.display());
-        }
-        let client = containerd_shim_protos::Client::connect(&address)
-            .with_context(|| format!("connect {address}"))?;
+        // The socket file appears at bind, a moment before the shim listens: connect until it
+        // answers.
+        let mut client = None;
+        wait_until(Duration::from_secs(10), || {
+            client = containerd_shim_protos::Client::connect(&address).ok();
+            client.is_some()
+        });
+        let client = match client {
+            Some(client) => client,
+            None => containerd_shim_protos::Client::connect(&address)
+                .with_context(|| format!("connect {address}: the shim did not listen"))?,
+        };
         Ok(ShimProcess {
             dir,
             namespace,
