@@ -507,7 +507,7 @@ impl ShimProcess {
         let namespace = unique("ingot-shimtest");
         let socket = dir.path().join("shim.sock");
         let address = format!("unix://{}", socket.display());
-        let child = Command::new(target_dir()?.join(SHIM_BINARY))
+        let mut child = Command::new(target_dir()?.join(SHIM_BINARY))
             .args([
                 "-namespace",
                 &namespace,
@@ -532,8 +532,12 @@ impl ShimProcess {
         });
         let client = match client {
             Some(client) => client,
-            None => containerd_shim_protos::Client::connect(&address)
-                .with_context(|| format!("connect {address}: the shim did not listen"))?,
+            None => {
+                // Not left running: no ShimProcess exists yet to end it on drop.
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the shim did not listen on {address} within 10 s");
+            }
         };
         Ok(ShimProcess {
             dir,
