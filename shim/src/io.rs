@@ -1,6 +1,6 @@
 //! A process's stdio: the fifos (or files) containerd names, a pipe for stdin so CloseIO can end it,
 //! and, in terminal mode, the console socket that receives the pty master and the copy threads
-//! that join it to the fifos. Copy threads block in read(2): no polling, no wakeups while idle.
+//! that join it to the fifos. Copy threads block in read(2) or poll(2): no wakeups while idle.
 
 use std::{
     fs::{File, OpenOptions},
@@ -174,21 +174,56 @@ fn spawn_stdin_copy(path: String, writer: SharedWriter) -> Result<()> {
                     return;
                 }
             };
+            // Bytes are read only under the writer's lock, so CloseIO (which drains the fifo under
+            // the same lock) never drops a chunk this thread has read but not yet written.
+            if set_nonblocking(&fifo).is_err() {
+                lock(&writer).take();
+                return;
+            }
             let mut buf = [0u8; 8192];
             loop {
-                let n = match fifo.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
+                let mut fds = [libc::pollfd {
+                    fd: fifo.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }];
+                // SAFETY: poll(2) on one pollfd we own; blocks until data or hang-up.
+                let rc = unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) };
+                if rc < 0 {
+                    if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    break;
+                }
                 let mut guard = lock(&writer);
                 let Some(out) = guard.as_mut() else { break };
-                if out.write_all(&buf[..n]).is_err() {
-                    break;
+                match fifo.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
                 }
             }
             lock(&writer).take();
         })
         .map_err(ShimError::io("spawn stdin copy thread"))?;
+    Ok(())
+}
+
+fn set_nonblocking(file: &File) -> std::io::Result<()> {
+    // SAFETY: fcntl(2) on a descriptor we own.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0
+        || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
     Ok(())
 }
 
@@ -364,4 +399,34 @@ fn receive_fd(socket: i32) -> Result<OwnedFd> {
         context: "receive pty master".into(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no fd in message"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CloseIO right after a write: the bytes reach the process before its EOF, whichever of the
+    /// copy thread and CloseIO gets to them first.
+    #[test]
+    fn close_stdin_delivers_what_was_written_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for round in 0..200 {
+            let fifo = dir.path().join(format!("stdin-{round}"));
+            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .expect("mkfifo");
+            let paths = StdioPaths {
+                stdin: fifo.display().to_string(),
+                ..Default::default()
+            };
+            let (child, mut io) = plain(&paths).expect("stdio");
+            let mut writer = OpenOptions::new().write(true).open(&fifo).expect("writer");
+            writer.write_all(b"line\n").expect("write");
+            io.close_stdin();
+            let mut seen = String::new();
+            File::from(child.stdin)
+                .read_to_string(&mut seen)
+                .expect("read");
+            assert_eq!(seen, "line\n", "round {round}");
+        }
+    }
 }
