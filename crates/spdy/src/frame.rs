@@ -1,8 +1,9 @@
 //! SPDY/3 framing: the 8-byte frame heads, control-frame payloads, name/value header blocks and
 //! their zlib compression.
 //!
-//! This is the codec both roles share: the session uses it as the server, the tests use it to play
-//! the client. It does no I/O except [`read_frame`], a convenience that reads one whole frame.
+//! This is the codec both roles share: the session uses it as either end, the tests use it to
+//! play a peer frame by frame. It does no I/O except [`read_frame`], a convenience that reads one
+//! whole frame.
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use tokio::io::{AsyncRead, AsyncReadExt};

@@ -1,8 +1,11 @@
 //! The session: one reader task and one writer task per connection, the stream table they share,
 //! and the handles ([`Stream`], [`StreamReader`], [`StreamWriter`]) the application holds.
 //!
+//! Both roles run the same tasks; the [`Role`] only decides which stream and ping ids are ours
+//! (a client's are odd, a server's even) and so which SYN_STREAMs and PINGs come from the peer.
+//!
 //! Frames are encoded (and header blocks compressed) under the session lock at the moment they
-//! are queued, and the writer task sends the queue in order, so the zlib stream the client
+//! are queued, and the writer task sends the queue in order, so the zlib stream the peer
 //! decodes sees blocks in exactly the order they were compressed.
 
 use std::collections::{HashMap, VecDeque};
@@ -10,14 +13,15 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::frame::{
     self, decode_control, goaway, rst, Frame, FrameHead, HeaderCompressor, HeaderDecompressor,
-    FLAG_FIN, FLAG_UNIDIRECTIONAL, MAX_WINDOW, SETTINGS_INITIAL_WINDOW_SIZE, VERSION,
+    Headers, FLAG_FIN, FLAG_UNIDIRECTIONAL, MAX_WINDOW, SETTINGS_INITIAL_WINDOW_SIZE, VERSION,
 };
 use crate::{Config, Result, SendFlowControl, SpdyError};
 
@@ -29,6 +33,31 @@ const RECV_CHUNK: usize = 16 * 1024;
 /// Queued bytes above which the reader stops answering PINGs etc. until the writer catches up:
 /// a peer that floods control frames but never reads must not grow the queue without bound.
 const CONTROL_BACKLOG: usize = 64 * 1024;
+/// Largest stream id (31 bits).
+const MAX_STREAM_ID: u32 = 0x7fff_ffff;
+
+/// Which end of the connection this session is. It decides whose ids are whose: a client opens
+/// odd streams and sends odd pings, a server even ones; everything else is shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Server,
+    Client,
+}
+
+impl Role {
+    /// The first id of a stream or ping this side originates.
+    fn first_id(self) -> u32 {
+        match self {
+            Role::Server => 2,
+            Role::Client => 1,
+        }
+    }
+
+    /// Whether `id` (a stream or ping id) is one this side originates.
+    fn is_local(self, id: u32) -> bool {
+        id % 2 == self.first_id() % 2
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -41,6 +70,25 @@ enum State {
 enum Recv {
     Data(Vec<u8>),
     Eof,
+    /// The peer reset a stream this side opened.
+    Reset,
+}
+
+/// The peer's answer to a SYN_STREAM this side sent.
+enum Reply {
+    Headers(Headers),
+    Reset(u32),
+}
+
+/// Where a [`Stream`] stands with the peer's SYN_REPLY.
+enum ReplyWait {
+    /// A stream the peer opened: nothing to wait for.
+    None,
+    Pending(oneshot::Receiver<Reply>),
+    Got(Headers),
+    Reset(u32),
+    /// The stream ended (locally, or with the session) before a reply came.
+    Gone,
 }
 
 struct Queued {
@@ -56,12 +104,26 @@ struct StreamState {
     remote_fin: bool,
     reader_dropped: bool,
     writer_dropped: bool,
-    /// Where the reader task delivers DATA; `None` once the client finished or the app dropped
+    /// Where the reader task delivers DATA; `None` once the peer finished or the app dropped
     /// the reader. The semaphore counts free buffer bytes (the receive window).
     recv: Option<(mpsc::UnboundedSender<Recv>, Arc<Semaphore>)>,
+    /// For a stream this side opened: where the peer's SYN_REPLY (or RST_STREAM) goes.
+    reply: Option<oneshot::Sender<Reply>>,
+}
+
+/// How a new stream starts, whoever opened it.
+struct Setup {
+    /// The peer's half is already over (SYN_STREAM with FIN from the peer).
+    remote_fin: bool,
+    /// Our half is already over (we sent FIN, or the peer's stream is unidirectional).
+    local_fin: bool,
+    /// No SYN_REPLY is owed by us: the stream is ours, or unidirectional.
+    replied: bool,
+    reply: Option<oneshot::Sender<Reply>>,
 }
 
 struct Inner {
+    role: Role,
     state: State,
     z: HeaderCompressor,
     queue: VecDeque<Queued>,
@@ -72,7 +134,16 @@ struct Inner {
     initial_send_window: i64,
     session_send_window: i64,
     peer_flow_control: bool,
+    /// The last stream id the peer opened (GOAWAY's last-good id).
     last_seen: u32,
+    /// Id for the next stream this side opens; above [`MAX_STREAM_ID`] once they are used up.
+    next_stream_id: u32,
+    /// Id for the next PING this side sends.
+    next_ping_id: u32,
+    /// PINGs this side sent, by id, awaiting the peer's echo.
+    pings: HashMap<u32, oneshot::Sender<()>>,
+    /// The peer sent GOAWAY: it takes no more streams.
+    peer_goaway: bool,
 }
 
 pub(crate) struct Shared {
@@ -141,6 +212,24 @@ impl Inner {
         }
     }
 
+    /// The peer sent RST_STREAM. Its own stream just ends (its reader sees EOF, as with
+    /// spdystream); one this side opened fails: a pending reply and the reader see the reset.
+    fn reset_by_peer(&mut self, id: u32, status: u32) {
+        let local = self.role.is_local(id);
+        if let Some(st) = self.streams.get_mut(&id) {
+            if let Some(tx) = st.reply.take() {
+                let _ = tx.send(Reply::Reset(status));
+            }
+            if local {
+                if let Some((tx, sem)) = st.recv.take() {
+                    let _ = tx.send(Recv::Reset);
+                    sem.close();
+                }
+            }
+        }
+        self.remove(id);
+    }
+
     fn remove(&mut self, id: u32) {
         if let Some(mut st) = self.streams.remove(&id) {
             if let Some((tx, sem)) = st.recv.take() {
@@ -182,6 +271,7 @@ impl Inner {
         self.cut_readers();
         self.wake_senders();
         self.streams.clear();
+        self.pings.clear();
     }
 
     /// Queues GOAWAY and stops taking writes; true if this started the close.
@@ -231,7 +321,11 @@ impl Shared {
     }
 }
 
-/// A server-side SPDY/3.1 session over an upgraded connection.
+/// A SPDY/3.1 session over an upgraded connection, in either role.
+///
+/// [`Session::server`] hands out the streams the client opens ([`Incoming`]);
+/// [`Session::client`] opens streams itself ([`Session::open`]). Either side can open streams
+/// and send PINGs ([`Session::ping`]); a client session refuses streams the server opens.
 ///
 /// Dropping it closes the session (GOAWAY, flush, close) and ends every stream, so keep it
 /// alive as long as any stream is in use.
@@ -259,9 +353,21 @@ impl Incoming {
     }
 }
 
+/// Removes an unanswered PING when [`Session::ping`] is dropped or done.
+struct PingGuard<'a> {
+    shared: &'a Shared,
+    id: u32,
+}
+
+impl Drop for PingGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.lock().pings.remove(&self.id);
+    }
+}
+
 impl Session {
-    /// Starts a session with [`Config::default`] on the current tokio runtime, whose timer must
-    /// be enabled.
+    /// Starts a server session with [`Config::default`] on the current tokio runtime, whose
+    /// timer must be enabled.
     pub fn server<IO>(io: IO) -> Result<(Session, Incoming)>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -269,8 +375,42 @@ impl Session {
         Session::server_with(io, Config::default())
     }
 
-    /// Starts a session with `config`.
+    /// Starts a server session with `config`.
     pub fn server_with<IO>(io: IO, config: Config) -> Result<(Session, Incoming)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let session = Session::start(io, config, Role::Server, Some(tx))?;
+        let dead = session.shared.dead.subscribe();
+        Ok((session, Incoming { rx, dead }))
+    }
+
+    /// Starts a client session with [`Config::default`] on the current tokio runtime, whose
+    /// timer must be enabled: it opens streams with [`Session::open`] (ids 1, 3, 5, ...), answers
+    /// the server's PINGs and refuses streams the server opens (RST_STREAM(REFUSED_STREAM)), as
+    /// Kubernetes streaming servers never open any.
+    pub fn client<IO>(io: IO) -> Result<Session>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        Session::client_with(io, Config::default())
+    }
+
+    /// Starts a client session with `config`.
+    pub fn client_with<IO>(io: IO, config: Config) -> Result<Session>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        Session::start(io, config, Role::Client, None)
+    }
+
+    fn start<IO>(
+        io: IO,
+        config: Config,
+        role: Role,
+        incoming: Option<mpsc::UnboundedSender<Stream>>,
+    ) -> Result<Session>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -283,6 +423,7 @@ impl Session {
             ..config
         };
         let mut inner = Inner {
+            role,
             state: State::Open,
             z: HeaderCompressor::new()?,
             queue: VecDeque::new(),
@@ -294,6 +435,10 @@ impl Session {
             session_send_window: i64::from(frame::DEFAULT_WINDOW),
             peer_flow_control: false,
             last_seen: 0,
+            next_stream_id: role.first_id(),
+            next_ping_id: role.first_id(),
+            pings: HashMap::new(),
+            peer_goaway: false,
         };
         if recv_window != frame::DEFAULT_WINDOW {
             let entry = frame::Setting {
@@ -323,11 +468,83 @@ impl Session {
             config,
         });
         let (rd, wr) = tokio::io::split(io);
-        let (tx, rx) = mpsc::unbounded_channel();
         handle.spawn(writer_task(shared.clone(), wr));
-        handle.spawn(reader_task(shared.clone(), rd, tx));
-        let dead = shared.dead.subscribe();
-        Ok((Session { shared }, Incoming { rx, dead }))
+        handle.spawn(reader_task(shared.clone(), rd, incoming));
+        Ok(Session { shared })
+    }
+
+    /// Opens a stream: queues a SYN_STREAM carrying `headers` (e.g. `streamtype: stdout`,
+    /// `requestid: 0`; names are sent lowercase, a repeated name once with its values
+    /// NUL-joined), with FIN if `fin`, i.e. this side will send nothing on it.
+    ///
+    /// Returns at once, without waiting for the peer; [`Stream::wait_reply`] waits for its
+    /// SYN_REPLY. DATA may be written before that. Stream ids are odd on a client session and
+    /// even on a server one, increasing.
+    ///
+    /// Fails with [`SpdyError::Closed`] once the session is closing or the peer sent GOAWAY, and
+    /// with [`SpdyError::Protocol`] once the 31-bit stream ids are used up.
+    pub fn open(&self, headers: &[(&str, &str)], fin: bool) -> Result<Stream> {
+        let headers: Headers = headers
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), (*v).to_string()))
+            .collect();
+        let shared = &self.shared;
+        let mut inner = shared.lock();
+        if inner.state != State::Open || inner.peer_goaway {
+            return Err(SpdyError::Closed);
+        }
+        let id = inner.next_stream_id;
+        if id > MAX_STREAM_ID {
+            return Err(SpdyError::Protocol("stream ids used up".into()));
+        }
+        inner.next_stream_id = id + 2;
+        inner.push(&Frame::SynStream {
+            stream_id: id,
+            associated_id: 0,
+            priority: 0,
+            flags: if fin { FLAG_FIN } else { 0 },
+            headers: headers.clone(),
+        });
+        if inner.state != State::Open {
+            // Compressing the header block failed and ended the session.
+            return Err(SpdyError::Closed);
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let setup = Setup {
+            remote_fin: false,
+            local_fin: fin,
+            replied: true,
+            reply: Some(reply_tx),
+        };
+        let mut stream = new_stream(shared, &mut inner, id, headers, setup);
+        stream.reply = ReplyWait::Pending(reply_rx);
+        drop(inner);
+        shared.writer_wake.notify_one();
+        Ok(stream)
+    }
+
+    /// Sends a PING and waits for the peer to echo it; returns the round trip. Ping ids are odd
+    /// on a client session and even on a server one. Fails with [`SpdyError::Closed`] if the
+    /// session ends first; a peer that never answers keeps it waiting (use a timeout).
+    pub async fn ping(&self) -> Result<Duration> {
+        let shared = &*self.shared;
+        let (rx, _guard) = {
+            let mut inner = shared.lock();
+            if inner.state != State::Open {
+                return Err(SpdyError::Closed);
+            }
+            let id = inner.next_ping_id;
+            let first = inner.role.first_id();
+            inner.next_ping_id = id.checked_add(2).unwrap_or(first);
+            let (tx, rx) = oneshot::channel();
+            inner.pings.insert(id, tx);
+            inner.push(&Frame::Ping { id });
+            (rx, PingGuard { shared, id })
+        };
+        let started = Instant::now();
+        shared.writer_wake.notify_one();
+        rx.await.map_err(|_| SpdyError::Closed)?;
+        Ok(started.elapsed())
     }
 
     /// Sends GOAWAY, flushes what is queued and closes the connection; returns once both tasks
@@ -355,13 +572,73 @@ impl Drop for Session {
     }
 }
 
-/// A stream the client opened. Reply (or write, which replies first), then [`Stream::split`].
+/// Registers a new stream in the table and builds its handles.
+fn new_stream(
+    shared: &Arc<Shared>,
+    inner: &mut Inner,
+    id: u32,
+    headers: Headers,
+    setup: Setup,
+) -> Stream {
+    let window = usize::try_from(shared.config.recv_window).unwrap_or(RECV_CHUNK);
+    let budget = Arc::new(Semaphore::new(window));
+    let (tx, rx) = mpsc::unbounded_channel();
+    if setup.remote_fin {
+        let _ = tx.send(Recv::Eof);
+    }
+    let initial = inner.initial_send_window;
+    inner.streams.insert(
+        id,
+        StreamState {
+            send_window: initial,
+            send_waker: None,
+            replied: setup.replied,
+            local_fin: setup.local_fin,
+            remote_fin: setup.remote_fin,
+            reader_dropped: false,
+            writer_dropped: false,
+            recv: if setup.remote_fin {
+                None
+            } else {
+                Some((tx, budget.clone()))
+            },
+            reply: setup.reply,
+        },
+    );
+    Stream {
+        id,
+        headers,
+        reply: ReplyWait::None,
+        reader: StreamReader {
+            shared: shared.clone(),
+            id,
+            rx,
+            budget,
+            chunk: Vec::new(),
+            pos: 0,
+            eof: false,
+            reset: false,
+            unacked: 0,
+        },
+        writer: StreamWriter {
+            shared: shared.clone(),
+            id,
+            finished: setup.local_fin,
+        },
+    }
+}
+
+/// A stream: one the peer opened (from [`Incoming`]; reply, or write, which replies first), or
+/// one this side opened with [`Session::open`] (wait for the peer's reply with
+/// [`Stream::wait_reply`]). Then [`Stream::split`] it.
 pub struct Stream {
-    /// Stream id (odd: client-initiated).
+    /// Stream id: odd if the client opened it, even if the server did.
     pub id: u32,
-    /// The SYN_STREAM headers, names lowercase, e.g. `streamtype` (`stdin`, `stdout`, `stderr`,
-    /// `error`, `resize`, `data`), `port`, `requestid`.
+    /// The SYN_STREAM headers (the peer's, or the ones this side sent), names lowercase, e.g.
+    /// `streamtype` (`stdin`, `stdout`, `stderr`, `error`, `resize`, `data`), `port`,
+    /// `requestid`.
     pub headers: Vec<(String, String)>,
+    reply: ReplyWait,
     reader: StreamReader,
     writer: StreamWriter,
 }
@@ -375,8 +652,9 @@ impl Stream {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Accepts the stream with an empty SYN_REPLY, as spdystream does; Go clients wait for it
-    /// and drop DATA that arrives before it. Idempotent.
+    /// Accepts a stream the peer opened with an empty SYN_REPLY, as spdystream does; Go clients
+    /// wait for it and drop DATA that arrives before it. Idempotent, and a no-op on a stream this
+    /// side opened.
     pub async fn reply(&mut self) -> Result<()> {
         let shared = &self.writer.shared;
         {
@@ -391,6 +669,33 @@ impl Stream {
         }
         shared.writer_wake.notify_one();
         Ok(())
+    }
+
+    /// Waits for the peer's SYN_REPLY to a stream this side opened and returns its headers
+    /// (Kubernetes servers send none). Fails with [`SpdyError::ResetByPeer`] if the peer reset
+    /// the stream instead, [`SpdyError::Closed`] if the session ended first, and
+    /// [`SpdyError::Reset`] if the stream ended otherwise (e.g. it was reset locally). Returns
+    /// no headers at once for a stream the peer opened. Idempotent and cancel-safe.
+    pub async fn wait_reply(&mut self) -> Result<Headers> {
+        if let ReplyWait::Pending(rx) = &mut self.reply {
+            self.reply = match rx.await {
+                Ok(Reply::Headers(h)) => ReplyWait::Got(h),
+                Ok(Reply::Reset(status)) => ReplyWait::Reset(status),
+                Err(_) => ReplyWait::Gone,
+            };
+        }
+        match &self.reply {
+            ReplyWait::None | ReplyWait::Pending(_) => Ok(Vec::new()),
+            ReplyWait::Got(h) => Ok(h.clone()),
+            ReplyWait::Reset(status) => Err(SpdyError::ResetByPeer { status: *status }),
+            ReplyWait::Gone => {
+                if self.writer.shared.lock().state == State::Closed {
+                    Err(SpdyError::Closed)
+                } else {
+                    Err(SpdyError::Reset)
+                }
+            }
+        }
     }
 
     /// The receiving and sending halves.
@@ -408,12 +713,14 @@ impl Stream {
     }
 }
 
-/// What the client sends on a stream. EOF when the client sends FIN or resets the stream; an
-/// error when the connection ends first.
+/// What the peer sends on a stream. EOF when the peer sends FIN, or resets a stream it opened;
+/// an error ([`io::ErrorKind::ConnectionReset`]) when it resets a stream this side opened, and
+/// an error when the connection ends first.
 ///
-/// Read it or drop it: at most the receive window is buffered per stream, and once a client that
+/// Read it or drop it: at most the receive window is buffered per stream, and once a peer that
 /// ignores windows (spdystream) fills it, the session stops reading the connection until this
-/// reader makes room. A dropped reader's data is discarded.
+/// reader makes room. A dropped reader's data is discarded. As it is read, the window is given
+/// back to the peer with WINDOW_UPDATE, so a peer that keeps to windows never stalls.
 pub struct StreamReader {
     shared: Arc<Shared>,
     id: u32,
@@ -422,6 +729,8 @@ pub struct StreamReader {
     chunk: Vec<u8>,
     pos: usize,
     eof: bool,
+    /// The peer reset the stream (one this side opened).
+    reset: bool,
     unacked: usize,
 }
 
@@ -431,7 +740,7 @@ impl StreamReader {
         self.id
     }
 
-    /// Returns consumed bytes to the buffer and, every half window, to the client.
+    /// Returns consumed bytes to the buffer and, every half window, to the peer.
     fn consumed(&mut self, n: usize) {
         self.budget.add_permits(n);
         self.unacked += n;
@@ -482,6 +791,12 @@ impl AsyncRead for StreamReader {
                 this.consumed(n);
                 return Poll::Ready(Ok(()));
             }
+            if this.reset {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "spdy stream reset by the peer",
+                )));
+            }
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
@@ -492,6 +807,7 @@ impl AsyncRead for StreamReader {
                     this.pos = 0;
                 }
                 Poll::Ready(Some(Recv::Eof)) => this.eof = true,
+                Poll::Ready(Some(Recv::Reset)) => this.reset = true,
                 Poll::Ready(None) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -506,7 +822,7 @@ impl AsyncRead for StreamReader {
 impl Drop for StreamReader {
     fn drop(&mut self) {
         self.budget.close();
-        // Whatever was delivered but not read counts as consumed, so a client that does flow
+        // Whatever was delivered but not read counts as consumed, so a peer that does flow
         // control is not left with a window that never reopens.
         let mut unread = self.chunk.len() - self.pos;
         while let Ok(msg) = self.rx.try_recv() {
@@ -526,7 +842,10 @@ impl Drop for StreamReader {
 }
 
 /// Sending on a stream. `shutdown` sends FIN (an empty DATA frame); dropping it without one
-/// sends FIN too, or RST_STREAM(REFUSED_STREAM) if the stream was never replied to.
+/// sends FIN too, or RST_STREAM(REFUSED_STREAM) if it is a stream the peer opened that was never
+/// replied to. Writes keep to the peer's windows as [`SendFlowControl`] says.
+///
+/// [`SendFlowControl`]: crate::SendFlowControl
 pub struct StreamWriter {
     shared: Arc<Shared>,
     id: u32,
@@ -773,15 +1092,16 @@ async fn expired(deadline: &mut watch::Receiver<Option<Instant>>) {
     }
 }
 
+/// Reads the connection. `incoming` takes the streams the peer opens; `None` refuses them all.
 async fn reader_task<R: AsyncRead + Unpin>(
     shared: Arc<Shared>,
     mut rd: R,
-    incoming: mpsc::UnboundedSender<Stream>,
+    incoming: Option<mpsc::UnboundedSender<Stream>>,
 ) {
     let mut dead = shared.dead.subscribe();
     let mut reader = Reader {
         shared: &shared,
-        incoming: Some(incoming),
+        incoming,
         session_unacked: 0,
     };
     let res = tokio::select! {
@@ -975,20 +1295,38 @@ impl Reader<'_> {
                 headers,
                 ..
             } => self.syn_stream(stream_id, flags, headers),
-            Frame::Headers {
-                stream_id, flags, ..
-            }
-            | Frame::SynReply {
-                stream_id, flags, ..
+            Frame::SynReply {
+                stream_id,
+                flags,
+                headers,
             } => {
-                // Nothing to do with more headers; FIN still ends the client's half.
+                // The peer accepts a stream this side opened; a reply to anything else (or a
+                // second one) changes nothing.
+                let reply = self
+                    .shared
+                    .lock()
+                    .streams
+                    .get_mut(&stream_id)
+                    .and_then(|st| st.reply.take());
+                if let Some(tx) = reply {
+                    let _ = tx.send(Reply::Headers(headers));
+                }
                 if flags & FLAG_FIN != 0 {
                     self.remote_finish(stream_id);
                 }
                 Ok(())
             }
-            Frame::RstStream { stream_id, .. } => {
-                self.shared.lock().remove(stream_id);
+            Frame::Headers {
+                stream_id, flags, ..
+            } => {
+                // Nothing to do with more headers; FIN still ends the peer's half.
+                if flags & FLAG_FIN != 0 {
+                    self.remote_finish(stream_id);
+                }
+                Ok(())
+            }
+            Frame::RstStream { stream_id, status } => {
+                self.shared.lock().reset_by_peer(stream_id, status);
                 Ok(())
             }
             Frame::Settings { entries, .. } => {
@@ -1011,16 +1349,24 @@ impl Reader<'_> {
                 Ok(())
             }
             Frame::Ping { id } => {
-                // Odd ids are the client's own pings; even ones would answer pings we never send.
-                if id % 2 == 1 {
+                let role = self.shared.lock().role;
+                if role.is_local(id) {
+                    // The answer to one of ours, or to none (then ignored).
+                    let waiter = self.shared.lock().pings.remove(&id);
+                    if let Some(tx) = waiter {
+                        let _ = tx.send(());
+                    }
+                } else {
+                    // The peer's own ping: echo it.
                     self.backlog().await;
                     self.push(&Frame::Ping { id });
                 }
                 Ok(())
             }
             Frame::GoAway { .. } => {
-                // No new streams; the ones open carry on.
+                // No new streams either way; the ones open carry on.
                 self.incoming = None;
+                self.shared.lock().peer_goaway = true;
                 Ok(())
             }
             Frame::WindowUpdate { stream_id, delta } => {
@@ -1057,8 +1403,9 @@ impl Reader<'_> {
             return Err(SpdyError::Protocol("SYN_STREAM for stream 0".into()));
         }
         let mut inner = self.shared.lock();
-        // Client streams are odd and increase (spdystream resets the others as PROTOCOL_ERROR).
-        if id % 2 == 0 || id <= inner.last_seen {
+        // The peer's streams have its parity (odd from a client, even from a server) and
+        // increase; spdystream resets the others as PROTOCOL_ERROR.
+        if inner.role.is_local(id) || id <= inner.last_seen {
             inner.push(&Frame::RstStream {
                 stream_id: id,
                 status: rst::PROTOCOL_ERROR,
@@ -1080,53 +1427,16 @@ impl Reader<'_> {
             self.shared.writer_wake.notify_one();
             return Ok(());
         }
-        let window = usize::try_from(self.shared.config.recv_window).unwrap_or(RECV_CHUNK);
-        let budget = Arc::new(Semaphore::new(window));
-        let (tx, rx) = mpsc::unbounded_channel();
-        let fin = flags & FLAG_FIN != 0;
         let unidirectional = flags & FLAG_UNIDIRECTIONAL != 0;
-        if fin {
-            let _ = tx.send(Recv::Eof);
-        }
-        let initial = inner.initial_send_window;
-        inner.streams.insert(
-            id,
-            StreamState {
-                send_window: initial,
-                send_waker: None,
-                // A unidirectional stream may not be answered at all.
-                replied: unidirectional,
-                local_fin: unidirectional,
-                remote_fin: fin,
-                reader_dropped: false,
-                writer_dropped: false,
-                recv: if fin {
-                    None
-                } else {
-                    Some((tx, budget.clone()))
-                },
-            },
-        );
-        drop(inner);
-        let stream = Stream {
-            id,
-            headers,
-            reader: StreamReader {
-                shared: self.shared.clone(),
-                id,
-                rx,
-                budget,
-                chunk: Vec::new(),
-                pos: 0,
-                eof: false,
-                unacked: 0,
-            },
-            writer: StreamWriter {
-                shared: self.shared.clone(),
-                id,
-                finished: unidirectional,
-            },
+        let setup = Setup {
+            remote_fin: flags & FLAG_FIN != 0,
+            // A unidirectional stream may not be answered at all.
+            local_fin: unidirectional,
+            replied: unidirectional,
+            reply: None,
         };
+        let stream = new_stream(self.shared, &mut inner, id, headers, setup);
+        drop(inner);
         if let Some(incoming) = &self.incoming {
             if let Err(mpsc::error::SendError(stream)) = incoming.send(stream) {
                 self.incoming = None;
