@@ -19,6 +19,7 @@ use anyhow::{bail, Context, Result};
 
 pub mod cri;
 pub mod pods;
+pub mod stream;
 use sha2::{Digest, Sha256};
 
 pub const SHIM_BINARY: &str = "containerd-shim-ingot-v2";
@@ -45,6 +46,33 @@ pub fn target_dir() -> Result<PathBuf> {
 }
 
 /// A name unique to this process and call, for namespaces, ids and cgroup parents.
+/// A Python in a virtual environment (one per target directory and package) with `package`
+/// from PyPI, which imports as `module`.
+pub fn python_with(package: &str, module: &str) -> PathBuf {
+    let venv = target_dir()
+        .expect("target")
+        .join(format!("{package}-venv"));
+    let python = venv.join("bin/python");
+    let ready = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ready {
+        let made = Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv)
+            .status()
+            .expect("python3 -m venv");
+        assert!(made.success(), "python3 -m venv {}", venv.display());
+        let installed = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", package])
+            .status()
+            .expect("pip install");
+        assert!(installed.success(), "pip install {package}");
+    }
+    python
+}
+
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     format!(

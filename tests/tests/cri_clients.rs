@@ -10,32 +10,6 @@ use ingot_tests::cri::Daemon;
 use k8s_cri::v1;
 use prost::Message;
 
-/// A virtual environment with grpcio, made once per target directory.
-fn grpcio_python() -> PathBuf {
-    let venv = ingot_tests::target_dir()
-        .expect("target")
-        .join("grpcio-venv");
-    let python = venv.join("bin/python");
-    let ready = Command::new(&python)
-        .args(["-c", "import grpc"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ready {
-        let made = Command::new("python3")
-            .args(["-m", "venv", "--clear"])
-            .arg(&venv)
-            .status()
-            .expect("python3 -m venv");
-        assert!(made.success(), "python3 -m venv {}", venv.display());
-        let installed = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "grpcio"])
-            .status()
-            .expect("pip install grpcio");
-        assert!(installed.success(), "pip install grpcio");
-    }
-    python
-}
-
 /// Calls RuntimeService methods with grpcio on `unix://<socket>` (with `authority` as
 /// `grpc.default_authority` when given) and prints, per call, `ok <hex reply>` or
 /// `error <status code> <details>`.
@@ -92,7 +66,7 @@ fn decode_hex(text: &str) -> Vec<u8> {
 
 #[test]
 fn python_grpcio_with_the_socket_path_as_authority() {
-    let python = grpcio_python();
+    let python = ingot_tests::python_with("grpcio", "grpc");
     let daemon = Daemon::start("");
     let raw_path = daemon.socket().display().to_string();
     // grpcio's default (the path, percent-encoded), then the raw path as grpc-go and

@@ -4,5 +4,6 @@
 pub mod affinity;
 pub mod cgroups;
 pub mod devices;
+pub mod netns;
 pub mod pod_init;
 pub mod rootfs;

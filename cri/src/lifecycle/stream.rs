@@ -235,33 +235,13 @@ pub async fn connect_in_pod(
 ) -> Result<tokio::net::TcpStream, CriError> {
     let pod = manager.pod(pod_id)?;
     let netns = pod.net.clone();
-    let stream = tokio::task::spawn_blocking(move || -> Result<std::net::TcpStream, CriError> {
-        // A thread of its own enters the namespace and ends there: the socket keeps the
-        // namespace it was made in, and no other work runs in a thread that left the host's.
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    if let Some(netns) = &netns {
-                        let file = std::fs::File::open(netns)
-                            .map_err(CriError::io(format!("open {}", netns.display())))?;
-                        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-                            |errno| CriError::Io {
-                                context: format!("enter {}", netns.display()),
-                                source: errno.into(),
-                            },
-                        )?;
-                    }
-                    std::net::TcpStream::connect_timeout(
-                        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                        Duration::from_secs(5),
-                    )
-                    .map_err(CriError::io(format!("connect to port {port} in the pod")))
-                })
-                .join()
-                .map_err(|_| CriError::Io {
-                    context: "port-forward connect thread".into(),
-                    source: std::io::Error::other("panicked"),
-                })?
+    let stream = tokio::task::spawn_blocking(move || {
+        crate::host::netns::run_in(netns.as_deref(), "port-forward", || {
+            std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_secs(5),
+            )
+            .map_err(CriError::io(format!("connect to port {port} in the pod")))
         })
     })
     .await

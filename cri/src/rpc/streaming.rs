@@ -41,6 +41,11 @@ const EXEC_PROTOCOLS: &[&str] = &[
 const PORT_FORWARD_PROTOCOLS: &[&str] = &["portforward.k8s.io"];
 /// Exec and attach subprotocols over WebSocket, most preferred first.
 const WEBSOCKET_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// SPDY carried in WebSocket binary messages (client-go's tunnelling dialer).
+const SPDY_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+/// Port-forward subprotocols over WebSocket.
+const WEBSOCKET_PORT_FORWARD_PROTOCOLS: &[&str] =
+    &[SPDY_TUNNEL, "v4.channel.k8s.io", "v4.base64.channel.k8s.io"];
 const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 
 /// What a token was handed out for.
@@ -264,14 +269,14 @@ impl StreamServer {
             .get(header::UPGRADE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if upgrade.eq_ignore_ascii_case("websocket") && kind != "portforward" {
-            return self.handle_websocket(token, request);
+        if upgrade.eq_ignore_ascii_case("websocket") {
+            return self.handle_websocket(kind, token, request);
         }
         if !upgrade.eq_ignore_ascii_case("SPDY/3.1") {
             return plain(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "unable to upgrade: {upgrade:?} is not a supported protocol (SPDY/3.1; websocket for exec and attach)"
+                    "unable to upgrade: {upgrade:?} is not a supported protocol (SPDY/3.1 or websocket)"
                 ),
             );
         }
@@ -320,11 +325,14 @@ impl StreamServer {
             .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response".into()))
     }
 
-    /// Exec and attach over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`): one binary
-    /// message per write, its first byte the channel (0 stdin, 1 stdout, 2 stderr, 3 error,
-    /// 4 resize; v5's 255 closes a channel, so stdin can end).
+    /// WebSocket: exec and attach (`v5.channel.k8s.io`, `v4.channel.k8s.io`: one binary
+    /// message per write, its first byte the channel: 0 stdin, 1 stdout, 2 stderr, 3 error,
+    /// 4 resize; v5's 255 closes a channel, so stdin can end); port-forward with channels
+    /// (`v4.channel.k8s.io`, `v4.base64.channel.k8s.io`, or none named) or as SPDY tunnelled in
+    /// binary messages (`SPDY/3.1+portforward.k8s.io`, what kubectl 1.31 and later dial).
     fn handle_websocket(
         self: &Arc<Self>,
+        kind: &str,
         token: &str,
         request: Request<hyper::body::Incoming>,
     ) -> Response<Full<Bytes>> {
@@ -336,12 +344,17 @@ impl StreamServer {
             return plain(StatusCode::BAD_REQUEST, "no Sec-WebSocket-Key".into());
         };
         let offered = header_list(headers, header::SEC_WEBSOCKET_PROTOCOL.as_str());
-        let Some(protocol) = WEBSOCKET_PROTOCOLS
-            .iter()
-            .find(|p| offered.iter().any(|o| o == *p))
-            .map(|p| p.to_string())
-        else {
-            return unnegotiable(&offered, WEBSOCKET_PROTOCOLS);
+        let supported = if kind == "portforward" {
+            WEBSOCKET_PORT_FORWARD_PROTOCOLS
+        } else {
+            WEBSOCKET_PROTOCOLS
+        };
+        // The client's order decides, as the kubelet's server does.
+        let protocol = match offered.iter().find(|o| supported.contains(&o.as_str())) {
+            Some(protocol) => protocol.clone(),
+            // A port-forward client that names none speaks binary channels.
+            None if offered.is_empty() && kind == "portforward" => String::new(),
+            None => return unnegotiable(&offered, supported),
         };
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
         let pending = match self.take_or_refuse(token) {
@@ -364,16 +377,104 @@ impl StreamServer {
                 None,
             )
             .await;
-            server.websocket_session(&chosen, pending, socket).await;
+            match pending {
+                Pending::PortForward(forward) if chosen == SPDY_TUNNEL => {
+                    let (session, incoming) = match Session::server(websocket_bytes(socket)) {
+                        Ok(started) => started,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "tunnelled SPDY session not started");
+                            return;
+                        }
+                    };
+                    server.port_forward(forward, session, incoming).await;
+                }
+                Pending::PortForward(forward) => {
+                    let base64 = chosen == "v4.base64.channel.k8s.io";
+                    server.websocket_port_forward(forward, base64, socket).await;
+                }
+                process => server.websocket_session(&chosen, process, socket).await,
+            }
         });
-        Response::builder()
+        let mut response = Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header(header::CONNECTION, "Upgrade")
             .header(header::UPGRADE, "websocket")
-            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-            .header(header::SEC_WEBSOCKET_PROTOCOL, protocol)
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+        if !protocol.is_empty() {
+            response = response.header(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
+        response
             .body(Full::new(Bytes::new()))
             .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response".into()))
+    }
+
+    /// Port-forward over WebSocket channels: for the request's i-th port, channel 2i carries
+    /// the data both ways and 2i+1 the errors; each channel first carries the port, two bytes
+    /// little-endian. One connection per port for the socket's life (the kubelet's
+    /// `portforward/websocket.go`); once every connection has ended the socket closes.
+    async fn websocket_port_forward<IO>(
+        &self,
+        request: v1::PortForwardRequest,
+        base64: bool,
+        socket: tokio_tungstenite::WebSocketStream<IO>,
+    ) where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        use futures_util::StreamExt;
+        let (sink, mut source) = socket.split();
+        let (outgoing, writer) = websocket_writer(sink);
+        let frame = ChannelFrame { base64 };
+        let ports: Vec<u16> = request
+            .port
+            .iter()
+            .filter_map(|p| u16::try_from(*p).ok())
+            .collect();
+        let mut to_pod = Vec::new();
+        let mut connections = tokio::task::JoinSet::new();
+        for (index, port) in ports.iter().copied().enumerate() {
+            let data = u8::try_from(index * 2).unwrap_or(u8::MAX - 1);
+            for channel in [data, data + 1] {
+                let _ = outgoing
+                    .send(frame.encode(channel, &port.to_le_bytes()))
+                    .await;
+            }
+            let (sender, receiver) = mpsc::channel::<Vec<u8>>(64);
+            to_pod.push(sender);
+            let manager = Arc::clone(&self.manager);
+            let pod = request.pod_sandbox_id.clone();
+            let outgoing = outgoing.clone();
+            connections.spawn(async move {
+                forward_channel(manager, pod, port, data, frame, receiver, outgoing).await
+            });
+        }
+        // What the client sends goes to its port's connection, by data channel.
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(message)) = source.next().await {
+                if matches!(message, tokio_tungstenite::tungstenite::Message::Close(_)) {
+                    break;
+                }
+                let Some((channel, payload)) = frame.decode(message) else {
+                    continue;
+                };
+                if channel % 2 != 0 {
+                    continue;
+                }
+                if let Some(sender) = to_pod.get(usize::from(channel / 2)) {
+                    let _ = sender.send(payload).await;
+                }
+            }
+        });
+        let mut reader = reader;
+        // Every connection ended, or the client went away.
+        tokio::select! {
+            () = async { while connections.join_next().await.is_some() {} } => {}
+            _ = &mut reader => {}
+        }
+        reader.abort();
+        connections.abort_all();
+        let _ = outgoing.send(normal_close()).await;
+        drop(outgoing);
+        let _ = writer.await;
     }
 
     async fn websocket_session<IO>(
@@ -384,23 +485,13 @@ impl StreamServer {
     ) where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        use futures_util::{SinkExt, StreamExt};
+        use futures_util::StreamExt;
         use tokio_tungstenite::tungstenite::Message;
         let Some(wanted) = pending.wanted() else {
             return;
         };
-        let (mut sink, mut source) = socket.split();
-        // Everything to the client goes through one task, in order.
-        let (outgoing, mut queue) = mpsc::channel::<Message>(64);
-        let writer = tokio::spawn(async move {
-            while let Some(message) = queue.recv().await {
-                let closing = matches!(message, Message::Close(_));
-                if sink.send(message).await.is_err() || closing {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
-        });
+        let (sink, mut source) = socket.split();
+        let (outgoing, writer) = websocket_writer(sink);
         // An output channel: what the process writes, as messages with its channel byte.
         let mut pumps = Vec::new();
         let mut output = |channel: u8| -> stream::Writer {
@@ -496,16 +587,7 @@ impl StreamServer {
             message.extend_from_slice(report.as_bytes());
             let _ = outgoing.send(Message::binary(message)).await;
         }
-        // A normal closure: Go's client reads 1005 (no status) as an error on every stream.
-        let _ = outgoing
-            .send(Message::Close(Some(
-                tokio_tungstenite::tungstenite::protocol::CloseFrame {
-                    code:
-                        tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
-                    reason: "".into(),
-                },
-            )))
-            .await;
+        let _ = outgoing.send(normal_close()).await;
         drop(outgoing);
         let _ = writer.await;
         reader.abort();
@@ -789,6 +871,192 @@ async fn forward(
             stream.reset();
         }
     }
+}
+
+type WebSocketSink<IO> = futures_util::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<IO>,
+    tokio_tungstenite::tungstenite::Message,
+>;
+
+/// One task writes everything to the client, in order, until a close message (sent, then the
+/// socket closed) or until every sender is gone.
+fn websocket_writer<IO>(
+    mut sink: WebSocketSink<IO>,
+) -> (
+    mpsc::Sender<tokio_tungstenite::tungstenite::Message>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use futures_util::SinkExt;
+    let (outgoing, mut queue) = mpsc::channel::<tokio_tungstenite::tungstenite::Message>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(message) = queue.recv().await {
+            let closing = matches!(message, tokio_tungstenite::tungstenite::Message::Close(_));
+            if sink.send(message).await.is_err() || closing {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    (outgoing, writer)
+}
+
+/// A normal closure: Go's client reads 1005 (no status) as an error on every stream.
+fn normal_close() -> tokio_tungstenite::tungstenite::Message {
+    tokio_tungstenite::tungstenite::Message::Close(Some(
+        tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "".into(),
+        },
+    ))
+}
+
+/// The channel framing of `v4.channel.k8s.io` (a binary message, its first byte the channel)
+/// and of `v4.base64.channel.k8s.io` (a text message: `'0' + channel`, then base64).
+#[derive(Debug, Clone, Copy)]
+struct ChannelFrame {
+    base64: bool,
+}
+
+impl ChannelFrame {
+    fn encode(self, channel: u8, payload: &[u8]) -> tokio_tungstenite::tungstenite::Message {
+        use base64::Engine;
+        if self.base64 {
+            let mut text = String::from(char::from(b'0'.saturating_add(channel)));
+            text.push_str(&base64::engine::general_purpose::STANDARD.encode(payload));
+            tokio_tungstenite::tungstenite::Message::text(text)
+        } else {
+            let mut message = Vec::with_capacity(payload.len() + 1);
+            message.push(channel);
+            message.extend_from_slice(payload);
+            tokio_tungstenite::tungstenite::Message::binary(message)
+        }
+    }
+
+    /// The channel and payload of a client's message; None for an empty or malformed one.
+    fn decode(self, message: tokio_tungstenite::tungstenite::Message) -> Option<(u8, Vec<u8>)> {
+        use base64::Engine;
+        use tokio_tungstenite::tungstenite::Message;
+        let data: Vec<u8> = match message {
+            Message::Binary(data) => data.to_vec(),
+            Message::Text(text) => text.as_bytes().to_vec(),
+            _ => return None,
+        };
+        let (&first, rest) = data.split_first()?;
+        if self.base64 {
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .ok()?;
+            Some((first.checked_sub(b'0')?, payload))
+        } else {
+            Some((first, rest.to_vec()))
+        }
+    }
+}
+
+/// One WebSocket port-forward connection: the pod's `port` joined to data channel `data`;
+/// a failure to connect goes on the error channel (`data + 1`).
+async fn forward_channel(
+    manager: Arc<Manager>,
+    pod_id: String,
+    port: u16,
+    data: u8,
+    frame: ChannelFrame,
+    mut from_client: mpsc::Receiver<Vec<u8>>,
+    outgoing: mpsc::Sender<tokio_tungstenite::tungstenite::Message>,
+) {
+    let socket = match stream::connect_in_pod(&manager, &pod_id, port).await {
+        Ok(socket) => socket,
+        Err(err) => {
+            tracing::info!(pod = %pod_id, port, error = %err, "port-forward connection refused");
+            let message = format!("error forwarding port {port} to pod {pod_id}, uid : {err}");
+            let _ = outgoing
+                .send(frame.encode(data + 1, message.as_bytes()))
+                .await;
+            return;
+        }
+    };
+    let (mut from_pod, mut to_pod) = socket.into_split();
+    let upstream = async {
+        while let Some(bytes) = from_client.recv().await {
+            if to_pod.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_pod.shutdown().await;
+    };
+    let downstream = async {
+        let mut buffer = vec![0u8; 32 * 1024];
+        loop {
+            let n = match tokio::io::AsyncReadExt::read(&mut from_pod, &mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if outgoing
+                .send(frame.encode(data, &buffer[..n]))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    // The pod closing its side ends the connection (the kubelet's too: no half-close on v4).
+    tokio::select! {
+        () = downstream => {}
+        () = async { upstream.await; std::future::pending::<()>().await } => {}
+    }
+}
+
+/// The byte stream of a WebSocket that carries one in binary messages (the SPDY tunnel):
+/// reads join the messages, each write is one message.
+fn websocket_bytes<IO>(socket: tokio_tungstenite::WebSocketStream<IO>) -> tokio::io::DuplexStream
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (sink, mut source) = socket.split();
+    let (mut read_half, mut write_half) = tokio::io::split(theirs);
+    let (outgoing, writer) = websocket_writer(sink);
+    tokio::spawn(async move {
+        let inbound = async {
+            while let Some(Ok(message)) = source.next().await {
+                let data = match message {
+                    Message::Binary(data) => data,
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                if write_half.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+            let _ = write_half.shutdown().await;
+        };
+        let outbound = async {
+            let mut buffer = vec![0u8; 32 * 1024];
+            loop {
+                let n = match tokio::io::AsyncReadExt::read(&mut read_half, &mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if outgoing
+                    .send(Message::binary(buffer[..n].to_vec()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            let _ = outgoing.send(normal_close()).await;
+        };
+        tokio::join!(inbound, outbound);
+        let _ = writer.await;
+    });
+    ours
 }
 
 /// Terminal sizes, one JSON object per message (`{"Width":80,"Height":24}`).
