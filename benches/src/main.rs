@@ -231,7 +231,7 @@ fn lifecycle(iterations: usize) -> Result<()> {
 fn ingotd_idle() -> Result<()> {
     let dir = tempfile_dir()?;
     let config = dir.join("ingot.toml");
-    fs::write(&config, "")?;
+    fs::write(&config, "metrics_address = \"127.0.0.1:0\"\n")?;
     let binary = ingot_tests::target_dir()?.join("ingotd");
     let mut child = std::process::Command::new(&binary)
         .arg("--config")

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::CriError;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/ingot/ingot.toml";
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9539";
 
 /// The whole configuration, with every default filled in.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -33,6 +34,9 @@ pub struct Config {
     /// The streaming server (Exec, PortForward URLs): `127.0.0.1:0` picks a free port on
     /// loopback, as containerd's `stream_server_address`.
     pub stream_address: String,
+    /// The Prometheus endpoint (`/metrics`): loopback and a fixed port by default, as
+    /// containerd's `metrics.address`; `127.0.0.1:0` picks a free port, `""` turns it off.
+    pub metrics_address: String,
     /// CPU placement: `policy = "none" | "exclusive"`, `reserved = "0"` (housekeeping CPUs).
     pub placement: ingot_placement::PlacementConfig,
 }
@@ -64,6 +68,7 @@ impl Default for Config {
             registries: BTreeMap::new(),
             host_root: PathBuf::from("/"),
             stream_address: "127.0.0.1:0".into(),
+            metrics_address: DEFAULT_METRICS_ADDRESS.into(),
             placement: ingot_placement::PlacementConfig::default(),
         }
     }

@@ -2,12 +2,13 @@
 //! `rpc` (tonic handlers: decode, validate, map errors) → `lifecycle` (pods, containers, exec,
 //! stats, recovery; ordering and rollback) → the `store`, the `shim_client`, `host` (everything
 //! that changes the node, under a root path) and `ingot_oci`'s spec steps. `convert` (records to
-//! CRI messages), `config` and `sysctl` are leaves any layer may use.
+//! CRI messages), `config`, `metrics` and `sysctl` are leaves any layer may use.
 
 pub mod config;
 pub mod convert;
 pub mod host;
 pub mod lifecycle;
+pub mod metrics;
 pub mod rpc;
 pub mod shim_client;
 pub mod store;

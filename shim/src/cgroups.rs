@@ -309,8 +309,20 @@ pub fn v1_metrics(stats: &Stats) -> Metrics {
             active_file: memory_stat("active_file"),
             unevictable: memory_stat("unevictable"),
             hierarchical_memory_limit: memory_stat("hierarchical_memory_limit"),
+            // The hierarchical totals, which the CRI's working set and page faults read.
             total_cache: memory_stat("total_cache"),
             total_rss: memory_stat("total_rss"),
+            total_rss_huge: memory_stat("total_rss_huge"),
+            total_mapped_file: memory_stat("total_mapped_file"),
+            total_dirty: memory_stat("total_dirty"),
+            total_writeback: memory_stat("total_writeback"),
+            total_pg_fault: memory_stat("total_pgfault"),
+            total_pg_maj_fault: memory_stat("total_pgmajfault"),
+            total_inactive_anon: memory_stat("total_inactive_anon"),
+            total_active_anon: memory_stat("total_active_anon"),
+            total_inactive_file: memory_stat("total_inactive_file"),
+            total_active_file: memory_stat("total_active_file"),
+            total_unevictable: memory_stat("total_unevictable"),
             usage: Some(entry(&stats.memory.memory)).into(),
             swap: Some(entry(&stats.memory.memswap)).into(),
             kernel: Some(entry(&stats.memory.kernel)).into(),
@@ -645,6 +657,17 @@ mod tests {
         assert_eq!(metrics.memory.usage.limit, 1 << 20);
         assert_eq!(metrics.pids.current, 3);
         assert_eq!(metrics.pids.limit, 10);
+        // v1's hierarchical totals (memory.stat's `total_*`) carry what the CRI reads.
+        stats
+            .memory
+            .stats
+            .insert("total_inactive_file".into(), 1000);
+        stats.memory.stats.insert("total_pgfault".into(), 55);
+        stats.memory.stats.insert("total_pgmajfault".into(), 2);
+        let metrics = v1_metrics(&stats);
+        assert_eq!(metrics.memory.total_inactive_file, 1000);
+        assert_eq!(metrics.memory.total_pg_fault, 55);
+        assert_eq!(metrics.memory.total_pg_maj_fault, 2);
 
         stats.memory.stats.insert("anon".into(), 777);
         let metrics = v2_metrics(&stats);

@@ -88,10 +88,16 @@ impl Daemon {
             .map(|d| d.display().to_string())
             .chain(["/usr/lib/cni".to_string()])
             .collect();
+        // Daemons of tests running at once each take a free port, unless the test names one.
+        let metrics = if options.extra_config.contains("metrics_address") {
+            ""
+        } else {
+            "metrics_address = \"127.0.0.1:0\"\n"
+        };
         std::fs::write(
             dir.path().join("ingot.toml"),
             format!(
-                "cgroup_parent = \"{cgroup_parent}\"\n{}[cni]\nconf_dir = \"{}\"\nbin_dirs = {:?}\n",
+                "cgroup_parent = \"{cgroup_parent}\"\n{metrics}{}[cni]\nconf_dir = \"{}\"\nbin_dirs = {:?}\n",
                 options.extra_config,
                 net_d.display(),
                 bin_dirs,

@@ -30,6 +30,7 @@ use crate::{
 
 pub mod containers;
 mod exec;
+pub mod pod_metrics;
 pub mod pods;
 mod recovery;
 pub mod stats;
@@ -416,6 +417,28 @@ impl Manager {
         }
     }
 
+    /// The pid of the pod's shim, asked of the shim once and remembered.
+    async fn shim_pid(&self, pod: &PodRecord) -> Option<u32> {
+        let address = pod.shim.clone()?;
+        if let Some(pid) = lock(&self.shim_pids).get(&address).copied() {
+            return Some(pid);
+        }
+        let pid = self.shim_of(pod)?.shim_pid().await.ok()?;
+        lock(&self.shim_pids).insert(address, pid);
+        Some(pid)
+    }
+
+    /// The pids of the pods' shims that answer.
+    pub async fn shim_pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for pod in self.pods() {
+            pids.extend(self.shim_pid(&pod).await);
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
     /// Pins ingotd, every pod shim and every pod-init holder to the housekeeping CPUs.
     pub async fn pin_housekeeping(&self) {
         let cpus = self.housekeeping_cpus();
@@ -423,21 +446,7 @@ impl Manager {
         let mut pids = vec![std::process::id()];
         for pod in self.pods() {
             pids.extend(pod.pid_holder);
-            let Some(address) = pod.shim.clone() else {
-                continue;
-            };
-            let known = lock(&self.shim_pids).get(&address).copied();
-            let pid = match known {
-                Some(pid) => Some(pid),
-                None => match self.shim_of(&pod) {
-                    Some(shim) => shim.shim_pid().await.ok(),
-                    None => None,
-                },
-            };
-            if let Some(pid) = pid {
-                lock(&self.shim_pids).insert(address, pid);
-                pids.push(pid);
-            }
+            pids.extend(self.shim_pid(&pod).await);
         }
         *lock(&self.pinned) = Some(cpus.clone());
         for pid in pids {

@@ -23,6 +23,16 @@ pub struct Usage {
     pub rss: u64,
     pub page_faults: u64,
     pub major_page_faults: u64,
+    pub user_ns: u64,
+    pub system_ns: u64,
+    pub cfs_periods: u64,
+    pub cfs_throttled_periods: u64,
+    pub cfs_throttled_ns: u64,
+    pub cache: u64,
+    pub mapped_file: u64,
+    pub active_file: u64,
+    pub inactive_file: u64,
+    pub processes: u64,
 }
 
 /// Decodes the shim's metrics (`io.containerd.cgroups.v1.Metrics` or `...v2.Metrics`).
@@ -34,33 +44,50 @@ pub fn usage(type_url: &str, value: &[u8]) -> Result<Usage, CriError> {
     };
     if type_url.ends_with("v2.Metrics") {
         let m = V2Metrics::parse_from_bytes(value).map_err(|e| bad(e.to_string()))?;
-        let cpu_ns = m.cpu.as_ref().map(|c| c.usage_usec * 1000).unwrap_or(0);
+        let cpu = m.cpu.clone().unwrap_or_default();
         let memory = m.memory.clone().unwrap_or_default();
         Ok(Usage {
-            cpu_ns,
+            cpu_ns: cpu.usage_usec * 1000,
             memory_usage: memory.usage,
             working_set: memory.usage.saturating_sub(memory.inactive_file),
             rss: memory.anon,
             page_faults: memory.pgfault,
             major_page_faults: memory.pgmajfault,
+            user_ns: cpu.user_usec * 1000,
+            system_ns: cpu.system_usec * 1000,
+            cfs_periods: cpu.nr_periods,
+            cfs_throttled_periods: cpu.nr_throttled,
+            cfs_throttled_ns: cpu.throttled_usec * 1000,
+            cache: memory.file,
+            mapped_file: memory.file_mapped,
+            active_file: memory.active_file,
+            inactive_file: memory.inactive_file,
+            processes: m.pids.as_ref().map(|p| p.current).unwrap_or(0),
         })
     } else {
         let m = V1Metrics::parse_from_bytes(value).map_err(|e| bad(e.to_string()))?;
-        let cpu_ns = m
-            .cpu
-            .as_ref()
-            .and_then(|c| c.usage.as_ref())
-            .map(|u| u.total)
-            .unwrap_or(0);
+        let cpu = m.cpu.clone().unwrap_or_default();
+        let times = cpu.usage.clone().unwrap_or_default();
+        let throttling = cpu.throttling.clone().unwrap_or_default();
         let memory = m.memory.clone().unwrap_or_default();
         let usage = memory.usage.as_ref().map(|u| u.usage).unwrap_or(0);
         Ok(Usage {
-            cpu_ns,
+            cpu_ns: times.total,
             memory_usage: usage,
             working_set: usage.saturating_sub(memory.total_inactive_file),
             rss: memory.total_rss,
             page_faults: memory.total_pg_fault,
             major_page_faults: memory.total_pg_maj_fault,
+            user_ns: times.user,
+            system_ns: times.kernel,
+            cfs_periods: throttling.periods,
+            cfs_throttled_periods: throttling.throttled_periods,
+            cfs_throttled_ns: throttling.throttled_time,
+            cache: memory.total_cache,
+            mapped_file: memory.total_mapped_file,
+            active_file: memory.total_active_file,
+            inactive_file: memory.total_inactive_file,
+            processes: m.pids.as_ref().map(|p| p.current).unwrap_or(0),
         })
     }
 }
@@ -69,7 +96,7 @@ fn value(v: u64) -> Option<v1::UInt64Value> {
     Some(v1::UInt64Value { value: v })
 }
 
-async fn container_usage(manager: &Manager, container: &ContainerRecord) -> Usage {
+pub(super) async fn container_usage(manager: &Manager, container: &ContainerRecord) -> Usage {
     if container.state != ContainerState::Running {
         return Usage::default();
     }
@@ -128,10 +155,7 @@ async fn container_stats_and_usage(
     let usage = container_usage(manager, container).await;
     let now = now_ns();
     let config = convert::container_config(container);
-    let snapshot = container.snapshot.join("upper");
-    let (bytes, inodes) = tokio::task::spawn_blocking(move || ingot_image::usage(&snapshot))
-        .await
-        .unwrap_or((0, 0));
+    let (bytes, inodes) = writable_layer(container).await;
     let stats = v1::ContainerStats {
         attributes: Some(v1::ContainerAttributes {
             id: container.id.clone(),
@@ -182,7 +206,7 @@ pub async fn pod_stats(manager: &Manager, pod: &PodRecord) -> v1::PodSandboxStat
                 major_page_faults: None,
                 ..memory_usage(&total, now)
             }),
-            network: None,
+            network: network_usage(pod, now).await,
             process: Some(v1::ProcessUsage {
                 timestamp: now,
                 process_count: None,
@@ -191,6 +215,56 @@ pub async fn pod_stats(manager: &Manager, pod: &PodRecord) -> v1::PodSandboxStat
         }),
         windows: None,
     }
+}
+
+/// The pod's interfaces, from its network namespace (None for a host-network pod, whose
+/// traffic is the node's). `eth0`, the interface CNI plugins make, is the default one.
+async fn network_usage(pod: &PodRecord, now: i64) -> Option<v1::NetworkUsage> {
+    let interfaces = pod_interfaces(pod).await?;
+    let stats: Vec<v1::NetworkInterfaceUsage> = interfaces
+        .iter()
+        .map(|i| v1::NetworkInterfaceUsage {
+            name: i.name.clone(),
+            rx_bytes: value(i.rx_bytes),
+            rx_errors: value(i.rx_errors),
+            tx_bytes: value(i.tx_bytes),
+            tx_errors: value(i.tx_errors),
+        })
+        .collect();
+    let default_interface = stats
+        .iter()
+        .find(|i| i.name == "eth0")
+        .or_else(|| stats.first())
+        .cloned();
+    Some(v1::NetworkUsage {
+        timestamp: now,
+        default_interface,
+        interfaces: stats,
+    })
+}
+
+/// The counters of the pod's interfaces (None for a host-network pod, or when its namespace
+/// cannot be read).
+pub(super) async fn pod_interfaces(pod: &PodRecord) -> Option<Vec<crate::host::netns::Interface>> {
+    let netns = pod.net.clone()?;
+    let read = tokio::task::spawn_blocking(move || crate::host::netns::interfaces(&netns))
+        .await
+        .map_err(CriError::join("network stats"));
+    match read {
+        Ok(Ok(interfaces)) => Some(interfaces),
+        Ok(Err(err)) | Err(err) => {
+            tracing::debug!(pod = %pod.id, error = %err, "network stats");
+            None
+        }
+    }
+}
+
+/// Bytes and inodes of the container's writable layer.
+pub(super) async fn writable_layer(container: &ContainerRecord) -> (u64, u64) {
+    let upper = container.snapshot.join("upper");
+    tokio::task::spawn_blocking(move || ingot_image::usage(&upper))
+        .await
+        .unwrap_or((0, 0))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub struct Images {
     store: Arc<ImageStore>,
     root: PathBuf,
     hosts: RegistryHosts,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Images {
@@ -22,7 +23,7 @@ impl Images {
         Arc::clone(&self.store)
     }
 
-    pub fn open(config: &Config) -> Result<Self, CriError> {
+    pub fn open(config: &Config, metrics: Arc<crate::metrics::Metrics>) -> Result<Self, CriError> {
         let root = config.root.join("images");
         let store = ImageStore::open(&root)?;
         let mut hosts = RegistryHosts::default();
@@ -36,6 +37,7 @@ impl Images {
             store: Arc::new(store),
             root,
             hosts,
+            metrics,
         })
     }
 }
@@ -186,11 +188,13 @@ impl ImageService for Images {
         let auth = registry_auth(request.auth.as_ref())?;
         let span = tracing::info_span!("pull_image", image = %name);
         let _enter = span.enter();
-        let record = self
-            .store
-            .pull(&name, &auth, &self.hosts)
-            .await
-            .map_err(CriError::from)?;
+        let started = std::time::Instant::now();
+        let pulled = self.store.pull(&name, &auth, &self.hosts).await;
+        self.metrics.observe_pull(
+            started.elapsed(),
+            pulled.as_ref().map(|record| record.size).map_err(|_| ()),
+        );
+        let record = pulled.map_err(CriError::from)?;
         Ok(Response::new(v1::PullImageResponse {
             image_ref: record.id,
         }))

@@ -17,12 +17,13 @@ use tracing::Instrument;
 use crate::{
     config::Config,
     convert,
-    lifecycle::{containers, pods, stats, Manager},
+    lifecycle::{containers, pod_metrics, pods, stats, Manager},
     CriError,
 };
 
 pub mod images;
 mod list;
+pub mod metrics;
 pub mod server;
 pub mod status;
 pub mod streaming;
@@ -517,9 +518,8 @@ impl RuntimeService for Runtime {
         &self,
         _: Request<v1::ListMetricDescriptorsRequest>,
     ) -> Result<Response<v1::ListMetricDescriptorsResponse>, Status> {
-        // ingot exports no metrics beyond the CRI stats (the kubelet then uses those).
         Ok(Response::new(v1::ListMetricDescriptorsResponse {
-            descriptors: Vec::new(),
+            descriptors: pod_metrics::descriptors(),
         }))
     }
 
@@ -527,8 +527,12 @@ impl RuntimeService for Runtime {
         &self,
         _: Request<v1::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<v1::ListPodSandboxMetricsResponse>, Status> {
+        let mut pod_metrics = Vec::new();
+        for pod in self.manager.pods() {
+            pod_metrics.extend(pod_metrics::pod_metrics(&self.manager, &pod).await);
+        }
         Ok(Response::new(v1::ListPodSandboxMetricsResponse {
-            pod_metrics: Vec::new(),
+            pod_metrics,
         }))
     }
 }

@@ -52,7 +52,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Serves RuntimeService and ImageService until `shutdown` resolves, then removes the socket.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), CriError> {
     let socket = config.socket_path()?;
-    let images = Images::open(&config)?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let images = Images::open(&config, Arc::clone(&metrics))?;
     let manager = Manager::open(config.clone(), images.store())?;
     // Reconciled before the socket appears: a client never sees half-recovered state.
     refuse_live(&socket)?;
@@ -60,10 +61,19 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     manager.recover().await;
     let streaming =
         super::streaming::StreamServer::start(&config.stream_address, Arc::clone(&manager)).await?;
+    if !config.metrics_address.is_empty() {
+        super::metrics::start(
+            &config.metrics_address,
+            Arc::clone(&metrics),
+            Arc::clone(&manager),
+        )
+        .await?;
+    }
     let listener = bind(&socket)?;
     tracing::info!(socket = %socket.display(), "serving CRI v1");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        .layer(super::metrics::Timed::layer(metrics))
         .add_service(RuntimeServiceServer::new(Runtime::new(
             config, manager, streaming,
         )))
