@@ -233,6 +233,18 @@ impl ShimClient {
         Ok(response.pid)
     }
 
+    /// CloseIO of the process's stdin: it reads EOF once what was written is passed on.
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), CriError> {
+        let request = api::CloseIORequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            stdin: true,
+            ..Default::default()
+        };
+        let _: api::Empty = self.call("CloseIO", &request, Some(CALL_TIMEOUT)).await?;
+        Ok(())
+    }
+
     pub async fn exec(&self, request: &api::ExecProcessRequest) -> Result<(), CriError> {
         let _: api::Empty = self.call("Exec", request, Some(CALL_TIMEOUT)).await?;
         Ok(())

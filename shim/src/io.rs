@@ -46,9 +46,10 @@ type SharedWriter = Arc<Mutex<Option<File>>>;
 /// What the shim keeps of a process's stdio once the process runs.
 #[derive(Default)]
 pub struct ProcessIo {
-    /// The shim's end of the process's stdin, and the fifo it copies from; dropping the writer
-    /// is CloseIO.
-    stdin: Option<(SharedWriter, String)>,
+    /// The shim's end of the process's stdin, the fifo it copies from, and the shim's own
+    /// writer of that fifo, held so stdin stays open while clients come and go (as
+    /// containerd's shim holds it): only CloseIO ends it.
+    stdin: Option<(SharedWriter, String, File)>,
     /// The pty master in terminal mode, for ResizePty.
     console: Option<Arc<File>>,
     /// The CRI-format log the output goes to, for ReopenContainerLog.
@@ -59,7 +60,7 @@ impl ProcessIo {
     /// CloseIO: what the client wrote before closing is still delivered (drained from the fifo
     /// here if the copy thread has not read it yet), then the process sees EOF.
     pub fn close_stdin(&mut self) {
-        let Some((writer, fifo)) = self.stdin.take() else {
+        let Some((writer, fifo, holder)) = self.stdin.take() else {
             return;
         };
         let mut guard = lock(&writer);
@@ -78,6 +79,8 @@ impl ProcessIo {
             }
         }
         guard.take();
+        // The copy thread sees the fifo hang up once the clients' writers are gone too.
+        drop(holder);
     }
 
     /// ReopenContainerLog: a fresh file at the log path.
@@ -160,26 +163,26 @@ fn open_output(name: &str, which: &str) -> Result<OwnedFd> {
         .map_err(ShimError::io(format!("open {which} fifo {name}")))
 }
 
-/// Copies the stdin fifo into `writer` until EOF or until CloseIO drops the writer.
-fn spawn_stdin_copy(path: String, writer: SharedWriter) -> Result<()> {
+/// Copies the stdin fifo into `writer` until CloseIO drops the writer. Returns the shim's own
+/// writer of the fifo, which keeps it from reading EOF when a client closes its end.
+fn spawn_stdin_copy(path: String, writer: SharedWriter) -> Result<File> {
+    // Non-blocking opens: the reader needs no writer yet, and the holder then has a reader.
+    let fifo = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(ShimError::io(format!("open stdin fifo {path}")))?;
+    let holder = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(ShimError::io(format!("hold stdin fifo {path}")))?;
     thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
-            // Blocks until containerd opens the writing end; EOF follows its close.
-            let mut fifo = match File::open(&path) {
-                Ok(file) => file,
-                Err(err) => {
-                    tracing::warn!(path, error = %err, "open stdin fifo");
-                    lock(&writer).take();
-                    return;
-                }
-            };
+            let mut fifo = fifo;
             // Bytes are read only under the writer's lock, so CloseIO (which drains the fifo under
             // the same lock) never drops a chunk this thread has read but not yet written.
-            if set_nonblocking(&fifo).is_err() {
-                lock(&writer).take();
-                return;
-            }
             let mut buf = [0u8; 8192];
             loop {
                 let mut fds = [libc::pollfd {
@@ -212,19 +215,7 @@ fn spawn_stdin_copy(path: String, writer: SharedWriter) -> Result<()> {
             lock(&writer).take();
         })
         .map_err(ShimError::io("spawn stdin copy thread"))?;
-    Ok(())
-}
-
-fn set_nonblocking(file: &File) -> std::io::Result<()> {
-    // SAFETY: fcntl(2) on a descriptor we own.
-    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0
-        || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-    {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(holder)
 }
 
 fn spawn_output_copy(mut from: File, mut to: File) -> Result<()> {
@@ -269,8 +260,8 @@ pub fn plain(paths: &StdioPaths) -> Result<(ChildStdio, ProcessIo)> {
             source: errno.into(),
         })?;
         let writer: SharedWriter = Arc::new(Mutex::new(Some(File::from(write_end))));
-        spawn_stdin_copy(paths.stdin.clone(), Arc::clone(&writer))?;
-        io.stdin = Some((writer, paths.stdin.clone()));
+        let holder = spawn_stdin_copy(paths.stdin.clone(), Arc::clone(&writer))?;
+        io.stdin = Some((writer, paths.stdin.clone(), holder));
         read_end
     };
     let (stdout, stderr) = if paths.stdout.starts_with(crilog::SCHEME) {
@@ -357,8 +348,8 @@ impl ConsoleSocket {
                 .try_clone()
                 .map_err(ShimError::io("dup pty master"))?;
             let shared: SharedWriter = Arc::new(Mutex::new(Some(writer)));
-            spawn_stdin_copy(paths.stdin.clone(), Arc::clone(&shared))?;
-            io.stdin = Some((shared, paths.stdin.clone()));
+            let holder = spawn_stdin_copy(paths.stdin.clone(), Arc::clone(&shared))?;
+            io.stdin = Some((shared, paths.stdin.clone(), holder));
         }
         Ok(io)
     }
@@ -404,6 +395,36 @@ fn receive_fd(socket: i32) -> Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client closing its end does not end the process's stdin; a second client's bytes
+    /// still arrive; CloseIO ends it.
+    #[test]
+    fn stdin_stays_open_between_clients_until_close_io() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let paths = StdioPaths {
+            stdin: fifo.display().to_string(),
+            ..Default::default()
+        };
+        let (child, mut io) = plain(&paths).expect("stdio");
+        let mut process = File::from(child.stdin);
+        for client in ["first\n", "second\n"] {
+            let mut writer = OpenOptions::new().write(true).open(&fifo).expect("writer");
+            writer.write_all(client.as_bytes()).expect("write");
+            drop(writer);
+            let mut line = vec![0u8; client.len()];
+            process
+                .read_exact(&mut line)
+                .expect("the client's bytes, not EOF");
+            assert_eq!(line, client.as_bytes());
+        }
+        io.close_stdin();
+        let mut rest = Vec::new();
+        process.read_to_end(&mut rest).expect("EOF after CloseIO");
+        assert!(rest.is_empty());
+    }
 
     /// CloseIO right after a write: the bytes reach the process before its EOF, whichever of the
     /// copy thread and CloseIO gets to them first.

@@ -13,7 +13,7 @@ use tokio::{
 };
 
 use super::Manager;
-use crate::CriError;
+use crate::{convert, CriError};
 
 /// How long output written just before the exit may take to drain.
 const DRAIN: Duration = Duration::from_secs(1);
@@ -86,7 +86,7 @@ pub async fn exec(
         return Err(CriError::invalid("cmd", "is required"));
     }
     let (container, shim) = super::running(manager, container_id)?;
-    let process = super::exec::exec_process(&container, cmd, tty).await?;
+    let process = super::exec::exec_process(manager, &container, cmd, tty).await?;
     let (exec_id, dir) = super::exec::exec_dir(manager)?;
     let result = run(
         &shim,
@@ -181,13 +181,16 @@ async fn run(
     // stdin: the caller's bytes into the fifo; at its end, the process reads EOF.
     let stdin_task = match (streams.stdin, stdin_writer) {
         (Some(mut source), Some(mut sink)) => {
-            let exec_id = exec_id.to_string();
+            let (shim, id, exec_id) = (shim.clone(), id.to_string(), exec_id.to_string());
             Some(tokio::spawn(async move {
                 let copied = tokio::io::copy(&mut source, &mut sink).await;
                 tracing::debug!(exec = %exec_id, ?copied, "exec stdin ended");
-                // The fifo's last writer closes: the shim's copy reads what is left, then EOF,
-                // and closes the process's stdin. (CloseIO here could cut the copy short.)
                 drop(sink);
+                // The shim holds the fifo open (as containerd's does): CloseIO ends stdin, once
+                // the shim has passed on what was written.
+                if let Err(err) = shim.close_stdin(&id, &exec_id).await {
+                    tracing::debug!(exec = %exec_id, error = %err, "close exec stdin");
+                }
             }))
         }
         _ => None,
@@ -390,6 +393,14 @@ pub async fn attach(
         match pipe::OpenOptions::new().open_sender(&path) {
             Ok(mut sink) => {
                 let _ = tokio::io::copy(&mut source, &mut sink).await;
+                drop(sink);
+                // `stdin_once`: the container's stdin ends with its first attach's, as with
+                // containerd; otherwise it stays open for the next one.
+                if convert::container_config(&container).stdin_once {
+                    if let Err(err) = shim.close_stdin(&container.id, "").await {
+                        tracing::debug!(container = %container.id, error = %err, "close stdin");
+                    }
+                }
             }
             Err(err) => {
                 tracing::info!(container = %container.id, error = %err, "attach: no stdin to write to");
