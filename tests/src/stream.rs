@@ -21,20 +21,75 @@ use crate::TestNetns;
 /// How long a test waits on any one step of a stream.
 const STEP: Duration = Duration::from_secs(20);
 
-/// A TCP connection to the URL's host, made in `netns` (the host's when None).
-pub async fn connect(netns: Option<&TestNetns>, url: &str) -> Result<tokio::net::TcpStream> {
-    let host = url
-        .strip_prefix("http://")
-        .and_then(|rest| rest.split('/').next())
-        .ok_or_else(|| anyhow!("not an http URL: {url}"))?
-        .to_string();
-    let target = host.clone();
-    let stream = match netns {
-        Some(netns) => netns.run(move || std::net::TcpStream::connect(target))??,
-        None => std::net::TcpStream::connect(target)?,
-    };
-    stream.set_nonblocking(true)?;
-    Ok(tokio::net::TcpStream::from_std(stream)?)
+/// Any connection a stream runs over: plain TCP or TLS.
+pub trait Conn:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug> Conn for T {}
+pub type Io = Box<dyn Conn>;
+
+/// Where and how to reach the server: the network namespace to connect from (the host's when
+/// None) and, for `https` URLs, the certificates to trust.
+pub struct Dialer<'a> {
+    pub netns: Option<&'a TestNetns>,
+    pub roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+impl<'a> Dialer<'a> {
+    pub fn new(netns: Option<&'a TestNetns>) -> Self {
+        Dialer {
+            netns,
+            roots: Vec::new(),
+        }
+    }
+
+    /// Trusts the PEM certificate `pem` for `https` URLs.
+    pub fn trusting(mut self, pem: &str) -> Result<Self> {
+        use rustls_pki_types::pem::PemObject;
+        self.roots
+            .push(rustls_pki_types::CertificateDer::from_pem_slice(
+                pem.as_bytes(),
+            )?);
+        Ok(self)
+    }
+
+    /// A connection to the URL's host, with TLS for `https`.
+    pub async fn connect(&self, url: &str) -> Result<Io> {
+        let (tls, rest) = match url.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
+            _ => bail!("not an http(s) URL: {url}"),
+        };
+        let host = rest.split('/').next().unwrap_or(rest).to_string();
+        let target = host.clone();
+        let stream = match self.netns {
+            Some(netns) => netns.run(move || std::net::TcpStream::connect(target))??,
+            None => std::net::TcpStream::connect(target)?,
+        };
+        stream.set_nonblocking(true)?;
+        let tcp = tokio::net::TcpStream::from_std(stream)?;
+        if !tls {
+            return Ok(Box::new(tcp));
+        }
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        for root in &self.roots {
+            roots.add(root.clone())?;
+        }
+        let provider =
+            std::sync::Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+        let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&host);
+        let name = rustls_pki_types::ServerName::try_from(name.to_string())?;
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let stream = tokio::time::timeout(STEP, connector.connect(name, tcp))
+            .await
+            .context("TLS handshake timed out")??;
+        Ok(Box::new(stream))
+    }
 }
 
 /// What an exec or attach printed, and its error channel's status (empty when it succeeded
@@ -68,12 +123,12 @@ impl Output {
 /// A WebSocket to `url` offering `protocols`; the socket and the protocol the server chose, or
 /// the HTTP status line it answered instead.
 pub async fn websocket(
-    netns: Option<&TestNetns>,
+    dialer: &Dialer<'_>,
     url: &str,
     protocols: &[&str],
-) -> Result<(WebSocketStream<tokio::net::TcpStream>, String)> {
-    let tcp = connect(netns, url).await?;
-    let ws_url = url.replacen("http://", "ws://", 1);
+) -> Result<(WebSocketStream<Io>, String)> {
+    let tcp = dialer.connect(url).await?;
+    let ws_url = url.replacen("http", "ws", 1);
     let mut request = ws_url.into_client_request()?;
     if !protocols.is_empty() {
         request.headers_mut().insert(
@@ -104,7 +159,7 @@ pub async fn websocket(
 /// closes it), sends `resize` first when given, and collects the output until the server
 /// closes.
 pub async fn websocket_process(
-    mut socket: WebSocketStream<tokio::net::TcpStream>,
+    mut socket: WebSocketStream<Io>,
     protocol: &str,
     stdin: Option<&[u8]>,
     resize: Option<(u16, u16)>,
@@ -155,7 +210,7 @@ pub async fn websocket_process(
 /// on data channel 0 and returns what the pod answered (until it closed), after checking the
 /// port prefix each channel starts with.
 pub async fn websocket_port_forward(
-    mut socket: WebSocketStream<tokio::net::TcpStream>,
+    mut socket: WebSocketStream<Io>,
     base64: bool,
     port: u16,
     request: &[u8],
@@ -229,7 +284,7 @@ pub async fn websocket_port_forward(
 
 /// The byte stream of a WebSocket that carries SPDY in binary messages (client-go's
 /// `TunnelingConnection`).
-pub fn tunnel(socket: WebSocketStream<tokio::net::TcpStream>) -> tokio::io::DuplexStream {
+pub fn tunnel(socket: WebSocketStream<Io>) -> tokio::io::DuplexStream {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let (mut sink, mut source) = socket.split();
     let (mut read_half, mut write_half) = tokio::io::split(theirs);
@@ -268,13 +323,9 @@ pub fn tunnel(socket: WebSocketStream<tokio::net::TcpStream>) -> tokio::io::Dupl
 
 /// An HTTP/1.1 upgrade to SPDY/3.1 offering `protocols`; the session and the protocol the
 /// server chose, or the status line it answered instead.
-pub async fn spdy(
-    netns: Option<&TestNetns>,
-    url: &str,
-    protocols: &[&str],
-) -> Result<(Session, String)> {
-    let mut tcp = connect(netns, url).await?;
-    let rest = url.strip_prefix("http://").unwrap_or(url);
+pub async fn spdy(dialer: &Dialer<'_>, url: &str, protocols: &[&str]) -> Result<(Session, String)> {
+    let mut tcp = dialer.connect(url).await?;
+    let rest = url.split_once("://").map(|(_, rest)| rest).unwrap_or(url);
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     let mut request = format!(
         "POST /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"

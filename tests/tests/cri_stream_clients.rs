@@ -69,7 +69,7 @@ fn assert_read_echo_exit(output: &Output, what: &str) {
 async fn every_protocol_through_our_own_client() {
     let (env, mut client, image) = env(true).await;
     let daemon = &env.daemon;
-    let netns = env.netns();
+    let dialer = stream::Dialer::new(env.netns());
     let log_dir = daemon.log_dir("clients");
     let pod = pod_config("clients", &log_dir);
     let pod_id = run_pod(&mut client, pod.clone()).await;
@@ -86,7 +86,7 @@ async fn every_protocol_through_our_own_client() {
     .await;
     // A first exec warms what every later one shares (the shim's exec path, pools).
     let url = exec_url(&mut client, &id, &["true"], false, false).await;
-    let (session, _) = stream::spdy(netns, &url, &["v4.channel.k8s.io"])
+    let (session, _) = stream::spdy(&dialer, &url, &["v4.channel.k8s.io"])
         .await
         .expect("spdy");
     stream::spdy_process(&session, "v4.channel.k8s.io", None, false, None)
@@ -106,7 +106,7 @@ async fn every_protocol_through_our_own_client() {
         "channel.k8s.io",
     ] {
         let url = exec_url(&mut client, &id, &["sh", "-c", READ_ECHO_EXIT], true, false).await;
-        let (session, chosen) = stream::spdy(netns, &url, &[protocol])
+        let (session, chosen) = stream::spdy(&dialer, &url, &[protocol])
             .await
             .expect(protocol);
         assert_eq!(chosen, protocol);
@@ -126,9 +126,10 @@ async fn every_protocol_through_our_own_client() {
     }
     // The client's first choice wins among those both speak.
     let url = exec_url(&mut client, &id, &["true"], false, false).await;
-    let (session, chosen) = stream::spdy(netns, &url, &["v2.channel.k8s.io", "v4.channel.k8s.io"])
-        .await
-        .expect("two offered");
+    let (session, chosen) =
+        stream::spdy(&dialer, &url, &["v2.channel.k8s.io", "v4.channel.k8s.io"])
+            .await
+            .expect("two offered");
     assert_eq!(chosen, "v4.channel.k8s.io", "the newest both speak");
     let output = stream::spdy_process(&session, &chosen, None, false, None)
         .await
@@ -144,7 +145,7 @@ async fn every_protocol_through_our_own_client() {
         true,
     )
     .await;
-    let (session, _) = stream::spdy(netns, &url, &["v4.channel.k8s.io"])
+    let (session, _) = stream::spdy(&dialer, &url, &["v4.channel.k8s.io"])
         .await
         .expect("spdy tty");
     let output = stream::spdy_process(&session, "v4.channel.k8s.io", None, true, Some((91, 27)))
@@ -155,7 +156,7 @@ async fn every_protocol_through_our_own_client() {
     // Exec over both WebSocket versions (v4 has no close for stdin: `read` needs a line only).
     for protocol in ["v5.channel.k8s.io", "v4.channel.k8s.io"] {
         let url = exec_url(&mut client, &id, &["sh", "-c", READ_ECHO_EXIT], true, false).await;
-        let (socket, chosen) = stream::websocket(netns, &url, &[protocol])
+        let (socket, chosen) = stream::websocket(&dialer, &url, &[protocol])
             .await
             .expect(protocol);
         assert_eq!(chosen, protocol);
@@ -172,7 +173,7 @@ async fn every_protocol_through_our_own_client() {
         true,
     )
     .await;
-    let (socket, _) = stream::websocket(netns, &url, &["v5.channel.k8s.io"])
+    let (socket, _) = stream::websocket(&dialer, &url, &["v5.channel.k8s.io"])
         .await
         .expect("websocket tty");
     let output = stream::websocket_process(socket, "v5.channel.k8s.io", None, Some((120, 40)))
@@ -201,12 +202,12 @@ async fn every_protocol_through_our_own_client() {
             .url;
         let script = format!("echo {name}-$((6*7)); exit 0\n");
         let output = if websocket {
-            let (socket, protocol) = stream::websocket(netns, &url, &["v5.channel.k8s.io"])
+            let (socket, protocol) = stream::websocket(&dialer, &url, &["v5.channel.k8s.io"])
                 .await
                 .expect("attach websocket");
             stream::websocket_process(socket, &protocol, Some(script.as_bytes()), None).await
         } else {
-            let (session, protocol) = stream::spdy(netns, &url, &["v4.channel.k8s.io"])
+            let (session, protocol) = stream::spdy(&dialer, &url, &["v4.channel.k8s.io"])
                 .await
                 .expect("attach spdy");
             stream::spdy_process(&session, &protocol, Some(script.as_bytes()), false, None).await
@@ -219,10 +220,50 @@ async fn every_protocol_through_our_own_client() {
         stop_and_remove_container(&mut client, &reader_id, 0).await;
     }
 
+    // A container whose stdin is not `stdin_once`: one attach's end leaves it open for the next.
+    let mut keeper = container_config("keeper", &image, "");
+    keeper.command = vec!["/bin/sh".into()];
+    keeper.stdin = true;
+    let keeper_id = start_container(&mut client, &pod_id, &pod, keeper).await;
+    for (script, expected) in [
+        ("echo one-$((1+1))\n", "one-2"),
+        ("echo two-$((2+2)); exit 0\n", "two-4"),
+    ] {
+        let url = client
+            .attach(v1::AttachRequest {
+                container_id: keeper_id.clone(),
+                stdin: true,
+                stdout: true,
+                stderr: true,
+                tty: false,
+            })
+            .await
+            .expect("Attach")
+            .into_inner()
+            .url;
+        let (session, protocol) = stream::spdy(&dialer, &url, &["v4.channel.k8s.io"])
+            .await
+            .expect("attach spdy");
+        let output =
+            stream::spdy_process(&session, &protocol, Some(script.as_bytes()), false, None)
+                .await
+                .expect("attach");
+        assert!(output.stdout.contains(expected), "{expected}: {output:?}");
+        if expected == "one-2" {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(
+                container_status(&mut client, &keeper_id).await.state,
+                v1::ContainerState::ContainerRunning as i32,
+                "stdin stays open after the first attach"
+            );
+        }
+    }
+    stop_and_remove_container(&mut client, &keeper_id, 0).await;
+
     // Port-forward over SPDY: two connections at once on one session.
     let request = b"GET /index.html HTTP/1.0\r\n\r\n";
     let url = port_forward_url(&mut client, &pod_id, &[]).await;
-    let (session, chosen) = stream::spdy(netns, &url, &["portforward.k8s.io"])
+    let (session, chosen) = stream::spdy(&dialer, &url, &["portforward.k8s.io"])
         .await
         .expect("port-forward spdy");
     assert_eq!(chosen, "portforward.k8s.io");
@@ -251,7 +292,7 @@ async fn every_protocol_through_our_own_client() {
         (&["v4.base64.channel.k8s.io"][..], true),
     ] {
         let url = port_forward_url(&mut client, &pod_id, &[8080]).await;
-        let (socket, _) = stream::websocket(netns, &url, protocols)
+        let (socket, _) = stream::websocket(&dialer, &url, protocols)
             .await
             .expect("port-forward websocket");
         let response = stream::websocket_port_forward(socket, base64, 8080, request)
@@ -263,7 +304,7 @@ async fn every_protocol_through_our_own_client() {
         );
     }
     let url = port_forward_url(&mut client, &pod_id, &[9]).await;
-    let (socket, _) = stream::websocket(netns, &url, &["v4.channel.k8s.io"])
+    let (socket, _) = stream::websocket(&dialer, &url, &["v4.channel.k8s.io"])
         .await
         .expect("port-forward websocket to a closed port");
     let refused = stream::websocket_port_forward(socket, false, 9, request)
@@ -276,7 +317,7 @@ async fn every_protocol_through_our_own_client() {
 
     // SPDY tunnelled in WebSocket, as kubectl 1.31 and later dial port-forward.
     let url = port_forward_url(&mut client, &pod_id, &[]).await;
-    let (socket, chosen) = stream::websocket(netns, &url, &["SPDY/3.1+portforward.k8s.io"])
+    let (socket, chosen) = stream::websocket(&dialer, &url, &["SPDY/3.1+portforward.k8s.io"])
         .await
         .expect("tunnel");
     assert_eq!(chosen, "SPDY/3.1+portforward.k8s.io");
@@ -292,23 +333,23 @@ async fn every_protocol_through_our_own_client() {
 
     // Refusals: protocols the server does not speak, a used token, an unknown container.
     let url = exec_url(&mut client, &id, &["true"], false, false).await;
-    let refused = stream::websocket(netns, &url, &["v1.bogus.k8s.io"])
+    let refused = stream::websocket(&dialer, &url, &["v1.bogus.k8s.io"])
         .await
         .expect_err("a protocol nobody speaks");
     assert!(refused.to_string().contains("403"), "{refused}");
-    let Err(refused) = stream::spdy(netns, &url, &["bogus"]).await else {
+    let Err(refused) = stream::spdy(&dialer, &url, &["bogus"]).await else {
         panic!("a SPDY protocol nobody speaks was accepted");
     };
     assert!(refused.to_string().contains("403"), "{refused}");
-    let (session, _) = stream::spdy(netns, &url, &["v4.channel.k8s.io"])
+    let (session, _) = stream::spdy(&dialer, &url, &["v4.channel.k8s.io"])
         .await
         .expect("a refusal does not use up the token");
     drop(session);
-    let Err(refused) = stream::spdy(netns, &url, &["v4.channel.k8s.io"]).await else {
+    let Err(refused) = stream::spdy(&dialer, &url, &["v4.channel.k8s.io"]).await else {
         panic!("a used token was accepted");
     };
     assert!(refused.to_string().contains("404"), "{refused}");
-    let refused = stream::websocket(netns, &url, &["v5.channel.k8s.io"])
+    let refused = stream::websocket(&dialer, &url, &["v5.channel.k8s.io"])
         .await
         .expect_err("a used token over websocket");
     assert!(refused.to_string().contains("404"), "{refused}");
@@ -317,13 +358,13 @@ async fn every_protocol_through_our_own_client() {
     for websocket in [false, true] {
         let url = exec_url(&mut client, &id, &["sleep", "738"], false, false).await;
         if websocket {
-            let (socket, _) = stream::websocket(netns, &url, &["v5.channel.k8s.io"])
+            let (socket, _) = stream::websocket(&dialer, &url, &["v5.channel.k8s.io"])
                 .await
                 .expect("websocket");
             wait_for_sleep_738(true).await;
             drop(socket);
         } else {
-            let (session, protocol) = stream::spdy(netns, &url, &["v4.channel.k8s.io"])
+            let (session, protocol) = stream::spdy(&dialer, &url, &["v4.channel.k8s.io"])
                 .await
                 .expect("spdy");
             let running = tokio::spawn(async move {
@@ -378,4 +419,111 @@ async fn wait_for_sleep_738(running: bool) {
             "outlived its client"
         }
     );
+}
+
+/// The streaming server over TLS (`stream_tls` with a certificate of the test's): its URLs are
+/// https, our client speaks SPDY and WebSocket through it when it trusts the certificate and
+/// is refused when it does not, plain http is not answered, and crictl (which, like the
+/// kubelet's proxy, does not check the runtime's certificate) execs through it.
+#[tokio::test(flavor = "current_thread")]
+async fn tls_streams() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).expect("cert");
+    std::fs::write(&key, made.signing_key.serialize_pem()).expect("key");
+    let (env, mut client, image) = env_with(
+        true,
+        ingot_tests::cri::Options {
+            extra_config: format!(
+                "[stream_tls]\nenabled = true\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                cert.display(),
+                key.display()
+            ),
+            ..Default::default()
+        },
+    )
+    .await;
+    let daemon = &env.daemon;
+    let log_dir = daemon.log_dir("tls");
+    let pod = pod_config("tls", &log_dir);
+    let pod_id = run_pod(&mut client, pod.clone()).await;
+    let id = start_container(
+        &mut client,
+        &pod_id,
+        &pod,
+        container_config("c", &image, "sleep 1000"),
+    )
+    .await;
+
+    let trusting = stream::Dialer::new(env.netns())
+        .trusting(&made.cert.pem())
+        .expect("trust");
+    let url = exec_url(&mut client, &id, &["sh", "-c", READ_ECHO_EXIT], true, false).await;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let (session, protocol) = stream::spdy(&trusting, &url, &["v4.channel.k8s.io"])
+        .await
+        .expect("spdy over tls");
+    let output = stream::spdy_process(&session, &protocol, Some(b"hello\n"), false, None)
+        .await
+        .expect("exec over tls");
+    assert_read_echo_exit(&output, "spdy over tls");
+    let url = exec_url(&mut client, &id, &["sh", "-c", READ_ECHO_EXIT], true, false).await;
+    let (socket, protocol) = stream::websocket(&trusting, &url, &["v5.channel.k8s.io"])
+        .await
+        .expect("websocket over tls");
+    let output = stream::websocket_process(socket, &protocol, Some(b"hello\n"), None)
+        .await
+        .expect("exec over wss");
+    assert_read_echo_exit(&output, "wss");
+
+    // A client that does not trust the certificate, and one that does not speak TLS.
+    let url = exec_url(&mut client, &id, &["true"], false, false).await;
+    let Err(refused) = stream::spdy(
+        &stream::Dialer::new(env.netns()),
+        &url,
+        &["v4.channel.k8s.io"],
+    )
+    .await
+    else {
+        panic!("an untrusted certificate was accepted");
+    };
+    assert!(
+        refused.to_string().to_lowercase().contains("certificate"),
+        "{refused}"
+    );
+    let plain = url.replacen("https://", "http://", 1);
+    assert!(
+        stream::spdy(
+            &stream::Dialer::new(env.netns()),
+            &plain,
+            &["v4.channel.k8s.io"]
+        )
+        .await
+        .is_err(),
+        "plain http answered on the TLS port"
+    );
+
+    // crictl through TLS.
+    let crictl =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cri-tools/crictl");
+    let output = env
+        .netns()
+        .expect("netns")
+        .command(&crictl)
+        .arg("--runtime-endpoint")
+        .arg(format!("unix://{}", daemon.socket().display()))
+        .args(["--timeout", "20s", "exec", &id, "echo", "over-tls"])
+        .output()
+        .expect("crictl exec");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "over-tls",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    stop_and_remove_container(&mut client, &id, 0).await;
+    remove_pod(&mut client, &pod_id).await;
+    assert_nothing_left(daemon, &pod_id);
 }

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod server;
 pub mod status;
 pub mod streaming;
+mod tls;
 mod validate;
 
 pub const RUNTIME_NAME: &str = "ingot";

@@ -59,8 +59,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     refuse_live(&socket)?;
     manager.pin_housekeeping().await;
     manager.recover().await;
-    let streaming =
-        super::streaming::StreamServer::start(&config.stream_address, Arc::clone(&manager)).await?;
+    let streaming = super::streaming::StreamServer::start(
+        &config.stream_address,
+        &config.stream_tls,
+        Arc::clone(&manager),
+    )
+    .await?;
     if !config.metrics_address.is_empty() {
         super::metrics::start(
             &config.metrics_address,

@@ -1,9 +1,10 @@
-//! The streaming server behind Exec and PortForward (`kubectl exec`, `crictl exec -it`,
+//! The streaming server behind Exec, Attach and PortForward (`kubectl exec`, `crictl exec -it`,
 //! `kubectl port-forward`): the RPCs hand out one-time URLs with a token that expires, and this
-//! server, on its own address (`stream_address`, 127.0.0.1 by default as containerd's), serves
-//! them over SPDY/3.1 with the Kubernetes subprotocols (`v4.channel.k8s.io` down to
-//! `channel.k8s.io` for exec, `portforward.k8s.io`), the way the kubelet's own streaming server
-//! (`k8s.io/kubelet/pkg/cri/streaming`) does.
+//! server, on its own address (`stream_address`, 127.0.0.1 by default as containerd's; TLS when
+//! `stream_tls` asks), serves them the way the kubelet's own streaming server
+//! (`k8s.io/kubelet/pkg/cri/streaming`) does: SPDY/3.1 with the Kubernetes subprotocols
+//! (`v4.channel.k8s.io` down to `channel.k8s.io`, `portforward.k8s.io`) and WebSocket
+//! (`v5`/`v4.channel.k8s.io`, port-forward channels, SPDY tunnelled in WebSocket).
 
 use std::{
     collections::HashMap,
@@ -81,9 +82,30 @@ impl Pending {
     }
 }
 
+/// The URLs handed out and not yet used: single-use, each for [`TOKEN_TTL`].
+#[derive(Default)]
+struct Tokens {
+    issued: HashMap<String, (Pending, Instant)>,
+}
+
+impl Tokens {
+    /// Keeps `pending` under `token`, dropping the expired ones.
+    fn issue(&mut self, token: String, pending: Pending, now: Instant) {
+        self.issued
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < TOKEN_TTL);
+        self.issued.insert(token, (pending, now));
+    }
+
+    /// The token's request, once, while it has not expired.
+    fn take(&mut self, token: &str, now: Instant) -> Option<Pending> {
+        let (pending, at) = self.issued.remove(token)?;
+        (now.saturating_duration_since(at) < TOKEN_TTL).then_some(pending)
+    }
+}
+
 pub struct StreamServer {
     base: String,
-    tokens: Mutex<HashMap<String, (Pending, Instant)>>,
+    tokens: Mutex<Tokens>,
     manager: Arc<Manager>,
 }
 
@@ -94,8 +116,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl StreamServer {
-    /// Binds `address` and serves it until the runtime ends.
-    pub async fn start(address: &str, manager: Arc<Manager>) -> Result<Arc<Self>, CriError> {
+    /// Binds `address` and serves it (over TLS when `tls` asks) until the runtime ends.
+    pub async fn start(
+        address: &str,
+        tls: &crate::config::StreamTls,
+        manager: Arc<Manager>,
+    ) -> Result<Arc<Self>, CriError> {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(CriError::io(format!(
@@ -104,12 +130,14 @@ impl StreamServer {
         let local = listener
             .local_addr()
             .map_err(CriError::io("the streaming server's address"))?;
+        let acceptor = super::tls::acceptor(tls, local)?;
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
         let server = Arc::new(StreamServer {
-            base: format!("http://{local}"),
+            base: format!("{scheme}://{local}"),
             tokens: Mutex::default(),
             manager,
         });
-        tracing::info!(address = %local, "streaming server listening");
+        tracing::info!(address = %local, tls = acceptor.is_some(), "streaming server listening");
         let accepting = Arc::clone(&server);
         tokio::spawn(async move {
             loop {
@@ -117,7 +145,18 @@ impl StreamServer {
                     continue;
                 };
                 let server = Arc::clone(&accepting);
-                tokio::spawn(async move { server.serve_connection(connection, peer).await });
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    match acceptor {
+                        None => server.serve_connection(connection, peer).await,
+                        Some(acceptor) => match acceptor.accept(connection).await {
+                            Ok(tls) => server.serve_connection(tls, peer).await,
+                            Err(err) => {
+                                tracing::debug!(%peer, error = %err, "TLS handshake failed")
+                            }
+                        },
+                    }
+                });
             }
         });
         Ok(server)
@@ -125,9 +164,7 @@ impl StreamServer {
 
     fn token_for(&self, pending: Pending) -> Result<String, CriError> {
         let token = new_id()?[..32].to_string();
-        let mut tokens = lock(&self.tokens);
-        tokens.retain(|_, (_, issued)| issued.elapsed() < TOKEN_TTL);
-        tokens.insert(token.clone(), (pending, Instant::now()));
+        lock(&self.tokens).issue(token.clone(), pending, Instant::now());
         Ok(token)
     }
 
@@ -141,10 +178,8 @@ impl StreamServer {
         })
     }
 
-    /// The token's request, once: a token is single-use and expires.
     fn take(&self, token: &str) -> Option<Pending> {
-        let (pending, issued) = lock(&self.tokens).remove(token)?;
-        (issued.elapsed() < TOKEN_TTL).then_some(pending)
+        lock(&self.tokens).take(token, Instant::now())
     }
 
     /// Exec: a URL for a running container, as the CRI and containerd check the request.
@@ -237,11 +272,10 @@ impl StreamServer {
         Ok(format!("{}/portforward/{token}", self.base))
     }
 
-    async fn serve_connection(
-        self: Arc<Self>,
-        connection: tokio::net::TcpStream,
-        peer: SocketAddr,
-    ) {
+    async fn serve_connection<IO>(self: Arc<Self>, connection: IO, peer: SocketAddr)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let service = hyper::service::service_fn(move |request| {
             let server = Arc::clone(&self);
             async move { Ok::<_, std::convert::Infallible>(server.handle(request)) }
@@ -1151,6 +1185,31 @@ fn plain(status: StatusCode, message: String) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_single_use_and_expire() {
+        let forward = || {
+            Pending::PortForward(v1::PortForwardRequest {
+                pod_sandbox_id: "p".into(),
+                port: vec![80],
+            })
+        };
+        let start = Instant::now();
+        let mut tokens = Tokens::default();
+        tokens.issue("a".into(), forward(), start);
+        tokens.issue("b".into(), forward(), start);
+        assert!(tokens.take("a", start + Duration::from_secs(59)).is_some());
+        assert!(
+            tokens.take("a", start + Duration::from_secs(59)).is_none(),
+            "used"
+        );
+        assert!(tokens.take("b", start + TOKEN_TTL).is_none(), "expired");
+        assert!(tokens.take("c", start).is_none(), "unknown");
+        // Expired ones are dropped as new ones are issued.
+        tokens.issue("d".into(), forward(), start);
+        tokens.issue("e".into(), forward(), start + TOKEN_TTL);
+        assert_eq!(tokens.issued.len(), 1);
+    }
 
     #[test]
     fn the_error_stream_reports_the_exit_as_each_protocol_does() {
