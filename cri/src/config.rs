@@ -34,9 +34,17 @@ pub struct Config {
     /// The streaming server (Exec, PortForward URLs): `127.0.0.1:0` picks a free port on
     /// loopback, as containerd's `stream_server_address`.
     pub stream_address: String,
+    /// TLS for the streaming server (containerd's `enable_tls_streaming`).
+    pub stream_tls: StreamTls,
     /// The Prometheus endpoint (`/metrics`): loopback and a fixed port by default, as
     /// containerd's `metrics.address`; `127.0.0.1:0` picks a free port, `""` turns it off.
     pub metrics_address: String,
+    /// Where the files host tuning changes (`proc/irq`, `sys/devices/system/cpu`,
+    /// `etc/sysconfig/irqbalance`) are; `host_root` when unset.
+    pub tuning_root: Option<PathBuf>,
+    /// Runtime handlers beside the default (`""` and `"ingot"`), as CRI-O's
+    /// `[crio.runtime.runtimes.<name>]`: RunPodSandbox's `runtime_handler` picks one.
+    pub runtimes: BTreeMap<String, RuntimeHandler>,
     /// CPU placement: `policy = "none" | "exclusive"`, `reserved = "0"` (housekeeping CPUs).
     pub placement: ingot_placement::PlacementConfig,
 }
@@ -46,6 +54,57 @@ pub struct Config {
 pub struct CniConfig {
     pub conf_dir: PathBuf,
     pub bin_dirs: Vec<PathBuf>,
+}
+
+/// A runtime handler: CRI-O's high-performance hooks and the annotations its pods may use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeHandler {
+    /// The CRI-O high-performance annotations (`cpu-quota.crio.io` …) take effect, as under
+    /// CRI-O's `high-performance` runtime handler hooks.
+    pub high_performance: bool,
+    /// Annotations its pods may carry (CRI-O's `allowed_annotations`); a tuning annotation
+    /// not listed here is refused.
+    pub allowed_annotations: Vec<String>,
+    /// `"first"`: exec'd and probe processes run on the container's first exclusive CPU, not
+    /// over all of them (CRI-O's `exec_cpu_affinity`).
+    pub exec_cpu_affinity: ExecCpuAffinity,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecCpuAffinity {
+    /// Every CPU of the container.
+    #[default]
+    #[serde(rename = "")]
+    All,
+    First,
+}
+
+/// The runtime handlers ingotd always has.
+pub const DEFAULT_HANDLERS: &[&str] = &["", "ingot"];
+
+impl Config {
+    /// The handler a pod names, or None when ingotd has no such handler.
+    pub fn runtime_handler(&self, name: &str) -> Option<RuntimeHandler> {
+        match self.runtimes.get(name) {
+            Some(handler) => Some(handler.clone()),
+            None => DEFAULT_HANDLERS
+                .contains(&name)
+                .then(RuntimeHandler::default),
+        }
+    }
+}
+
+/// `enabled` serves https: with the PEM certificate chain and key of `cert_file` and
+/// `key_file` when given (both or neither), else with a self-signed certificate made at start
+/// for the listening address, as containerd does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamTls {
+    pub enabled: bool,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -68,6 +127,9 @@ impl Default for Config {
             registries: BTreeMap::new(),
             host_root: PathBuf::from("/"),
             stream_address: "127.0.0.1:0".into(),
+            stream_tls: StreamTls::default(),
+            runtimes: BTreeMap::new(),
+            tuning_root: None,
             metrics_address: DEFAULT_METRICS_ADDRESS.into(),
             placement: ingot_placement::PlacementConfig::default(),
         }
@@ -185,6 +247,18 @@ impl Config {
                 self.cgroup_parent
             )));
         }
+        let tls = &self.stream_tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(CriError::Config(
+                "stream_tls: cert_file and key_file go together (or neither, for a self-signed certificate)"
+                    .into(),
+            ));
+        }
+        if !tls.enabled && tls.cert_file.is_some() {
+            return Err(CriError::Config(
+                "stream_tls: cert_file is set but enabled = false".into(),
+            ));
+        }
         for (host, registry) in &self.registries {
             for mirror in &registry.mirrors {
                 if !(mirror.starts_with("http://") || mirror.starts_with("https://")) {
@@ -280,6 +354,12 @@ mirrors = ["http://127.0.0.1:5000"]
         assert!(err.to_string().contains("listen"), "{err}");
         let err = Config::from_toml("root = \"relative\"", origin).expect_err("relative");
         assert!(err.to_string().contains("root"), "{err}");
+        let err = Config::from_toml(
+            "[stream_tls]\nenabled = true\ncert_file = \"/c.pem\"",
+            origin,
+        )
+        .expect_err("a certificate without its key");
+        assert!(err.to_string().contains("key_file"), "{err}");
         let err = Config::from_toml("cgroup_parent = \"/a/../b\"", origin).expect_err("dotdot");
         assert!(err.to_string().contains("cgroup_parent"), "{err}");
         let err = Config::from_toml(

@@ -2,7 +2,10 @@
 //! committed before the RPC that made it answers, so a daemon killed at any point restarts
 //! knowing every pod and container it acknowledged.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -13,6 +16,10 @@ const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 /// Node-wide records, one per key: the placement checkpoint.
 const NODE: TableDefinition<&str, &[u8]> = TableDefinition::new("node");
+/// Host files ingot tuned, by path under the host root: the value each held before.
+const TUNING_BASELINES: TableDefinition<&str, &[u8]> = TableDefinition::new("tuning_baselines");
+/// The boot the tuning baselines were recorded in (a reboot resets the files).
+const BOOT_ID_KEY: &str = "tuning_boot_id";
 const PLACEMENT_KEY: &str = "placement";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +92,9 @@ pub struct ContainerRecord {
     pub snapshot: PathBuf,
     /// The signal the image asks to be stopped with.
     pub stop_signal: u32,
+    /// The high-performance tuning its annotations ask for (CRI-O's), on its exclusive CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<ingot_tuning::Tuning>,
 }
 
 /// The page cache of the state store.
@@ -114,6 +124,8 @@ impl Store {
         txn.open_table(PODS).map_err(|e| err(e.to_string()))?;
         txn.open_table(CONTAINERS).map_err(|e| err(e.to_string()))?;
         txn.open_table(NODE).map_err(|e| err(e.to_string()))?;
+        txn.open_table(TUNING_BASELINES)
+            .map_err(|e| err(e.to_string()))?;
         txn.commit().map_err(|e| err(e.to_string()))?;
         Ok(Store { db, path })
     }
@@ -224,6 +236,63 @@ impl Store {
         let table = txn.open_table(NODE).map_err(|e| self.err(e))?;
         let value = table.get(PLACEMENT_KEY).map_err(|e| self.err(e))?;
         Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// The baselines of the host files tuning changed, by path.
+    pub fn tuning_baselines(&self) -> Result<BTreeMap<PathBuf, String>, CriError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(TUNING_BASELINES).map_err(|e| self.err(e))?;
+        let mut out = BTreeMap::new();
+        for entry in table.iter().map_err(|e| self.err(e))? {
+            let (path, value) = entry.map_err(|e| self.err(e))?;
+            out.insert(
+                PathBuf::from(path.value()),
+                String::from_utf8_lossy(value.value()).into_owned(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Records a file's baseline, committed before the file is written.
+    pub fn record_tuning_baseline(&self, path: &Path, baseline: &str) -> Result<(), CriError> {
+        let key = path.to_string_lossy();
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut table = txn.open_table(TUNING_BASELINES).map_err(|e| self.err(e))?;
+            table
+                .insert(key.as_ref(), baseline.as_bytes())
+                .map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    pub fn forget_tuning_baseline(&self, path: &Path) -> Result<(), CriError> {
+        let key = path.to_string_lossy();
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut table = txn.open_table(TUNING_BASELINES).map_err(|e| self.err(e))?;
+            table.remove(key.as_ref()).map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// The boot id saved with the tuning baselines.
+    pub fn tuning_boot_id(&self) -> Result<Option<String>, CriError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(NODE).map_err(|e| self.err(e))?;
+        let value = table.get(BOOT_ID_KEY).map_err(|e| self.err(e))?;
+        Ok(value.map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+    }
+
+    pub fn put_tuning_boot_id(&self, boot_id: &str) -> Result<(), CriError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut table = txn.open_table(NODE).map_err(|e| self.err(e))?;
+            table
+                .insert(BOOT_ID_KEY, boot_id.as_bytes())
+                .map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))
     }
 
     pub fn put_placement(&self, checkpoint: &[u8]) -> Result<(), CriError> {

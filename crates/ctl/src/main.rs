@@ -44,7 +44,10 @@ fn node_report(args: &ReportArgs) -> anyhow::Result<String> {
     let topology = ingot_topology::discover(&args.root)
         .with_context(|| format!("discovering the node under {}", args.root.display()))?;
     let entries = read_allocations(&args.allocations)?;
-    let report = report::build(topology, entries);
+    let report = report::with_tuning(
+        report::build(topology, entries),
+        read_tuning(&args.allocations.with_file_name(TUNING_FILE))?,
+    );
     if args.json {
         report::render_json(&report).context("writing the report as JSON")
     } else {
@@ -65,6 +68,19 @@ fn read_allocations(path: &Path) -> anyhow::Result<Option<Vec<CheckpointEntry>>>
     ingot_placement::read_checkpoint(&bytes)
         .map(Some)
         .with_context(|| format!("reading allocations {}", path.display()))
+}
+
+/// ingotd's tuning mirror, beside the placement checkpoint.
+const TUNING_FILE: &str = "tuning.json";
+
+/// What ingotd's tuning mirror holds; nothing tuned where there is none.
+fn read_tuning(path: &Path) -> anyhow::Result<report::Tuned> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading tuning {}", path.display())),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(report::Tuned::default()),
+        Err(err) => Err(err).with_context(|| format!("reading tuning {}", path.display())),
+    }
 }
 
 /// Writes to stdout. A reader that went away (`ingot node report | head`) is not an error

@@ -53,6 +53,21 @@ pub struct Report {
     /// which the table says differently from a checkpoint without containers.
     #[serde(skip)]
     pub checkpoint_present: bool,
+    /// The high-performance tuning ingotd holds ([`with_tuning`]).
+    pub tuning: Tuned,
+}
+
+/// What ingotd's tuning mirror (`tuning.json` beside the placement checkpoint) says: which
+/// containers tune which CPUs, and the host files that go back to their baseline when they end.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tuned {
+    pub claims: Vec<ingot_tuning::Claim>,
+    pub baselines: BTreeMap<std::path::PathBuf, String>,
+}
+
+/// The report with ingotd's tuning in it.
+pub fn with_tuning(report: Report, tuning: Tuned) -> Report {
+    Report { tuning, ..report }
 }
 
 /// Builds the report. `entries` is None where there is no checkpoint file.
@@ -83,6 +98,7 @@ pub fn build(topology: Topology, entries: Option<Vec<CheckpointEntry>>) -> Repor
         exclusive_cpus,
         shared_pool,
         checkpoint_present,
+        tuning: Tuned::default(),
     }
 }
 
@@ -192,7 +208,62 @@ pub fn render_table(report: &Report) -> String {
 
     out.push_str("\nALLOCATIONS\n");
     allocations_section(&mut out, report);
+    out.push_str("\nTUNING\n");
+    tuning_section(&mut out, &report.tuning);
     out
+}
+
+/// What one claim asks of its CPUs, in the annotations' words.
+fn asked(tuning: &ingot_tuning::Tuning) -> String {
+    let mut parts = Vec::new();
+    if let Some(irq) = tuning.irq {
+        parts.push(format!("irq-load-balancing {irq:?}").to_lowercase());
+    }
+    if let Some(c_states) = &tuning.c_states {
+        parts.push(format!("c-states {}", c_states.resume_latency()));
+    }
+    if let Some(governor) = &tuning.governor {
+        parts.push(format!("governor {governor}"));
+    }
+    if tuning.load_balancing_off {
+        parts.push("no load balancing".into());
+    }
+    if tuning.quota_off {
+        parts.push("no CFS quota".into());
+    }
+    if tuning.shared_cpus {
+        parts.push("shared CPUs too".into());
+    }
+    parts.join(", ")
+}
+
+fn tuning_section(out: &mut String, tuned: &Tuned) {
+    if tuned.claims.is_empty() && tuned.baselines.is_empty() {
+        out.push_str("  no CPU tuned\n");
+        return;
+    }
+    if !tuned.claims.is_empty() {
+        let mut rows = vec![row(["CPUS", "CONTAINER", "TUNING"])];
+        rows.extend(tuned.claims.iter().map(|claim| {
+            row([
+                &list(&claim.cpus),
+                &short(&claim.owner),
+                &asked(&claim.tuning),
+            ])
+        }));
+        table(out, "  ", rows);
+    }
+    if !tuned.baselines.is_empty() {
+        out.push_str("  restored when no container needs them:\n");
+        let mut rows = vec![row(["FILE", "VALUE"])];
+        rows.extend(
+            tuned
+                .baselines
+                .iter()
+                .map(|(path, value)| row([&path.display().to_string(), value])),
+        );
+        table(out, "    ", rows);
+    }
 }
 
 fn allocations_section(out: &mut String, report: &Report) {
@@ -493,3 +564,39 @@ fn table(out: &mut String, indent: &str, rows: Vec<Vec<String>>) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tuning_tests {
+    use super::*;
+
+    #[test]
+    fn the_tuning_section_shows_claims_and_what_goes_back() {
+        let mut out = String::new();
+        tuning_section(&mut out, &Tuned::default());
+        assert_eq!(out, "  no CPU tuned\n");
+        let tuned = Tuned {
+            claims: vec![ingot_tuning::Claim {
+                owner: "0123456789abcdef0123".into(),
+                cpus: CpuSet::parse("2-3").expect("cpus"),
+                tuning: ingot_tuning::Tuning {
+                    governor: Some("performance".into()),
+                    quota_off: true,
+                    ..Default::default()
+                },
+            }],
+            baselines: [(
+                std::path::PathBuf::from("sys/devices/system/cpu/cpu2/cpufreq/scaling_governor"),
+                "schedutil".to_string(),
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let mut out = String::new();
+        tuning_section(&mut out, &tuned);
+        assert!(out.contains("2-3"), "{out}");
+        assert!(out.contains("0123456789abc"), "{out}");
+        assert!(out.contains("governor performance, no CFS quota"), "{out}");
+        assert!(out.contains("cpu2/cpufreq/scaling_governor"), "{out}");
+        assert!(out.contains("schedutil"), "{out}");
+    }
+}

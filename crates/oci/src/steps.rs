@@ -1,6 +1,6 @@
 //! The ordered spec steps every bare-metal feature plugs into. The base spec
 //! ([`crate::cri::container_spec`]) is passed through [`STEPS`] in a fixed order (hugepages, then
-//! placement; devices, RT and tuning join here), at CreateContainer and again at
+//! placement, then high-performance tuning; devices and RT join here), at CreateContainer and again at
 //! UpdateContainerResources. Each step is a pure function of the CRI request and the discovered
 //! node; the only state it touches is the in-memory [`Placement`], whose change the caller
 //! checkpoints, and which [`run`] undoes when a later step fails, so a refused request leaves
@@ -31,6 +31,9 @@ pub struct StepInput<'a> {
     pub devices: &'a [v1::Device],
     pub node: &'a Topology,
     pub phase: Phase,
+    /// The high-performance tuning the pod's annotations ask of this container (parsed and
+    /// allowed by its runtime handler), if any.
+    pub tuning: Option<&'a ingot_tuning::Tuning>,
 }
 
 /// What the steps decided beside the spec itself.
@@ -46,6 +49,8 @@ pub struct StepEffects {
     pub shared_pool_changed: bool,
     /// Sentences for the log.
     pub notes: Vec<String>,
+    /// The tuning to claim on the container's exclusive CPUs (None: none asked for).
+    pub tuning: Option<ingot_tuning::Tuning>,
 }
 
 type StepFn =
@@ -56,6 +61,7 @@ pub const STEPS: &[(&str, StepFn)] = &[
     ("hugepages", hugepages),
     ("device alignment", device_alignment),
     ("placement", placement),
+    ("high-performance tuning", tuning),
 ];
 
 /// Runs every step over `spec`. On an error, a container placed by this run is released again.
@@ -296,6 +302,66 @@ fn placement(
     effects.notes.extend(assignment.notes.iter().cloned());
     effects.assignment = Some(assignment);
     Ok(())
+}
+
+/// CRI-O's high-performance annotations: only for a Guaranteed container with whole CPUs of
+/// its own (the kubelet's cpuset or ingot's exclusive placement); `cpu-quota.crio.io: disable`
+/// lifts the container's CFS quota (the cgroup's `-1`). The host-side tuning is claimed by the
+/// caller with the CPUs placement gave.
+fn tuning(
+    spec: &mut Spec,
+    input: &StepInput<'_>,
+    _placement: &mut Placement,
+    effects: &mut StepEffects,
+) -> Result<(), OciError> {
+    let Some(tuning) = input.tuning.filter(|t| !t.is_empty()) else {
+        return Ok(());
+    };
+    let guaranteed = input.resources.and_then(|r| {
+        guaranteed_integer_cpus(
+            r.cpu_quota,
+            r.cpu_period,
+            r.cpu_shares,
+            r.memory_limit_in_bytes,
+        )
+    });
+    let exclusive = effects
+        .assignment
+        .as_ref()
+        .is_some_and(|a| matches!(a.kind, Kind::Kubelet | Kind::Exclusive));
+    if guaranteed.is_none() || !exclusive {
+        return Err(OciError::InvalidField {
+            field: "config.annotations",
+            reason: format!(
+                "{}: container {} is not Guaranteed with whole CPUs of its own",
+                annotation_names(tuning).join(", "),
+                input.container_id
+            ),
+        });
+    }
+    if tuning.quota_off {
+        let resources = resources_mut(spec);
+        let mut cpu = resources.cpu().clone().unwrap_or_default();
+        cpu.set_quota(Some(-1));
+        resources.set_cpu(Some(cpu));
+    }
+    effects.tuning = Some(tuning.clone());
+    Ok(())
+}
+
+/// The annotations a tuning came from, for messages.
+fn annotation_names(tuning: &ingot_tuning::Tuning) -> Vec<&'static str> {
+    [
+        (tuning.load_balancing_off, ingot_tuning::CPU_LOAD_BALANCING),
+        (tuning.quota_off, ingot_tuning::CPU_QUOTA),
+        (tuning.irq.is_some(), ingot_tuning::IRQ_LOAD_BALANCING),
+        (tuning.c_states.is_some(), ingot_tuning::CPU_C_STATES),
+        (tuning.governor.is_some(), ingot_tuning::CPU_FREQ_GOVERNOR),
+        (tuning.shared_cpus, ingot_tuning::CPU_SHARED),
+    ]
+    .into_iter()
+    .filter_map(|(asked, name)| asked.then_some(name))
+    .collect()
 }
 
 #[cfg(test)]

@@ -91,6 +91,7 @@ fn run_for(
         devices: &[],
         node: &topology,
         phase,
+        tuning: None,
     };
     let effects = run(&mut spec, &input, placement)?;
     Ok((spec, effects))
@@ -227,6 +228,7 @@ fn page_sizes_parse_like_the_cri_writes_them() {
         devices: &[],
         node: &topology,
         phase: Phase::Create,
+        tuning: None,
     };
     let err = run(&mut spec, &input, &mut exclusive("")).expect_err("not a size");
     assert!(
@@ -269,6 +271,7 @@ fn cpus_follow_the_numa_node_of_the_containers_vfio_device() {
         devices: &devices,
         node: &topology,
         phase: Phase::Create,
+        tuning: None,
     };
     let effects = run(&mut spec, &input, &mut placement).expect("aligned");
     assert_eq!(effects.device_nodes, Some(CpuSet::parse("1").expect("1")));
@@ -277,4 +280,55 @@ fn cpus_follow_the_numa_node_of_the_containers_vfio_device() {
     // A device that is not VFIO, or a group no PCI function has, aligns nothing.
     assert_eq!(vfio_group("/dev/vfio/vfio"), None);
     assert_eq!(vfio_group("/dev/nvidia0"), None);
+}
+
+#[test]
+fn tuning_needs_whole_cpus_of_its_own_and_lifts_the_quota() {
+    let topology = node();
+    let wanted = ingot_tuning::Tuning {
+        quota_off: true,
+        ..Default::default()
+    };
+    let input = |resources: &'static v1::LinuxContainerResources| StepInput {
+        pod_id: "pod",
+        container_id: "rt",
+        resources: Some(resources),
+        devices: &[],
+        node: &topology,
+        phase: Phase::Create,
+        tuning: Some(&wanted),
+    };
+    let whole: &'static v1::LinuxContainerResources = Box::leak(Box::new(guaranteed(2)));
+    let mut placement = exclusive("0");
+    let mut spec = base(whole);
+    let effects = run(&mut spec, &input(whole), &mut placement).expect("exclusive");
+    assert_eq!(effects.tuning.as_ref(), Some(&wanted));
+    let quota = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.cpu().as_ref())
+        .and_then(|c| c.quota());
+    assert_eq!(quota, Some(-1), "cpu-quota.crio.io: disable");
+
+    // Half a CPU, or whole CPUs on a node whose policy shares them: refused, nothing placed.
+    let half: &'static v1::LinuxContainerResources =
+        Box::leak(Box::new(v1::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 1 << 30,
+            ..Default::default()
+        }));
+    let mut placement = exclusive("0");
+    let err = run(&mut base(half), &input(half), &mut placement).expect_err("half a CPU");
+    let message = err.to_string();
+    assert!(message.contains("cpu-quota.crio.io"), "{message}");
+    assert!(
+        message.contains("not Guaranteed with whole CPUs"),
+        "{message}"
+    );
+    assert!(placement.assignment("rt").is_none());
+    let mut shared = Placement::new(&node(), PlacementConfig::default()).expect("placement");
+    run(&mut base(whole), &input(whole), &mut shared).expect_err("no CPUs of its own");
 }

@@ -49,6 +49,8 @@ pub fn init_stdin(bundle: &Path) -> PathBuf {
 /// What set-up decided beside the bundle.
 struct Built {
     stop_signal: u32,
+    /// The high-performance tuning its pod's annotations ask of it.
+    tuning: Option<ingot_tuning::Tuning>,
     /// Exclusive CPUs were allocated: the shared containers and ingot's threads must move.
     shared_pool_changed: bool,
 }
@@ -172,6 +174,13 @@ fn prepare_bundle(
     })?;
     let resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
     let node = manager.node_for(resources)?;
+    let name = config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.as_str())
+        .unwrap_or("");
+    let tuning =
+        super::tuning::for_container(manager, &pod.runtime_handler, &sandbox.annotations, name)?;
     let effects = manager.run_spec_steps(
         &mut built,
         &StepInput {
@@ -181,8 +190,34 @@ fn prepare_bundle(
             devices: &config.devices,
             node: &node,
             phase: Phase::Create,
+            tuning: tuning.as_ref(),
         },
     )?;
+    if let (Some(tuning), Some(assignment)) = (&effects.tuning, &effects.assignment) {
+        // What the host cannot do (a governor its CPUs lack) is refused before anything runs.
+        let claim = ingot_tuning::Claim {
+            owner: id.to_string(),
+            cpus: assignment.cpus.clone(),
+            tuning: tuning.clone(),
+        };
+        ingot_tuning::check(
+            &ingot_tuning::Host::new(super::tuning::root(manager)),
+            &claim,
+        )
+        .map_err(|err| {
+            let annotation = match &err {
+                ingot_tuning::TuningError::GovernorUnavailable { .. } => {
+                    format!("{}: ", ingot_tuning::CPU_FREQ_GOVERNOR)
+                }
+                ingot_tuning::TuningError::Unsupported { feature, .. } => format!("{feature}: "),
+                _ => String::new(),
+            };
+            CriError::InvalidArgument {
+                field: "config.annotations",
+                reason: format!("{annotation}{err}"),
+            }
+        })?;
+    }
     for note in &effects.notes {
         tracing::info!(container = %id, pod = %pod.id, %note, "placement");
     }
@@ -198,6 +233,7 @@ fn prepare_bundle(
     Ok(Built {
         stop_signal: signal_number(&image_config.stop_signal),
         shared_pool_changed: effects.shared_pool_changed,
+        tuning: effects.tuning,
     })
 }
 
@@ -381,6 +417,7 @@ pub async fn create(
         bundle: prepared.bundle.clone(),
         snapshot: prepared.snapshot.clone(),
         stop_signal: prepared.stop_signal,
+        tuning: built.tuning.clone(),
     };
     if let Err(err) = manager.save_container(record.clone()) {
         let _ = shim.delete(&id, "").await;
@@ -392,6 +429,11 @@ pub async fn create(
         let follow = std::time::Instant::now();
         manager.follow_shared_pool().await;
         tracing::debug!(container = %id, follow = ?follow.elapsed(), saved = ?timer.elapsed(), "shared pool followed");
+    }
+    if let Some(tuning) = &record.tuning {
+        // Before it starts: its CPUs are quiet when its first instruction runs.
+        super::tuning::apply_cgroups(&manager.config.host_root, &pod.cgroup_parent, &id, tuning);
+        manager.retune().await;
     }
     tracing::info!(container = %id, pod = %pod.id, "container created");
     manager.event(&record, v1::ContainerEventType::ContainerCreatedEvent);
@@ -492,6 +534,15 @@ async fn wait_exit(
 }
 
 pub async fn stop(manager: &Arc<Manager>, id: &str, timeout: i64) -> Result<(), CriError> {
+    let stopped = stop_container(manager, id, timeout).await;
+    // A stopped container's tuning is given back (its CPUs may go to another at once).
+    if manager.container(id).is_ok_and(|c| c.tuning.is_some()) {
+        manager.retune().await;
+    }
+    stopped
+}
+
+async fn stop_container(manager: &Arc<Manager>, id: &str, timeout: i64) -> Result<(), CriError> {
     let container = match manager.container(id) {
         Ok(container) => container,
         // As StopPodSandbox: stopping what is gone succeeds.
@@ -607,6 +658,9 @@ pub(crate) async fn remove_locked(
     if pool_changed {
         manager.follow_shared_pool().await;
     }
+    if container.tuning.is_some() {
+        manager.retune().await;
+    }
     tracing::info!(container = %container.id, "container removed");
     manager.event(&container, v1::ContainerEventType::ContainerDeletedEvent);
     Ok(())
@@ -648,6 +702,7 @@ pub async fn update_resources(
             devices: &[],
             node: &node,
             phase: Phase::Update,
+            tuning: container.tuning.as_ref(),
         },
     )?;
     let resources = update

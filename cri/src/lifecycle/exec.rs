@@ -60,6 +60,7 @@ pub(crate) fn fifo(dir: &Path, name: &str) -> Result<PathBuf, CriError> {
 
 /// The process of an exec: the container's own (user, env, capabilities, cwd...) with `cmd`.
 pub(crate) async fn exec_process(
+    manager: &Manager,
     container: &crate::store::ContainerRecord,
     cmd: &[String],
     terminal: bool,
@@ -76,6 +77,10 @@ pub(crate) async fn exec_process(
     })?;
     let mut process = spec["process"].clone();
     process["args"] = serde_json::json!(cmd);
+    // The runtime handler's exec_cpu_affinity = "first": on the container's first CPU only.
+    if let Some(cpu) = manager.exec_cpu(container) {
+        process["execCPUAffinity"] = serde_json::json!({"final": cpu.to_string()});
+    }
     process["terminal"] = serde_json::json!(terminal);
     if terminal {
         let env = process["env"].as_array_mut();
@@ -105,7 +110,7 @@ pub async fn exec_sync(
         ));
     }
     let (container, shim) = super::running(manager, &request.container_id)?;
-    let process = exec_process(&container, &request.cmd, false).await?;
+    let process = exec_process(manager, &container, &request.cmd, false).await?;
 
     let (exec_id, dir) = exec_dir(manager)?;
     let result = run_exec(

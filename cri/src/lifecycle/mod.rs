@@ -35,6 +35,7 @@ pub mod pods;
 mod recovery;
 pub mod stats;
 pub mod stream;
+pub mod tuning;
 
 pub use exec::exec_sync;
 /// The containerd namespace ingotd's shims serve.
@@ -157,6 +158,8 @@ pub struct Manager {
     shim_pids: Mutex<HashMap<String, u32>>,
     /// The exclusive allocations the store holds.
     committed_exclusive: Mutex<ExclusiveRecords>,
+    /// One host-tuning reconcile at a time.
+    tuning_lock: tokio::sync::Mutex<()>,
 }
 
 pub fn now_ns() -> i64 {
@@ -276,6 +279,7 @@ impl Manager {
             pinned: Mutex::default(),
             shim_pids: Mutex::default(),
             committed_exclusive: Mutex::new(committed_exclusive),
+            tuning_lock: tokio::sync::Mutex::new(()),
         });
         manager.mirror_placement(&lock(&manager.placement));
         Ok(manager)
@@ -770,6 +774,9 @@ impl Manager {
                     tracing::warn!(container = %id, error = %err, "lost the container's shim");
                     manager.record_exit(&id, 255, None, &format!("the pod's shim is gone: {err}"));
                 }
+            }
+            if manager.container(&id).is_ok_and(|c| c.tuning.is_some()) {
+                manager.retune().await;
             }
         });
     }

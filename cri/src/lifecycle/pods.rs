@@ -283,11 +283,17 @@ pub async fn run(
     let config = request
         .config
         .ok_or_else(|| CriError::invalid("config", "is required"))?;
-    if !matches!(request.runtime_handler.as_str(), "" | "ingot") {
+    if manager
+        .config
+        .runtime_handler(&request.runtime_handler)
+        .is_none()
+    {
         return Err(CriError::NotFound {
             what: format!("runtime handler {:?}", request.runtime_handler),
         });
     }
+    // Malformed or disallowed tuning annotations are refused before anything is made.
+    super::tuning::for_container(manager, &request.runtime_handler, &config.annotations, "")?;
     let key = convert::pod_name_key(&config);
     let _name = manager.reserve_pod_name(key.clone(), || {
         manager

@@ -56,6 +56,9 @@ impl Manager {
         }
         self.clean_orphan_containers().await;
         self.clean_orphans();
+        // The host's tuned files follow the containers that survived (an ingotd killed between
+        // two writes left some half-way; a reboot reset them all).
+        self.recover_tuning().await;
     }
 
     /// Containers the shims still run but no record owns (ingotd died between a shim call and

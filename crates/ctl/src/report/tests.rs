@@ -150,6 +150,9 @@ fn intel_allocations_exclusive_kubelet_and_the_shared_pool_without_them() {
             "  CONTAINER      POD            CPUS       MEMS  KIND       NOTES",
             "  3f2a9c1be4d07  9d8e7f6a5b4c3  4-5,12-13  1     exclusive  -",
             "  aaaa000011112  pod-k          0-1        all   kubelet    -",
+            "",
+            "TUNING",
+            "  no CPU tuned",
         ]
     );
 }
@@ -222,7 +225,8 @@ fn json_has_the_stable_fields_and_the_whole_topology() {
             "exclusive_cpus",
             "shared_pool",
             "summary",
-            "topology"
+            "topology",
+            "tuning"
         ])
     );
     let topology: Topology = serde_json::from_value(json["topology"].clone()).expect("topology");

@@ -1,0 +1,325 @@
+//! CRI-O's high-performance annotations in ingotd: which containers ask for what (parsed with
+//! the pod's runtime handler's `allowed_annotations`), the host brought to what the live ones
+//! want (`ingot_tuning::reconcile`, each file's baseline committed to the store before its first
+//! write), the cgroup-side effects, and exec CPU affinity. Every change of the set of tuned
+//! containers (created, exited, stopped, removed, recovered) reconciles the whole host, so a
+//! crash at any point is mended by the next reconcile.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+};
+
+use ingot_tuning::{Claim, Journal, Tuning, TuningError};
+
+use crate::{
+    config::ExecCpuAffinity,
+    lifecycle::Manager,
+    store::{ContainerRecord, ContainerState, Store},
+    CriError,
+};
+
+/// Where the tuned host files live: `tuning_root`, else `host_root`.
+pub fn root(manager: &Manager) -> PathBuf {
+    manager
+        .config
+        .tuning_root
+        .clone()
+        .unwrap_or_else(|| manager.config.host_root.clone())
+}
+
+fn is_tuning_key(key: &str) -> bool {
+    ingot_tuning::ANNOTATIONS.iter().any(|name| {
+        key == *name
+            || key
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
+/// The tuning the pod's annotations ask of `container` (`""`: the pod-wide ones only), refused
+/// with InvalidArgument naming the annotation when it is malformed, when the pod's runtime
+/// handler is not high-performance, or when the handler does not allow it.
+pub fn for_container(
+    manager: &Manager,
+    handler: &str,
+    annotations: &HashMap<String, String>,
+    container: &str,
+) -> Result<Option<Tuning>, CriError> {
+    let Some(present) = annotations.keys().find(|k| is_tuning_key(k)) else {
+        return Ok(None);
+    };
+    let settings = manager.config.runtime_handler(handler).unwrap_or_default();
+    if !settings.high_performance {
+        return Err(CriError::InvalidArgument {
+            field: "config.annotations",
+            reason: format!(
+                "{present}: runtime handler {handler:?} is not high-performance \
+                 (runtimes.<name>.high_performance)"
+            ),
+        });
+    }
+    let sorted: BTreeMap<String, String> = annotations
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let tuning =
+        ingot_tuning::parse(&sorted, container, &settings.allowed_annotations).map_err(|err| {
+            CriError::InvalidArgument {
+                field: "config.annotations",
+                reason: err.to_string(),
+            }
+        })?;
+    Ok((!tuning.is_empty()).then_some(tuning))
+}
+
+/// The store as the tuning journal.
+struct StoreJournal<'a>(&'a Store);
+
+fn journal_error(err: CriError) -> TuningError {
+    TuningError::journal(err.to_string())
+}
+
+impl Journal for StoreJournal<'_> {
+    fn baselines(&self) -> Result<BTreeMap<PathBuf, String>, TuningError> {
+        self.0.tuning_baselines().map_err(journal_error)
+    }
+
+    fn record(&mut self, path: &Path, baseline: &str) -> Result<(), TuningError> {
+        self.0
+            .record_tuning_baseline(path, baseline)
+            .map_err(journal_error)
+    }
+
+    fn forget(&mut self, path: &Path) -> Result<(), TuningError> {
+        self.0.forget_tuning_baseline(path).map_err(journal_error)
+    }
+}
+
+/// What `ingot node report` shows: the live claims and what will be restored.
+pub const TUNING_MIRROR: &str = "tuning.json";
+
+impl Manager {
+    /// The claims of containers that hold their tuning: created or running, with CPUs placed.
+    fn claims(&self) -> Vec<Claim> {
+        let mut claims: Vec<Claim> = self
+            .containers()
+            .into_iter()
+            .filter(|c| matches!(c.state, ContainerState::Created | ContainerState::Running))
+            .filter_map(|c| {
+                let tuning = c.tuning.clone()?;
+                let cpus = self.assignment(&c.id)?.cpus;
+                Some(Claim {
+                    owner: c.id,
+                    cpus,
+                    tuning,
+                })
+            })
+            .collect();
+        claims.sort_by(|a, b| a.owner.cmp(&b.owner));
+        claims
+    }
+
+    /// Brings the host's tuned files to what the live claims want, restoring what no claim
+    /// wants any more. Failures are logged: a pod's life does not wait on the host's files.
+    pub async fn retune(self: &std::sync::Arc<Self>) {
+        let _serial = self.tuning_lock.lock().await;
+        let claims = self.claims();
+        let baselines = self.store.tuning_baselines().unwrap_or_default();
+        if claims.iter().all(|c| !c.tuning.touches_host()) && baselines.is_empty() {
+            self.mirror_tuning(&claims);
+            return;
+        }
+        let host = ingot_tuning::Host::new(root(self));
+        let manager = std::sync::Arc::clone(self);
+        let reconciling = claims.clone();
+        let reconciled = tokio::task::spawn_blocking(move || {
+            ingot_tuning::reconcile(&host, &reconciling, &mut StoreJournal(&manager.store))
+                .map_err(|err| err.to_string())
+        })
+        .await
+        .unwrap_or_else(|err| Err(err.to_string()));
+        match reconciled {
+            Ok(report) => {
+                for (path, value) in &report.written {
+                    tracing::info!(file = %path.display(), %value, "tuned");
+                }
+                for (path, value) in &report.restored {
+                    tracing::info!(file = %path.display(), %value, "restored");
+                }
+                for (path, why) in &report.skipped {
+                    tracing::info!(file = %path.display(), %why, "left as it is");
+                }
+                if report.irqbalance_changed {
+                    restart_irqbalance(&root(self)).await;
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "host tuning not reconciled"),
+        }
+        self.mirror_tuning(&claims);
+    }
+
+    /// At start: baselines recorded before a reboot are dropped (the reboot reset the files),
+    /// then the host is reconciled with the containers that survived.
+    pub async fn recover_tuning(self: &std::sync::Arc<Self>) {
+        let host = ingot_tuning::Host::new(root(self));
+        if let Ok(boot_id) = ingot_tuning::boot_id(&host) {
+            let recorded = self.store.tuning_boot_id().ok().flatten();
+            match ingot_tuning::forget_if_rebooted(
+                &host,
+                recorded.as_deref(),
+                &mut StoreJournal(&self.store),
+            ) {
+                Ok(true) => tracing::info!("the node rebooted: tuning baselines dropped"),
+                Ok(false) => {}
+                Err(err) => tracing::warn!(error = %err, "tuning baselines"),
+            }
+            if let Err(err) = self.store.put_tuning_boot_id(&boot_id) {
+                tracing::warn!(error = %err, "tuning boot id");
+            }
+        }
+        self.retune().await;
+    }
+
+    fn mirror_tuning(&self, claims: &[Claim]) {
+        let baselines = self.store.tuning_baselines().unwrap_or_default();
+        let document = serde_json::json!({
+            "claims": claims,
+            "baselines": baselines,
+        });
+        let mirror = self.config.state.join(TUNING_MIRROR);
+        let partial = mirror.with_extension("json.partial");
+        let written = serde_json::to_vec_pretty(&document)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&partial, bytes))
+            .and_then(|()| std::fs::rename(&partial, &mirror));
+        if let Err(err) = written {
+            tracing::debug!(error = %err, "tuning mirror");
+        }
+    }
+
+    /// The CPU exec'd processes of `container` are held to under its handler's
+    /// `exec_cpu_affinity = "first"`: the first of its own CPUs (None: all of its CPUs).
+    pub fn exec_cpu(&self, container: &ContainerRecord) -> Option<u32> {
+        let pod = self.pod(&container.pod_id).ok()?;
+        let handler = self.config.runtime_handler(&pod.runtime_handler)?;
+        if handler.exec_cpu_affinity != ExecCpuAffinity::First {
+            return None;
+        }
+        let assignment = self.assignment(&container.id)?;
+        if assignment.kind == ingot_placement::Kind::Shared {
+            return None;
+        }
+        assignment.cpus.first()
+    }
+}
+
+/// irqbalance reads its banned CPUs at start: restarted where systemd runs it, as CRI-O does.
+/// Only for the node's own files (a test's tuning root is nobody's irqbalance).
+async fn restart_irqbalance(root: &Path) {
+    if root != Path::new("/") {
+        return;
+    }
+    let restarted = tokio::process::Command::new("systemctl")
+        .args(["try-restart", "irqbalance.service"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await;
+    match restarted {
+        Ok(output) if output.status.success() => tracing::info!("irqbalance restarted"),
+        Ok(output) => tracing::info!(
+            stderr = %String::from_utf8_lossy(&output.stderr).trim(),
+            "irqbalance not restarted; its banned CPUs apply when it next starts"
+        ),
+        Err(err) => tracing::info!(error = %err, "no systemctl to restart irqbalance with"),
+    }
+}
+
+/// The cgroup side of a tuned container, once its cgroups exist: `cpu-load-balancing` turns
+/// the scheduler's balancing off in its cpuset (v1 `cpuset.sched_load_balance`, v2 an isolated
+/// partition) and `cpu-quota` lifts the pod cgroup's quota too (the container's is lifted in
+/// its spec). Only cgroups of this container and its pod are written.
+pub fn apply_cgroups(host_root: &Path, pod_parent: &str, container: &str, tuning: &Tuning) {
+    let mount = crate::host::cgroups::cgroup_mount(host_root);
+    let relative = pod_parent.trim_start_matches('/');
+    let unified = mount.join("cgroup.controllers").exists();
+    let mut writes: Vec<(PathBuf, &str)> = Vec::new();
+    if tuning.load_balancing_off {
+        if unified {
+            writes.push((
+                mount
+                    .join(relative)
+                    .join(container)
+                    .join("cpuset.cpus.partition"),
+                "isolated",
+            ));
+        } else {
+            writes.push((
+                mount
+                    .join("cpuset")
+                    .join(relative)
+                    .join(container)
+                    .join("cpuset.sched_load_balance"),
+                "0",
+            ));
+        }
+    }
+    if tuning.quota_off {
+        if unified {
+            writes.push((mount.join(relative).join("cpu.max"), "max"));
+        } else {
+            for hierarchy in ["cpu,cpuacct", "cpu"] {
+                let file = mount
+                    .join(hierarchy)
+                    .join(relative)
+                    .join("cpu.cfs_quota_us");
+                if file.exists() {
+                    writes.push((file, "-1"));
+                    break;
+                }
+            }
+        }
+    }
+    for (file, value) in writes {
+        match std::fs::write(&file, value) {
+            Ok(()) => tracing::info!(%container, file = %file.display(), value, "cgroup tuned"),
+            Err(err) => {
+                tracing::warn!(%container, file = %file.display(), error = %err, "cgroup not tuned")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuning_keys_pod_wide_and_per_container() {
+        assert!(is_tuning_key("cpu-quota.crio.io"));
+        assert!(is_tuning_key("cpu-quota.crio.io/app"));
+        assert!(!is_tuning_key("cpu-quota.crio.iox"));
+        assert!(!is_tuning_key("io.kubernetes.cri.sandbox-id"));
+    }
+
+    #[test]
+    fn cgroup_files_of_a_tuned_container_on_v1() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mount = root.path().join("sys/fs/cgroup");
+        let cpuset = mount.join("cpuset/pods/p1/c1");
+        let cpu = mount.join("cpu,cpuacct/pods/p1");
+        std::fs::create_dir_all(&cpuset).expect("cpuset");
+        std::fs::create_dir_all(&cpu).expect("cpu");
+        std::fs::write(cpuset.join("cpuset.sched_load_balance"), "1").expect("write");
+        std::fs::write(cpu.join("cpu.cfs_quota_us"), "200000").expect("write");
+        let tuning = Tuning {
+            load_balancing_off: true,
+            quota_off: true,
+            ..Default::default()
+        };
+        apply_cgroups(root.path(), "/pods/p1", "c1", &tuning);
+        let read = |p: PathBuf| std::fs::read_to_string(p).expect("read");
+        assert_eq!(read(cpuset.join("cpuset.sched_load_balance")), "0");
+        assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "-1");
+    }
+}

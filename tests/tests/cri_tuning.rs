@@ -1,0 +1,354 @@
+//! CRI-O's high-performance annotations through ingotd, against a host root the test builds from
+//! this machine's real `/proc/irq` and `/sys/devices/system/cpu` (copied to a temp dir; this VM
+//! has no cpufreq driver, so the copy gets the files one makes): a Guaranteed pod on a
+//! high-performance runtime handler with CPU 1 exclusive gets exactly each annotation's writes
+//! and its cgroup effects; they survive ingotd's `kill -9`; removal puts every file back as it
+//! was; refusals name the annotation.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+};
+
+use ingot_tests::{
+    cri::{Daemon, Options},
+    pods::*,
+};
+use k8s_cri::v1;
+
+const HANDLER: &str = "[runtimes.performance]
+high_performance = true
+exec_cpu_affinity = \"first\"
+allowed_annotations = [\"cpu-load-balancing.crio.io\", \"cpu-quota.crio.io\", \"irq-load-balancing.crio.io\", \"cpu-c-states.crio.io\", \"cpu-freq-governor.crio.io\"]
+[runtimes.quota-only]
+high_performance = true
+allowed_annotations = [\"cpu-quota.crio.io\"]
+";
+
+/// A copy of the host's IRQ and CPU files, with cpufreq files where the VM has none.
+fn host_copy(root: &Path) {
+    let copy = |from: &Path, to: &Path| {
+        if let Ok(text) = std::fs::read_to_string(from) {
+            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+            std::fs::write(to, text).expect("write");
+        }
+    };
+    copy(
+        Path::new("/proc/irq/default_smp_affinity"),
+        &root.join("proc/irq/default_smp_affinity"),
+    );
+    for entry in std::fs::read_dir("/proc/irq").expect("/proc/irq").flatten() {
+        let list = entry.path().join("smp_affinity_list");
+        if list.exists() {
+            copy(
+                &list,
+                &root
+                    .join("proc/irq")
+                    .join(entry.file_name())
+                    .join("smp_affinity_list"),
+            );
+        }
+    }
+    copy(
+        Path::new("/proc/sys/kernel/random/boot_id"),
+        &root.join("proc/sys/kernel/random/boot_id"),
+    );
+    let cpus = root.join("sys/devices/system/cpu");
+    copy(
+        Path::new("/sys/devices/system/cpu/online"),
+        &cpus.join("online"),
+    );
+    copy(
+        Path::new("/sys/devices/system/cpu/possible"),
+        &cpus.join("possible"),
+    );
+    for cpu in [0, 1] {
+        let real = PathBuf::from(format!("/sys/devices/system/cpu/cpu{cpu}"));
+        let ours = cpus.join(format!("cpu{cpu}"));
+        copy(
+            &real.join("power/pm_qos_resume_latency_us"),
+            &ours.join("power/pm_qos_resume_latency_us"),
+        );
+        let cpufreq = ours.join("cpufreq");
+        std::fs::create_dir_all(&cpufreq).expect("cpufreq");
+        std::fs::write(cpufreq.join("scaling_governor"), "schedutil\n").expect("governor");
+        std::fs::write(
+            cpufreq.join("scaling_available_governors"),
+            "performance schedutil powersave\n",
+        )
+        .expect("governors");
+    }
+    std::fs::create_dir_all(root.join("etc/sysconfig")).expect("etc");
+    std::fs::write(
+        root.join("etc/sysconfig/irqbalance"),
+        "# irqbalance settings\nIRQBALANCE_ARGS=\"\"\nIRQBALANCE_BANNED_CPUS=\n",
+    )
+    .expect("irqbalance");
+}
+
+/// Every file under `root`, with its content.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
+    fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<PathBuf, String>) {
+        for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else {
+                let text = std::fs::read_to_string(&path).expect("read");
+                out.insert(path.strip_prefix(root).expect("under").to_path_buf(), text);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// The files whose content differs from `before`, with what they hold now.
+fn changed(root: &Path, before: &BTreeMap<PathBuf, String>) -> BTreeMap<String, String> {
+    snapshot(root)
+        .into_iter()
+        .filter(|(path, text)| before.get(path) != Some(text))
+        .map(|(path, text)| (path.display().to_string(), text.trim().to_string()))
+        .collect()
+}
+
+fn guaranteed(name: &str, image: &str) -> v1::ContainerConfig {
+    let mut config = container_config(name, image, "sleep 600");
+    config.linux = Some(v1::LinuxContainerConfig {
+        resources: Some(v1::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 100_000,
+            cpu_shares: 1024,
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    config
+}
+
+async fn run_pod_on(
+    client: &mut v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    pod: &v1::PodSandboxConfig,
+    handler: &str,
+) -> Result<String, tonic::Status> {
+    client
+        .run_pod_sandbox(v1::RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: handler.into(),
+        })
+        .await
+        .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+fn pod_with(daemon: &Daemon, name: &str, annotations: &[(&str, &str)]) -> v1::PodSandboxConfig {
+    let mut pod = host_network_pod(name, &daemon.log_dir(name), v1::NamespaceMode::Pod);
+    pod.annotations = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect::<HashMap<_, _>>();
+    pod
+}
+
+/// `file` of the v1 hierarchy `controller` for the cgroup of process `pid`.
+fn cgroup_file(pid: u32, controller: &str, file: &str) -> PathBuf {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let (mount, path) = cgroups
+        .lines()
+        .find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| (controllers.to_string(), path.to_string()))
+        })
+        .expect("the controller's hierarchy");
+    Path::new("/sys/fs/cgroup")
+        .join(mount)
+        .join(path.trim_start_matches('/'))
+        .join(file)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_high_performance_pod_tunes_cpu_1_and_its_removal_restores_the_host() {
+    let host = tempfile::tempdir().expect("tempdir");
+    host_copy(host.path());
+    let before = snapshot(host.path());
+    let (mut env, mut client, image) = env_with(
+        false,
+        Options {
+            extra_config: format!(
+                "tuning_root = \"{}\"\n[placement]\npolicy = \"exclusive\"\nreserved = \"0\"\n{HANDLER}",
+                host.path().display()
+            ),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    // Refusals, each naming the annotation, each leaving the host as it was.
+    let refused = |status: tonic::Status, annotation: &str, why: &str| {
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(annotation), "{status:?}");
+        assert!(status.message().contains(why), "{why}: {status:?}");
+    };
+    let malformed = pod_with(
+        &env.daemon,
+        "malformed",
+        &[("cpu-c-states.crio.io", "sometimes")],
+    );
+    let status = run_pod_on(&mut client, &malformed, "performance")
+        .await
+        .expect_err("a malformed value");
+    refused(status, "cpu-c-states.crio.io", "sometimes");
+    let plain = pod_with(&env.daemon, "plain", &[("cpu-quota.crio.io", "disable")]);
+    let status = run_pod_on(&mut client, &plain, "")
+        .await
+        .expect_err("not a high-performance handler");
+    refused(status, "cpu-quota.crio.io", "not high-performance");
+    let narrow = pod_with(
+        &env.daemon,
+        "narrow",
+        &[("irq-load-balancing.crio.io", "disable")],
+    );
+    let status = run_pod_on(&mut client, &narrow, "quota-only")
+        .await
+        .expect_err("not allowed by the handler");
+    refused(status, "irq-load-balancing.crio.io", "allowed");
+
+    let governor = pod_with(
+        &env.daemon,
+        "governor",
+        &[("cpu-freq-governor.crio.io", "ondemand")],
+    );
+    let pod_id = run_pod_on(&mut client, &governor, "performance")
+        .await
+        .expect("RunPodSandbox");
+    let status = refused_create(&mut client, &pod_id, &governor, guaranteed("g", &image)).await;
+    let message = status.message().to_lowercase();
+    assert!(
+        message.contains("cpu 1") || message.contains("cpu1"),
+        "names the CPU: {status:?}"
+    );
+    refused(
+        status,
+        "cpu-freq-governor.crio.io",
+        "performance schedutil powersave",
+    );
+    let status = refused_create(
+        &mut client,
+        &pod_id,
+        &governor,
+        container_config("burstable", &image, "sleep 600"),
+    )
+    .await;
+    refused(
+        status,
+        "cpu-freq-governor.crio.io",
+        "not Guaranteed with whole CPUs",
+    );
+    remove_pod(&mut client, &pod_id).await;
+    assert_eq!(changed(host.path(), &before), BTreeMap::new());
+
+    // The high-performance pod: CPU 1 is its container's.
+    let annotations = [
+        ("cpu-load-balancing.crio.io", "disable"),
+        ("cpu-quota.crio.io", "disable"),
+        ("irq-load-balancing.crio.io", "disable"),
+        ("cpu-c-states.crio.io", "disable"),
+        ("cpu-freq-governor.crio.io", "performance"),
+    ];
+    let pod = pod_with(&env.daemon, "du", &annotations);
+    let pod_id = run_pod_on(&mut client, &pod, "performance")
+        .await
+        .expect("RunPodSandbox");
+    let id = start_container(&mut client, &pod_id, &pod, guaranteed("du", &image)).await;
+    let pid = u32::try_from(
+        container_info(&mut client, &id).await["pid"]
+            .as_u64()
+            .expect("pid"),
+    )
+    .expect("pid");
+    assert_eq!(read(&cgroup_file(pid, "cpuset", "cpuset.cpus")), "1");
+
+    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    // IRQs: the default mask and every IRQ off CPU 1, irqbalance told to leave it alone.
+    let all_irqs = read(&host.path().join("proc/irq/default_smp_affinity"));
+    assert_eq!(all_irqs, "1", "default_smp_affinity without CPU 1");
+    expected.insert("proc/irq/default_smp_affinity".into(), "1".into());
+    for (path, text) in &before {
+        let path = path.display().to_string();
+        if path.ends_with("smp_affinity_list") && text.trim() != "0" {
+            expected.insert(path, "0".into());
+        }
+    }
+    expected.insert(
+        "etc/sysconfig/irqbalance".into(),
+        "# irqbalance settings\nIRQBALANCE_ARGS=\"\"\nIRQBALANCE_BANNED_CPUS=00000002".into(),
+    );
+    // C-states and the governor of CPU 1 only.
+    expected.insert(
+        "sys/devices/system/cpu/cpu1/power/pm_qos_resume_latency_us".into(),
+        "n/a".into(),
+    );
+    expected.insert(
+        "sys/devices/system/cpu/cpu1/cpufreq/scaling_governor".into(),
+        "performance".into(),
+    );
+    let tuned = changed(host.path(), &before);
+    assert_eq!(tuned, expected, "exactly the annotations' writes");
+
+    // The cgroup side: no CFS quota on the container or the pod, no load balancing in its cpuset.
+    assert_eq!(read(&cgroup_file(pid, "cpu", "cpu.cfs_quota_us")), "-1");
+    let container_cpu = cgroup_file(pid, "cpu", "cpu.cfs_quota_us");
+    let pod_cpu = container_cpu
+        .parent()
+        .and_then(Path::parent)
+        .expect("the pod cgroup")
+        .join("cpu.cfs_quota_us");
+    assert_eq!(read(&pod_cpu), "-1");
+    assert_eq!(
+        read(&cgroup_file(pid, "cpuset", "cpuset.sched_load_balance")),
+        "0"
+    );
+
+    // exec_cpu_affinity = "first": an exec runs on the container's first CPU.
+    let output = exec(
+        &mut client,
+        &id,
+        &["grep", "Cpus_allowed_list", "/proc/self/status"],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(text.split_whitespace().last(), Some("1"), "{output:?}");
+
+    // ingotd killed and started again: the tuning stays while the container runs.
+    env.daemon = Daemon::restart(env.daemon);
+    let mut client = ingot_tests::cri::runtime_client(&env.daemon.socket()).await;
+    assert_eq!(
+        changed(host.path(), &before),
+        expected,
+        "after kill -9 and restart"
+    );
+
+    // Removal gives everything back.
+    stop_and_remove_container(&mut client, &id, 0).await;
+    assert_eq!(changed(host.path(), &before), BTreeMap::new(), "restored");
+    remove_pod(&mut client, &pod_id).await;
+    let mirror: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.daemon.dir.path().join("run/tuning.json")).expect("tuning mirror"),
+    )
+    .expect("json");
+    assert_eq!(mirror["claims"], serde_json::json!([]), "{mirror}");
+    assert_eq!(mirror["baselines"], serde_json::json!({}), "{mirror}");
+    assert_nothing_left(&env.daemon, &pod_id);
+}
