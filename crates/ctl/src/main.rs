@@ -44,9 +44,14 @@ fn node_report(args: &ReportArgs) -> anyhow::Result<String> {
     let topology = ingot_topology::discover(&args.root)
         .with_context(|| format!("discovering the node under {}", args.root.display()))?;
     let entries = read_allocations(&args.allocations)?;
-    let report = report::with_tuning(
-        report::build(topology, entries),
-        read_tuning(&args.allocations.with_file_name(TUNING_FILE))?,
+    let readiness = ingot_rt::assess(&args.root)
+        .with_context(|| format!("real-time checks under {}", args.root.display()))?;
+    let report = report::with_readiness(
+        report::with_tuning(
+            report::build(topology, entries),
+            read_tuning(&args.allocations.with_file_name(TUNING_FILE))?,
+        ),
+        readiness,
     );
     if args.json {
         report::render_json(&report).context("writing the report as JSON")

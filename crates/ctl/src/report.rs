@@ -55,6 +55,16 @@ pub struct Report {
     pub checkpoint_present: bool,
     /// The high-performance tuning ingotd holds ([`with_tuning`]).
     pub tuning: Tuned,
+    /// Real-time readiness of the node ([`with_readiness`]); None where it was not assessed.
+    pub readiness: Option<ingot_rt::Readiness>,
+}
+
+/// The report with the node's real-time readiness in it.
+pub fn with_readiness(report: Report, readiness: ingot_rt::Readiness) -> Report {
+    Report {
+        readiness: Some(readiness),
+        ..report
+    }
 }
 
 /// What ingotd's tuning mirror (`tuning.json` beside the placement checkpoint) says: which
@@ -99,6 +109,7 @@ pub fn build(topology: Topology, entries: Option<Vec<CheckpointEntry>>) -> Repor
         shared_pool,
         checkpoint_present,
         tuning: Tuned::default(),
+        readiness: None,
     }
 }
 
@@ -210,6 +221,14 @@ pub fn render_table(report: &Report) -> String {
     allocations_section(&mut out, report);
     out.push_str("\nTUNING\n");
     tuning_section(&mut out, &report.tuning);
+    if let Some(readiness) = &report.readiness {
+        out.push_str("\nREAL TIME\n");
+        for line in ingot_rt::render_table(readiness).lines() {
+            out.push_str("  ");
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
     out
 }
 

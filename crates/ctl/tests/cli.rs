@@ -69,6 +69,18 @@ fn json_report_of_a_fixture_and_a_checkpoint() {
     assert_eq!(json["allocations"][0]["container_id"], "c-exclusive");
     assert_eq!(json["allocations"][0]["kind"], "exclusive");
     assert_eq!(json["allocations"][1]["kind"], "shared");
+    // The real-time checks of the same tree: isolation from sysfs, not a PREEMPT_RT kernel.
+    let checks = json["readiness"]["checks"].as_array().expect("checks");
+    let status = |id: &str| {
+        checks
+            .iter()
+            .find(|c| c["id"] == id)
+            .map(|c| c["status"].clone())
+            .unwrap_or_else(|| panic!("no check {id}"))
+    };
+    assert_eq!(status("isolcpus"), "pass");
+    assert_eq!(status("preempt_rt"), "fail");
+    assert_eq!(json["tuning"]["claims"], serde_json::json!([]));
 }
 
 #[test]

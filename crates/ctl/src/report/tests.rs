@@ -224,6 +224,7 @@ fn json_has_the_stable_fields_and_the_whole_topology() {
             "allocations",
             "exclusive_cpus",
             "shared_pool",
+            "readiness",
             "summary",
             "topology",
             "tuning"
