@@ -119,3 +119,47 @@ impl TuningError {
         Self::Journal(err.into())
     }
 }
+
+/// The API as the daemon uses it: a change that breaks one of these breaks ingotd.
+#[cfg(test)]
+mod contract {
+    use super::*;
+
+    fn send_static<T: Send + 'static>(_: &T) {}
+
+    #[test]
+    fn the_daemons_usage_compiles_and_holds() {
+        let fixture = fixture::Fixture::new();
+        let host = Host::new(fixture.root());
+        send_static(&host);
+        let mut journal = MemoryJournal::default();
+        let report: Report = reconcile(&host, &[], &mut journal).expect("reconcile");
+        send_static(&report);
+        let Report {
+            written,
+            restored,
+            skipped,
+            irqbalance_changed,
+        } = report;
+        assert!(written.is_empty() && restored.is_empty() && skipped.is_empty());
+        assert!(!irqbalance_changed);
+        let err = TuningError::journal("store closed".to_string());
+        assert_eq!(err.to_string(), "tuning journal: store closed");
+        let claim = Claim {
+            owner: "c".to_string(),
+            cpus: CpuSet::parse("1").expect("valid"),
+            tuning: Tuning {
+                c_states: Some(CStates::Disable),
+                ..Tuning::default()
+            },
+        };
+        fixture.remove("sys/devices/system/cpu/cpu1/power/pm_qos_resume_latency_us");
+        match check(&host, &claim) {
+            Err(TuningError::Unsupported { feature, .. }) => assert_eq!(feature, CPU_C_STATES),
+            other => panic!("{other:?}"),
+        }
+        assert!(ANNOTATIONS.contains(&CPU_FREQ_GOVERNOR));
+        let _: Result<bool, TuningError> = forget_if_rebooted(&host, None, &mut journal);
+        let _: Result<String, TuningError> = boot_id(&host);
+    }
+}

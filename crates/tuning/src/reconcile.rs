@@ -1,26 +1,35 @@
-//! Bringing the host to what the claims want, each file's baseline journaled before its first
-//! write and written back once no claim wants the file.
+//! Bringing the host to what the claims want, with every baseline journaled before the first
+//! write, and written back once no claim wants the file.
 
 use std::{
     collections::BTreeMap,
+    io,
     path::{Path, PathBuf},
 };
 
 use serde::Serialize;
 
 use crate::{
-    desired, layout, targets, Claim, Host, Target, TuningError, BOOT_ID, IRQBALANCE_CONFIG,
+    boot_id, desired,
+    host::{layout, SMP_AFFINITY_LIST},
+    targets, Claim, Host, TuningError, IRQBALANCE_CONFIG,
 };
 
-/// Where baselines persist (the daemon's store). `record` is durable before it returns.
-/// Baselines are the files' contents as read, restored byte for byte.
+/// Persistence of baselines, implemented by the daemon over its store. A baseline is recorded
+/// BEFORE the first write to a file and forgotten only after the baseline has been written back.
+///
+/// Paths are relative to the host root, as [`targets`] names them. `record` and `forget` must be
+/// durable when they return: [`reconcile`]'s crash safety rests on it.
 pub trait Journal {
+    /// Every recorded baseline.
     fn baselines(&self) -> Result<BTreeMap<PathBuf, String>, TuningError>;
+    /// Records `path`'s baseline (only called when none is recorded).
     fn record(&mut self, path: &Path, baseline: &str) -> Result<(), TuningError>;
+    /// Drops `path`'s baseline (it has been written back, or the file is gone).
     fn forget(&mut self, path: &Path) -> Result<(), TuningError>;
 }
 
-/// A journal in memory.
+/// An in-memory [`Journal`] (for tests, and reusable by the daemon's tests).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemoryJournal {
     pub entries: BTreeMap<PathBuf, String>,
@@ -43,137 +52,216 @@ impl Journal for MemoryJournal {
     }
 }
 
-/// What a reconcile did.
+/// What one [`reconcile`] did, by path relative to the host root.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
+    /// Files written towards their target, with the value written.
     pub written: Vec<(PathBuf, String)>,
+    /// Files written back to their baseline, with the baseline.
     pub restored: Vec<(PathBuf, String)>,
-    /// Files left as they were, and why (an IRQ the kernel manages itself refuses affinity).
+    /// Files left as they are, and why (an IRQ the kernel refuses to move, a file gone).
     pub skipped: Vec<(PathBuf, String)>,
-    /// The irqbalance config changed: irqbalance must be restarted to read it.
+    /// Whether the irqbalance configuration was written or restored: irqbalance reads it only
+    /// at start, so the daemon restarts it (CRI-O: `systemctl restart irqbalance` where the
+    /// service is enabled, else `IRQBALANCE_BANNED_CPUS=<mask> irqbalance --oneshot`).
     pub irqbalance_changed: bool,
 }
 
-/// Files whose writes the kernel may refuse without anything being wrong.
-fn tolerated(path: &Path) -> bool {
-    path.starts_with("proc/irq") && path.ends_with("smp_affinity_list")
+impl Report {
+    /// Whether nothing was written, restored or skipped.
+    pub fn is_empty(&self) -> bool {
+        self.written.is_empty() && self.restored.is_empty() && self.skipped.is_empty()
+    }
+
+    fn changed(&mut self, path: &Path) {
+        self.irqbalance_changed |= path == Path::new(IRQBALANCE_CONFIG);
+    }
+
+    fn skip(&mut self, path: &Path, why: String) {
+        tracing::warn!(path = %path.display(), why, "host tuning: file left as it is");
+        self.skipped.push((path.to_path_buf(), why));
+    }
 }
 
-/// A value as written, with the newline `echo` gives it (the kernel's parsers take it, and a
-/// text file reads back as it was).
-fn on_disk(value: &str) -> String {
-    format!("{value}\n")
+/// How a file is read and written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `proc/irq/<n>/smp_affinity_list`: the kernel may refuse it, and that is not fatal.
+    Irq,
+    /// The irqbalance configuration: kept byte for byte, baseline included.
+    Config,
+    /// Any other procfs/sysfs value: compared trimmed, written with a newline (as `echo` does).
+    Kernel,
 }
 
-/// Brings the host to what `claims` want, then puts back every journaled file no claim wants.
-/// Idempotent: after a crash between any two writes, running it again converges.
+impl Kind {
+    fn of(path: &Path) -> Kind {
+        if path == Path::new(IRQBALANCE_CONFIG) {
+            Kind::Config
+        } else if path.starts_with("proc/irq")
+            && path.file_name() == Some(SMP_AFFINITY_LIST.as_ref())
+        {
+            Kind::Irq
+        } else {
+            Kind::Kernel
+        }
+    }
+
+    fn normalize(self, text: String) -> String {
+        match self {
+            Kind::Config => text,
+            Kind::Irq | Kind::Kernel => text.trim().to_string(),
+        }
+    }
+
+    fn on_disk(self, value: &str) -> String {
+        match self {
+            Kind::Config => value.to_string(),
+            Kind::Irq | Kind::Kernel => format!("{value}\n"),
+        }
+    }
+
+    /// Whether a failure on this file is the kernel refusing one IRQ rather than a broken host:
+    /// EIO for a managed IRQ (or one whose chip cannot move it), EINVAL for a mask it cannot take,
+    /// ENOSPC where the target CPUs have no vectors left, ENOENT for an IRQ freed meanwhile.
+    fn tolerates(self, err: &io::Error) -> bool {
+        const EIO: i32 = 5;
+        const EINVAL: i32 = 22;
+        const ENOSPC: i32 = 28;
+        self == Kind::Irq
+            && (err.kind() == io::ErrorKind::NotFound
+                || matches!(err.raw_os_error(), Some(EIO | EINVAL | ENOSPC)))
+    }
+}
+
+/// Brings the host to what `claims` want: for each target file, record its baseline (current
+/// content, trimmed; the irqbalance file byte for byte) if the journal has none, then write
+/// [`desired`] if it differs from the current content; for each file the journal has but no
+/// claim targets any more, write the baseline back (where it differs) and forget it.
+///
+/// Idempotent and crash-safe: a baseline is journaled before the first write and forgotten after
+/// the write-back, and targets are computed from baselines, not from what is there, so after a
+/// kill between any two writes, calling it again with the same claims (or none) ends in the
+/// right state. Callers serialize calls (one host, one reconcile at a time).
+///
+/// Per-IRQ failures (the kernel refuses managed IRQs with EIO/EINVAL) are logged and reported in
+/// [`Report::skipped`], not fatal; so is a journaled file that no longer exists. Other I/O errors
+/// are errors naming the file. The boot id is not its concern: see [`forget_if_rebooted`].
+///
+/// While a file is targeted, ingot owns it: an edit made to it meanwhile is undone by the next
+/// call, and the write-back restores the baseline as it was recorded.
 pub fn reconcile(
     host: &Host,
     claims: &[Claim],
     journal: &mut dyn Journal,
 ) -> Result<Report, TuningError> {
     let layout = layout(host)?;
-    let wanted: BTreeMap<PathBuf, Target> = targets(&layout, claims);
+    let wanted = targets(&layout, claims);
     let mut baselines = journal.baselines()?;
+    // Kernel-file baselines compare trimmed, whoever recorded them.
+    for (path, baseline) in baselines.iter_mut() {
+        *baseline = Kind::of(path).normalize(std::mem::take(baseline));
+    }
     let mut report = Report::default();
-    for (relative, target) in &wanted {
-        let path = host.path(relative);
-        let current = match std::fs::read_to_string(&path) {
-            Ok(current) => current,
-            Err(err) if tolerated(relative) => {
-                report.skipped.push((relative.clone(), err.to_string()));
+
+    for (path, target) in &wanted {
+        let kind = Kind::of(path);
+        let current = match host.read(path) {
+            Ok(text) => kind.normalize(text),
+            Err(err) if kind.tolerates(&err) => {
+                report.skip(path, format!("cannot read it: {err}"));
                 continue;
             }
-            Err(source) => return Err(TuningError::Read { path, source }),
+            Err(source) => {
+                return Err(TuningError::Read {
+                    path: host.path(path),
+                    source,
+                })
+            }
         };
-        let baseline = match baselines.get(relative) {
+        let baseline = match baselines.get(path) {
             Some(baseline) => baseline.clone(),
             None => {
-                journal.record(relative, &current)?;
-                baselines.insert(relative.clone(), current.clone());
+                journal.record(path, &current)?;
+                baselines.insert(path.clone(), current.clone());
                 current.clone()
             }
         };
-        let value = desired(target, baseline.trim_end(), layout.cpus).map_err(|err| match err {
-            TuningError::InvalidContent { reason, .. } => TuningError::Malformed {
-                path: path.clone(),
-                reason,
-            },
-            other => other,
-        })?;
-        if value == current.trim_end() {
+        let value =
+            desired(target, &baseline, layout.cpus).map_err(|err| TuningError::Malformed {
+                path: host.path(path),
+                reason: format!("its baseline: {err}"),
+            })?;
+        if value == current {
             continue;
         }
-        crash_point()?;
-        match std::fs::write(&path, on_disk(&value)) {
+        match host.write(path, &kind.on_disk(&value)) {
             Ok(()) => {
-                report.irqbalance_changed |= relative == Path::new(IRQBALANCE_CONFIG);
-                report.written.push((relative.clone(), value));
+                tracing::debug!(path = %path.display(), value, "host tuning: written");
+                report.changed(path);
+                report.written.push((path.clone(), value));
             }
-            Err(err) if tolerated(relative) => {
-                tracing::debug!(file = %path.display(), error = %err, "IRQ affinity refused");
-                report.skipped.push((relative.clone(), err.to_string()));
+            Err(err) if kind.tolerates(&err) => {
+                report.skip(path, format!("the kernel refused {value:?}: {err}"));
             }
-            Err(source) => return Err(TuningError::Write { path, source }),
-        }
-    }
-    for (relative, baseline) in &baselines {
-        if wanted.contains_key(relative) {
-            continue;
-        }
-        let path = host.path(relative);
-        match std::fs::read_to_string(&path) {
-            Ok(current) if current == *baseline => {}
-            Ok(_) => match crash_point().and_then(|()| {
-                std::fs::write(&path, baseline).map_err(|source| TuningError::Write {
-                    path: path.clone(),
+            Err(source) => {
+                return Err(TuningError::Write {
+                    path: host.path(path),
                     source,
                 })
-            }) {
-                Ok(()) => {
-                    report.irqbalance_changed |= relative == Path::new(IRQBALANCE_CONFIG);
-                    report.restored.push((relative.clone(), baseline.clone()));
-                }
-                Err(TuningError::Write { source, .. }) if tolerated(relative) => {
-                    report.skipped.push((relative.clone(), source.to_string()));
-                }
-                Err(err) => return Err(err),
-            },
-            // The file is gone (an IRQ freed): nothing to put back.
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(TuningError::Read { path, source }),
+            }
         }
-        journal.forget(relative)?;
+    }
+
+    for (path, baseline) in baselines {
+        if wanted.contains_key(&path) {
+            continue;
+        }
+        let kind = Kind::of(&path);
+        let current = match host.read(&path) {
+            Ok(text) => kind.normalize(text),
+            Err(err) if err.kind() == io::ErrorKind::NotFound || kind.tolerates(&err) => {
+                journal.forget(&path)?;
+                report.skip(&path, format!("nothing to restore: {err}"));
+                continue;
+            }
+            Err(source) => {
+                return Err(TuningError::Read {
+                    path: host.path(&path),
+                    source,
+                })
+            }
+        };
+        if current != baseline {
+            match host.write(&path, &kind.on_disk(&baseline)) {
+                Ok(()) => {
+                    tracing::debug!(path = %path.display(), baseline, "host tuning: restored");
+                    report.changed(&path);
+                    report.restored.push((path.clone(), baseline));
+                }
+                Err(err) if kind.tolerates(&err) => {
+                    report.skip(&path, format!("the kernel refused the baseline: {err}"));
+                }
+                Err(source) => {
+                    return Err(TuningError::Write {
+                        path: host.path(&path),
+                        source,
+                    })
+                }
+            }
+        }
+        journal.forget(&path)?;
     }
     Ok(report)
 }
 
-#[cfg(not(test))]
-fn crash_point() -> Result<(), TuningError> {
-    Ok(())
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Writes allowed before a simulated kill (None: no limit).
-    static WRITES_LEFT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
-}
-
-/// In tests, where a kill between two writes is simulated.
-#[cfg(test)]
-fn crash_point() -> Result<(), TuningError> {
-    WRITES_LEFT.with(|left| match left.get() {
-        Some(0) => Err(TuningError::journal("simulated kill")),
-        Some(n) => {
-            left.set(Some(n - 1));
-            Ok(())
-        }
-        None => Ok(()),
-    })
-}
-
-/// Drops the journal's baselines without writing when the host booted since they were
-/// recorded (`recorded_boot_id` differs from the host's): a reboot reset every tuned file.
+/// A node reboot resets every tuned file: if `recorded_boot_id` differs from the host's
+/// `proc/sys/kernel/random/boot_id`, the journal's baselines are dropped without writing (CRI-O
+/// instead guesses from `default_smp_affinity` being all CPUs). Returns whether it dropped them,
+/// that is whether the boot id changed (the journal may have been empty).
+///
+/// `None` (no boot id recorded yet) drops nothing: baselines of unknown age are still the best
+/// guess of what to restore. The daemon records [`boot_id`] after this call.
 pub fn forget_if_rebooted(
     host: &Host,
     recorded_boot_id: Option<&str>,
@@ -182,30 +270,46 @@ pub fn forget_if_rebooted(
     let Some(recorded) = recorded_boot_id else {
         return Ok(false);
     };
-    let current = crate::boot_id(host)?;
-    if current == recorded.trim() {
+    let current = boot_id(host)?;
+    if recorded.trim() == current {
         return Ok(false);
     }
-    for path in journal.baselines()?.keys() {
+    let baselines = journal.baselines()?;
+    tracing::info!(
+        recorded = recorded.trim(),
+        current,
+        files = baselines.len(),
+        "the node rebooted: dropping host tuning baselines without writing them"
+    );
+    for path in baselines.keys() {
         journal.forget(path)?;
     }
-    tracing::info!(boot_id = %BOOT_ID, "the host rebooted since the tuning baselines were recorded");
     Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{atomic::AtomicUsize, Arc};
+
     use super::*;
-    use crate::{fixture::Fixture, CStates, CpuSet, IrqMode, Tuning};
+    use crate::{
+        fixture::{Fixture, IRQBALANCE},
+        host::testing,
+        CStates, CpuSet, IrqMode, Tuning, DEFAULT_SMP_AFFINITY,
+    };
+
+    const CPU: &str = "sys/devices/system/cpu";
 
     fn claim(owner: &str, cpus: &str, tuning: Tuning) -> Claim {
         Claim {
-            owner: owner.into(),
-            cpus: CpuSet::parse(cpus).expect("cpus"),
+            owner: owner.to_string(),
+            cpus: CpuSet::parse(cpus).expect("valid"),
             tuning,
         }
     }
 
+    /// "a" on CPU 1: IRQs off, C-states off, performance. "b" on CPUs 2-3: IRQs off, C-states
+    /// capped at 10us, powersave. "c" on CPU 0: cgroup-only tuning, no host file.
     fn claims() -> Vec<Claim> {
         vec![
             claim(
@@ -214,7 +318,8 @@ mod tests {
                 Tuning {
                     irq: Some(IrqMode::Disable),
                     c_states: Some(CStates::Disable),
-                    ..Default::default()
+                    governor: Some("performance".to_string()),
+                    ..Tuning::default()
                 },
             ),
             claim(
@@ -222,159 +327,337 @@ mod tests {
                 "2-3",
                 Tuning {
                     irq: Some(IrqMode::Disable),
-                    governor: Some("performance".into()),
-                    ..Default::default()
+                    c_states: Some(CStates::MaxLatencyUs(10)),
+                    governor: Some("powersave".to_string()),
+                    ..Tuning::default()
+                },
+            ),
+            claim(
+                "c",
+                "0",
+                Tuning {
+                    load_balancing_off: true,
+                    quota_off: true,
+                    ..Tuning::default()
                 },
             ),
         ]
     }
 
+    /// A journal whose writes spend the host's kill budget.
+    struct CrashJournal {
+        inner: MemoryJournal,
+        budget: Option<Arc<AtomicUsize>>,
+    }
+
+    impl Journal for CrashJournal {
+        fn baselines(&self) -> Result<BTreeMap<PathBuf, String>, TuningError> {
+            self.inner.baselines()
+        }
+        fn record(&mut self, path: &Path, baseline: &str) -> Result<(), TuningError> {
+            testing::spend(&self.budget).map_err(TuningError::journal)?;
+            self.inner.record(path, baseline)
+        }
+        fn forget(&mut self, path: &Path) -> Result<(), TuningError> {
+            testing::spend(&self.budget).map_err(TuningError::journal)?;
+            self.inner.forget(path)
+        }
+    }
+
     #[test]
     fn two_claims_then_one_then_none_end_at_the_baseline() {
         let fixture = Fixture::new();
+        let host = fixture.host();
         let before = fixture.files();
-        let host = Host::new(fixture.root());
         let mut journal = MemoryJournal::default();
-        let report = reconcile(&host, &claims(), &mut journal).expect("two");
+
+        let report = reconcile(&host, &claims(), &mut journal).expect("apply");
+        assert!(report.skipped.is_empty(), "{report:?}");
         assert!(report.irqbalance_changed);
-        assert_eq!(fixture.read("proc/irq/default_smp_affinity"), "1");
-        assert_eq!(fixture.read("proc/irq/24/smp_affinity_list"), "0");
+        assert_eq!(fixture.read(DEFAULT_SMP_AFFINITY), "1");
+        for irq in [0, 1, 24, 25] {
+            assert_eq!(
+                fixture.read(&format!("proc/irq/{irq}/smp_affinity_list")),
+                "0"
+            );
+        }
         assert_eq!(
-            fixture.read("etc/sysconfig/irqbalance"),
-            "# settings\nIRQBALANCE_ARGS=\"\"\nIRQBALANCE_BANNED_CPUS=0000000e"
+            fixture.files()[Path::new(IRQBALANCE_CONFIG)],
+            IRQBALANCE.replace(
+                "\nIRQBALANCE_BANNED_CPUS=\n",
+                "\nIRQBALANCE_BANNED_CPUS=0000000e\n"
+            )
         );
         assert_eq!(
-            fixture.read("sys/devices/system/cpu/cpu1/power/pm_qos_resume_latency_us"),
+            fixture.read(&format!("{CPU}/cpu1/power/pm_qos_resume_latency_us")),
             "n/a"
         );
         assert_eq!(
-            fixture.read("sys/devices/system/cpu/cpu3/cpufreq/scaling_governor"),
+            fixture.read(&format!("{CPU}/cpu2/power/pm_qos_resume_latency_us")),
+            "10"
+        );
+        assert_eq!(
+            fixture.read(&format!("{CPU}/cpu1/cpufreq/scaling_governor")),
             "performance"
         );
         assert_eq!(
-            fixture.read("sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-            "schedutil"
+            fixture.read(&format!("{CPU}/cpu3/cpufreq/scaling_governor")),
+            "powersave"
         );
-        // Again: nothing more to write.
-        assert!(reconcile(&host, &claims(), &mut journal)
-            .expect("again")
-            .written
-            .is_empty());
-
-        let one = &claims()[..1];
-        reconcile(&host, one, &mut journal).expect("one");
-        assert_eq!(fixture.read("proc/irq/default_smp_affinity"), "d");
-        assert_eq!(fixture.read("proc/irq/24/smp_affinity_list"), "0,2-3");
         assert_eq!(
-            fixture.read("sys/devices/system/cpu/cpu3/cpufreq/scaling_governor"),
+            fixture.read(&format!("{CPU}/cpu0/cpufreq/scaling_governor")),
             "schedutil"
         );
+        // 1 mask + 4 IRQs + irqbalance + 3 CPUs x (latency, governor).
+        assert_eq!(report.written.len(), 12, "{report:?}");
+        assert_eq!(journal.entries.len(), 12);
+        assert_eq!(journal.entries[Path::new(IRQBALANCE_CONFIG)], IRQBALANCE);
+        assert_eq!(journal.entries[Path::new(DEFAULT_SMP_AFFINITY)], "f");
 
-        reconcile(&host, &[], &mut journal).expect("none");
-        assert_eq!(fixture.files(), before);
-        assert!(journal.entries.is_empty(), "{:?}", journal.entries);
+        // Idempotent.
+        let again = reconcile(&host, &claims(), &mut journal).expect("again");
+        assert!(again.is_empty(), "{again:?}");
+
+        // "b" leaves: its CPUs take IRQs again, its per-CPU files go back.
+        let only_a: Vec<Claim> = claims().into_iter().filter(|c| c.owner != "b").collect();
+        let report = reconcile(&host, &only_a, &mut journal).expect("release b");
+        assert_eq!(fixture.read(DEFAULT_SMP_AFFINITY), "d");
+        assert_eq!(fixture.read("proc/irq/24/smp_affinity_list"), "0,2-3");
+        assert!(fixture
+            .read(IRQBALANCE_CONFIG)
+            .contains("IRQBALANCE_BANNED_CPUS=00000002\n"));
+        assert_eq!(
+            fixture.read(&format!("{CPU}/cpu2/power/pm_qos_resume_latency_us")),
+            "0"
+        );
+        assert_eq!(
+            fixture.read(&format!("{CPU}/cpu3/cpufreq/scaling_governor")),
+            "schedutil"
+        );
+        assert_eq!(
+            fixture.read(&format!("{CPU}/cpu1/cpufreq/scaling_governor")),
+            "performance"
+        );
+        assert_eq!(report.restored.len(), 4, "{report:?}");
+        assert_eq!(journal.entries.len(), 8);
+
+        let report = reconcile(&host, &[], &mut journal).expect("release all");
+        assert!(report.written.is_empty());
+        assert!(report.irqbalance_changed);
+        assert_eq!(
+            fixture.files(),
+            before,
+            "every file exactly at its baseline"
+        );
+        assert!(journal.entries.is_empty());
     }
 
-    /// A kill before each write in turn, then a reconcile with the same claims and one with
-    /// none: always the claims' state, then always the baseline.
-    #[test]
-    fn a_kill_between_any_two_writes_is_mended_by_the_next_reconcile() {
+    /// Runs `from` claims to completion, then `to` claims with a kill after `n` writes, for
+    /// every `n` until one run completes; after each kill, reconciling again with `to` must give
+    /// exactly the uninterrupted result, and then with none exactly the original host.
+    fn kill_at_every_write(from: &[Claim], to: &[Claim]) {
         let reference = Fixture::new();
+        let original = reference.files();
         let mut journal = MemoryJournal::default();
-        reconcile(&Host::new(reference.root()), &claims(), &mut journal).expect("reference");
-        let tuned = reference.files();
+        reconcile(&reference.host(), from, &mut journal).expect("from");
+        reconcile(&reference.host(), to, &mut journal).expect("to");
+        let expected_files = reference.files();
+        let expected_journal = journal.entries.clone();
+
         let mut kills = 0;
-        for allowed in 0.. {
+        for n in 0.. {
+            assert!(n < 1000, "reconcile never completed");
             let fixture = Fixture::new();
-            let before = fixture.files();
-            let host = Host::new(fixture.root());
-            let mut journal = MemoryJournal::default();
-            WRITES_LEFT.with(|left| left.set(Some(allowed)));
-            let first = reconcile(&host, &claims(), &mut journal);
-            WRITES_LEFT.with(|left| left.set(None));
-            if first.is_ok() {
+            let mut host = fixture.host();
+            let mut journal = CrashJournal {
+                inner: MemoryJournal::default(),
+                budget: None,
+            };
+            reconcile(&host, from, &mut journal).expect("from");
+
+            let budget = Some(Arc::new(AtomicUsize::new(n)));
+            host.hooks.budget = budget.clone();
+            journal.budget = budget;
+            let killed = reconcile(&host, to, &mut journal).is_err();
+            host.hooks.budget = None;
+            journal.budget = None;
+
+            reconcile(&host, to, &mut journal).expect("after the kill");
+            assert_eq!(fixture.files(), expected_files, "kill after {n} writes");
+            assert_eq!(
+                journal.inner.entries, expected_journal,
+                "kill after {n} writes"
+            );
+            reconcile(&host, &[], &mut journal).expect("release");
+            assert_eq!(fixture.files(), original, "kill after {n} writes, released");
+            assert!(journal.inner.entries.is_empty(), "kill after {n} writes");
+            if !killed {
                 break;
             }
             kills += 1;
-            reconcile(&host, &claims(), &mut journal).expect("after the kill");
-            assert_eq!(fixture.files(), tuned, "killed after {allowed} writes");
-            // And a kill while restoring.
-            WRITES_LEFT.with(|left| left.set(Some(allowed / 2)));
-            let _ = reconcile(&host, &[], &mut journal);
-            WRITES_LEFT.with(|left| left.set(None));
-            reconcile(&host, &[], &mut journal).expect("restore");
-            assert_eq!(fixture.files(), before, "restore after a kill at {allowed}");
-            assert!(journal.entries.is_empty());
         }
-        // The default mask, four IRQs, irqbalance, CPU 1's C-states, CPU 2's and 3's governors.
-        assert_eq!(kills, 9, "a kill before each of the nine writes");
+        assert!(kills > 0, "no write was interrupted");
     }
 
     #[test]
-    fn an_irq_the_kernel_manages_is_skipped_and_reported() {
-        let fixture = Fixture::new();
-        let managed = fixture.root().join("proc/irq/25/smp_affinity_list");
-        std::fs::remove_file(&managed).expect("rm");
-        std::fs::create_dir(&managed).expect("a directory cannot be written as a file");
-        let host = Host::new(fixture.root());
-        let mut journal = MemoryJournal::default();
-        let report = reconcile(&host, &claims(), &mut journal).expect("reconcile");
-        assert!(
-            report
-                .skipped
-                .iter()
-                .any(|(p, _)| p.ends_with("25/smp_affinity_list")),
-            "{report:?}"
-        );
-        assert_eq!(fixture.read("proc/irq/24/smp_affinity_list"), "0");
+    fn a_kill_while_applying_is_mended_by_the_next_reconcile() {
+        kill_at_every_write(&[], &claims());
     }
 
     #[test]
-    fn a_reboot_drops_the_baselines_unwritten() {
-        let fixture = Fixture::new();
-        let host = Host::new(fixture.root());
-        let mut journal = MemoryJournal::default();
-        reconcile(&host, &claims(), &mut journal).expect("tuned");
-        assert!(!forget_if_rebooted(&host, Some("boot-1"), &mut journal).expect("same boot"));
-        assert!(!journal.entries.is_empty());
-        std::fs::write(
-            fixture.root().join("proc/sys/kernel/random/boot_id"),
-            "boot-2\n",
-        )
-        .expect("boot");
-        assert!(forget_if_rebooted(&host, Some("boot-1"), &mut journal).expect("rebooted"));
-        assert!(journal.entries.is_empty());
-        assert_eq!(crate::boot_id(&host).expect("boot id"), "boot-2");
+    fn a_kill_while_releasing_one_claim_is_mended() {
+        let only_a: Vec<Claim> = claims().into_iter().filter(|c| c.owner != "b").collect();
+        kill_at_every_write(&claims(), &only_a);
     }
 
     #[test]
-    fn check_names_the_cpu_and_its_governors() {
-        let fixture = Fixture::new();
-        let host = Host::new(fixture.root());
-        let wanted = claim(
-            "a",
-            "2",
+    fn a_kill_while_releasing_everything_is_mended() {
+        kill_at_every_write(&claims(), &[]);
+    }
+
+    #[test]
+    fn a_kill_while_switching_claims_is_mended() {
+        let other = vec![claim(
+            "d",
+            "1-2",
             Tuning {
-                governor: Some("ondemand".into()),
-                ..Default::default()
+                irq: Some(IrqMode::Housekeeping),
+                governor: Some("performance".to_string()),
+                ..Tuning::default()
             },
+        )];
+        kill_at_every_write(&claims(), &other);
+    }
+
+    #[test]
+    fn a_managed_irq_is_skipped_and_reported() {
+        let fixture = Fixture::new();
+        let before = fixture.files();
+        let mut host = fixture.host();
+        host.hooks
+            .refuse
+            .insert(PathBuf::from("proc/irq/24/smp_affinity_list"), 5); // EIO
+        host.hooks
+            .refuse
+            .insert(PathBuf::from("proc/irq/25/smp_affinity_list"), 22); // EINVAL
+        let mut journal = MemoryJournal::default();
+        let report = reconcile(&host, &claims(), &mut journal).expect("not fatal");
+        let skipped: Vec<&Path> = report.skipped.iter().map(|(p, _)| p.as_path()).collect();
+        assert_eq!(
+            skipped,
+            [
+                Path::new("proc/irq/24/smp_affinity_list"),
+                Path::new("proc/irq/25/smp_affinity_list")
+            ]
         );
-        let err = crate::check(&host, &wanted)
-            .expect_err("not offered")
-            .to_string();
-        assert!(err.contains("CPU 2"), "{err}");
-        assert!(err.contains("performance schedutil powersave"), "{err}");
-        crate::check(&host, &claims()[1]).expect("offered");
-        std::fs::remove_file(
-            fixture
-                .root()
-                .join("sys/devices/system/cpu/cpu1/power/pm_qos_resume_latency_us"),
-        )
-        .expect("rm");
-        let err = crate::check(&host, &claims()[0]).expect_err("no resume latency file");
+        assert!(report.skipped[0].1.contains("refused"), "{report:?}");
+        assert_eq!(fixture.read("proc/irq/24/smp_affinity_list"), "0-3");
+        assert_eq!(fixture.read("proc/irq/0/smp_affinity_list"), "0");
+        assert_eq!(fixture.read(DEFAULT_SMP_AFFINITY), "1");
+
+        // Released: the refused IRQs were never moved, so nothing to write back.
+        let report = reconcile(&host, &[], &mut journal).expect("release");
+        assert!(report.skipped.is_empty(), "{report:?}");
+        assert_eq!(fixture.files(), before);
+        assert!(journal.entries.is_empty());
+    }
+
+    #[test]
+    fn other_write_errors_are_fatal_and_name_the_file() {
+        let fixture = Fixture::new();
+        let mut host = fixture.host();
+        let governor = format!("{CPU}/cpu2/cpufreq/scaling_governor");
+        host.hooks.refuse.insert(PathBuf::from(&governor), 22);
+        let mut journal = MemoryJournal::default();
+        let err = reconcile(&host, &claims(), &mut journal).expect_err("fatal");
+        assert!(matches!(err, TuningError::Write { .. }), "{err}");
+        assert!(err.to_string().contains(&governor), "{err}");
+        // The host comes back whole once it is writable again.
+        host.hooks.refuse.clear();
+        reconcile(&host, &[], &mut journal).expect("release");
+        assert_eq!(fixture.files(), Fixture::new().files());
+        assert!(journal.entries.is_empty());
+
+        // EACCES on an IRQ is not the kernel refusing one IRQ: fatal too.
+        host.hooks
+            .refuse
+            .insert(PathBuf::from("proc/irq/0/smp_affinity_list"), 13);
+        let err = reconcile(&host, &claims(), &mut journal).expect_err("fatal");
         assert!(
-            err.to_string().contains("pm_qos_resume_latency_us"),
+            err.to_string().contains("proc/irq/0/smp_affinity_list"),
             "{err}"
         );
+        host.hooks.refuse.clear();
+        reconcile(&host, &[], &mut journal).expect("release");
+        assert_eq!(fixture.files(), Fixture::new().files());
     }
+
+    #[test]
+    fn irqs_that_come_and_go() {
+        let fixture = Fixture::new();
+        let host = fixture.host();
+        let mut journal = MemoryJournal::default();
+        reconcile(&host, &claims(), &mut journal).expect("apply");
+        // A device is removed and another probed while the pod runs.
+        std::fs::remove_dir_all(fixture.root().join("proc/irq/25")).expect("rm");
+        fixture.write("proc/irq/40/smp_affinity_list", "2-3\n");
+        fixture.write("proc/irq/41/smp_affinity_list", "0-3\n");
+        let report = reconcile(&host, &claims(), &mut journal).expect("again");
+        assert_eq!(
+            report.written,
+            vec![(
+                PathBuf::from("proc/irq/41/smp_affinity_list"),
+                "0".to_string()
+            )],
+            "a new IRQ moves; one pinned to claimed CPUs only stays where it is"
+        );
+        assert_eq!(report.skipped.len(), 1, "{report:?}");
+        assert!(journal
+            .entries
+            .contains_key(Path::new("proc/irq/40/smp_affinity_list")));
+        assert!(!journal
+            .entries
+            .contains_key(Path::new("proc/irq/25/smp_affinity_list")));
+        reconcile(&host, &[], &mut journal).expect("release");
+        assert!(journal.entries.is_empty());
+        assert_eq!(fixture.read("proc/irq/40/smp_affinity_list"), "2-3");
+        assert_eq!(fixture.read("proc/irq/41/smp_affinity_list"), "0-3");
+    }
+
+    #[test]
+    fn a_malformed_baseline_names_the_file() {
+        let fixture = Fixture::new();
+        fixture.write(IRQBALANCE_CONFIG, "IRQBALANCE_BANNED_CPUS=\"not-hex\"\n");
+        let mut journal = MemoryJournal::default();
+        let err = reconcile(&fixture.host(), &claims(), &mut journal).expect_err("malformed");
+        assert!(err.to_string().contains(IRQBALANCE_CONFIG), "{err}");
+        assert!(err.to_string().contains("not-hex"), "{err}");
+        reconcile(&fixture.host(), &[], &mut journal).expect("release");
+        assert!(journal.entries.is_empty());
+    }
+
+    #[test]
+    fn forget_if_rebooted_drops_baselines_unwritten() {
+        let fixture = Fixture::new();
+        let host = fixture.host();
+        let mut journal = MemoryJournal::default();
+        reconcile(&host, &claims(), &mut journal).expect("apply");
+        let tuned = fixture.files();
+        assert!(!forget_if_rebooted(&host, None, &mut journal).expect("unknown"));
+        assert!(!forget_if_rebooted(&host, Some("boot-1"), &mut journal).expect("same"));
+        assert!(!forget_if_rebooted(&host, Some("boot-1\n"), &mut journal).expect("same"));
+        assert_eq!(journal.entries.len(), 12);
+
+        // The node reboots: the kernel files are back to boot defaults, the journal is stale.
+        fixture.write(BOOT_ID_PATH, "boot-2\n");
+        assert!(forget_if_rebooted(&host, Some("boot-1"), &mut journal).expect("rebooted"));
+        assert!(journal.entries.is_empty());
+        let mut after = fixture.files();
+        after.insert(PathBuf::from(BOOT_ID_PATH), "boot-1\n".to_string());
+        assert_eq!(after, tuned, "nothing written");
+        let report = reconcile(&host, &[], &mut journal).expect("nothing to restore");
+        assert!(report.is_empty(), "{report:?}");
+    }
+
+    const BOOT_ID_PATH: &str = crate::BOOT_ID;
 }
