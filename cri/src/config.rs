@@ -69,6 +69,9 @@ pub struct RuntimeHandler {
     /// `"first"`: exec'd and probe processes run on the container's first exclusive CPU, not
     /// over all of them (CRI-O's `exec_cpu_affinity`).
     pub exec_cpu_affinity: ExecCpuAffinity,
+    /// Its pods need real time: admitted only on a node that passes `ingot-rt`'s required
+    /// checks, each container only with whole CPUs of its own.
+    pub realtime: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -83,12 +86,18 @@ pub enum ExecCpuAffinity {
 
 /// The runtime handlers ingotd always has.
 pub const DEFAULT_HANDLERS: &[&str] = &["", "ingot"];
+/// The handler of real-time pods unless the config defines it otherwise.
+pub const RT_HANDLER: &str = "rt";
 
 impl Config {
     /// The handler a pod names, or None when ingotd has no such handler.
     pub fn runtime_handler(&self, name: &str) -> Option<RuntimeHandler> {
         match self.runtimes.get(name) {
             Some(handler) => Some(handler.clone()),
+            None if name == RT_HANDLER => Some(RuntimeHandler {
+                realtime: true,
+                ..Default::default()
+            }),
             None => DEFAULT_HANDLERS
                 .contains(&name)
                 .then(RuntimeHandler::default),

@@ -352,3 +352,75 @@ async fn a_high_performance_pod_tunes_cpu_1_and_its_removal_restores_the_host() 
     assert_eq!(mirror["baselines"], serde_json::json!({}), "{mirror}");
     assert_nothing_left(&env.daemon, &pod_id);
 }
+
+/// A daemon with CPU 0 reserved and exclusive placement, `top` before the tables.
+async fn exclusive_env(
+    top: &str,
+) -> (
+    Env,
+    v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    String,
+) {
+    env_with(
+        false,
+        Options {
+            extra_config: format!("{top}[placement]\npolicy = \"exclusive\"\nreserved = \"0\"\n"),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Real-time pods: on this machine (not PREEMPT_RT, no isolated CPUs) the `rt` handler and the
+/// annotation are both refused with FailedPrecondition naming the failed checks; on a node
+/// that passes them (ingot-rt's RT-ready fixture as the tuning root) the pod is admitted, a
+/// container without whole CPUs of its own is refused, a Guaranteed one gets CPU 1.
+#[tokio::test(flavor = "current_thread")]
+async fn real_time_pods_need_a_ready_node_and_cpus_of_their_own() {
+    let (env, mut client, _image) = exclusive_env("").await;
+    let pod = pod_with(&env.daemon, "rt", &[]);
+    let status = run_pod_on(&mut client, &pod, "rt")
+        .await
+        .expect_err("this node is not real-time");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("preempt_rt"), "{status:?}");
+    assert!(status.message().contains("isolcpus"), "{status:?}");
+    let annotated = pod_with(
+        &env.daemon,
+        "rt2",
+        &[("realtime.ingot.dev/enabled", "true")],
+    );
+    let status = run_pod_on(&mut client, &annotated, "")
+        .await
+        .expect_err("the annotation asks for real time too");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    drop(env);
+
+    let ready = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/rt/tests/fixtures/rt-ready");
+    let (env, mut client, image) =
+        exclusive_env(&format!("tuning_root = \"{}\"\n", ready.display())).await;
+    let pod = pod_with(&env.daemon, "rt", &[]);
+    let pod_id = run_pod_on(&mut client, &pod, "rt")
+        .await
+        .expect("a ready node admits it");
+    let status = refused_create(
+        &mut client,
+        &pod_id,
+        &pod,
+        container_config("shared", &image, "sleep 600"),
+    )
+    .await;
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("whole CPUs"), "{status:?}");
+    let id = start_container(&mut client, &pod_id, &pod, guaranteed("rt", &image)).await;
+    let pid = u32::try_from(
+        container_info(&mut client, &id).await["pid"]
+            .as_u64()
+            .expect("pid"),
+    )
+    .expect("pid");
+    assert_eq!(read(&cgroup_file(pid, "cpuset", "cpuset.cpus")), "1");
+    stop_and_remove_container(&mut client, &id, 0).await;
+    remove_pod(&mut client, &pod_id).await;
+    assert_nothing_left(&env.daemon, &pod_id);
+}

@@ -193,6 +193,22 @@ fn prepare_bundle(
             tuning: tuning.as_ref(),
         },
     )?;
+    if super::tuning::is_realtime(manager, &pod.runtime_handler, &sandbox.annotations)
+        && !effects.assignment.as_ref().is_some_and(|a| {
+            matches!(
+                a.kind,
+                ingot_placement::Kind::Kubelet | ingot_placement::Kind::Exclusive
+            )
+        })
+    {
+        return Err(CriError::FailedPrecondition {
+            what: format!("container {name:?} of real-time pod {}", pod.id),
+            reason: "a real-time container needs whole CPUs of its own: Guaranteed with an \
+                     integer CPU limit, and the kubelet's static CPU manager or ingot's \
+                     `placement.policy = \"exclusive\"`"
+                .into(),
+        });
+    }
     if let (Some(tuning), Some(assignment)) = (&effects.tuning, &effects.assignment) {
         // What the host cannot do (a governor its CPUs lack) is refused before anything runs.
         let claim = ingot_tuning::Claim {

@@ -73,6 +73,59 @@ pub fn for_container(
     Ok((!tuning.is_empty()).then_some(tuning))
 }
 
+/// The annotation that asks for real time on any handler.
+pub const REALTIME_ANNOTATION: &str = "realtime.ingot.dev/enabled";
+
+/// Whether a pod needs real time: its handler says so, or its annotation does.
+pub fn is_realtime(
+    manager: &Manager,
+    handler: &str,
+    annotations: &HashMap<String, String>,
+) -> bool {
+    manager
+        .config
+        .runtime_handler(handler)
+        .is_some_and(|h| h.realtime)
+        || annotations
+            .get(REALTIME_ANNOTATION)
+            .is_some_and(|v| v == "true")
+}
+
+/// A real-time pod is admitted only where the node passes the checks RT pods need
+/// (`ingot_rt::REQUIRED_FOR_RT_PODS`, read under the tuning root); FailedPrecondition names
+/// each failed check and why.
+pub fn admit_realtime(
+    manager: &Manager,
+    config: &k8s_cri::v1::PodSandboxConfig,
+) -> Result<(), CriError> {
+    let root = root(manager);
+    let readiness = ingot_rt::assess(&root).map_err(|err| CriError::FailedPrecondition {
+        what: "real-time pod".into(),
+        reason: format!("the node's real-time checks could not run: {err}"),
+    })?;
+    if readiness.passes(ingot_rt::REQUIRED_FOR_RT_PODS) {
+        return Ok(());
+    }
+    let failed: Vec<String> = ingot_rt::REQUIRED_FOR_RT_PODS
+        .iter()
+        .filter_map(|id| readiness.get(id))
+        .filter(|check| check.status != ingot_rt::Status::Pass)
+        .map(|check| format!("{} ({})", check.id, check.title))
+        .collect();
+    let name = config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.as_str())
+        .unwrap_or("");
+    Err(CriError::FailedPrecondition {
+        what: format!("real-time pod {name:?}"),
+        reason: format!(
+            "this node cannot run it: {} (`ingot node report` shows the evidence and remedies)",
+            failed.join("; ")
+        ),
+    })
+}
+
 /// The store as the tuning journal.
 struct StoreJournal<'a>(&'a Store);
 
