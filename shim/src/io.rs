@@ -396,19 +396,23 @@ fn receive_fd(socket: i32) -> Result<OwnedFd> {
 mod tests {
     use super::*;
 
+    /// A stdin fifo at `fifo` and the process's stdio reading it.
+    fn stdin_from(fifo: &Path) -> (ChildStdio, ProcessIo) {
+        nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        let paths = StdioPaths {
+            stdin: fifo.display().to_string(),
+            ..Default::default()
+        };
+        plain(&paths).expect("stdio")
+    }
+
     /// A client closing its end does not end the process's stdin; a second client's bytes
     /// still arrive; CloseIO ends it.
     #[test]
     fn stdin_stays_open_between_clients_until_close_io() {
         let dir = tempfile::tempdir().expect("tempdir");
         let fifo = dir.path().join("stdin");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .expect("mkfifo");
-        let paths = StdioPaths {
-            stdin: fifo.display().to_string(),
-            ..Default::default()
-        };
-        let (child, mut io) = plain(&paths).expect("stdio");
+        let (child, mut io) = stdin_from(&fifo);
         let mut process = File::from(child.stdin);
         for client in ["first\n", "second\n"] {
             let mut writer = OpenOptions::new().write(true).open(&fifo).expect("writer");
@@ -433,13 +437,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         for round in 0..200 {
             let fifo = dir.path().join(format!("stdin-{round}"));
-            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                .expect("mkfifo");
-            let paths = StdioPaths {
-                stdin: fifo.display().to_string(),
-                ..Default::default()
-            };
-            let (child, mut io) = plain(&paths).expect("stdio");
+            let (child, mut io) = stdin_from(&fifo);
             let mut writer = OpenOptions::new().write(true).open(&fifo).expect("writer");
             writer.write_all(b"line\n").expect("write");
             io.close_stdin();

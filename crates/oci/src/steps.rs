@@ -36,6 +36,20 @@ pub struct StepInput<'a> {
     pub tuning: Option<&'a ingot_tuning::Tuning>,
 }
 
+impl StepInput<'_> {
+    /// The CPUs of a Guaranteed container with an integer CPU limit (None otherwise).
+    fn guaranteed_cpus(&self) -> Option<u32> {
+        self.resources.and_then(|r| {
+            guaranteed_integer_cpus(
+                r.cpu_quota,
+                r.cpu_period,
+                r.cpu_shares,
+                r.memory_limit_in_bytes,
+            )
+        })
+    }
+}
+
 /// What the steps decided beside the spec itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StepEffects {
@@ -253,17 +267,7 @@ fn placement(
     let cpu = resources.cpu().clone().unwrap_or_default();
     let kubelet_cpus = cpu_list("linux.resources.cpuset_cpus", cpu.cpus().as_ref())?;
     let kubelet_mems = cpu_list("linux.resources.cpuset_mems", cpu.mems().as_ref())?;
-    let exclusive_cpus = input
-        .resources
-        .and_then(|r| {
-            guaranteed_integer_cpus(
-                r.cpu_quota,
-                r.cpu_period,
-                r.cpu_shares,
-                r.memory_limit_in_bytes,
-            )
-        })
-        .unwrap_or(0);
+    let exclusive_cpus = input.guaranteed_cpus().unwrap_or(0);
     let request = Request {
         pod_id: input.pod_id.to_string(),
         container_id: input.container_id.to_string(),
@@ -317,14 +321,7 @@ fn tuning(
     let Some(tuning) = input.tuning.filter(|t| !t.is_empty()) else {
         return Ok(());
     };
-    let guaranteed = input.resources.and_then(|r| {
-        guaranteed_integer_cpus(
-            r.cpu_quota,
-            r.cpu_period,
-            r.cpu_shares,
-            r.memory_limit_in_bytes,
-        )
-    });
+    let guaranteed = input.guaranteed_cpus();
     let exclusive = effects
         .assignment
         .as_ref()

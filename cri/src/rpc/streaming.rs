@@ -531,21 +531,9 @@ impl StreamServer {
         let mut output = |channel: u8| -> stream::Writer {
             let (ours, theirs) = tokio::io::duplex(64 * 1024);
             let outgoing = outgoing.clone();
+            let frame = ChannelFrame { base64: false };
             pumps.push(tokio::spawn(async move {
-                let mut theirs = theirs;
-                let mut buffer = vec![0u8; 32 * 1024];
-                loop {
-                    let n = match tokio::io::AsyncReadExt::read(&mut theirs, &mut buffer).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    let mut message = Vec::with_capacity(n + 1);
-                    message.push(channel);
-                    message.extend_from_slice(&buffer[..n]);
-                    if outgoing.send(Message::binary(message)).await.is_err() {
-                        break;
-                    }
-                }
+                pump_messages(theirs, &outgoing, |bytes| frame.encode(channel, bytes)).await
             }));
             Box::new(ours)
         };
@@ -1021,26 +1009,32 @@ async fn forward_channel(
         }
         let _ = to_pod.shutdown().await;
     };
-    let downstream = async {
-        let mut buffer = vec![0u8; 32 * 1024];
-        loop {
-            let n = match tokio::io::AsyncReadExt::read(&mut from_pod, &mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if outgoing
-                .send(frame.encode(data, &buffer[..n]))
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-    };
+    let downstream = pump_messages(&mut from_pod, &outgoing, |bytes| frame.encode(data, bytes));
     // The pod closing its side ends the connection (the kubelet's too: no half-close on v4).
     tokio::select! {
         () = downstream => {}
         () = async { upstream.await; std::future::pending::<()>().await } => {}
+    }
+}
+
+/// Sends what `from` yields to the client, a message per read made by `encode`, until it ends
+/// or the client's writer is gone.
+async fn pump_messages<R>(
+    mut from: R,
+    outgoing: &mpsc::Sender<tokio_tungstenite::tungstenite::Message>,
+    encode: impl Fn(&[u8]) -> tokio_tungstenite::tungstenite::Message,
+) where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut buffer = vec![0u8; 32 * 1024];
+    loop {
+        let n = match tokio::io::AsyncReadExt::read(&mut from, &mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if outgoing.send(encode(&buffer[..n])).await.is_err() {
+            break;
+        }
     }
 }
 
@@ -1071,20 +1065,10 @@ where
             let _ = write_half.shutdown().await;
         };
         let outbound = async {
-            let mut buffer = vec![0u8; 32 * 1024];
-            loop {
-                let n = match tokio::io::AsyncReadExt::read(&mut read_half, &mut buffer).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                if outgoing
-                    .send(Message::binary(buffer[..n].to_vec()))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
+            pump_messages(&mut read_half, &outgoing, |bytes| {
+                Message::binary(bytes.to_vec())
+            })
+            .await;
             let _ = outgoing.send(normal_close()).await;
         };
         tokio::join!(inbound, outbound);
