@@ -47,6 +47,9 @@ pub struct Config {
     pub runtimes: BTreeMap<String, RuntimeHandler>,
     /// CPU placement: `policy = "none" | "exclusive"`, `reserved = "0"` (housekeeping CPUs).
     pub placement: ingot_placement::PlacementConfig,
+    /// Where CDI specs are read, lowest priority first (containerd's `cdi_spec_dirs`): a device
+    /// in a later directory overrides one of the same name in an earlier one.
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -141,6 +144,7 @@ impl Default for Config {
             tuning_root: None,
             metrics_address: DEFAULT_METRICS_ADDRESS.into(),
             placement: ingot_placement::PlacementConfig::default(),
+            cdi_spec_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],
         }
     }
 }

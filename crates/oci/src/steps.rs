@@ -34,6 +34,8 @@ pub struct StepInput<'a> {
     /// The high-performance tuning the pod's annotations ask of this container (parsed and
     /// allowed by its runtime handler), if any.
     pub tuning: Option<&'a ingot_tuning::Tuning>,
+    /// The CDI devices the container asks for, resolved from their specs (None for an update).
+    pub cdi: Option<&'a ingot_devices::cdi::Resolved>,
 }
 
 impl StepInput<'_> {
@@ -72,6 +74,7 @@ type StepFn =
 
 /// The steps, in the order they run.
 pub const STEPS: &[(&str, StepFn)] = &[
+    ("CDI devices", cdi_devices),
     ("hugepages", hugepages),
     ("device alignment", device_alignment),
     ("placement", placement),
@@ -212,6 +215,25 @@ fn hugepages(
     Ok(())
 }
 
+/// CDI devices: their edits (device nodes with their cgroup rules, mounts, environment, hooks,
+/// additional GIDs, network devices) go into the spec before placement reads it.
+fn cdi_devices(
+    spec: &mut Spec,
+    input: &StepInput<'_>,
+    _placement: &mut Placement,
+    _effects: &mut StepEffects,
+) -> Result<(), OciError> {
+    match input.cdi {
+        Some(resolved) if input.phase == Phase::Create => {
+            resolved.inject(spec).map_err(|err| OciError::InvalidField {
+                field: "config.CDI_devices",
+                reason: err.to_string(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The IOMMU group a VFIO device node names (`/dev/vfio/<group>`).
 fn vfio_group(host_path: &str) -> Option<u32> {
     host_path.strip_prefix("/dev/vfio/")?.parse().ok()
@@ -220,21 +242,40 @@ fn vfio_group(host_path: &str) -> Option<u32> {
 /// Device alignment: the NUMA nodes of the PCI functions behind the container's VFIO devices
 /// (an SR-IOV VF or a GPU bound to vfio-pci), which placement prefers for its CPUs.
 fn device_alignment(
-    _spec: &mut Spec,
+    spec: &mut Spec,
     input: &StepInput<'_>,
     _placement: &mut Placement,
     effects: &mut StepEffects,
 ) -> Result<(), OciError> {
+    // VFIO groups of the CRI's devices and of the device nodes CDI put in; PCI functions CDI
+    // specs name (`ingot cdi generate` writes each GPU's).
+    let injected = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.path().to_str().and_then(vfio_group));
     let groups: Vec<u32> = input
         .devices
         .iter()
         .filter_map(|device| vfio_group(&device.host_path))
+        .chain(injected)
+        .collect();
+    let addresses: Vec<&str> = input
+        .cdi
+        .iter()
+        .flat_map(|r| r.devices.iter())
+        .filter_map(|d| d.pci_address.as_deref())
         .collect();
     let nodes: CpuSet = input
         .node
         .pci_devices
         .iter()
-        .filter(|pci| pci.iommu_group.is_some_and(|group| groups.contains(&group)))
+        .filter(|pci| {
+            pci.iommu_group.is_some_and(|group| groups.contains(&group))
+                || addresses.contains(&pci.address.as_str())
+        })
         .filter_map(|pci| pci.numa_node)
         .collect();
     if !nodes.is_empty() {

@@ -92,6 +92,7 @@ fn run_for(
         node: &topology,
         phase,
         tuning: None,
+        cdi: None,
     };
     let effects = run(&mut spec, &input, placement)?;
     Ok((spec, effects))
@@ -229,6 +230,7 @@ fn page_sizes_parse_like_the_cri_writes_them() {
         node: &topology,
         phase: Phase::Create,
         tuning: None,
+        cdi: None,
     };
     let err = run(&mut spec, &input, &mut exclusive("")).expect_err("not a size");
     assert!(
@@ -272,6 +274,7 @@ fn cpus_follow_the_numa_node_of_the_containers_vfio_device() {
         node: &topology,
         phase: Phase::Create,
         tuning: None,
+        cdi: None,
     };
     let effects = run(&mut spec, &input, &mut placement).expect("aligned");
     assert_eq!(effects.device_nodes, Some(CpuSet::parse("1").expect("1")));
@@ -280,6 +283,31 @@ fn cpus_follow_the_numa_node_of_the_containers_vfio_device() {
     // A device that is not VFIO, or a group no PCI function has, aligns nothing.
     assert_eq!(vfio_group("/dev/vfio/vfio"), None);
     assert_eq!(vfio_group("/dev/nvidia0"), None);
+
+    // A CDI device whose spec names its PCI function (a GPU, as `ingot cdi generate` writes
+    // it) pulls the CPUs to that function's node.
+    let mut gpu = pci("0000:3b:00.0", 7, 0);
+    gpu.vendor = "10de".into();
+    let mut topology = topology.clone();
+    topology.pci_devices.push(gpu);
+    let mut cdi = ingot_devices::cdi::Resolved::default();
+    cdi.devices.push(ingot_devices::cdi::ResolvedDevice {
+        name: "nvidia.com/gpu=0".into(),
+        spec_file: "/var/run/cdi/nvidia.json".into(),
+        pci_address: Some("0000:3b:00.0".into()),
+    });
+    let mut placement = exclusive("0");
+    let mut spec = base(&resources);
+    let input = StepInput {
+        container_id: "cuda",
+        devices: &[],
+        node: &topology,
+        cdi: Some(&cdi),
+        ..input
+    };
+    let effects = run(&mut spec, &input, &mut placement).expect("aligned");
+    assert_eq!(effects.device_nodes, Some(CpuSet::parse("0").expect("0")));
+    assert_eq!(cpu_of(&spec).1, Some("0".into()));
 }
 
 #[test]
@@ -297,6 +325,7 @@ fn tuning_needs_whole_cpus_of_its_own_and_lifts_the_quota() {
         node: &topology,
         phase: Phase::Create,
         tuning: Some(&wanted),
+        cdi: None,
     };
     let whole: &'static v1::LinuxContainerResources = Box::leak(Box::new(guaranteed(2)));
     let mut placement = exclusive("0");

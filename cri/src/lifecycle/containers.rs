@@ -66,6 +66,8 @@ fn prepare_bundle(
     bundle: &Path,
     snapshot: &Path,
 ) -> Result<Built, CriError> {
+    // Devices first: a request that cannot be met costs nothing.
+    let cdi = resolve_cdi(manager, config)?;
     let sandbox = convert::pod_config(pod);
     let image_config = ImageConfig::from_document(&image.config)?;
     let layers = manager.images.layer_dirs(image)?;
@@ -88,11 +90,20 @@ fn prepare_bundle(
         &read_in_image("etc/passwd"),
         &read_in_image("etc/group"),
     )?;
-    let devices = config
+    let mut devices = config
         .devices
         .iter()
         .map(host::devices::host_device)
         .collect::<Result<Vec<_>, _>>()?;
+    if context.is_some_and(|c| c.privileged) {
+        // The host's devices, as containerd gives them; the CRI's own take their paths.
+        let asked: Vec<String> = devices.iter().map(|d| d.container_path.clone()).collect();
+        devices.extend(
+            host::devices::host_devices()
+                .into_iter()
+                .filter(|d| !asked.contains(&d.container_path)),
+        );
+    }
     let seccomp = match spec::seccomp_choice(context)? {
         SeccompChoice::Unconfined => None,
         SeccompChoice::RuntimeDefault => Some(spec::default_seccomp_profile()),
@@ -191,6 +202,7 @@ fn prepare_bundle(
             node: &node,
             phase: Phase::Create,
             tuning: tuning.as_ref(),
+            cdi: Some(&cdi),
         },
     )?;
     if super::tuning::is_realtime(manager, &pod.runtime_handler, &sandbox.annotations)
@@ -251,6 +263,34 @@ fn prepare_bundle(
         shared_pool_changed: effects.shared_pool_changed,
         tuning: effects.tuning,
     })
+}
+
+/// The CDI devices a container asks for (the CRI's `CDI_devices`, then `cdi.k8s.io/*`
+/// annotations), resolved from the spec directories as they are now.
+fn resolve_cdi(
+    manager: &Manager,
+    config: &v1::ContainerConfig,
+) -> Result<ingot_devices::cdi::Resolved, CriError> {
+    let names: Vec<String> = config.cdi_devices.iter().map(|d| d.name.clone()).collect();
+    let names = ingot_devices::cdi::requested(&names, &config.annotations).map_err(|err| {
+        CriError::invalid(
+            if matches!(&err, ingot_devices::DevicesError::InvalidName { source_field, .. } if source_field == "CDI_devices")
+            {
+                "config.CDI_devices"
+            } else {
+                "config.annotations"
+            },
+            err.to_string(),
+        )
+    })?;
+    let resolved = manager
+        .cdi
+        .resolve(&names)
+        .map_err(|err| CriError::invalid("config.CDI_devices", err.to_string()))?;
+    for device in &resolved.devices {
+        tracing::info!(device = %device.name, spec = %device.spec_file.display(), "CDI device");
+    }
+    Ok(resolved)
 }
 
 /// `SIGTERM`, `TERM` or `15` → 15; unknown → SIGTERM.
@@ -719,6 +759,7 @@ pub async fn update_resources(
             node: &node,
             phase: Phase::Update,
             tuning: container.tuning.as_ref(),
+            cdi: None,
         },
     )?;
     let resources = update

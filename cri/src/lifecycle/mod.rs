@@ -160,6 +160,8 @@ pub struct Manager {
     committed_exclusive: Mutex<ExclusiveRecords>,
     /// One host-tuning reconcile at a time.
     tuning_lock: tokio::sync::Mutex<()>,
+    /// The CDI specs of `config.cdi_spec_dirs`, read again when they change.
+    pub cdi: ingot_devices::cdi::Registry,
 }
 
 pub fn now_ns() -> i64 {
@@ -264,7 +266,9 @@ impl Manager {
             std::fs::create_dir_all(&dir)
                 .map_err(CriError::io(format!("create {}", dir.display())))?;
         }
+        let cdi = ingot_devices::cdi::Registry::new(config.cdi_spec_dirs.clone());
         let manager = Arc::new(Manager {
+            cdi,
             config,
             store,
             images,

@@ -1,0 +1,1 @@
+//! NVIDIA CDI spec generation.

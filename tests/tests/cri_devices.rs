@@ -1,0 +1,354 @@
+//! Devices end to end: host devices from the CRI's `devices`, CDI devices from the CRI's
+//! `CDI_devices` field and from `cdi.k8s.io/*` annotations (device nodes the device cgroup lets
+//! through with exactly their permissions, mounts, environment, additional GIDs), spec files
+//! read again when they change, privileged containers with the host's devices, and every bad
+//! request refused at CreateContainer naming the device and the spec file, with nothing made.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use ingot_tests::{cri::Options, pods::*};
+use k8s_cri::v1;
+
+/// A character device node at `path`, as mknod(2) makes it.
+fn mknod(path: &Path, major: u64, minor: u64) {
+    nix::sys::stat::mknod(
+        path,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(major, minor),
+    )
+    .unwrap_or_else(|err| panic!("mknod {}: {err}", path.display()));
+}
+
+/// The test's device node (a copy of /dev/loop-control: not among the devices every container
+/// gets, and opening it does nothing), a library directory and the two CDI spec directories.
+struct Devices {
+    dir: tempfile::TempDir,
+}
+
+impl Devices {
+    fn new() -> Devices {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for sub in ["nodes", "lib", "etc-cdi", "run-cdi"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+        }
+        mknod(&dir.path().join("nodes/ctl"), 10, 237);
+        std::fs::write(dir.path().join("lib/marker"), "vendor library\n").expect("marker");
+        let devices = Devices { dir };
+        devices.write_spec(
+            "etc-cdi",
+            "test.json",
+            &serde_json::json!({
+                "cdiVersion": "0.7.0",
+                "kind": "test.ingot.dev/device",
+                "containerEdits": {"env": ["CDI_VENDOR=test"]},
+                "devices": [
+                    {"name": "ctl0", "containerEdits": {
+                        "deviceNodes": [{"path": "/dev/cdi-ctl", "hostPath": devices.path("nodes/ctl")}],
+                        "mounts": [{"hostPath": devices.path("lib"), "containerPath": "/opt/cdi-lib", "options": ["ro", "bind"]}],
+                        "env": ["CDI_DEVICE=ctl0"],
+                        "additionalGids": [4242]
+                    }},
+                    {"name": "ctl-ro", "containerEdits": {
+                        "deviceNodes": [{"path": "/dev/cdi-ctl-ro", "hostPath": devices.path("nodes/ctl"), "permissions": "r"}]
+                    }}
+                ]
+            }),
+        );
+        devices
+    }
+
+    fn path(&self, rel: &str) -> String {
+        self.dir.path().join(rel).display().to_string()
+    }
+
+    fn write_spec(&self, dir: &str, name: &str, spec: &serde_json::Value) {
+        let path: PathBuf = self.dir.path().join(dir).join(name);
+        std::fs::write(&path, serde_json::to_vec_pretty(spec).expect("json")).expect("spec");
+    }
+
+    fn config(&self) -> String {
+        format!(
+            "cdi_spec_dirs = [{:?}, {:?}]\n",
+            self.path("etc-cdi"),
+            self.path("run-cdi")
+        )
+    }
+}
+
+fn sleeper(name: &str, image: &str) -> v1::ContainerConfig {
+    container_config(name, image, "sleep 600")
+}
+
+fn with_cdi(mut config: v1::ContainerConfig, names: &[&str]) -> v1::ContainerConfig {
+    config.cdi_devices = names
+        .iter()
+        .map(|n| v1::CdiDevice {
+            name: n.to_string(),
+        })
+        .collect();
+    config
+}
+
+/// `sh -c script` in a container: exit code and stdout+stderr.
+async fn sh(
+    client: &mut v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    id: &str,
+    script: &str,
+) -> (i32, String) {
+    let out = exec(client, id, &["/bin/sh", "-c", script]).await;
+    (
+        out.exit_code,
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn container_count(
+    client: &mut v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+) -> usize {
+    client
+        .list_containers(v1::ListContainersRequest::default())
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+        .len()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn cri_and_cdi_devices_reach_the_container_with_their_permissions_only() {
+    let devices = Devices::new();
+    let (env, mut client, image) = env_with(
+        false,
+        Options {
+            extra_config: devices.config(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let pod = host_network_pod(
+        "devices",
+        &env.daemon.log_dir("devices"),
+        v1::NamespaceMode::Pod,
+    );
+    let pod_id = run_pod(&mut client, pod.clone()).await;
+
+    // The CRI field and a host device side by side.
+    let mut first = with_cdi(sleeper("first", &image), &["test.ingot.dev/device=ctl0"]);
+    first.devices = vec![v1::Device {
+        container_path: "/dev/cri-ctl".into(),
+        host_path: devices.path("nodes/ctl"),
+        permissions: "rw".into(),
+    }];
+    let first = start_container(&mut client, &pod_id, &pod, first).await;
+    let (code, out) = sh(
+        &mut client,
+        &first,
+        "exec 3<>/dev/cdi-ctl 4<>/dev/cri-ctl && echo \"$CDI_VENDOR $CDI_DEVICE\" \
+         && cat /opt/cdi-lib/marker && id -G && ! test -e /dev/cdi-ctl-ro && echo done",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("test ctl0\n"), "{out}");
+    assert!(out.contains("vendor library\n"), "{out}");
+    assert!(out.split_whitespace().any(|g| g == "4242"), "{out}");
+    assert!(out.ends_with("done\n"), "{out}");
+    let (code, out) = sh(&mut client, &first, "echo x > /opt/cdi-lib/marker").await;
+    assert_ne!(code, 0, "the CDI mount is read-only: {out}");
+
+    // An annotation, with a read-only device: reads pass the device cgroup, writes do not.
+    let mut second = sleeper("second", &image);
+    second.annotations = HashMap::from([(
+        "cdi.k8s.io/test-plugin".to_string(),
+        "test.ingot.dev/device=ctl-ro".to_string(),
+    )]);
+    let second = start_container(&mut client, &pod_id, &pod, second).await;
+    let (code, out) = sh(
+        &mut client,
+        &second,
+        "exec 3</dev/cdi-ctl-ro && echo opened",
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "opened\n"), "{out}");
+    let (code, out) = sh(&mut client, &second, "exec 3>/dev/cdi-ctl-ro").await;
+    assert_ne!(
+        code, 0,
+        "a read-only CDI device opens for reading only: {out}"
+    );
+    assert!(
+        out.contains("not permitted"),
+        "the device cgroup refuses it: {out}"
+    );
+    let (code, out) = sh(&mut client, &second, "test -e /dev/cdi-ctl || echo absent").await;
+    assert_eq!((code, out.as_str()), (0, "absent\n"), "{out}");
+
+    // A spec written while ingotd runs is read at the next request.
+    devices.write_spec(
+        "run-cdi",
+        "late.yaml",
+        &serde_json::json!({
+            "cdiVersion": "0.6.0",
+            "kind": "test.ingot.dev/late",
+            "devices": [{"name": "x", "containerEdits": {"env": ["LATE=1"]}}]
+        }),
+    );
+    let late = start_container(
+        &mut client,
+        &pod_id,
+        &pod,
+        with_cdi(sleeper("late", &image), &["test.ingot.dev/late=x"]),
+    )
+    .await;
+    let (_, out) = sh(&mut client, &late, "echo $LATE").await;
+    assert_eq!(out, "1\n");
+
+    // Refusals: each names the device and where it looked, and makes nothing.
+    devices.write_spec(
+        "run-cdi",
+        "broken.json",
+        &serde_json::json!({
+            "cdiVersion": "0.6.0",
+            "kind": "test.ingot.dev/broken",
+            "devices": [{"name": "x", "containerEdits": {"deviceNodes": [{"major": 1}]}}]
+        }),
+    );
+    let before = container_count(&mut client).await;
+    let cases: Vec<(&str, v1::ContainerConfig, Vec<String>)> = vec![
+        (
+            "unknown device",
+            with_cdi(sleeper("unknown", &image), &["test.ingot.dev/device=nope"]),
+            vec![
+                "\"test.ingot.dev/device=nope\"".into(),
+                devices.path("etc-cdi"),
+                "config.CDI_devices".into(),
+            ],
+        ),
+        (
+            "device of a spec that does not validate",
+            with_cdi(sleeper("broken", &image), &["test.ingot.dev/broken=x"]),
+            vec!["\"test.ingot.dev/broken=x\"".into(), "broken.json".into()],
+        ),
+        (
+            "unqualified name",
+            with_cdi(sleeper("bare", &image), &["ctl0"]),
+            vec!["\"ctl0\"".into(), "config.CDI_devices".into()],
+        ),
+        (
+            "unqualified name in an annotation",
+            {
+                let mut c = sleeper("bare-annotation", &image);
+                c.annotations = HashMap::from([(
+                    "cdi.k8s.io/x".to_string(),
+                    "test.ingot.dev/device".to_string(),
+                )]);
+                c
+            },
+            vec!["config.annotations".into(), "cdi.k8s.io/x".into()],
+        ),
+    ];
+    for (what, config, needles) in cases {
+        let status = refused_create(&mut client, &pod_id, &pod, config).await;
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{what}: {status:?}"
+        );
+        for needle in needles {
+            assert!(
+                status.message().contains(&needle),
+                "{what}: {needle} in {:?}",
+                status.message()
+            );
+        }
+    }
+    assert_eq!(container_count(&mut client).await, before, "nothing made");
+
+    // The first containers still work after the refusals.
+    let (code, out) = sh(&mut client, &first, "exec 3<>/dev/cdi-ctl").await;
+    assert_eq!(code, 0, "{out}");
+
+    remove_pod(&mut client, &pod_id).await;
+    assert_nothing_left(&env.daemon, &pod_id);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_privileged_container_gets_the_hosts_devices() {
+    let (env, mut client, image) = env(false).await;
+    let mut pod = host_network_pod(
+        "privileged",
+        &env.daemon.log_dir("privileged"),
+        v1::NamespaceMode::Pod,
+    );
+    if let Some(context) = pod.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+        context.privileged = true;
+    }
+    let pod_id = run_pod(&mut client, pod.clone()).await;
+    let mut privileged = sleeper("privileged", &image);
+    privileged.linux = Some(v1::LinuxContainerConfig {
+        security_context: Some(v1::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let privileged = start_container(&mut client, &pod_id, &pod, privileged).await;
+    let plain = start_container(&mut client, &pod_id, &pod, sleeper("plain", &image)).await;
+
+    // Every character device of the host's /dev (but its console and what the container
+    // mounts itself) is there with its own numbers.
+    let mut expected = Vec::new();
+    for entry in std::fs::read_dir("/dev").expect("/dev").flatten() {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let meta = entry.metadata().expect("stat");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if meta.file_type().is_char_device()
+            && !["console", "ptmx"].contains(&name.as_str())
+            && !name.starts_with("tty")
+        {
+            let rdev = meta.rdev();
+            expected.push((
+                name,
+                nix::sys::stat::major(rdev),
+                nix::sys::stat::minor(rdev),
+            ));
+        }
+    }
+    assert!(
+        expected.iter().any(|(n, _, _)| n == "loop-control"),
+        "{expected:?}"
+    );
+    let (code, listing) = sh(
+        &mut client,
+        &privileged,
+        "for f in /dev/*; do test -c \"$f\" && stat -c '%n %t %T' \"$f\"; done; true",
+    )
+    .await;
+    assert_eq!(code, 0, "{listing}");
+    for (name, major, minor) in &expected {
+        let line = format!("/dev/{name} {major:x} {minor:x}");
+        assert!(listing.lines().any(|l| l == line), "{line} in {listing}");
+    }
+    // The device cgroup lets the privileged one use them; the plain one has none of them.
+    let (code, out) = sh(
+        &mut client,
+        &privileged,
+        "head -c 1 /dev/urandom | wc -c && test -c /dev/loop-control",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = sh(
+        &mut client,
+        &plain,
+        "test -e /dev/loop-control || echo absent",
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "absent\n"), "{out}");
+
+    remove_pod(&mut client, &pod_id).await;
+    assert_nothing_left(&env.daemon, &pod_id);
+}
