@@ -95,6 +95,9 @@ pub struct ContainerRecord {
     /// The high-performance tuning its annotations ask for (CRI-O's), on its exclusive CPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuning: Option<ingot_tuning::Tuning>,
+    /// The RT runtime raised for it on the way down to its pod's cgroup, given back at removal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rt_budget: Option<crate::host::rt_budget::Grant>,
 }
 
 /// The page cache of the state store.

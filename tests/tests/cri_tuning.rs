@@ -424,3 +424,204 @@ async fn real_time_pods_need_a_ready_node_and_cpus_of_their_own() {
     remove_pod(&mut client, &pod_id).await;
     assert_nothing_left(&env.daemon, &pod_id);
 }
+
+fn has_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .expect("CapEff")
+        .trim()
+        .to_string();
+    u64::from_str_radix(&hex, 16).expect("hex") & (1 << 24) != 0
+}
+
+/// Field `n` (1-based, as proc(5) counts them) of `/proc/<pid>/stat`.
+fn stat_field(stat: &str, n: usize) -> String {
+    // pid (comm) state ...: comm may hold spaces, so from the last ')'; state is field 3.
+    let rest = stat.rsplit_once(')').expect("stat").1;
+    rest.split_whitespace()
+        .nth(n - 3)
+        .expect("field")
+        .to_string()
+}
+
+/// A real-time pod's per-container settings on a ready node (the RT-ready fixture as the tuning
+/// root; the cgroups are this machine's own v1 ones): SCHED_FIFO at the pod's priority for the
+/// container's process but not for its execs, its rlimits, an RT runtime budget in its cgroup
+/// (without which SCHED_FIFO is refused there) raised on the way down and given back at removal,
+/// and its CPUs in its environment and a file. Bad settings are refused naming the annotation;
+/// a budget the root cannot give names the numbers.
+#[tokio::test(flavor = "current_thread")]
+async fn real_time_containers_get_their_scheduling_rlimits_budget_and_cpus() {
+    let ready = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/rt/tests/fixtures/rt-ready");
+    let (env, mut client, image) =
+        exclusive_env(&format!("tuning_root = \"{}\"\n", ready.display())).await;
+    let parent =
+        Path::new("/sys/fs/cgroup/cpu").join(env.daemon.cgroup_parent.trim_start_matches('/'));
+    let pod = pod_with(
+        &env.daemon,
+        "rt",
+        &[
+            ("realtime.ingot.dev/sched-policy", "SCHED_FIFO"),
+            ("realtime.ingot.dev/sched-priority", "10"),
+            ("realtime.ingot.dev/rt-runtime-us/rt", "200000"),
+            ("realtime.ingot.dev/rlimit-memlock", "unlimited"),
+            ("realtime.ingot.dev/rlimit-rtprio", "20"),
+        ],
+    );
+    let pod_id = run_pod_on(&mut client, &pod, "rt").await.expect("admitted");
+    let pod_cgroup = parent.join(&pod_id);
+    assert_eq!(
+        read(&pod_cgroup.join("cpu.rt_runtime_us")),
+        "0",
+        "a fresh cgroup"
+    );
+    let id = start_container(&mut client, &pod_id, &pod, guaranteed("rt", &image)).await;
+    let pid = u32::try_from(
+        container_info(&mut client, &id).await["pid"]
+            .as_u64()
+            .expect("pid"),
+    )
+    .expect("pid");
+    let stat = read(Path::new(&format!("/proc/{pid}/stat")));
+    assert_eq!(
+        (stat_field(&stat, 41), stat_field(&stat, 40)),
+        ("1".to_string(), "10".to_string()),
+        "SCHED_FIFO at priority 10: {stat}"
+    );
+    assert_eq!(
+        read(&cgroup_file(pid, "cpu", "cpu.rt_runtime_us")),
+        "200000"
+    );
+    assert_eq!(read(&pod_cgroup.join("cpu.rt_runtime_us")), "200000");
+    assert_eq!(read(&parent.join("cpu.rt_runtime_us")), "200000");
+    let limits = read(Path::new(&format!("/proc/{pid}/limits")));
+    let limit = |name: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    // Asked: unlimited and 20; where ingotd lacks CAP_SYS_RESOURCE (as on this machine) no
+    // more than its own hard limits, which are this test's.
+    let (memlock, rtprio) = if has_sys_resource() {
+        ("unlimited".to_string(), "20".to_string())
+    } else {
+        let (_, memlock) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
+                .expect("getrlimit");
+        let (_, rtprio) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_RTPRIO)
+                .expect("getrlimit");
+        let show = |n: u64| {
+            if n == u64::MAX {
+                "unlimited".to_string()
+            } else {
+                n.min(20).to_string()
+            }
+        };
+        (
+            if memlock == u64::MAX {
+                "unlimited".into()
+            } else {
+                memlock.to_string()
+            },
+            show(rtprio),
+        )
+    };
+    assert!(
+        limit("Max locked memory").contains(&format!("{memlock} {memlock}")),
+        "{limits}"
+    );
+    assert!(
+        limit("Max realtime priority").contains(&format!("{rtprio} {rtprio}")),
+        "{limits}"
+    );
+
+    // An exec is a plain process unless the pod asks otherwise, and sees the container's CPUs.
+    let out = exec(&mut client, &id, &["/bin/sh", "-c", "cat /proc/self/stat"]).await;
+    let stat = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(stat_field(&stat, 41), "0", "an exec is SCHED_OTHER: {stat}");
+    let out = exec(
+        &mut client,
+        &id,
+        &[
+            "/bin/sh",
+            "-c",
+            "echo $INGOT_CPUS $INGOT_MEMS $INGOT_HOUSEKEEPING_CPUS; cat /etc/ingot/placement.env",
+        ],
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1 0 0\nINGOT_CPUS=1\nINGOT_MEMS=0\nINGOT_HOUSEKEEPING_CPUS=0\n"
+    );
+
+    // Refusals name the annotation (or the numbers), and make nothing.
+    let bad = pod_with(
+        &env.daemon,
+        "rt-bad",
+        &[("realtime.ingot.dev/sched-policy", "SCHED_FIFO")],
+    );
+    let bad_id = run_pod_on(&mut client, &bad, "rt").await.expect("admitted");
+    let status = refused_create(&mut client, &bad_id, &bad, guaranteed("x", &image)).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("realtime.ingot.dev/sched-priority"),
+        "{status:?}"
+    );
+    remove_pod(&mut client, &bad_id).await;
+    let plain = pod_with(
+        &env.daemon,
+        "plain",
+        &[("realtime.ingot.dev/sched-nice", "5")],
+    );
+    let plain_id = run_pod_on(&mut client, &plain, "")
+        .await
+        .expect("a plain pod");
+    let status = refused_create(&mut client, &plain_id, &plain, guaranteed("x", &image)).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("realtime.ingot.dev/sched-nice"),
+        "{status:?}"
+    );
+    assert!(status.message().contains("real-time pod"), "{status:?}");
+    remove_pod(&mut client, &plain_id).await;
+
+    // Removal gives the budget back all the way up.
+    stop_and_remove_container(&mut client, &id, 0).await;
+    assert_eq!(read(&pod_cgroup.join("cpu.rt_runtime_us")), "0");
+    assert_eq!(read(&parent.join("cpu.rt_runtime_us")), "0");
+    // A budget the root cannot give (CPU 1 is free again).
+    let greedy = pod_with(
+        &env.daemon,
+        "rt-greedy",
+        &[("realtime.ingot.dev/rt-runtime-us", "1000000")],
+    );
+    let greedy_id = run_pod_on(&mut client, &greedy, "rt")
+        .await
+        .expect("admitted");
+    let status = refused_create(&mut client, &greedy_id, &greedy, guaranteed("x", &image)).await;
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("/sys/fs/cgroup/cpu"),
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains("1000000 µs are needed"),
+        "{status:?}"
+    );
+    remove_pod(&mut client, &greedy_id).await;
+    assert_eq!(
+        read(&parent.join("cpu.rt_runtime_us")),
+        "0",
+        "nothing taken"
+    );
+    // A budget the root cannot give (CPU 1 is free again).
+    remove_pod(&mut client, &pod_id).await;
+    assert_nothing_left(&env.daemon, &pod_id);
+}

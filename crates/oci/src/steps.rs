@@ -36,6 +36,9 @@ pub struct StepInput<'a> {
     pub tuning: Option<&'a ingot_tuning::Tuning>,
     /// The CDI devices the container asks for, resolved from their specs (None for an update).
     pub cdi: Option<&'a ingot_devices::cdi::Resolved>,
+    /// What a real-time pod's annotations ask of this container (None: not a real-time pod,
+    /// or an update).
+    pub realtime: Option<&'a ingot_rt::settings::Settings>,
 }
 
 impl StepInput<'_> {
@@ -79,7 +82,17 @@ pub const STEPS: &[(&str, StepFn)] = &[
     ("device alignment", device_alignment),
     ("placement", placement),
     ("high-performance tuning", tuning),
+    ("real time", realtime),
+    ("placement environment", placement_environment),
 ];
+
+/// The environment through which a container with CPUs of its own learns them: its CPUs,
+/// memory nodes and the node's housekeeping CPUs (where its own helper threads belong).
+pub const CPUS_ENV: &str = "INGOT_CPUS";
+pub const MEMS_ENV: &str = "INGOT_MEMS";
+pub const HOUSEKEEPING_ENV: &str = "INGOT_HOUSEKEEPING_CPUS";
+/// The spec annotation that lets execs keep the container's scheduling class.
+pub const EXEC_SCHEDULER_ANNOTATION: &str = ingot_rt::settings::SCHED_EXECS;
 
 /// Runs every step over `spec`. On an error, a container placed by this run is released again.
 pub fn run(
@@ -232,6 +245,110 @@ fn cdi_devices(
         }
         _ => Ok(()),
     }
+}
+
+/// Real time: the scheduling class and priority, the rlimits, and the cgroup's RT runtime a
+/// real-time pod's annotations ask of the container. Execs keep the class only when asked
+/// (the spec carries [`EXEC_SCHEDULER_ANNOTATION`] for the exec path to read).
+fn realtime(
+    spec: &mut Spec,
+    input: &StepInput<'_>,
+    _placement: &mut Placement,
+    _effects: &mut StepEffects,
+) -> Result<(), OciError> {
+    let Some(settings) = input.realtime.filter(|_| input.phase == Phase::Create) else {
+        return Ok(());
+    };
+    let build = |reason: String| OciError::Build {
+        what: "real-time settings",
+        reason,
+    };
+    let mut process = spec.process().clone().unwrap_or_default();
+    if let Some(s) = &settings.scheduler {
+        let mut value = serde_json::json!({ "policy": s.policy.oci_name() });
+        if s.priority != 0 {
+            value["priority"] = s.priority.into();
+        }
+        if s.nice != 0 {
+            value["nice"] = s.nice.into();
+        }
+        if s.period != 0 {
+            value["runtime"] = s.runtime.into();
+            value["deadline"] = s.deadline.into();
+            value["period"] = s.period.into();
+        }
+        let scheduler = serde_json::from_value(value).map_err(|err| build(err.to_string()))?;
+        process.set_scheduler(Some(scheduler));
+        if s.execs {
+            let mut annotations = spec.annotations().clone().unwrap_or_default();
+            annotations.insert(EXEC_SCHEDULER_ANNOTATION.to_string(), "true".to_string());
+            spec.set_annotations(Some(annotations));
+        }
+    }
+    let mut rlimits = process.rlimits().clone().unwrap_or_default();
+    for (kind, limit) in [
+        (
+            "RLIMIT_MEMLOCK",
+            settings.memlock.map(|l| l.unwrap_or(u64::MAX)),
+        ),
+        ("RLIMIT_RTPRIO", settings.rtprio),
+    ] {
+        let Some(limit) = limit else { continue };
+        let rlimit: oci_spec::runtime::PosixRlimit =
+            serde_json::from_value(serde_json::json!({"type": kind, "hard": limit, "soft": limit}))
+                .map_err(|err| build(err.to_string()))?;
+        rlimits.retain(|r| r.typ() != rlimit.typ());
+        rlimits.push(rlimit);
+    }
+    if !rlimits.is_empty() {
+        process.set_rlimits(Some(rlimits));
+    }
+    spec.set_process(Some(process));
+    if settings.rt_runtime_us > 0 {
+        let resources = resources_mut(spec);
+        let mut cpu = resources.cpu().clone().unwrap_or_default();
+        cpu.set_realtime_runtime(Some(settings.rt_runtime_us));
+        resources.set_cpu(Some(cpu));
+    }
+    Ok(())
+}
+
+/// A container with CPUs of its own is told them in its environment.
+fn placement_environment(
+    spec: &mut Spec,
+    input: &StepInput<'_>,
+    placement: &mut Placement,
+    effects: &mut StepEffects,
+) -> Result<(), OciError> {
+    if input.phase != Phase::Create {
+        return Ok(());
+    }
+    let Some(assignment) = effects
+        .assignment
+        .as_ref()
+        .filter(|a| matches!(a.kind, Kind::Kubelet | Kind::Exclusive))
+    else {
+        return Ok(());
+    };
+    let mems = if assignment.mems.is_empty() {
+        input.node.numa_nodes.iter().map(|n| n.id).collect()
+    } else {
+        assignment.mems.clone()
+    };
+    let vars = [
+        (CPUS_ENV, assignment.cpus.to_string()),
+        (MEMS_ENV, mems.to_string()),
+        (HOUSEKEEPING_ENV, placement.housekeeping_cpus().to_string()),
+    ];
+    let mut process = spec.process().clone().unwrap_or_default();
+    let mut env = process.env().clone().unwrap_or_default();
+    for (key, value) in vars {
+        env.retain(|e| !e.starts_with(&format!("{key}=")));
+        env.push(format!("{key}={value}"));
+    }
+    process.set_env(Some(env));
+    spec.set_process(Some(process));
+    Ok(())
 }
 
 /// The IOMMU group a VFIO device node names (`/dev/vfio/<group>`).

@@ -93,6 +93,7 @@ fn run_for(
         phase,
         tuning: None,
         cdi: None,
+        realtime: None,
     };
     let effects = run(&mut spec, &input, placement)?;
     Ok((spec, effects))
@@ -231,6 +232,7 @@ fn page_sizes_parse_like_the_cri_writes_them() {
         phase: Phase::Create,
         tuning: None,
         cdi: None,
+        realtime: None,
     };
     let err = run(&mut spec, &input, &mut exclusive("")).expect_err("not a size");
     assert!(
@@ -275,6 +277,7 @@ fn cpus_follow_the_numa_node_of_the_containers_vfio_device() {
         phase: Phase::Create,
         tuning: None,
         cdi: None,
+        realtime: None,
     };
     let effects = run(&mut spec, &input, &mut placement).expect("aligned");
     assert_eq!(effects.device_nodes, Some(CpuSet::parse("1").expect("1")));
@@ -303,6 +306,7 @@ fn cpus_follow_the_numa_node_of_the_containers_vfio_device() {
         devices: &[],
         node: &topology,
         cdi: Some(&cdi),
+        realtime: None,
         ..input
     };
     let effects = run(&mut spec, &input, &mut placement).expect("aligned");
@@ -326,6 +330,7 @@ fn tuning_needs_whole_cpus_of_its_own_and_lifts_the_quota() {
         phase: Phase::Create,
         tuning: Some(&wanted),
         cdi: None,
+        realtime: None,
     };
     let whole: &'static v1::LinuxContainerResources = Box::leak(Box::new(guaranteed(2)));
     let mut placement = exclusive("0");

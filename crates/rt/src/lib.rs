@@ -55,8 +55,10 @@
 
 use std::{fmt, path::Path, path::PathBuf};
 
+pub mod budget;
 mod checks;
 mod read;
+pub mod settings;
 
 /// The checks an RT pod needs to pass (see [`Readiness::passes`]): a PREEMPT_RT kernel, CPUs
 /// isolated from the scheduler, ticks and RCU callbacks, and RT throttling that lets RT tasks

@@ -26,7 +26,7 @@ pub fn cgroup_roots(host_root: &Path) -> Vec<PathBuf> {
 
 /// The v1 controller hierarchies under /sys/fs/cgroup (not the hybrid unified one, nor the
 /// named systemd one), where a pod's cgroup is made and its pod init joins it.
-fn v1_controller_hierarchies(host_root: &Path) -> Vec<PathBuf> {
+pub fn v1_controller_hierarchies(host_root: &Path) -> Vec<PathBuf> {
     let root = cgroup_mount(host_root);
     cgroup_roots(host_root)
         .into_iter()

@@ -7,3 +7,4 @@ pub mod devices;
 pub mod netns;
 pub mod pod_init;
 pub mod rootfs;
+pub mod rt_budget;

@@ -53,6 +53,8 @@ struct Built {
     tuning: Option<ingot_tuning::Tuning>,
     /// Exclusive CPUs were allocated: the shared containers and ingot's threads must move.
     shared_pool_changed: bool,
+    /// The RT runtime raised for it on the way down to its pod's cgroup.
+    rt_budget: Option<host::rt_budget::Grant>,
 }
 
 /// Mounts the rootfs, runs the spec steps and writes config.json; blocking. On error the caller
@@ -192,6 +194,10 @@ fn prepare_bundle(
         .unwrap_or("");
     let tuning =
         super::tuning::for_container(manager, &pod.runtime_handler, &sandbox.annotations, name)?;
+    let is_realtime =
+        super::tuning::is_realtime(manager, &pod.runtime_handler, &sandbox.annotations);
+    let realtime =
+        super::tuning::realtime_settings(manager, is_realtime, &sandbox.annotations, name)?;
     let effects = manager.run_spec_steps(
         &mut built,
         &StepInput {
@@ -203,9 +209,10 @@ fn prepare_bundle(
             phase: Phase::Create,
             tuning: tuning.as_ref(),
             cdi: Some(&cdi),
+            realtime: realtime.as_ref(),
         },
     )?;
-    if super::tuning::is_realtime(manager, &pod.runtime_handler, &sandbox.annotations)
+    if is_realtime
         && !effects.assignment.as_ref().is_some_and(|a| {
             matches!(
                 a.kind,
@@ -252,13 +259,26 @@ fn prepare_bundle(
     if let Some(assignment) = &effects.assignment {
         tracing::debug!(container = %id, cpus = %assignment.cpus, mems = %assignment.mems, kind = ?assignment.kind, "placed");
     }
+    placement_file(&mut built, bundle)?;
     let path = bundle.join("config.json");
     let json = serde_json::to_vec_pretty(&built).map_err(|err| CriError::Io {
         context: format!("encode {}", path.display()),
         source: err.into(),
     })?;
     std::fs::write(&path, json).map_err(CriError::io(format!("write {}", path.display())))?;
+    // Last: nothing after it fails, so a grant is released only by the create's own failure
+    // paths and by removal.
+    let rt_budget = match &realtime {
+        Some(settings) if settings.rt_runtime_us > 0 => host::rt_budget::grant(
+            &manager.config.host_root,
+            &pod.cgroup_parent,
+            &manager.config.cgroup_parent,
+            settings.rt_runtime_us,
+        )?,
+        _ => None,
+    };
     Ok(Built {
+        rt_budget,
         stop_signal: signal_number(&image_config.stop_signal),
         shared_pool_changed: effects.shared_pool_changed,
         tuning: effects.tuning,
@@ -448,6 +468,7 @@ pub async fn create(
             );
             cleanup_bundle(&prepared);
             abandon_placement(manager, &id).await;
+            release_rt_budget(manager, built.rt_budget.as_ref()).await;
             return Err(err);
         }
     };
@@ -474,11 +495,13 @@ pub async fn create(
         snapshot: prepared.snapshot.clone(),
         stop_signal: prepared.stop_signal,
         tuning: built.tuning.clone(),
+        rt_budget: built.rt_budget.clone(),
     };
     if let Err(err) = manager.save_container(record.clone()) {
         let _ = shim.delete(&id, "").await;
         cleanup_bundle(&prepared);
         abandon_placement(manager, &id).await;
+        release_rt_budget(manager, built.rt_budget.as_ref()).await;
         return Err(err);
     }
     if built.shared_pool_changed {
@@ -494,6 +517,61 @@ pub async fn create(
     tracing::info!(container = %id, pod = %pod.id, "container created");
     manager.event(&record, v1::ContainerEventType::ContainerCreatedEvent);
     Ok(id)
+}
+
+/// Where a container with CPUs of its own finds them as a file, besides its environment.
+pub const PLACEMENT_FILE: &str = "/etc/ingot/placement.env";
+
+/// The placement environment the spec steps gave the container, also as a file (read-only, in
+/// its bundle) for processes that do not inherit the environment.
+fn placement_file(spec: &mut oci_spec::runtime::Spec, bundle: &Path) -> Result<(), CriError> {
+    use ingot_oci::steps::{CPUS_ENV, HOUSEKEEPING_ENV, MEMS_ENV};
+    let env = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.env().clone())
+        .unwrap_or_default();
+    let lines: Vec<&String> = env
+        .iter()
+        .filter(|e| {
+            [CPUS_ENV, MEMS_ENV, HOUSEKEEPING_ENV]
+                .iter()
+                .any(|k| e.strip_prefix(k).is_some_and(|rest| rest.starts_with('=')))
+        })
+        .collect();
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let file = bundle.join("placement.env");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&file, text).map_err(CriError::io(format!("write {}", file.display())))?;
+    let mut mount = oci_spec::runtime::Mount::default();
+    mount
+        .set_destination(PathBuf::from(PLACEMENT_FILE))
+        .set_typ(Some("bind".into()))
+        .set_source(Some(file))
+        .set_options(Some(vec![
+            "rbind".into(),
+            "ro".into(),
+            "nosuid".into(),
+            "nodev".into(),
+        ]));
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(mount);
+    spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
+/// Gives back the RT runtime raised for a container whose cgroup is gone.
+async fn release_rt_budget(manager: &Manager, grant: Option<&host::rt_budget::Grant>) {
+    if let Some(grant) = grant.cloned() {
+        let root = manager.config.host_root.clone();
+        let released =
+            tokio::task::spawn_blocking(move || host::rt_budget::release(&root, &grant)).await;
+        if let Err(err) = released {
+            tracing::warn!(error = %err, "RT runtime release did not finish");
+        }
+    }
 }
 
 /// Releases a container's placement after a failed create, moving the shared pool back when its
@@ -702,6 +780,7 @@ pub(crate) async fn remove_locked(
     tokio::task::spawn_blocking(move || cleanup_bundle(&prepared))
         .await
         .map_err(CriError::join("container removal"))?;
+    release_rt_budget(manager, container.rt_budget.as_ref()).await;
     let before = manager.assignment(&container.id);
     let pool_changed = manager.release_placement(&container.id);
     if let Err(err) = manager.forget_container(&container.id) {
@@ -760,6 +839,7 @@ pub async fn update_resources(
             phase: Phase::Update,
             tuning: container.tuning.as_ref(),
             cdi: None,
+            realtime: None,
         },
     )?;
     let resources = update

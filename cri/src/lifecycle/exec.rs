@@ -77,6 +77,13 @@ pub(crate) async fn exec_process(
     })?;
     let mut process = spec["process"].clone();
     process["args"] = serde_json::json!(cmd);
+    // A real-time container's scheduling class is its own process's; execs (probes, shells)
+    // get it only when its pod asked.
+    if spec["annotations"][ingot_oci::steps::EXEC_SCHEDULER_ANNOTATION] != "true" {
+        if let Some(process) = process.as_object_mut() {
+            process.remove("scheduler");
+        }
+    }
     // The runtime handler's exec_cpu_affinity = "first": on the container's first CPU only.
     if let Some(cpu) = manager.exec_cpu(container) {
         process["execCPUAffinity"] = serde_json::json!({"final": cpu.to_string()});

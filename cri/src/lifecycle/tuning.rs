@@ -74,7 +74,7 @@ pub fn for_container(
 }
 
 /// The annotation that asks for real time on any handler.
-pub const REALTIME_ANNOTATION: &str = "realtime.ingot.dev/enabled";
+pub const REALTIME_ANNOTATION: &str = ingot_rt::settings::ENABLED;
 
 /// Whether a pod needs real time: its handler says so, or its annotation does.
 pub fn is_realtime(
@@ -89,6 +89,98 @@ pub fn is_realtime(
         || annotations
             .get(REALTIME_ANNOTATION)
             .is_some_and(|v| v == "true")
+}
+
+/// What a pod's `realtime.ingot.dev/` annotations ask of container `name`: None for a pod
+/// that is not real-time (where such annotations are refused, naming the first). The budget is
+/// left out where the host has no RT group scheduling (cgroup v2, or a kernel without it).
+pub fn realtime_settings(
+    manager: &Manager,
+    is_realtime: bool,
+    annotations: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<ingot_rt::settings::Settings>, CriError> {
+    let invalid = |err: ingot_rt::settings::AnnotationError| CriError::InvalidArgument {
+        field: "config.annotations",
+        reason: err.to_string(),
+    };
+    if !is_realtime {
+        if let Some(key) = annotations
+            .keys()
+            .filter(|k| {
+                k.starts_with(ingot_rt::settings::PREFIX) && k.as_str() != REALTIME_ANNOTATION
+            })
+            .min()
+        {
+            return Err(CriError::InvalidArgument {
+                field: "config.annotations",
+                reason: format!(
+                    "{key}: only a real-time pod (runtime handler `rt`, or \
+                     {REALTIME_ANNOTATION}: \"true\") may ask for it"
+                ),
+            });
+        }
+        return Ok(None);
+    }
+    let mut settings = ingot_rt::settings::for_container(annotations, name).map_err(invalid)?;
+    clamp_rlimits(&mut settings, name);
+    if crate::host::rt_budget::cpu_hierarchy(&manager.config.host_root).is_none() {
+        tracing::debug!(
+            container = name,
+            "no RT group scheduling here: no RT budget"
+        );
+        settings.rt_runtime_us = 0;
+    }
+    Ok(Some(settings))
+}
+
+/// Whether ingotd holds CAP_SYS_RESOURCE (bit 24 of its effective set), without which no
+/// process it starts may have a hard rlimit above its own.
+fn has_sys_resource() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
+/// Without CAP_SYS_RESOURCE a raised hard limit would fail the container's start: the rlimits
+/// asked for are clamped to ingotd's own hard limits, with a log line.
+fn clamp_rlimits(settings: &mut ingot_rt::settings::Settings, name: &str) {
+    use nix::sys::resource::{getrlimit, Resource};
+    if has_sys_resource() {
+        return;
+    }
+    let own = |resource| getrlimit(resource).ok().map(|(_soft, hard)| hard);
+    if let (Some(asked), Some(hard)) = (settings.memlock, own(Resource::RLIMIT_MEMLOCK)) {
+        let wanted = asked.unwrap_or(u64::MAX);
+        if wanted > hard {
+            tracing::warn!(
+                container = name,
+                asked = wanted,
+                limit = hard,
+                "RLIMIT_MEMLOCK clamped to ingotd's own: it lacks CAP_SYS_RESOURCE"
+            );
+            settings.memlock = Some((hard != u64::MAX).then_some(hard));
+        }
+    }
+    if let (Some(asked), Some(hard)) = (settings.rtprio, own(Resource::RLIMIT_RTPRIO)) {
+        if asked > hard {
+            tracing::warn!(
+                container = name,
+                asked,
+                limit = hard,
+                "RLIMIT_RTPRIO clamped to ingotd's own: it lacks CAP_SYS_RESOURCE"
+            );
+            settings.rtprio = Some(hard);
+        }
+    }
 }
 
 /// A real-time pod is admitted only where the node passes the checks RT pods need
