@@ -57,6 +57,9 @@ pub struct PodRecord {
     pub owns_cgroup: bool,
     /// The pod's shim (`unix:///...`), once its first container is created.
     pub shim: Option<String>,
+    /// Host interfaces moved into the pod's network namespace, moved back when it stops.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub netdevs: Vec<PodNetdev>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +68,22 @@ pub enum ContainerState {
     Running,
     Exited,
     Unknown,
+}
+
+/// A host interface a pod was given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodNetdev {
+    /// Its name in ingotd's namespace, and in the pod's.
+    pub host_name: String,
+    pub pod_name: String,
+    /// What the pod asked for.
+    pub mtu: Option<u32>,
+    pub mac: Option<String>,
+    /// What it had before, put back when it returns.
+    pub original_mtu: Option<u32>,
+    pub original_mac: Option<String>,
+    /// The device that brought it (a CDI name or an SR-IOV VF's PCI address).
+    pub source: String,
 }
 
 /// One container.
@@ -333,6 +352,7 @@ mod tests {
             cgroup_parent: "/ingot/p".into(),
             owns_cgroup: true,
             shim: None,
+            netdevs: Vec::new(),
         }
     }
 

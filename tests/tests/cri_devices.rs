@@ -352,3 +352,141 @@ async fn a_privileged_container_gets_the_hosts_devices() {
     remove_pod(&mut client, &pod_id).await;
     assert_nothing_left(&env.daemon, &pod_id);
 }
+
+/// `ip -o link show dev <name>` in the test's namespace: None when it is not there.
+fn link_in(netns: &Path, name: &str) -> Option<String> {
+    let out = ip_in(netns)
+        .args(["-o", "link", "show", "dev", name])
+        .output()
+        .expect("ip");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip` in the namespace pinned at `netns`.
+fn ip_in(netns: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new("nsenter");
+    command.arg(format!("--net={}", netns.display())).arg("ip");
+    command
+}
+
+fn mac_of(link: &str) -> String {
+    link.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .expect("link/ether")
+        .to_string()
+}
+
+/// A CDI device's network interface (one end of a veth pair in ingotd's own namespace, as a VF's
+/// netdev would be) is moved into the pod's namespace under the name the spec gives, stays there
+/// while the container is created again, and is back in ingotd's namespace, under its own name
+/// and MAC, when the pod stops. A host-network pod cannot have one.
+#[tokio::test(flavor = "current_thread")]
+async fn a_cdi_network_device_moves_into_the_pod_and_back_when_it_stops() {
+    let devices = Devices::new();
+    devices.write_spec(
+        "run-cdi",
+        "nic.json",
+        &serde_json::json!({
+            "cdiVersion": "1.1.0",
+            "kind": "test.ingot.dev/nic",
+            "devices": [{"name": "vf0", "containerEdits": {
+                "netDevices": [{"hostInterfaceName": "ingotvf0", "name": "net1"}]
+            }}]
+        }),
+    );
+    let (mut env, mut client, image) = env_with(
+        true,
+        Options {
+            extra_config: devices.config(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let netns = env.netns().expect("a namespace of the test's own").path();
+    let netns = netns.as_path();
+    let status = ip_in(netns)
+        .args([
+            "link",
+            "add",
+            "ingotvf0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ingotvf0p",
+        ])
+        .status()
+        .expect("ip");
+    assert!(status.success());
+    let mac = mac_of(&link_in(netns, "ingotvf0").expect("created"));
+
+    let pod = pod_config("nic", &env.daemon.log_dir("nic"));
+    let pod_id = run_pod(&mut client, pod.clone()).await;
+    let nic = with_cdi(sleeper("nic", &image), &["test.ingot.dev/nic=vf0"]);
+    let id = start_container(&mut client, &pod_id, &pod, nic.clone()).await;
+    let (code, out) = sh(
+        &mut client,
+        &id,
+        "cat /sys/class/net/net1/address /sys/class/net/net1/operstate",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with(&format!("{mac}\n")), "{out}");
+    assert_eq!(
+        link_in(netns, "ingotvf0"),
+        None,
+        "moved out of ingotd's namespace"
+    );
+
+    // The kubelet creates the container again: the interface is still the pod's.
+    stop_and_remove_container(&mut client, &id, 0).await;
+    let again = start_container(&mut client, &pod_id, &pod, nic).await;
+    let (code, out) = sh(&mut client, &again, "cat /sys/class/net/net1/address").await;
+    assert_eq!((code, out.trim()), (0, mac.as_str()), "{out}");
+
+    // ingotd killed and started again: the record still knows whose the interface is.
+    env.daemon.kill();
+    env.daemon = ingot_tests::cri::Daemon::restart(env.daemon);
+    let mut client = ingot_tests::cri::runtime_client(&env.daemon.socket()).await;
+    client
+        .stop_pod_sandbox(v1::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    let back = link_in(netns, "ingotvf0").expect("back in ingotd's namespace");
+    assert_eq!(mac_of(&back), mac);
+    assert!(
+        link_in(netns, "ingotvf0p").is_some(),
+        "its peer was never touched"
+    );
+
+    // A host-network pod has no namespace to move it into.
+    let host = host_network_pod(
+        "nic-host",
+        &env.daemon.log_dir("nic-host"),
+        v1::NamespaceMode::Pod,
+    );
+    let host_id = run_pod(&mut client, host.clone()).await;
+    let status = refused_create(
+        &mut client,
+        &host_id,
+        &host,
+        with_cdi(sleeper("nic", &image), &["test.ingot.dev/nic=vf0"]),
+    )
+    .await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("ingotvf0"), "{status:?}");
+    assert!(link_in(netns, "ingotvf0").is_some(), "left where it was");
+
+    remove_pod(&mut client, &host_id).await;
+    remove_pod(&mut client, &pod_id).await;
+    assert_nothing_left(&env.daemon, &pod_id);
+    ip_in(netns)
+        .args(["link", "del", "ingotvf0"])
+        .status()
+        .expect("ip");
+}

@@ -4,6 +4,7 @@
 pub mod affinity;
 pub mod cgroups;
 pub mod devices;
+pub mod netdev;
 pub mod netns;
 pub mod pod_init;
 pub mod rootfs;

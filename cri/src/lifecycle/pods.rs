@@ -353,6 +353,7 @@ async fn run_locked(
         cgroup_parent,
         owns_cgroup,
         shim: None,
+        netdevs: Vec::new(),
     };
     // The pod's shim starts while its namespaces and network are set up.
     let worker = Arc::clone(manager);
@@ -454,6 +455,9 @@ async fn stop_locked(manager: &Arc<Manager>, mut pod: PodRecord) -> Result<(), C
     if pod.state == PodState::NotReady {
         return Ok(());
     }
+    if !pod.netdevs.is_empty() {
+        pod = give_back_netdevs(manager, pod).await?;
+    }
     let worker = Arc::clone(manager);
     let detached = pod.clone();
     tokio::task::spawn_blocking(move || detach(&detached, &worker))
@@ -464,6 +468,28 @@ async fn stop_locked(manager: &Arc<Manager>, mut pod: PodRecord) -> Result<(), C
     manager.save_pod(pod.clone())?;
     tracing::info!(pod = %pod.id, "pod sandbox stopped");
     Ok(())
+}
+
+/// Moves the pod's host interfaces back into ingotd's namespace; each one moved back is off the
+/// record at once, so a failure leaves only the others to retry at the next stop.
+async fn give_back_netdevs(
+    manager: &Arc<Manager>,
+    mut pod: PodRecord,
+) -> Result<PodRecord, CriError> {
+    let Some(netns) = pod.net.clone() else {
+        pod.netdevs.clear();
+        manager.save_pod(pod.clone())?;
+        return Ok(pod);
+    };
+    while let Some(netdev) = pod.netdevs.last().cloned() {
+        let path = netns.clone();
+        tokio::task::spawn_blocking(move || host::netdev::move_out(&path, &netdev))
+            .await
+            .map_err(CriError::join("pod interfaces"))??;
+        pod.netdevs.pop();
+        manager.save_pod(pod.clone())?;
+    }
+    Ok(pod)
 }
 
 pub async fn remove(manager: &Arc<Manager>, id: &str) -> Result<(), CriError> {
