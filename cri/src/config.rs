@@ -42,6 +42,9 @@ pub struct Config {
     /// Where the files host tuning changes (`proc/irq`, `sys/devices/system/cpu`,
     /// `etc/sysconfig/irqbalance`) are; `host_root` when unset.
     pub tuning_root: Option<PathBuf>,
+    /// Where PCI devices (SR-IOV PFs and VFs) are read and bound (`sys/bus/pci`); `host_root`
+    /// when unset.
+    pub devices_root: Option<PathBuf>,
     /// Runtime handlers beside the default (`""` and `"ingot"`), as CRI-O's
     /// `[crio.runtime.runtimes.<name>]`: RunPodSandbox's `runtime_handler` picks one.
     pub runtimes: BTreeMap<String, RuntimeHandler>,
@@ -142,6 +145,7 @@ impl Default for Config {
             stream_tls: StreamTls::default(),
             runtimes: BTreeMap::new(),
             tuning_root: None,
+            devices_root: None,
             metrics_address: DEFAULT_METRICS_ADDRESS.into(),
             placement: ingot_placement::PlacementConfig::default(),
             cdi_spec_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],

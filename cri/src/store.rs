@@ -79,6 +79,9 @@ pub struct PodNetdev {
     /// What the pod asked for.
     pub mtu: Option<u32>,
     pub mac: Option<String>,
+    /// A VF's VLAN, set through its PF: (PF interface, VF index, VLAN id).
+    #[serde(default)]
+    pub vlan: Option<(String, u32, u16)>,
     /// What it had before, put back when it returns.
     pub original_mtu: Option<u32>,
     pub original_mac: Option<String>,

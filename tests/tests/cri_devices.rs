@@ -490,3 +490,94 @@ async fn a_cdi_network_device_moves_into_the_pod_and_back_when_it_stops() {
         .status()
         .expect("ip");
 }
+
+/// An SR-IOV VF asked for by annotation: its PF's address resolves, through a sysfs tree of the
+/// test's (`devices_root`: a PF with one VF whose interface is a veth end in ingotd's namespace),
+/// to that interface, which the pod gets as `net1` with the MAC and MTU asked for, and which
+/// comes back with its own when the pod stops. A second pod finds no free VF.
+#[tokio::test(flavor = "current_thread")]
+async fn an_sriov_vf_by_annotation_gets_its_mac_and_mtu_in_the_pod_and_its_own_back() {
+    let sysfs = tempfile::tempdir().expect("tempdir");
+    let devices = sysfs.path().join("sys/bus/pci/devices");
+    let pf = devices.join("0000:3b:00.0");
+    let vf = devices.join("0000:3b:02.0");
+    for dir in [&pf, &vf] {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        std::fs::write(dir.join("numa_node"), "0\n").expect("numa");
+    }
+    std::os::unix::fs::symlink("../0000:3b:02.0", pf.join("virtfn0")).expect("virtfn");
+    std::os::unix::fs::symlink("../0000:3b:00.0", vf.join("physfn")).expect("physfn");
+    std::fs::create_dir_all(vf.join("net/ingotvf1")).expect("net");
+    let (env, mut client, image) = env_with(
+        true,
+        Options {
+            extra_config: format!("devices_root = {:?}\n", sysfs.path().display().to_string()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let netns = env.netns().expect("a namespace of the test's own").path();
+    let netns = netns.as_path();
+    let status = ip_in(netns)
+        .args([
+            "link",
+            "add",
+            "ingotvf1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ingotvf1p",
+        ])
+        .status()
+        .expect("ip");
+    assert!(status.success());
+    let before = link_in(netns, "ingotvf1").expect("created");
+    assert!(before.contains("mtu 1500"), "{before}");
+
+    let mut pod = pod_config("vf", &env.daemon.log_dir("vf"));
+    pod.annotations.insert(
+        "ingot.io/sriov-vf".into(),
+        "0000:3b:00.0,mac=02:11:22:33:44:55,mtu=1400".into(),
+    );
+    let pod_id = run_pod(&mut client, pod.clone()).await;
+    let id = start_container(&mut client, &pod_id, &pod, sleeper("vf", &image)).await;
+    let (code, out) = sh(
+        &mut client,
+        &id,
+        "cat /sys/class/net/net1/address /sys/class/net/net1/mtu",
+    )
+    .await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "02:11:22:33:44:55\n1400\n"),
+        "{out}"
+    );
+    assert_eq!(link_in(netns, "ingotvf1"), None);
+
+    // The PF's only VF is this pod's.
+    let mut other = pod_config("vf2", &env.daemon.log_dir("vf2"));
+    other.annotations = pod.annotations.clone();
+    let other_id = run_pod(&mut client, other.clone()).await;
+    let status = refused_create(&mut client, &other_id, &other, sleeper("vf", &image)).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("ingot.io/sriov-vf 0000:3b:00.0"),
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains("none of its 1 VFs is free"),
+        "{status:?}"
+    );
+    remove_pod(&mut client, &other_id).await;
+
+    remove_pod(&mut client, &pod_id).await;
+    let back = link_in(netns, "ingotvf1").expect("back in ingotd's namespace");
+    assert_eq!(mac_of(&back), mac_of(&before), "its own MAC");
+    assert!(back.contains("mtu 1500"), "its own MTU: {back}");
+    assert_nothing_left(&env.daemon, &pod_id);
+    ip_in(netns)
+        .args(["link", "del", "ingotvf1"])
+        .status()
+        .expect("ip");
+}

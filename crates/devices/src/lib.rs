@@ -3,6 +3,7 @@
 
 pub mod cdi;
 pub mod nvidia;
+pub mod sriov;
 
 use std::path::PathBuf;
 
@@ -35,6 +36,8 @@ pub enum DevicesError {
         first: String,
         second: String,
     },
+    #[error("{what}: {reason}")]
+    Sriov { what: String, reason: String },
     #[error("CDI device {devices}: {reason}")]
     Cdi { devices: String, reason: String },
 }

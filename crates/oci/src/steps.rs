@@ -36,6 +36,8 @@ pub struct StepInput<'a> {
     pub tuning: Option<&'a ingot_tuning::Tuning>,
     /// The CDI devices the container asks for, resolved from their specs (None for an update).
     pub cdi: Option<&'a ingot_devices::cdi::Resolved>,
+    /// PCI functions the container is given otherwise (SR-IOV VFs), for NUMA alignment.
+    pub pci_addresses: &'a [String],
     /// What a real-time pod's annotations ask of this container (None: not a real-time pod,
     /// or an update).
     pub realtime: Option<&'a ingot_rt::settings::Settings>,
@@ -384,6 +386,7 @@ fn device_alignment(
         .iter()
         .flat_map(|r| r.devices.iter())
         .filter_map(|d| d.pci_address.as_deref())
+        .chain(input.pci_addresses.iter().map(String::as_str))
         .collect();
     let nodes: CpuSet = input
         .node

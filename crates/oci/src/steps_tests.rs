@@ -93,6 +93,7 @@ fn run_for(
         phase,
         tuning: None,
         cdi: None,
+        pci_addresses: &[],
         realtime: None,
     };
     let effects = run(&mut spec, &input, placement)?;
@@ -232,6 +233,7 @@ fn page_sizes_parse_like_the_cri_writes_them() {
         phase: Phase::Create,
         tuning: None,
         cdi: None,
+        pci_addresses: &[],
         realtime: None,
     };
     let err = run(&mut spec, &input, &mut exclusive("")).expect_err("not a size");
@@ -277,6 +279,7 @@ fn cpus_follow_the_numa_node_of_the_containers_vfio_device() {
         phase: Phase::Create,
         tuning: None,
         cdi: None,
+        pci_addresses: &[],
         realtime: None,
     };
     let effects = run(&mut spec, &input, &mut placement).expect("aligned");
@@ -306,12 +309,26 @@ fn cpus_follow_the_numa_node_of_the_containers_vfio_device() {
         devices: &[],
         node: &topology,
         cdi: Some(&cdi),
+        pci_addresses: &[],
         realtime: None,
         ..input
     };
     let effects = run(&mut spec, &input, &mut placement).expect("aligned");
     assert_eq!(effects.device_nodes, Some(CpuSet::parse("0").expect("0")));
     assert_eq!(cpu_of(&spec).1, Some("0".into()));
+
+    // An SR-IOV VF given by annotation, by its PCI address: node 1's.
+    let vf = ["0000:af:01.0".to_string()];
+    let mut placement = exclusive("0");
+    let mut spec = base(&resources);
+    let input = StepInput {
+        container_id: "vf",
+        cdi: None,
+        pci_addresses: &vf,
+        ..input
+    };
+    let effects = run(&mut spec, &input, &mut placement).expect("aligned");
+    assert_eq!(effects.device_nodes, Some(CpuSet::parse("1").expect("1")));
 }
 
 #[test]
@@ -330,6 +347,7 @@ fn tuning_needs_whole_cpus_of_its_own_and_lifts_the_quota() {
         phase: Phase::Create,
         tuning: Some(&wanted),
         cdi: None,
+        pci_addresses: &[],
         realtime: None,
     };
     let whole: &'static v1::LinuxContainerResources = Box::leak(Box::new(guaranteed(2)));

@@ -89,6 +89,10 @@ pub fn move_in(netns: &Path, mut netdev: PodNetdev) -> Result<PodNetdev, CriErro
     let (mtu, mac) = link_state(&netdev.host_name)?;
     netdev.original_mtu = Some(mtu);
     netdev.original_mac = Some(mac);
+    if let Some((pf, index, vlan)) = &netdev.vlan {
+        // A VF's VLAN is its PF's to set.
+        ip_link_set(pf, &["vf", &index.to_string(), "vlan", &vlan.to_string()])?;
+    }
     move_link(&netdev.host_name, &netdev.pod_name, &target)?;
     let moved = netdev.clone();
     super::netns::run_in(Some(netns), "pod interface set-up", move || {
@@ -146,6 +150,11 @@ pub fn move_out(netns: &Path, netdev: &PodNetdev) -> Result<(), CriError> {
     if !args.is_empty() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         ip_link_set(&netdev.host_name, &args)?;
+    }
+    if let Some((pf, index, _)) = &netdev.vlan {
+        if let Err(err) = ip_link_set(pf, &["vf", &index.to_string(), "vlan", "0"]) {
+            tracing::warn!(interface = %netdev.host_name, pf = %pf, error = %err, "VF VLAN not cleared");
+        }
     }
     tracing::info!(interface = %netdev.host_name, "interface moved back from the pod");
     Ok(())

@@ -55,8 +55,8 @@ struct Built {
     shared_pool_changed: bool,
     /// The RT runtime raised for it on the way down to its pod's cgroup.
     rt_budget: Option<host::rt_budget::Grant>,
-    /// Host interfaces its CDI devices put into the pod (host name, name in the pod).
-    net_devices: Vec<(String, String)>,
+    /// Host interfaces its CDI devices and SR-IOV VFs put into the pod.
+    net_devices: Vec<crate::store::PodNetdev>,
 }
 
 /// Mounts the rootfs, runs the spec steps and writes config.json; blocking. On error the caller
@@ -73,6 +73,9 @@ fn prepare_bundle(
     // Devices first: a request that cannot be met costs nothing.
     let cdi = resolve_cdi(manager, config)?;
     let sandbox = convert::pod_config(pod);
+    let container_name = config.metadata.as_ref().map_or("", |m| m.name.as_str());
+    let (vfs, vf_addresses) =
+        super::netdevs::sriov_vfs(manager, pod, &sandbox.annotations, container_name)?;
     let image_config = ImageConfig::from_document(&image.config)?;
     let layers = manager.images.layer_dirs(image)?;
     let rootfs = bundle.join("rootfs");
@@ -211,6 +214,7 @@ fn prepare_bundle(
             phase: Phase::Create,
             tuning: tuning.as_ref(),
             cdi: Some(&cdi),
+            pci_addresses: &vf_addresses,
             realtime: realtime.as_ref(),
         },
     )?;
@@ -262,25 +266,13 @@ fn prepare_bundle(
         tracing::debug!(container = %id, cpus = %assignment.cpus, mems = %assignment.mems, kind = ?assignment.kind, "placed");
     }
     placement_file(&mut built, bundle)?;
-    // The pod's interfaces are moved by ingotd ([`give_netdevs`]), not by the runtime: the
-    // pod's namespace outlives the container.
-    let net_devices = cdi.net_devices();
+    // The pod's interfaces are moved by ingotd ([`super::netdevs::give`]), not by the
+    // runtime: the pod's namespace outlives the container.
     if let Some(linux) = built.linux_mut() {
         linux.set_net_devices(None);
     }
-    if !net_devices.is_empty() && pod.net.is_none() {
-        return Err(CriError::invalid(
-            "config.CDI_devices",
-            format!(
-                "network devices ({}) need a pod with its own network namespace, not the host's",
-                net_devices
-                    .iter()
-                    .map(|(host, _)| host.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
-    }
+    let mut net_devices = super::netdevs::from_cdi(pod, &cdi)?;
+    net_devices.extend(vfs);
     let path = bundle.join("config.json");
     let json = serde_json::to_vec_pretty(&built).map_err(|err| CriError::Io {
         context: format!("encode {}", path.display()),
@@ -445,7 +437,7 @@ pub async fn create(
 
     let bundle_time = timer.elapsed();
     let created = async {
-        give_netdevs(manager, &mut pod, &built.net_devices).await?;
+        super::netdevs::give(manager, &mut pod, &built.net_devices).await?;
         let shim = manager.ensure_shim(&mut pod).await?;
         let shim_time = timer.elapsed();
         // Without a log path from the kubelet, output goes to a log in the bundle, where
@@ -582,63 +574,6 @@ fn placement_file(spec: &mut oci_spec::runtime::Spec, bundle: &Path) -> Result<(
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     mounts.push(mount);
     spec.set_mounts(Some(mounts));
-    Ok(())
-}
-
-/// Moves the host interfaces a container's devices bring into its pod's namespace, each once
-/// for the pod's life (a container created again finds its interface there); recorded before
-/// the move, so a crash between the two still moves it back at the pod's stop.
-async fn give_netdevs(
-    manager: &Arc<Manager>,
-    pod: &mut PodRecord,
-    wanted: &[(String, String)],
-) -> Result<(), CriError> {
-    let Some(netns) = pod.net.clone() else {
-        return Ok(());
-    };
-    for (host_name, pod_name) in wanted {
-        if let Some(held) = pod.netdevs.iter().find(|n| &n.pod_name == pod_name) {
-            if &held.host_name != host_name {
-                return Err(CriError::invalid(
-                    "config.CDI_devices",
-                    format!(
-                        "pod {} already has {pod_name} (host interface {}), not {host_name}",
-                        pod.id, held.host_name
-                    ),
-                ));
-            }
-            continue;
-        }
-        let netdev = crate::store::PodNetdev {
-            host_name: host_name.clone(),
-            pod_name: pod_name.clone(),
-            mtu: None,
-            mac: None,
-            original_mtu: None,
-            original_mac: None,
-            source: String::new(),
-        };
-        pod.netdevs.push(netdev.clone());
-        manager.save_pod(pod.clone())?;
-        let path = netns.clone();
-        let moved = tokio::task::spawn_blocking(move || host::netdev::move_in(&path, netdev))
-            .await
-            .map_err(CriError::join("pod interfaces"))
-            .and_then(|r| r);
-        match moved {
-            Ok(moved) => {
-                if let Some(last) = pod.netdevs.last_mut() {
-                    *last = moved;
-                }
-                manager.save_pod(pod.clone())?;
-            }
-            Err(err) => {
-                pod.netdevs.pop();
-                manager.save_pod(pod.clone())?;
-                return Err(err);
-            }
-        }
-    }
     Ok(())
 }
 
@@ -919,6 +854,7 @@ pub async fn update_resources(
             phase: Phase::Update,
             tuning: container.tuning.as_ref(),
             cdi: None,
+            pci_addresses: &[],
             realtime: None,
         },
     )?;

@@ -30,6 +30,7 @@ use crate::{
 
 pub mod containers;
 mod exec;
+pub mod netdevs;
 pub mod pod_metrics;
 pub mod pods;
 mod recovery;
@@ -504,6 +505,14 @@ impl Manager {
 
     pub fn container(&self, id: &str) -> Result<ContainerRecord, CriError> {
         find(&lock(&self.containers), id, "container").cloned()
+    }
+
+    /// Where PCI devices are read and bound.
+    pub fn devices_root(&self) -> std::path::PathBuf {
+        self.config
+            .devices_root
+            .clone()
+            .unwrap_or_else(|| self.config.host_root.clone())
     }
 
     pub fn pods(&self) -> Vec<PodRecord> {
