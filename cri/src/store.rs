@@ -120,6 +120,9 @@ pub struct ContainerRecord {
     /// The RT runtime raised for it on the way down to its pod's cgroup, given back at removal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rt_budget: Option<crate::host::rt_budget::Grant>,
+    /// SR-IOV VFs ingot bound to vfio-pci for it, given back at removal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vfio: Vec<String>,
 }
 
 /// The page cache of the state store.

@@ -496,7 +496,7 @@ async fn a_cdi_network_device_moves_into_the_pod_and_back_when_it_stops() {
 /// to that interface, which the pod gets as `net1` with the MAC and MTU asked for, and which
 /// comes back with its own when the pod stops. A second pod finds no free VF.
 #[tokio::test(flavor = "current_thread")]
-async fn an_sriov_vf_by_annotation_gets_its_mac_and_mtu_in_the_pod_and_its_own_back() {
+async fn sriov_vfs_by_annotation_as_pod_interfaces_and_as_vfio_devices() {
     let sysfs = tempfile::tempdir().expect("tempdir");
     let devices = sysfs.path().join("sys/bus/pci/devices");
     let pf = devices.join("0000:3b:00.0");
@@ -508,6 +508,25 @@ async fn an_sriov_vf_by_annotation_gets_its_mac_and_mtu_in_the_pod_and_its_own_b
     std::os::unix::fs::symlink("../0000:3b:02.0", pf.join("virtfn0")).expect("virtfn");
     std::os::unix::fs::symlink("../0000:3b:00.0", vf.join("physfn")).expect("physfn");
     std::fs::create_dir_all(vf.join("net/ingotvf1")).expect("net");
+    // A second VF for vfio: on the iavf driver, IOMMU group 61, whose node appears in the tree's
+    // /dev (as the kernel would make it once vfio-pci has the VF).
+    let vfio_vf = devices.join("0000:3b:02.1");
+    std::fs::create_dir_all(&vfio_vf).expect("mkdir");
+    std::os::unix::fs::symlink("../0000:3b:02.1", pf.join("virtfn1")).expect("virtfn");
+    std::os::unix::fs::symlink("../0000:3b:00.0", vfio_vf.join("physfn")).expect("physfn");
+    let iavf = sysfs.path().join("sys/bus/pci/drivers/iavf");
+    std::fs::create_dir_all(&iavf).expect("driver");
+    std::fs::write(iavf.join("unbind"), "").expect("unbind");
+    std::fs::write(sysfs.path().join("sys/bus/pci/drivers_probe"), "").expect("probe");
+    std::os::unix::fs::symlink("../../drivers/iavf", vfio_vf.join("driver")).expect("driver");
+    std::os::unix::fs::symlink(
+        "../../../kernel/iommu_groups/61",
+        vfio_vf.join("iommu_group"),
+    )
+    .expect("group");
+    std::fs::create_dir_all(sysfs.path().join("dev/vfio")).expect("dev");
+    mknod(&sysfs.path().join("dev/vfio/61"), 10, 237);
+    mknod(&sysfs.path().join("dev/vfio/vfio"), 10, 196);
     let (env, mut client, image) = env_with(
         true,
         Options {
@@ -540,6 +559,10 @@ async fn an_sriov_vf_by_annotation_gets_its_mac_and_mtu_in_the_pod_and_its_own_b
         "ingot.io/sriov-vf".into(),
         "0000:3b:00.0,mac=02:11:22:33:44:55,mtu=1400".into(),
     );
+    pod.annotations.insert(
+        "ingot.io/sriov-vf/dpdk".into(),
+        "0000:3b:02.1,mode=vfio".into(),
+    );
     let pod_id = run_pod(&mut client, pod.clone()).await;
     let id = start_container(&mut client, &pod_id, &pod, sleeper("vf", &image)).await;
     let (code, out) = sh(
@@ -555,6 +578,32 @@ async fn an_sriov_vf_by_annotation_gets_its_mac_and_mtu_in_the_pod_and_its_own_b
     );
     assert_eq!(link_in(netns, "ingotvf1"), None);
 
+    // A container of the same pod asks for a VF of its own in vfio mode: bound to vfio-pci
+    // through the tree's sysfs files, its group's node and /dev/vfio/vfio in the container, and
+    // given back to the kernel's choice of driver at removal.
+    let dpdk = start_container(&mut client, &pod_id, &pod, sleeper("dpdk", &image)).await;
+    let read = |rel: &str| std::fs::read_to_string(sysfs.path().join(rel)).expect(rel);
+    assert_eq!(
+        read("sys/bus/pci/devices/0000:3b:02.1/driver_override"),
+        "vfio-pci"
+    );
+    assert_eq!(read("sys/bus/pci/drivers/iavf/unbind"), "0000:3b:02.1");
+    assert_eq!(read("sys/bus/pci/drivers_probe"), "0000:3b:02.1");
+    let (code, out) = sh(
+        &mut client,
+        &dpdk,
+        "test -c /dev/vfio/61 && test -c /dev/vfio/vfio && echo ok",
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "ok\n"), "{out}");
+    std::fs::write(sysfs.path().join("sys/bus/pci/drivers_probe"), "").expect("probe");
+    stop_and_remove_container(&mut client, &dpdk, 0).await;
+    assert_eq!(
+        read("sys/bus/pci/devices/0000:3b:02.1/driver_override"),
+        "\n"
+    );
+    assert_eq!(read("sys/bus/pci/drivers_probe"), "0000:3b:02.1");
+
     // The PF's only VF is this pod's.
     let mut other = pod_config("vf2", &env.daemon.log_dir("vf2"));
     other.annotations = pod.annotations.clone();
@@ -566,7 +615,9 @@ async fn an_sriov_vf_by_annotation_gets_its_mac_and_mtu_in_the_pod_and_its_own_b
         "{status:?}"
     );
     assert!(
-        status.message().contains("none of its 1 VFs is free"),
+        status
+            .message()
+            .contains("none of its 2 VFs is free with a network interface"),
         "{status:?}"
     );
     remove_pod(&mut client, &other_id).await;

@@ -55,6 +55,8 @@ struct Built {
     shared_pool_changed: bool,
     /// The RT runtime raised for it on the way down to its pod's cgroup.
     rt_budget: Option<host::rt_budget::Grant>,
+    /// VFs bound to vfio-pci for it, unbound at its removal.
+    vfio: Vec<String>,
     /// Host interfaces its CDI devices and SR-IOV VFs put into the pod.
     net_devices: Vec<crate::store::PodNetdev>,
 }
@@ -74,8 +76,9 @@ fn prepare_bundle(
     let cdi = resolve_cdi(manager, config)?;
     let sandbox = convert::pod_config(pod);
     let container_name = config.metadata.as_ref().map_or("", |m| m.name.as_str());
-    let (vfs, vf_addresses) =
-        super::netdevs::sriov_vfs(manager, pod, &sandbox.annotations, container_name)?;
+    let vfs = super::netdevs::sriov_vfs(manager, pod, &sandbox.annotations, container_name)?;
+    // Unbound again if anything below fails.
+    let vfio = super::netdevs::bind_vfio(&manager.devices_root(), &vfs.vfio)?;
     let image_config = ImageConfig::from_document(&image.config)?;
     let layers = manager.images.layer_dirs(image)?;
     let rootfs = bundle.join("rootfs");
@@ -102,6 +105,7 @@ fn prepare_bundle(
         .iter()
         .map(host::devices::host_device)
         .collect::<Result<Vec<_>, _>>()?;
+    devices.extend(vfio.devices.iter().cloned());
     if context.is_some_and(|c| c.privileged) {
         // The host's devices, as containerd gives them; the CRI's own take their paths.
         let asked: Vec<String> = devices.iter().map(|d| d.container_path.clone()).collect();
@@ -214,7 +218,7 @@ fn prepare_bundle(
             phase: Phase::Create,
             tuning: tuning.as_ref(),
             cdi: Some(&cdi),
-            pci_addresses: &vf_addresses,
+            pci_addresses: &vfs.addresses,
             realtime: realtime.as_ref(),
         },
     )?;
@@ -272,7 +276,7 @@ fn prepare_bundle(
         linux.set_net_devices(None);
     }
     let mut net_devices = super::netdevs::from_cdi(pod, &cdi)?;
-    net_devices.extend(vfs);
+    net_devices.extend(vfs.netdevs);
     let path = bundle.join("config.json");
     let json = serde_json::to_vec_pretty(&built).map_err(|err| CriError::Io {
         context: format!("encode {}", path.display()),
@@ -291,6 +295,7 @@ fn prepare_bundle(
         _ => None,
     };
     Ok(Built {
+        vfio: vfio.keep(),
         net_devices,
         rt_budget,
         stop_signal: signal_number(&image_config.stop_signal),
@@ -484,6 +489,7 @@ pub async fn create(
             cleanup_bundle(&prepared);
             abandon_placement(manager, &id).await;
             release_rt_budget(manager, built.rt_budget.as_ref()).await;
+            super::netdevs::unbind_vfio(&manager.devices_root(), &built.vfio);
             return Err(err);
         }
     };
@@ -511,12 +517,14 @@ pub async fn create(
         stop_signal: prepared.stop_signal,
         tuning: built.tuning.clone(),
         rt_budget: built.rt_budget.clone(),
+        vfio: built.vfio.clone(),
     };
     if let Err(err) = manager.save_container(record.clone()) {
         let _ = shim.delete(&id, "").await;
         cleanup_bundle(&prepared);
         abandon_placement(manager, &id).await;
         release_rt_budget(manager, built.rt_budget.as_ref()).await;
+        super::netdevs::unbind_vfio(&manager.devices_root(), &built.vfio);
         return Err(err);
     }
     if built.shared_pool_changed {
@@ -796,6 +804,7 @@ pub(crate) async fn remove_locked(
         .await
         .map_err(CriError::join("container removal"))?;
     release_rt_budget(manager, container.rt_budget.as_ref()).await;
+    super::netdevs::unbind_vfio(&manager.devices_root(), &container.vfio);
     let before = manager.assignment(&container.id);
     let pool_changed = manager.release_placement(&container.id);
     if let Err(err) = manager.forget_container(&container.id) {

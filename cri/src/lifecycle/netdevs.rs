@@ -50,20 +50,31 @@ pub fn from_cdi(
     Ok(wanted)
 }
 
-/// The SR-IOV VFs (netdev mode) the pod's annotations ask for container `name`, resolved under
-/// the devices root, with their PCI addresses for NUMA alignment. A VF another pod holds is not
-/// free; one this pod already holds under the same name is its own.
+/// What the pod's SR-IOV annotations give a container.
+#[derive(Default)]
+pub struct Vfs {
+    /// Interfaces of VFs in netdev mode, for the pod's namespace.
+    pub netdevs: Vec<PodNetdev>,
+    /// VFs in vfio mode.
+    pub vfio: Vec<sriov::Vf>,
+    /// Every VF's PCI address, for NUMA alignment.
+    pub addresses: Vec<String>,
+}
+
+/// The SR-IOV VFs the pod's annotations ask for container `name`, resolved under the devices
+/// root. A VF another pod's interface or another container's vfio device is not free; an
+/// interface this pod already holds under the same name is its own.
 pub fn sriov_vfs(
     manager: &Manager,
     pod: &PodRecord,
     annotations: &HashMap<String, String>,
     name: &str,
-) -> Result<(Vec<PodNetdev>, Vec<String>), CriError> {
+) -> Result<Vfs, CriError> {
     let invalid =
         |err: ingot_devices::DevicesError| CriError::invalid("config.annotations", err.to_string());
     let requests = sriov::requests(annotations, name).map_err(invalid)?;
     if requests.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok(Vfs::default());
     }
     let root = manager.devices_root();
     let mut taken: Vec<String> = manager
@@ -71,19 +82,16 @@ pub fn sriov_vfs(
         .into_iter()
         .filter(|other| other.id != pod.id)
         .flat_map(|other| other.netdevs.into_iter().map(|n| n.source))
+        .chain(manager.containers().into_iter().flat_map(|c| c.vfio))
         .collect();
-    let mut netdevs = Vec::new();
-    let mut addresses = Vec::new();
+    let mut vfs = Vfs::default();
     for request in requests {
         if request.mode == sriov::Mode::Vfio {
-            return Err(CriError::invalid(
-                "config.annotations",
-                format!(
-                    "{}: {} mode=vfio is not supported yet",
-                    sriov::ANNOTATION,
-                    request.address
-                ),
-            ));
+            let vf = sriov::resolve(&root, &request, &taken).map_err(invalid)?;
+            taken.push(vf.address.clone());
+            vfs.addresses.push(vf.address.clone());
+            vfs.vfio.push(vf);
+            continue;
         }
         if pod.net.is_none() {
             return Err(CriError::invalid(
@@ -95,8 +103,8 @@ pub fn sriov_vfs(
             ));
         }
         if let Some(held) = pod.netdevs.iter().find(|n| n.pod_name == request.name) {
-            addresses.push(held.source.clone());
-            netdevs.push(held.clone());
+            vfs.addresses.push(held.source.clone());
+            vfs.netdevs.push(held.clone());
             continue;
         }
         let vf = sriov::resolve(&root, &request, &taken).map_err(invalid)?;
@@ -107,8 +115,8 @@ pub fn sriov_vfs(
             ));
         };
         taken.push(vf.address.clone());
-        addresses.push(vf.address.clone());
-        netdevs.push(PodNetdev {
+        vfs.addresses.push(vf.address.clone());
+        vfs.netdevs.push(PodNetdev {
             source: vf.address.clone(),
             host_name,
             pod_name: request.name.clone(),
@@ -121,7 +129,7 @@ pub fn sriov_vfs(
             original_mac: None,
         });
     }
-    Ok((netdevs, addresses))
+    Ok(vfs)
 }
 
 /// Moves the host interfaces a container's devices bring into its pod's namespace, each once
@@ -171,4 +179,103 @@ pub async fn give(
         }
     }
     Ok(())
+}
+
+/// VFs bound to vfio-pci for a container, with the device nodes it gets: unbound again when
+/// dropped before [`VfioBinding::keep`].
+pub struct VfioBinding {
+    root: std::path::PathBuf,
+    /// The VFs ingot bound (not those bound already), to give back at removal.
+    bound: Vec<String>,
+    pub devices: Vec<ingot_oci::cri::HostDevice>,
+}
+
+impl VfioBinding {
+    /// The addresses to unbind at the container's removal.
+    pub fn keep(mut self) -> Vec<String> {
+        std::mem::take(&mut self.bound)
+    }
+}
+
+impl Drop for VfioBinding {
+    fn drop(&mut self) {
+        unbind_vfio(&self.root, &self.bound);
+    }
+}
+
+fn write_plan(plan: &[(std::path::PathBuf, String)]) -> Result<(), CriError> {
+    for (file, value) in plan {
+        std::fs::write(file, value).map_err(CriError::io(format!(
+            "write {value:?} to {}",
+            file.display()
+        )))?;
+    }
+    Ok(())
+}
+
+/// Binds each VF to vfio-pci (driver_override, unbind, probe under the devices root) and waits
+/// for its IOMMU group's node (`<root>/dev/vfio/<group>`), which the container gets with
+/// `/dev/vfio/vfio`.
+pub fn bind_vfio(root: &std::path::Path, vfs: &[sriov::Vf]) -> Result<VfioBinding, CriError> {
+    let mut binding = VfioBinding {
+        root: root.to_path_buf(),
+        bound: Vec::new(),
+        devices: Vec::new(),
+    };
+    for vf in vfs {
+        let Some(group) = vf.iommu_group else {
+            return Err(CriError::FailedPrecondition {
+                what: format!("VF {}", vf.address),
+                reason:
+                    "has no IOMMU group: vfio needs the IOMMU on (intel_iommu=on, amd_iommu=on)"
+                        .into(),
+            });
+        };
+        let plan = sriov::vfio_bind_plan(root, vf);
+        if !plan.is_empty() {
+            binding.bound.push(vf.address.clone());
+            write_plan(&plan)?;
+            tracing::info!(vf = %vf.address, from = ?vf.driver, "VF bound to vfio-pci");
+        }
+        let node = root.join(format!("dev/vfio/{group}"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !node.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        for (host_path, container_path) in [
+            (node, format!("/dev/vfio/{group}")),
+            (root.join("dev/vfio/vfio"), "/dev/vfio/vfio".to_string()),
+        ] {
+            if binding
+                .devices
+                .iter()
+                .any(|d| d.container_path == container_path)
+            {
+                continue;
+            }
+            let device = host::devices::host_device(&k8s_cri::v1::Device {
+                container_path,
+                host_path: host_path.display().to_string(),
+                permissions: "rw".into(),
+            })
+            .map_err(|err| CriError::FailedPrecondition {
+                what: format!("VF {} bound to vfio-pci", vf.address),
+                reason: err.to_string(),
+            })?;
+            binding.devices.push(device);
+        }
+    }
+    Ok(binding)
+}
+
+/// Gives VFs ingot bound to vfio-pci back to the driver the kernel picks for them.
+pub fn unbind_vfio(root: &std::path::Path, addresses: &[String]) {
+    for address in addresses {
+        match write_plan(&sriov::unbind_plan(root, address)) {
+            Ok(()) => tracing::info!(vf = %address, "VF given back from vfio-pci"),
+            Err(err) => {
+                tracing::warn!(vf = %address, error = %err, "VF not given back from vfio-pci")
+            }
+        }
+    }
 }
