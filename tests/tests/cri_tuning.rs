@@ -625,3 +625,111 @@ async fn real_time_containers_get_their_scheduling_rlimits_budget_and_cpus() {
     remove_pod(&mut client, &pod_id).await;
     assert_nothing_left(&env.daemon, &pod_id);
 }
+
+/// Beyond CRI-O: `irq.ingot.dev/device-irqs: pod-cpus` steers the interrupts of the container's
+/// own device (here a CDI device whose spec names its PCI function, with two MSI vectors in a
+/// copy of this machine's /proc/irq) onto its exclusive CPU, leaves every other IRQ alone, steers
+/// a vector that appears later too (the periodic watch), and removal restores them all.
+#[tokio::test(flavor = "current_thread")]
+async fn a_containers_own_device_irqs_are_steered_onto_its_cpu_and_back() {
+    let host = tempfile::tempdir().expect("tempdir");
+    host_copy(host.path());
+    let mut irqs: Vec<u32> = std::fs::read_dir(host.path().join("proc/irq"))
+        .expect("irqs")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    irqs.sort_unstable();
+    assert!(irqs.len() >= 4, "this machine has IRQs: {irqs:?}");
+    let (a, b, late, other) = (irqs[0], irqs[1], irqs[2], irqs[3]);
+    let msi = host
+        .path()
+        .join("sys/bus/pci/devices/0000:3b:02.0/msi_irqs");
+    for irq in [a, b] {
+        std::fs::create_dir_all(msi.join(irq.to_string())).expect("msi");
+    }
+    let cdi = tempfile::tempdir().expect("cdi");
+    std::fs::write(
+        cdi.path().join("nic.json"),
+        serde_json::json!({
+            "cdiVersion": "0.7.0",
+            "kind": "test.ingot.dev/nic",
+            "devices": [{
+                "name": "vf0",
+                "annotations": {"ingot.dev/pci-address": "0000:3b:02.0"},
+                "containerEdits": {"env": ["NIC=vf0"]}
+            }]
+        })
+        .to_string(),
+    )
+    .expect("spec");
+    let before = snapshot(host.path());
+    let (env, mut client, image) = env_with(
+        false,
+        Options {
+            extra_config: format!(
+                "tuning_root = \"{}\"\ncdi_spec_dirs = [\"{}\"]\n[placement]\npolicy = \"exclusive\"\nreserved = \"0\"\n\
+                 [runtimes.dpdk]\nhigh_performance = true\nallowed_annotations = [\"irq.ingot.dev/device-irqs\"]\n",
+                host.path().display(),
+                cdi.path().display()
+            ),
+            ..Default::default()
+        },
+    )
+    .await;
+    let pod = pod_with(
+        &env.daemon,
+        "dpdk",
+        &[("irq.ingot.dev/device-irqs", "pod-cpus")],
+    );
+    let pod_id = run_pod_on(&mut client, &pod, "dpdk")
+        .await
+        .expect("RunPodSandbox");
+
+    // Without a PCI device of its own there is nothing to steer: refused, naming the annotation.
+    let status = refused_create(&mut client, &pod_id, &pod, guaranteed("bare", &image)).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("irq.ingot.dev/device-irqs"),
+        "{status:?}"
+    );
+
+    let mut nic = guaranteed("nic", &image);
+    nic.cdi_devices = vec![v1::CdiDevice {
+        name: "test.ingot.dev/nic=vf0".into(),
+    }];
+    let id = start_container(&mut client, &pod_id, &pod, nic).await;
+    let list = |irq: u32| {
+        read(
+            &host
+                .path()
+                .join(format!("proc/irq/{irq}/smp_affinity_list")),
+        )
+    };
+    assert_eq!((list(a), list(b)), ("1".to_string(), "1".to_string()));
+    let untouched = |irq: u32| {
+        before
+            .get(Path::new(&format!("proc/irq/{irq}/smp_affinity_list")))
+            .map(|s| s.trim().to_string())
+    };
+    assert_eq!(
+        Some(list(other)),
+        untouched(other),
+        "another IRQ is left alone"
+    );
+    assert_eq!(Some(list(late)), untouched(late));
+
+    // A vector the driver adds later is steered by the next watch.
+    std::fs::create_dir_all(msi.join(late.to_string())).expect("msi");
+    assert!(
+        ingot_tests::wait_until(std::time::Duration::from_secs(25), || list(late) == "1"),
+        "IRQ {late} steered: {}",
+        list(late)
+    );
+
+    stop_and_remove_container(&mut client, &id, 0).await;
+    let left = changed(host.path(), &before);
+    assert!(left.is_empty(), "restored: {left:?}");
+    remove_pod(&mut client, &pod_id).await;
+    assert_nothing_left(&env.daemon, &pod_id);
+}

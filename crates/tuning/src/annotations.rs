@@ -28,8 +28,14 @@ pub const CPU_FREQ_GOVERNOR: &str = "cpu-freq-governor.crio.io";
 /// The container also runs on the node's shared CPU pool (the daemon applies it).
 pub const CPU_SHARED: &str = "cpu-shared.crio.io";
 
+/// Beyond CRI-O: the interrupts of the container's own devices (its SR-IOV VFs, CDI devices
+/// with a PCI address, VFIO functions), steered onto its CPUs (`pod-cpus`) or off them
+/// (`housekeeping`), directly and without irqbalance.
+pub const DEVICE_IRQS: &str = "irq.ingot.dev/device-irqs";
+
 /// Every annotation key this crate understands (the pod-wide names).
 pub const ANNOTATIONS: &[&str] = &[
+    DEVICE_IRQS,
     CPU_LOAD_BALANCING,
     CPU_QUOTA,
     IRQ_LOAD_BALANCING,
@@ -53,6 +59,27 @@ pub struct Tuning {
     pub governor: Option<String>,
     /// `cpu-shared.crio.io: "enable"`: the container also uses the shared pool.
     pub shared_cpus: bool,
+    /// `irq.ingot.dev/device-irqs`; the daemon fills in the devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_irqs: Option<DeviceIrqs>,
+}
+
+/// Where the interrupts of a container's own devices go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceIrqs {
+    pub steer: Steer,
+    /// The devices' PCI addresses: their `msi_irqs` are read at each reconcile, so IRQs a
+    /// driver adds or renumbers are steered too.
+    pub devices: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Steer {
+    /// `pod-cpus`: onto the container's CPUs.
+    OnCpus,
+    /// `housekeeping`: onto CPUs no claim holds.
+    OffCpus,
 }
 
 impl Tuning {
@@ -64,7 +91,10 @@ impl Tuning {
     /// Whether this tuning writes host files (IRQ affinity, C-states or the governor), as
     /// opposed to only the container's cgroups.
     pub fn touches_host(&self) -> bool {
-        self.irq.is_some() || self.c_states.is_some() || self.governor.is_some()
+        self.irq.is_some()
+            || self.c_states.is_some()
+            || self.governor.is_some()
+            || self.device_irqs.is_some()
     }
 }
 
@@ -147,6 +177,22 @@ pub fn parse(
     }
     if let Some((key, value)) = lookup(annotations, CPU_FREQ_GOVERNOR, container) {
         tuning.governor = Some(parse_governor(key, value)?);
+    }
+    if let Some((key, value)) = lookup(annotations, DEVICE_IRQS, container) {
+        tuning.device_irqs = Some(DeviceIrqs {
+            steer: match value {
+                "pod-cpus" => Steer::OnCpus,
+                "housekeeping" => Steer::OffCpus,
+                _ => {
+                    return Err(invalid(
+                        key,
+                        value,
+                        "expected \"pod-cpus\" or \"housekeeping\"",
+                    ))
+                }
+            },
+            devices: Vec::new(),
+        });
     }
     if let Some((key, value)) = lookup(annotations, CPU_SHARED, container) {
         tuning.shared_cpus = match value {
@@ -293,6 +339,7 @@ mod tests {
             (CPU_C_STATES, "max_latency:10"),
             (CPU_FREQ_GOVERNOR, "performance"),
             (CPU_SHARED, "enable"),
+            ("irq.ingot.dev/device-irqs/app", "pod-cpus"),
             ("unrelated.example.com", "whatever"),
         ]);
         let tuning = parse(&annotations, "app", &all_allowed()).expect("valid");
@@ -305,8 +352,15 @@ mod tests {
                 c_states: Some(CStates::MaxLatencyUs(10)),
                 governor: Some("performance".to_string()),
                 shared_cpus: true,
+                device_irqs: Some(DeviceIrqs {
+                    steer: Steer::OnCpus,
+                    devices: Vec::new(),
+                }),
             }
         );
+        let wrong = BTreeMap::from([(DEVICE_IRQS.to_string(), "mine".to_string())]);
+        let err = parse(&wrong, "app", &all_allowed()).expect_err("malformed");
+        assert!(err.to_string().contains(DEVICE_IRQS), "{err}");
         assert!(!tuning.is_empty());
         assert!(tuning.touches_host());
     }

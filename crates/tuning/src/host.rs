@@ -127,6 +127,25 @@ pub struct Layout {
     /// `cpu/isolated` and `cpu/nohz_full`: what irqbalance bans by itself when its configuration
     /// bans nothing, and so what a ban ingot sets must keep banning.
     pub isolated: CpuSet,
+    /// The MSI interrupts of PCI devices claims steer (`sys/bus/pci/devices/<address>/msi_irqs`),
+    /// by address; filled by [`crate::reconcile`] for the claims it is given.
+    pub msi_irqs: BTreeMap<String, Vec<u32>>,
+}
+
+/// The MSI/MSI-X interrupts of PCI function `address` (`msi_irqs/<n>`), ascending; none when the
+/// device or its driver has none.
+pub fn msi_irqs(host: &Host, address: &str) -> Vec<u32> {
+    let dir = host.path(Path::new(&format!(
+        "sys/bus/pci/devices/{address}/msi_irqs"
+    )));
+    let mut irqs: Vec<u32> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    irqs.sort_unstable();
+    irqs
 }
 
 fn read_error(host: &Host, relative: &Path, source: io::Error) -> TuningError {
@@ -222,6 +241,7 @@ pub fn layout(host: &Host) -> Result<Layout, TuningError> {
         cpus,
         thread_siblings,
         isolated,
+        msi_irqs: BTreeMap::new(),
     })
 }
 

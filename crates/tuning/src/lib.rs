@@ -36,8 +36,8 @@ mod targets;
 mod fixture;
 
 pub use annotations::{
-    parse, CStates, IrqMode, Tuning, ANNOTATIONS, CPU_C_STATES, CPU_FREQ_GOVERNOR,
-    CPU_LOAD_BALANCING, CPU_QUOTA, CPU_SHARED, IRQ_LOAD_BALANCING,
+    parse, CStates, DeviceIrqs, IrqMode, Steer, Tuning, ANNOTATIONS, CPU_C_STATES,
+    CPU_FREQ_GOVERNOR, CPU_LOAD_BALANCING, CPU_QUOTA, CPU_SHARED, DEVICE_IRQS, IRQ_LOAD_BALANCING,
 };
 pub use host::{
     boot_id, check, layout, Host, Layout, BOOT_ID, DEFAULT_SMP_AFFINITY, IRQBALANCE_CONFIG,

@@ -155,7 +155,14 @@ pub fn reconcile(
     claims: &[Claim],
     journal: &mut dyn Journal,
 ) -> Result<Report, TuningError> {
-    let layout = layout(host)?;
+    let mut layout = layout(host)?;
+    for claim in claims {
+        for address in claim.tuning.device_irqs.iter().flat_map(|d| &d.devices) {
+            layout
+                .msi_irqs
+                .insert(address.clone(), crate::host::msi_irqs(host, address));
+        }
+    }
     let wanted = targets(&layout, claims);
     let mut baselines = journal.baselines()?;
     // Kernel-file baselines compare trimmed, whoever recorded them.

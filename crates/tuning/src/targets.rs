@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     host::{cpu_file, irq_file, GOVERNOR, RESUME_LATENCY},
-    mask, IrqMode, Layout, Tuning, TuningError, DEFAULT_SMP_AFFINITY, IRQBALANCE_CONFIG,
+    mask, IrqMode, Layout, Steer, Tuning, TuningError, DEFAULT_SMP_AFFINITY, IRQBALANCE_CONFIG,
 };
 
 /// One container's claim on host state: its exclusive CPUs and what it asked for.
@@ -104,6 +104,29 @@ pub fn targets(host_layout: &Layout, claims: &[Claim]) -> BTreeMap<PathBuf, Targ
     }
     let mut ordered: Vec<&Claim> = claims.iter().collect();
     ordered.sort_by(|a, b| a.owner.cmp(&b.owner));
+    // A container's own devices' interrupts: onto its CPUs, or off every claimed CPU. This wins
+    // over the IRQ load balancing above for those interrupts.
+    let claimed = claims
+        .iter()
+        .fold(CpuSet::new(), |all, claim| all.union(&claim.cpus));
+    for claim in &ordered {
+        let Some(device_irqs) = &claim.tuning.device_irqs else {
+            continue;
+        };
+        let target = match device_irqs.steer {
+            Steer::OnCpus => Target::Value(claim.cpus.to_string()),
+            Steer::OffCpus => Target::ListCleared(claimed.union(&irq)),
+        };
+        for irq_number in device_irqs
+            .devices
+            .iter()
+            .filter_map(|address| host_layout.msi_irqs.get(address))
+            .flatten()
+            .filter(|n| host_layout.irqs.contains(n))
+        {
+            out.insert(irq_file(*irq_number), target.clone());
+        }
+    }
     for claim in ordered {
         for cpu in claim.cpus.iter() {
             if let Some(c_states) = &claim.tuning.c_states {
@@ -197,7 +220,62 @@ mod tests {
                 .map(|cpu| (cpu, set(&format!("{},{}", cpu & !1, cpu | 1))))
                 .collect(),
             isolated: CpuSet::new(),
+            msi_irqs: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn a_containers_device_irqs_go_onto_its_cpus_or_off_every_claimed_one() {
+        let layout = Layout {
+            irqs: vec![0, 24, 40, 41, 42, 50],
+            msi_irqs: BTreeMap::from([
+                ("0000:3b:02.0".to_string(), vec![40, 41]),
+                ("0000:af:00.0".to_string(), vec![42, 99]),
+            ]),
+            ..layout()
+        };
+        let steer = |steer: Steer, devices: &[&str]| Tuning {
+            device_irqs: Some(crate::DeviceIrqs {
+                steer,
+                devices: devices.iter().map(|d| d.to_string()).collect(),
+            }),
+            ..Tuning::default()
+        };
+        let claims = [
+            claim("dpdk", "2-3", steer(Steer::OnCpus, &["0000:3b:02.0"])),
+            claim("gpu", "6", steer(Steer::OffCpus, &["0000:af:00.0"])),
+        ];
+        let targets = targets(&layout, &claims);
+        assert_eq!(
+            targets.get(&irq_file(40)),
+            Some(&Target::Value("2-3".to_string()))
+        );
+        assert_eq!(
+            targets.get(&irq_file(41)),
+            Some(&Target::Value("2-3".to_string()))
+        );
+        assert_eq!(
+            targets.get(&irq_file(42)),
+            Some(&Target::ListCleared(set("2-3,6")))
+        );
+        // Other IRQs are left alone without IRQ load balancing, and an IRQ the kernel no
+        // longer lists (99) gets nothing.
+        assert_eq!(targets.get(&irq_file(50)), None);
+        assert_eq!(targets.get(&irq_file(99)), None);
+        assert_eq!(targets.get(&PathBuf::from(DEFAULT_SMP_AFFINITY)), None);
+
+        // With IRQ load balancing off for the same container, its own devices still win.
+        let mut both = steer(Steer::OnCpus, &["0000:3b:02.0"]);
+        both.irq = Some(IrqMode::Disable);
+        let targets = super::targets(&layout, &[claim("dpdk", "2-3", both)]);
+        assert_eq!(
+            targets.get(&irq_file(40)),
+            Some(&Target::Value("2-3".to_string()))
+        );
+        assert_eq!(
+            targets.get(&irq_file(50)),
+            Some(&Target::ListCleared(set("2-3")))
+        );
     }
 
     fn irq(mode: IrqMode) -> Tuning {

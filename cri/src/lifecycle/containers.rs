@@ -201,8 +201,21 @@ fn prepare_bundle(
         .as_ref()
         .map(|m| m.name.as_str())
         .unwrap_or("");
-    let tuning =
+    let mut tuning =
         super::tuning::for_container(manager, &pod.runtime_handler, &sandbox.annotations, name)?;
+    if let Some(device_irqs) = tuning.as_mut().and_then(|t| t.device_irqs.as_mut()) {
+        device_irqs.devices = own_pci_devices(manager, &config.devices, &cdi, &vfs.addresses);
+        if device_irqs.devices.is_empty() {
+            return Err(CriError::invalid(
+                "config.annotations",
+                format!(
+                    "{}: container {name:?} has no PCI device of its own (an SR-IOV VF, a CDI \
+                     device with a PCI address, a VFIO group)",
+                    ingot_tuning::DEVICE_IRQS
+                ),
+            ));
+        }
+    }
     let is_realtime =
         super::tuning::is_realtime(manager, &pod.runtime_handler, &sandbox.annotations);
     let realtime =
@@ -540,6 +553,36 @@ pub async fn create(
     tracing::info!(container = %id, pod = %pod.id, "container created");
     manager.event(&record, v1::ContainerEventType::ContainerCreatedEvent);
     Ok(id)
+}
+
+/// The PCI functions a container is given: its SR-IOV VFs, its CDI devices' PCI addresses,
+/// and the functions of the VFIO groups among its devices.
+fn own_pci_devices(
+    manager: &Manager,
+    devices: &[v1::Device],
+    cdi: &ingot_devices::cdi::Resolved,
+    vfs: &[String],
+) -> Vec<String> {
+    let groups: Vec<u32> = devices
+        .iter()
+        .filter_map(|d| d.host_path.strip_prefix("/dev/vfio/")?.parse().ok())
+        .collect();
+    let mut out: Vec<String> = vfs
+        .iter()
+        .cloned()
+        .chain(cdi.devices.iter().filter_map(|d| d.pci_address.clone()))
+        .chain(
+            manager
+                .topology
+                .pci_devices
+                .iter()
+                .filter(|p| p.iommu_group.is_some_and(|g| groups.contains(&g)))
+                .map(|p| p.address.clone()),
+        )
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Where a container with CPUs of its own finds them as a file, besides its environment.

@@ -59,6 +59,7 @@ impl Manager {
         // The host's tuned files follow the containers that survived (an ingotd killed between
         // two writes left some half-way; a reboot reset them all).
         self.recover_tuning().await;
+        self.watch_irqs();
     }
 
     /// Containers the shims still run but no record owns (ingotd died between a shim call and

@@ -241,6 +241,9 @@ impl Journal for StoreJournal<'_> {
     }
 }
 
+/// How often IRQ affinities are checked while a claim steers IRQs.
+pub const IRQ_WATCH: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What `ingot node report` shows: the live claims and what will be restored.
 pub const TUNING_MIRROR: &str = "tuning.json";
 
@@ -324,6 +327,31 @@ impl Manager {
             }
         }
         self.retune().await;
+    }
+
+    /// IRQs come and go (a driver loaded, a VF's MSI-X vectors allocated when it comes up):
+    /// while a claim steers IRQs, the host is reconciled every [`IRQ_WATCH`], so a new IRQ is
+    /// kept off (or on) the claimed CPUs without irqbalance. Idle otherwise.
+    pub fn watch_irqs(self: &std::sync::Arc<Self>) {
+        let manager = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(IRQ_WATCH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(manager) = manager.upgrade() else {
+                    return;
+                };
+                let steers = manager
+                    .claims()
+                    .iter()
+                    .any(|c| c.tuning.irq.is_some() || c.tuning.device_irqs.is_some());
+                if steers {
+                    manager.retune().await;
+                }
+            }
+        });
     }
 
     fn mirror_tuning(&self, claims: &[Claim]) {
