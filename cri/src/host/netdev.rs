@@ -120,6 +120,10 @@ pub fn move_in(netns: &Path, mut netdev: PodNetdev) -> Result<PodNetdev, CriErro
 /// Moves a pod's interface back into ingotd's namespace under its own name, MTU and MAC. One
 /// that is no longer in the pod (gone with its device, or never moved) is left as it is.
 pub fn move_out(netns: &Path, netdev: &PodNetdev) -> Result<(), CriError> {
+    if !netns.exists() {
+        tracing::info!(interface = %netdev.host_name, netns = %netns.display(), "the pod's namespace is gone: nothing to move back");
+        return Ok(());
+    }
     let home =
         std::fs::File::open("/proc/self/ns/net").map_err(CriError::io("open /proc/self/ns/net"))?;
     let present = {
