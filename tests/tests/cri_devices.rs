@@ -364,6 +364,38 @@ fn link_in(netns: &Path, name: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A daemon in a network namespace of the test's own, started with `extra_config`, with the
+/// namespace's path.
+async fn private_env(
+    extra_config: String,
+) -> (
+    ingot_tests::pods::Env,
+    v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    String,
+    PathBuf,
+) {
+    let (env, client, image) = env_with(
+        true,
+        Options {
+            extra_config,
+            ..Default::default()
+        },
+    )
+    .await;
+    let netns = env.netns().expect("a namespace of the test's own").path();
+    (env, client, image, netns)
+}
+
+/// A veth pair `name` / `<name>p` in the namespace at `netns` (a VF's netdev stands in).
+fn veth(netns: &Path, name: &str) {
+    let status = ip_in(netns)
+        .args(["link", "add", name, "type", "veth", "peer", "name"])
+        .arg(format!("{name}p"))
+        .status()
+        .expect("ip");
+    assert!(status.success(), "ip link add {name}");
+}
+
 /// `ip` in the namespace pinned at `netns`.
 fn ip_in(netns: &Path) -> std::process::Command {
     let mut command = std::process::Command::new("nsenter");
@@ -397,30 +429,9 @@ async fn a_cdi_network_device_moves_into_the_pod_and_back_when_it_stops() {
             }}]
         }),
     );
-    let (mut env, mut client, image) = env_with(
-        true,
-        Options {
-            extra_config: devices.config(),
-            ..Default::default()
-        },
-    )
-    .await;
-    let netns = env.netns().expect("a namespace of the test's own").path();
+    let (mut env, mut client, image, netns) = private_env(devices.config()).await;
     let netns = netns.as_path();
-    let status = ip_in(netns)
-        .args([
-            "link",
-            "add",
-            "ingotvf0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "ingotvf0p",
-        ])
-        .status()
-        .expect("ip");
-    assert!(status.success());
+    veth(netns, "ingotvf0");
     let mac = mac_of(&link_in(netns, "ingotvf0").expect("created"));
 
     let pod = pod_config("nic", &env.daemon.log_dir("nic"));
@@ -527,30 +538,13 @@ async fn sriov_vfs_by_annotation_as_pod_interfaces_and_as_vfio_devices() {
     std::fs::create_dir_all(sysfs.path().join("dev/vfio")).expect("dev");
     mknod(&sysfs.path().join("dev/vfio/61"), 10, 237);
     mknod(&sysfs.path().join("dev/vfio/vfio"), 10, 196);
-    let (env, mut client, image) = env_with(
-        true,
-        Options {
-            extra_config: format!("devices_root = {:?}\n", sysfs.path().display().to_string()),
-            ..Default::default()
-        },
-    )
+    let (env, mut client, image, netns) = private_env(format!(
+        "devices_root = {:?}\n",
+        sysfs.path().display().to_string()
+    ))
     .await;
-    let netns = env.netns().expect("a namespace of the test's own").path();
     let netns = netns.as_path();
-    let status = ip_in(netns)
-        .args([
-            "link",
-            "add",
-            "ingotvf1",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "ingotvf1p",
-        ])
-        .status()
-        .expect("ip");
-    assert!(status.success());
+    veth(netns, "ingotvf1");
     let before = link_in(netns, "ingotvf1").expect("created");
     assert!(before.contains("mtu 1500"), "{before}");
 

@@ -436,6 +436,32 @@ fn has_sys_resource() -> bool {
     u64::from_str_radix(&hex, 16).expect("hex") & (1 << 24) != 0
 }
 
+/// A CreateContainer of a Guaranteed container refused in a fresh pod with one annotation on
+/// `handler`; the pod is removed again.
+async fn refused_in_pod(
+    daemon: &Daemon,
+    name: &str,
+    annotation: (&str, &str),
+    handler: &str,
+    image: &str,
+) -> tonic::Status {
+    let mut client = ingot_tests::cri::runtime_client(&daemon.socket()).await;
+    let pod = pod_with(daemon, name, &[annotation]);
+    let pod_id = run_pod_on(&mut client, &pod, handler)
+        .await
+        .expect("RunPodSandbox");
+    let status = refused_create(&mut client, &pod_id, &pod, guaranteed("x", image)).await;
+    remove_pod(&mut client, &pod_id).await;
+    status
+}
+
+fn assert_refused(status: &tonic::Status, code: tonic::Code, needles: &[&str]) {
+    assert_eq!(status.code(), code, "{status:?}");
+    for needle in needles {
+        assert!(status.message().contains(needle), "{needle}: {status:?}");
+    }
+}
+
 /// Field `n` (1-based, as proc(5) counts them) of `/proc/<pid>/stat`.
 fn stat_field(stat: &str, n: usize) -> String {
     // pid (comm) state ...: comm may hold spaces, so from the last ')'; state is field 3.
@@ -560,68 +586,49 @@ async fn real_time_containers_get_their_scheduling_rlimits_budget_and_cpus() {
     );
 
     // Refusals name the annotation (or the numbers), and make nothing.
-    let bad = pod_with(
-        &env.daemon,
+    let refusal = |name: &'static str, annotation: (&'static str, &'static str), handler| {
+        refused_in_pod(&env.daemon, name, annotation, handler, &image)
+    };
+    let status = refusal(
         "rt-bad",
-        &[("realtime.ingot.dev/sched-policy", "SCHED_FIFO")],
+        ("realtime.ingot.dev/sched-policy", "SCHED_FIFO"),
+        "rt",
+    )
+    .await;
+    assert_refused(
+        &status,
+        tonic::Code::InvalidArgument,
+        &["realtime.ingot.dev/sched-priority"],
     );
-    let bad_id = run_pod_on(&mut client, &bad, "rt").await.expect("admitted");
-    let status = refused_create(&mut client, &bad_id, &bad, guaranteed("x", &image)).await;
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    assert!(
-        status
-            .message()
-            .contains("realtime.ingot.dev/sched-priority"),
-        "{status:?}"
+    let status = refusal("plain", ("realtime.ingot.dev/sched-nice", "5"), "").await;
+    assert_refused(
+        &status,
+        tonic::Code::InvalidArgument,
+        &["realtime.ingot.dev/sched-nice", "real-time pod"],
     );
-    remove_pod(&mut client, &bad_id).await;
-    let plain = pod_with(
-        &env.daemon,
-        "plain",
-        &[("realtime.ingot.dev/sched-nice", "5")],
-    );
-    let plain_id = run_pod_on(&mut client, &plain, "")
-        .await
-        .expect("a plain pod");
-    let status = refused_create(&mut client, &plain_id, &plain, guaranteed("x", &image)).await;
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    assert!(
-        status.message().contains("realtime.ingot.dev/sched-nice"),
-        "{status:?}"
-    );
-    assert!(status.message().contains("real-time pod"), "{status:?}");
-    remove_pod(&mut client, &plain_id).await;
 
     // Removal gives the budget back all the way up.
     stop_and_remove_container(&mut client, &id, 0).await;
     assert_eq!(read(&pod_cgroup.join("cpu.rt_runtime_us")), "0");
     assert_eq!(read(&parent.join("cpu.rt_runtime_us")), "0");
     // A budget the root cannot give (CPU 1 is free again).
-    let greedy = pod_with(
-        &env.daemon,
+    // A budget the root cannot give (CPU 1 is free again).
+    let status = refusal(
         "rt-greedy",
-        &[("realtime.ingot.dev/rt-runtime-us", "1000000")],
+        ("realtime.ingot.dev/rt-runtime-us", "1000000"),
+        "rt",
+    )
+    .await;
+    assert_refused(
+        &status,
+        tonic::Code::FailedPrecondition,
+        &["/sys/fs/cgroup/cpu", "1000000 µs are needed"],
     );
-    let greedy_id = run_pod_on(&mut client, &greedy, "rt")
-        .await
-        .expect("admitted");
-    let status = refused_create(&mut client, &greedy_id, &greedy, guaranteed("x", &image)).await;
-    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
-    assert!(
-        status.message().contains("/sys/fs/cgroup/cpu"),
-        "{status:?}"
-    );
-    assert!(
-        status.message().contains("1000000 µs are needed"),
-        "{status:?}"
-    );
-    remove_pod(&mut client, &greedy_id).await;
     assert_eq!(
         read(&parent.join("cpu.rt_runtime_us")),
         "0",
         "nothing taken"
     );
-    // A budget the root cannot give (CPU 1 is free again).
     remove_pod(&mut client, &pod_id).await;
     assert_nothing_left(&env.daemon, &pod_id);
 }
