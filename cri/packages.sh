@@ -2,8 +2,8 @@
 # (the whole test suite): one list, so the daemon's command works on a fresh machine too.
 
 # To build: protoc compiles the CRI protos; libseccomp (through pkg-config) is linked by the
-# runtime helper.
-INGOT_BUILD_PACKAGES=(protobuf-compiler libseccomp-dev pkg-config)
+# runtime helper; libelf and zlib build libbpf, for the eBPF device filter of cgroup v2.
+INGOT_BUILD_PACKAGES=(protobuf-compiler libseccomp-dev pkg-config libelf-dev zlib1g-dev)
 # What ingotd uses at run time: the CNI plugins its default network configuration names
 # (bridge, host-local), nsenter and mount from util-linux.
 INGOT_RUN_PACKAGES=(containernetworking-plugins util-linux)
