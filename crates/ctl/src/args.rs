@@ -15,12 +15,13 @@ pub const USAGE: &str = "\
 Usage: ingot <command>
 
 Commands:
-  node report    the node's CPUs, NUMA nodes, memory, hugepages, devices and CPU allocations
+  node report          the node's CPUs, NUMA nodes, memory, hugepages, devices and CPU allocations
+  cdi generate nvidia  a CDI spec (nvidia.com/gpu) for the node's NVIDIA GPUs
 
 Options:
   -h, --help     print this help
 
-Run `ingot node report --help` for its options.
+Run `ingot node report --help` or `ingot cdi generate --help` for their options.
 ";
 
 pub const NODE_REPORT_USAGE: &str = "\
@@ -38,11 +39,30 @@ Options:
   -h, --help           print this help
 ";
 
+pub const CDI_GENERATE_USAGE: &str = "\
+Usage: ingot cdi generate nvidia [--root DIR] [--output FILE]
+
+Writes a CDI spec (kind nvidia.com/gpu, JSON) for the NVIDIA GPUs the driver lists: a device
+per GPU by index (PCI bus order, as nvidia-smi numbers them) and by UUID, each with its device
+node and its PCI address and NUMA node as annotations, and `all`; what every device shares: the
+control device nodes, the driver's libraries, binaries and firmware (read-only bind mounts) and,
+where nvidia-cdi-hook or nvidia-ctk is installed, the hook that updates the ld cache. Reads the
+node, writes nothing but the output.
+
+Options:
+  --root DIR      read the node under DIR instead of / (a captured tree); the spec names the
+                  node's own paths
+  --output FILE   write the spec to FILE (a temporary file beside it, then renamed) instead of
+                  stdout, e.g. /etc/cdi/nvidia.json
+  -h, --help      print this help
+";
+
 /// Which usage text a help request or a usage error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topic {
     Main,
     NodeReport,
+    CdiGenerate,
 }
 
 impl Topic {
@@ -50,6 +70,7 @@ impl Topic {
         match self {
             Topic::Main => USAGE,
             Topic::NodeReport => NODE_REPORT_USAGE,
+            Topic::CdiGenerate => CDI_GENERATE_USAGE,
         }
     }
 }
@@ -62,11 +83,20 @@ pub struct ReportArgs {
     pub allocations: PathBuf,
 }
 
+/// The options of `ingot cdi generate nvidia`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdiGenerateArgs {
+    pub root: PathBuf,
+    /// None: stdout.
+    pub output: Option<PathBuf>,
+}
+
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Help(Topic),
     NodeReport(ReportArgs),
+    CdiGenerateNvidia(CdiGenerateArgs),
 }
 
 /// A command line that asks for nothing this binary does; printed with the topic's usage.
@@ -94,6 +124,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     if is_help(&command) || command == "help" {
         return Ok(Command::Help(Topic::Main));
     }
+    if command == "cdi" {
+        return parse_cdi(args);
+    }
     if command != "node" {
         return Err(usage_error(
             Topic::Main,
@@ -115,17 +148,101 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     }
 }
 
-fn parse_report(mut args: impl Iterator<Item = OsString>) -> Result<Command, UsageError> {
-    let error = |message: String| usage_error(Topic::NodeReport, message);
-    let mut json = false;
-    let mut root: Option<PathBuf> = None;
-    let mut allocations: Option<PathBuf> = None;
+fn parse_report(args: impl Iterator<Item = OsString>) -> Result<Command, UsageError> {
+    let Some(mut flags) = parse_flags(
+        args,
+        Topic::NodeReport,
+        &["--json"],
+        &["--root", "--allocations"],
+    )?
+    else {
+        return Ok(Command::Help(Topic::NodeReport));
+    };
+    Ok(Command::NodeReport(ReportArgs {
+        json: flags.has("--json"),
+        root: flags.take("--root").unwrap_or_else(|| PathBuf::from("/")),
+        allocations: flags
+            .take("--allocations")
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ALLOCATIONS)),
+    }))
+}
+
+/// `cdi generate nvidia`: `generate` is the only `cdi` command and `nvidia` its only vendor, so
+/// `ingot cdi --help` and `ingot cdi generate --help` show its usage.
+fn parse_cdi(mut args: impl Iterator<Item = OsString>) -> Result<Command, UsageError> {
+    let error = |message: String| usage_error(Topic::CdiGenerate, message);
+    match args.next() {
+        None => return Err(error("`ingot cdi` needs a command: generate".into())),
+        Some(arg) if is_help(&arg) => return Ok(Command::Help(Topic::CdiGenerate)),
+        Some(arg) if arg == "generate" => {}
+        Some(arg) => {
+            return Err(error(format!(
+                "unknown command \"cdi {}\"",
+                arg.to_string_lossy()
+            )))
+        }
+    }
+    match args.next() {
+        None => Err(error("`ingot cdi generate` needs a vendor: nvidia".into())),
+        Some(arg) if is_help(&arg) => Ok(Command::Help(Topic::CdiGenerate)),
+        Some(arg) if arg == "nvidia" => {
+            let Some(mut flags) =
+                parse_flags(args, Topic::CdiGenerate, &[], &["--root", "--output"])?
+            else {
+                return Ok(Command::Help(Topic::CdiGenerate));
+            };
+            Ok(Command::CdiGenerateNvidia(CdiGenerateArgs {
+                root: flags.take("--root").unwrap_or_else(|| PathBuf::from("/")),
+                output: flags.take("--output"),
+            }))
+        }
+        Some(arg) if arg.as_bytes().starts_with(b"-") => Err(error(format!(
+            "`ingot cdi generate` needs a vendor before {:?}: nvidia",
+            arg.to_string_lossy()
+        ))),
+        Some(arg) => Err(error(format!(
+            "unknown vendor {:?}: only nvidia",
+            arg.to_string_lossy()
+        ))),
+    }
+}
+
+/// The flags one command was given.
+struct Flags {
+    switches: Vec<&'static str>,
+    values: Vec<(&'static str, PathBuf)>,
+}
+
+impl Flags {
+    fn has(&self, switch: &str) -> bool {
+        self.switches.contains(&switch)
+    }
+
+    fn take(&mut self, flag: &str) -> Option<PathBuf> {
+        let at = self.values.iter().position(|(name, _)| *name == flag)?;
+        Some(self.values.remove(at).1)
+    }
+}
+
+/// A command's flags: `switches` (`--json`, given any number of times) and `valued` ones
+/// (`--root DIR` or `--root=DIR`, at most once, not empty). None where help is asked for.
+fn parse_flags(
+    mut args: impl Iterator<Item = OsString>,
+    topic: Topic,
+    switches: &[&'static str],
+    valued: &[&'static str],
+) -> Result<Option<Flags>, UsageError> {
+    let error = |message: String| usage_error(topic, message);
+    let mut flags = Flags {
+        switches: Vec::new(),
+        values: Vec::new(),
+    };
     while let Some(arg) = args.next() {
         if is_help(&arg) {
-            return Ok(Command::Help(Topic::NodeReport));
+            return Ok(None);
         }
-        if arg == "--json" {
-            json = true;
+        if let Some(switch) = switches.iter().find(|switch| arg == **switch) {
+            flags.switches.push(switch);
             continue;
         }
         // `--flag VALUE` or `--flag=VALUE`, split on bytes so a non-UTF-8 value survives.
@@ -137,32 +254,25 @@ fn parse_report(mut args: impl Iterator<Item = OsString>) -> Result<Command, Usa
             ),
             _ => (arg.as_os_str(), None),
         };
-        let slot = if name == "--root" {
-            &mut root
-        } else if name == "--allocations" {
-            &mut allocations
-        } else if bytes.starts_with(b"-") {
-            return Err(error(format!("unknown flag {:?}", arg.to_string_lossy())));
-        } else {
+        let Some(flag) = valued.iter().find(|flag| name == **flag) else {
+            if bytes.starts_with(b"-") {
+                return Err(error(format!("unknown flag {:?}", arg.to_string_lossy())));
+            }
             return Err(error(format!(
                 "unexpected argument {:?}",
                 arg.to_string_lossy()
             )));
         };
-        let flag = name.to_string_lossy().into_owned();
         let value = match inline.or_else(|| args.next()) {
             Some(value) if !value.is_empty() => value,
             _ => return Err(error(format!("{flag} needs a value"))),
         };
-        if slot.replace(PathBuf::from(value)).is_some() {
+        if flags.values.iter().any(|(name, _)| name == flag) {
             return Err(error(format!("{flag} given twice")));
         }
+        flags.values.push((flag, PathBuf::from(value)));
     }
-    Ok(Command::NodeReport(ReportArgs {
-        json,
-        root: root.unwrap_or_else(|| PathBuf::from("/")),
-        allocations: allocations.unwrap_or_else(|| PathBuf::from(DEFAULT_ALLOCATIONS)),
-    }))
+    Ok(Some(flags))
 }
 
 #[cfg(test)]
@@ -275,6 +385,101 @@ mod tests {
         for (args, topic, message) in cases {
             let err = parse_strs(args).expect_err("a usage error");
             assert_eq!(err.topic, *topic, "{args:?}");
+            assert!(err.message.contains(message), "{args:?}: {}", err.message);
+        }
+    }
+
+    fn cdi(root: &str, output: Option<&str>) -> Command {
+        Command::CdiGenerateNvidia(CdiGenerateArgs {
+            root: root.into(),
+            output: output.map(PathBuf::from),
+        })
+    }
+
+    #[test]
+    fn cdi_generate_nvidia_with_defaults_and_with_every_flag() {
+        assert_eq!(
+            parse_strs(&["cdi", "generate", "nvidia"]),
+            Ok(cdi("/", None))
+        );
+        assert_eq!(
+            parse_strs(&[
+                "cdi",
+                "generate",
+                "nvidia",
+                "--root",
+                "/tmp/x",
+                "--output=/etc/cdi/nvidia.json"
+            ]),
+            Ok(cdi("/tmp/x", Some("/etc/cdi/nvidia.json")))
+        );
+        assert_eq!(
+            parse_strs(&[
+                "cdi",
+                "generate",
+                "nvidia",
+                "--output",
+                "o.json",
+                "--root=/r"
+            ]),
+            Ok(cdi("/r", Some("o.json")))
+        );
+    }
+
+    #[test]
+    fn cdi_generate_help_wherever_it_is_asked_for() {
+        for args in [
+            &["cdi", "--help"][..],
+            &["cdi", "-h"],
+            &["cdi", "generate", "--help"],
+            &["cdi", "generate", "nvidia", "-h"],
+            &["cdi", "generate", "nvidia", "--root", "/r", "--help"],
+        ] {
+            assert_eq!(
+                parse_strs(args),
+                Ok(Command::Help(Topic::CdiGenerate)),
+                "{args:?}"
+            );
+        }
+        assert!(USAGE.contains("cdi generate nvidia"));
+        assert!(CDI_GENERATE_USAGE.contains("--output FILE"));
+    }
+
+    #[test]
+    fn cdi_generate_usage_errors_say_what_is_wrong() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["cdi"], "needs a command: generate"),
+            (&["cdi", "list"], "unknown command \"cdi list\""),
+            (&["cdi", "generate"], "needs a vendor: nvidia"),
+            (&["cdi", "generate", "amd"], "unknown vendor \"amd\""),
+            (
+                &["cdi", "generate", "--root", "/r"],
+                "needs a vendor before \"--root\"",
+            ),
+            (
+                &["cdi", "generate", "nvidia", "--json"],
+                "unknown flag \"--json\"",
+            ),
+            (
+                &["cdi", "generate", "nvidia", "extra"],
+                "unexpected argument \"extra\"",
+            ),
+            (
+                &["cdi", "generate", "nvidia", "--output"],
+                "--output needs a value",
+            ),
+            (
+                &["cdi", "generate", "nvidia", "--root="],
+                "--root needs a value",
+            ),
+            (
+                &["cdi", "generate", "nvidia", "--root", "a", "--root=b"],
+                "--root given twice",
+            ),
+        ];
+        for (args, message) in cases {
+            let err = parse_strs(args).expect_err("a usage error");
+            assert_eq!(err.topic, Topic::CdiGenerate, "{args:?}");
             assert!(err.message.contains(message), "{args:?}: {}", err.message);
         }
     }

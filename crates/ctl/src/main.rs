@@ -1,6 +1,6 @@
 //! `ingot`, the person-facing command. This file owns the process edges only: the arguments
 //! in, reading the node and the allocations file, output and exit codes (0 done, 1 failed,
-//! 2 usage). What the report says and how it looks is `report`'s; the grammar is `args`'.
+//! 2 usage). The CDI spec is `ingot_devices::nvidia`'s. What the report says and how it looks is `report`'s; the grammar is `args`'.
 
 use std::{
     ffi::OsString,
@@ -16,7 +16,7 @@ use ingot_placement::CheckpointEntry;
 mod args;
 mod report;
 
-use args::{Command, ReportArgs};
+use args::{CdiGenerateArgs, Command, ReportArgs};
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -24,6 +24,14 @@ fn main() -> ExitCode {
         Ok(Command::Help(topic)) => print(topic.usage()),
         Ok(Command::NodeReport(args)) => match node_report(&args) {
             Ok(text) => print(&text),
+            Err(err) => {
+                eprint(&format!("ingot: {err:#}\n"));
+                ExitCode::FAILURE
+            }
+        },
+        Ok(Command::CdiGenerateNvidia(args)) => match cdi_generate(&args) {
+            Ok(Some(json)) => print(&json),
+            Ok(None) => ExitCode::SUCCESS,
             Err(err) => {
                 eprint(&format!("ingot: {err:#}\n"));
                 ExitCode::FAILURE
@@ -57,6 +65,26 @@ fn node_report(args: &ReportArgs) -> anyhow::Result<String> {
         report::render_json(&report).context("writing the report as JSON")
     } else {
         Ok(report::render_table(&report))
+    }
+}
+
+/// The NVIDIA CDI spec of the node under `args.root`: written to `args.output` (None returned),
+/// or returned as JSON for stdout.
+fn cdi_generate(args: &CdiGenerateArgs) -> anyhow::Result<Option<String>> {
+    let spec =
+        ingot_devices::nvidia::generate(&args.root).context("generating the NVIDIA CDI spec")?;
+    match &args.output {
+        Some(output) => {
+            ingot_devices::nvidia::write_spec(&spec, output)
+                .with_context(|| format!("writing the CDI spec to {}", output.display()))?;
+            Ok(None)
+        }
+        None => {
+            let mut json =
+                serde_json::to_string_pretty(&spec).context("writing the CDI spec as JSON")?;
+            json.push('\n');
+            Ok(Some(json))
+        }
     }
 }
 

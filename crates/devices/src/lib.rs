@@ -40,10 +40,13 @@ pub enum DevicesError {
     Sriov { what: String, reason: String },
     #[error("CDI device {devices}: {reason}")]
     Cdi { devices: String, reason: String },
+    #[error("no NVIDIA GPU found under {}: {reason}", root.display())]
+    NoNvidiaGpu { root: PathBuf, reason: String },
+    #[error("{}: missing, the device node of NVIDIA GPU {gpu}", path.display())]
+    MissingDeviceNode { path: PathBuf, gpu: String },
 }
 
 impl DevicesError {
-    #[allow(dead_code)]
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         DevicesError::Io {
             path: path.into(),
