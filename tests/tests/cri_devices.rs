@@ -626,3 +626,98 @@ async fn sriov_vfs_by_annotation_as_pod_interfaces_and_as_vfio_devices() {
         .status()
         .expect("ip");
 }
+
+/// crictl, with JSON configs as a person writes them: `crictl runp`, `create` with `CDI_devices`
+/// and `start`; the container sees the CDI device node, environment and mount; an unknown CDI
+/// device is refused to crictl, naming it.
+#[tokio::test(flavor = "current_thread")]
+async fn crictl_starts_a_container_with_a_cdi_device() {
+    let crictl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cri-tools/crictl");
+    assert!(crictl.exists(), "crictl at {}", crictl.display());
+    let devices = Devices::new();
+    let (env, _client, image) = env_with(
+        false,
+        Options {
+            extra_config: devices.config(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let endpoint = format!("unix://{}", env.daemon.socket().display());
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(&crictl)
+            .args(["--runtime-endpoint", &endpoint, "--timeout", "30s"])
+            .args(args)
+            .output()
+            .expect("crictl");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).trim().to_string(),
+            String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        )
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod_json = dir.path().join("pod.json");
+    std::fs::write(
+        &pod_json,
+        serde_json::json!({
+            "metadata": {"name": "crictl-cdi", "namespace": "default", "uid": "crictl-cdi-uid"},
+            "log_directory": env.daemon.log_dir("crictl-cdi"),
+            "linux": {"security_context": {"namespace_options": {"network": 2}}}
+        })
+        .to_string(),
+    )
+    .expect("pod.json");
+    let container_json = |name: &str, device: &str| {
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(
+            &path,
+            serde_json::json!({
+                "metadata": {"name": name},
+                "image": {"image": image},
+                "command": ["/bin/sh", "-c", "sleep 600"],
+                "log_path": format!("{name}.log"),
+                "CDI_devices": [{"name": device}]
+            })
+            .to_string(),
+        )
+        .expect("container.json");
+        path
+    };
+    let (ok, pod_id, err) = run(&["runp", pod_json.to_str().expect("utf-8")]);
+    assert!(ok, "runp: {err}");
+    let ctr = container_json("cdi", "test.ingot.dev/device=ctl0");
+    let (ok, id, err) = run(&[
+        "create",
+        &pod_id,
+        ctr.to_str().expect("utf-8"),
+        pod_json.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "create: {err}");
+    let (ok, _, err) = run(&["start", &id]);
+    assert!(ok, "start: {err}");
+    let (ok, out, err) = run(&[
+        "exec",
+        &id,
+        "/bin/sh",
+        "-c",
+        "test -c /dev/cdi-ctl && echo \"$CDI_DEVICE\" && cat /opt/cdi-lib/marker",
+    ]);
+    assert!(ok, "exec: {err}");
+    assert_eq!(out, "ctl0\nvendor library");
+
+    let unknown = container_json("unknown", "test.ingot.dev/device=nope");
+    let (ok, _, err) = run(&[
+        "create",
+        &pod_id,
+        unknown.to_str().expect("utf-8"),
+        pod_json.to_str().expect("utf-8"),
+    ]);
+    assert!(!ok, "an unknown CDI device is refused");
+    assert!(err.contains("test.ingot.dev/device=nope"), "{err}");
+    assert!(err.contains("InvalidArgument"), "{err}");
+
+    let (ok, _, err) = run(&["rmp", "-f", &pod_id]);
+    assert!(ok, "rmp: {err}");
+    assert_nothing_left(&env.daemon, &pod_id);
+}
