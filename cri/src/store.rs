@@ -123,6 +123,10 @@ pub struct ContainerRecord {
     /// SR-IOV VFs ingot bound to vfio-pci for it, given back at removal.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vfio: Vec<String>,
+    /// The PCI functions it was given (VFs, CDI devices with an address, VFIO groups'), for
+    /// `ingot node report`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pci_devices: Vec<String>,
 }
 
 /// The page cache of the state store.

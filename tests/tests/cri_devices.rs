@@ -590,6 +590,37 @@ async fn sriov_vfs_by_annotation_as_pod_interfaces_and_as_vfio_devices() {
     )
     .await;
     assert_eq!((code, out.as_str()), (0, "ok\n"), "{out}");
+    // `ingot node report` learns who holds them from ingotd's mirror.
+    let held: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.daemon.dir.path().join("run/devices.json")).expect("devices.json"),
+    )
+    .expect("json");
+    let holders: Vec<(String, String, String)> = held
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|h| {
+            (
+                h["address"].as_str().unwrap_or_default().to_string(),
+                h["pod_id"].as_str().unwrap_or_default().to_string(),
+                h["how"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    for expected in [
+        (
+            "0000:3b:02.0".to_string(),
+            pod_id.clone(),
+            "netdev net1".to_string(),
+        ),
+        (
+            "0000:3b:02.1".to_string(),
+            pod_id.clone(),
+            "vfio".to_string(),
+        ),
+    ] {
+        assert!(holders.contains(&expected), "{expected:?} in {holders:?}");
+    }
     std::fs::write(sysfs.path().join("sys/bus/pci/drivers_probe"), "").expect("probe");
     stop_and_remove_container(&mut client, &dpdk, 0).await;
     assert_eq!(

@@ -54,12 +54,15 @@ fn node_report(args: &ReportArgs) -> anyhow::Result<String> {
     let entries = read_allocations(&args.allocations)?;
     let readiness = ingot_rt::assess(&args.root)
         .with_context(|| format!("real-time checks under {}", args.root.display()))?;
-    let report = report::with_readiness(
-        report::with_tuning(
-            report::build(topology, entries),
-            read_tuning(&args.allocations.with_file_name(TUNING_FILE))?,
+    let report = report::with_held_devices(
+        report::with_readiness(
+            report::with_tuning(
+                report::build(topology, entries),
+                read_tuning(&args.allocations.with_file_name(TUNING_FILE))?,
+            ),
+            readiness,
         ),
-        readiness,
+        read_held(&args.allocations.with_file_name(DEVICES_FILE))?,
     );
     if args.json {
         report::render_json(&report).context("writing the report as JSON")
@@ -105,6 +108,19 @@ fn read_allocations(path: &Path) -> anyhow::Result<Option<Vec<CheckpointEntry>>>
 
 /// ingotd's tuning mirror, beside the placement checkpoint.
 const TUNING_FILE: &str = "tuning.json";
+
+/// ingotd's devices mirror, beside the placement checkpoint.
+const DEVICES_FILE: &str = "devices.json";
+
+/// The PCI functions pods hold, as ingotd's mirror says; none where there is no mirror.
+fn read_held(path: &Path) -> anyhow::Result<Vec<report::Held>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading held devices {}", path.display())),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(err) => Err(err).with_context(|| format!("reading held devices {}", path.display())),
+    }
+}
 
 /// What ingotd's tuning mirror holds; nothing tuned where there is none.
 fn read_tuning(path: &Path) -> anyhow::Result<report::Tuned> {

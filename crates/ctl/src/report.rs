@@ -57,6 +57,28 @@ pub struct Report {
     pub tuning: Tuned,
     /// Real-time readiness of the node ([`with_readiness`]); None where it was not assessed.
     pub readiness: Option<ingot_rt::Readiness>,
+    /// The PCI functions pods hold ([`with_held_devices`]).
+    pub held_devices: Vec<Held>,
+}
+
+/// One PCI function a pod holds, as ingotd's devices mirror (`devices.json` beside the
+/// placement checkpoint) says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Held {
+    pub address: String,
+    pub pod_id: String,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    /// `netdev net1` (a VF's interface in the pod), `vfio`, `device`.
+    pub how: String,
+}
+
+/// The report with the devices pods hold in it.
+pub fn with_held_devices(report: Report, held_devices: Vec<Held>) -> Report {
+    Report {
+        held_devices,
+        ..report
+    }
 }
 
 /// The report with the node's real-time readiness in it.
@@ -110,6 +132,7 @@ pub fn build(topology: Topology, entries: Option<Vec<CheckpointEntry>>) -> Repor
         checkpoint_present,
         tuning: Tuned::default(),
         readiness: None,
+        held_devices: Vec::new(),
     }
 }
 
@@ -162,7 +185,7 @@ pub fn render_table(report: &Report) -> String {
         ],
     );
 
-    let devices = device_rows(&report.topology);
+    let devices = device_rows(&report.topology, &report.held_devices);
     for node in &report.topology.numa_nodes {
         out.push_str(&format!("\nNUMA NODE {}\n", node.id));
         let isolated = node.cpus.intersection(&report.topology.isolated);
@@ -388,7 +411,7 @@ struct DeviceRow {
 /// The devices worth a line: GPUs, network and accelerator functions. A VF whose PF is listed
 /// is folded into the PF's line (a PF can carry a hundred VFs); display functions that are not
 /// GPUs (a BMC's VGA), storage and bridges are left to the JSON.
-fn device_rows(topology: &Topology) -> Vec<DeviceRow> {
+fn device_rows(topology: &Topology, held: &[Held]) -> Vec<DeviceRow> {
     let by_address: BTreeMap<&str, &PciDevice> = topology
         .pci_devices
         .iter()
@@ -402,6 +425,7 @@ fn device_rows(topology: &Topology) -> Vec<DeviceRow> {
             (Some(_), _) => "gpu",
             (None, PciClass::Network) => "network",
             (None, PciClass::Accelerator) => "accelerator",
+            (None, PciClass::Storage) if device.class_code.starts_with("0108") => "nvme",
             (None, _) => continue,
         };
         if device
@@ -423,6 +447,27 @@ fn device_rows(topology: &Topology) -> Vec<DeviceRow> {
         }
         if let Some(pf) = sriov_pf(device, &by_address) {
             detail.push(pf);
+        }
+        // Who holds it, or (for a PF) which of its VFs pods hold.
+        for holder in held
+            .iter()
+            .filter(|h| h.address == device.address || device.virtfns.contains(&h.address))
+        {
+            let of = if holder.address == device.address {
+                String::new()
+            } else {
+                format!("VF {} ", holder.address)
+            };
+            let container = holder
+                .container_id
+                .as_deref()
+                .map(|c| format!(" container {}", short(c)))
+                .unwrap_or_default();
+            detail.push(format!(
+                "{of}held by pod {}{container} ({})",
+                short(&holder.pod_id),
+                holder.how
+            ));
         }
         if let Some(id) = device
             .numa_node

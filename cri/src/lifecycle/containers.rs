@@ -57,6 +57,8 @@ struct Built {
     rt_budget: Option<host::rt_budget::Grant>,
     /// VFs bound to vfio-pci for it, unbound at its removal.
     vfio: Vec<String>,
+    /// Its own PCI functions.
+    pci_devices: Vec<String>,
     /// Host interfaces its CDI devices and SR-IOV VFs put into the pod.
     net_devices: Vec<crate::store::PodNetdev>,
 }
@@ -203,8 +205,9 @@ fn prepare_bundle(
         .unwrap_or("");
     let mut tuning =
         super::tuning::for_container(manager, &pod.runtime_handler, &sandbox.annotations, name)?;
+    let pci_devices = own_pci_devices(manager, &config.devices, &cdi, &vfs.addresses);
     if let Some(device_irqs) = tuning.as_mut().and_then(|t| t.device_irqs.as_mut()) {
-        device_irqs.devices = own_pci_devices(manager, &config.devices, &cdi, &vfs.addresses);
+        device_irqs.devices = pci_devices.clone();
         if device_irqs.devices.is_empty() {
             return Err(CriError::invalid(
                 "config.annotations",
@@ -308,6 +311,7 @@ fn prepare_bundle(
         _ => None,
     };
     Ok(Built {
+        pci_devices,
         vfio: vfio.keep(),
         net_devices,
         rt_budget,
@@ -531,6 +535,7 @@ pub async fn create(
         tuning: built.tuning.clone(),
         rt_budget: built.rt_budget.clone(),
         vfio: built.vfio.clone(),
+        pci_devices: built.pci_devices.clone(),
     };
     if let Err(err) = manager.save_container(record.clone()) {
         let _ = shim.delete(&id, "").await;
@@ -549,6 +554,9 @@ pub async fn create(
         // Before it starts: its CPUs are quiet when its first instruction runs.
         super::tuning::apply_cgroups(&manager.config.host_root, &pod.cgroup_parent, &id, tuning);
         manager.retune().await;
+    }
+    if !record.pci_devices.is_empty() || !pod.netdevs.is_empty() {
+        manager.mirror_devices();
     }
     tracing::info!(container = %id, pod = %pod.id, "container created");
     manager.event(&record, v1::ContainerEventType::ContainerCreatedEvent);
@@ -862,6 +870,9 @@ pub(crate) async fn remove_locked(
     }
     if container.tuning.is_some() {
         manager.retune().await;
+    }
+    if !container.pci_devices.is_empty() {
+        manager.mirror_devices();
     }
     tracing::info!(container = %container.id, "container removed");
     manager.event(&container, v1::ContainerEventType::ContainerDeletedEvent);

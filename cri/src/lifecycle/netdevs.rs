@@ -279,3 +279,45 @@ pub fn unbind_vfio(root: &std::path::Path, addresses: &[String]) {
         }
     }
 }
+
+/// What `ingot node report` reads beside the placement checkpoint: which pod (and container)
+/// holds which PCI function.
+pub const DEVICES_MIRROR: &str = "devices.json";
+
+impl Manager {
+    /// Writes [`DEVICES_MIRROR`]: the VFs whose interfaces pods hold, and the PCI functions
+    /// containers were given (`vfio` where ingot bound them to vfio-pci).
+    pub fn mirror_devices(&self) {
+        let mut held: Vec<serde_json::Value> = Vec::new();
+        for pod in self.pods() {
+            for netdev in &pod.netdevs {
+                if netdev.source.contains(':') && !netdev.source.contains(' ') {
+                    held.push(serde_json::json!({
+                        "address": netdev.source,
+                        "pod_id": pod.id,
+                        "how": format!("netdev {}", netdev.pod_name),
+                    }));
+                }
+            }
+        }
+        for container in self.containers() {
+            for address in &container.pci_devices {
+                held.push(serde_json::json!({
+                    "address": address,
+                    "pod_id": container.pod_id,
+                    "container_id": container.id,
+                    "how": if container.vfio.contains(address) { "vfio" } else { "device" },
+                }));
+            }
+        }
+        let mirror = self.config.state.join(DEVICES_MIRROR);
+        let partial = mirror.with_extension("json.partial");
+        let written = serde_json::to_vec_pretty(&held)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&partial, bytes))
+            .and_then(|()| std::fs::rename(&partial, &mirror));
+        if let Err(err) = written {
+            tracing::warn!(path = %mirror.display(), error = %err, "devices mirror not written");
+        }
+    }
+}

@@ -457,6 +457,7 @@ async fn stop_locked(manager: &Arc<Manager>, mut pod: PodRecord) -> Result<(), C
     }
     if !pod.netdevs.is_empty() {
         pod = give_back_netdevs(manager, pod).await?;
+        manager.mirror_devices();
     }
     let worker = Arc::clone(manager);
     let detached = pod.clone();

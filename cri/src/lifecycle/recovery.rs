@@ -60,6 +60,7 @@ impl Manager {
         // two writes left some half-way; a reboot reset them all).
         self.recover_tuning().await;
         self.watch_irqs();
+        self.mirror_devices();
     }
 
     /// Containers the shims still run but no record owns (ingotd died between a shim call and

@@ -223,6 +223,7 @@ fn json_has_the_stable_fields_and_the_whole_topology() {
         BTreeSet::from([
             "allocations",
             "exclusive_cpus",
+            "held_devices",
             "shared_pool",
             "readiness",
             "summary",
@@ -320,4 +321,30 @@ fn every_fixture_renders_and_round_trips_as_json() {
     );
     let arm = render_table(&build(fixture("single-socket-no-smt"), None));
     assert!(arm.contains("  hugepages 64KB  0 total, 0 free"), "{arm}");
+}
+
+#[test]
+fn held_devices_name_their_pod_on_the_device_or_its_pf_line() {
+    let held: Vec<Held> = serde_json::from_value(serde_json::json!([
+        {"address": "0000:af:01.0", "pod_id": "5e5e5e5e5e5e5e5e5e5e", "how": "netdev net1"},
+        {"address": "0000:3b:00.0", "pod_id": "7a7a7a7a7a7a7a7a7a7a",
+         "container_id": "c0c0c0c0c0c0c0c0c0", "how": "device"}
+    ]))
+    .expect("the mirror's shape");
+    let report = with_held_devices(intel_report(), held);
+    let table = render_table(&report);
+    has_line(
+        &section(&table, "NUMA NODE 0"),
+        "    0000:3b:00.0  gpu   10de:26b9  nvidia  NVIDIA GPU; held by pod 7a7a7a7a7a7a7 \
+         container c0c0c0c0c0c0c (device)",
+    );
+    let node1 = section(&table, "NUMA NODE 1");
+    assert!(
+        node1.iter().any(|line| line.contains("0000:af:00.0")
+            && line.contains("VF 0000:af:01.0 held by pod 5e5e5e5e5e5e5 (netdev net1)")),
+        "{node1:#?}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&render_json(&report).expect("json")).expect("valid JSON");
+    assert_eq!(json["held_devices"][0]["how"], "netdev net1");
 }
