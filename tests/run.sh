@@ -19,6 +19,8 @@ apt-get install -y --no-install-recommends \
     "${INGOT_BUILD_PACKAGES[@]}" "${INGOT_RUN_PACKAGES[@]}" \
     busybox-static containerd runc crun skopeo docker-registry iproute2 numactl rt-tests procps \
     python3-venv
+# The test node's qemu and PREEMPT_RT kernel (tests/tests/vm_rt.rs).
+tests/vm/prepare.sh
 
 cargo fmt --all --check
 cargo build --workspace --bins --locked
