@@ -62,7 +62,7 @@ pub struct Vfs {
 }
 
 /// The SR-IOV VFs the pod's annotations ask for container `name`, resolved under the devices
-/// root. A VF another pod's interface or another container's vfio device is not free; an
+/// root. A VF a pod's interface or another container's vfio device is, is not free; an
 /// interface this pod already holds under the same name is its own.
 pub fn sriov_vfs(
     manager: &Manager,
@@ -77,10 +77,11 @@ pub fn sriov_vfs(
         return Ok(Vfs::default());
     }
     let root = manager.devices_root();
+    // Every VF a pod's interface or a container's vfio device is (this pod's own included:
+    // an interface it holds under the name asked is reused below, before any resolving).
     let mut taken: Vec<String> = manager
         .pods()
         .into_iter()
-        .filter(|other| other.id != pod.id)
         .flat_map(|other| other.netdevs.into_iter().map(|n| n.source))
         .chain(manager.containers().into_iter().flat_map(|c| c.vfio))
         .collect();
