@@ -768,3 +768,23 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// `file` of the v1 hierarchy `controller` for the cgroup of process `pid`.
+pub fn cgroup_file(pid: u32, controller: &str, file: &str) -> std::path::PathBuf {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let (mount, path) = cgroups
+        .lines()
+        .find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| (controllers.to_string(), path.to_string()))
+        })
+        .expect("the controller's hierarchy");
+    std::path::Path::new("/sys/fs/cgroup")
+        .join(mount)
+        .join(path.trim_start_matches('/'))
+        .join(file)
+}

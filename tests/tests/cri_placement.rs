@@ -70,21 +70,7 @@ fn cpus_allowed(pid: u32) -> CpuSet {
 
 /// `cpuset.cpus` of the v1 cpuset cgroup process `pid` is in.
 fn cgroup_cpus(pid: u32) -> CpuSet {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
-    let path = cgroups
-        .lines()
-        .find_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            controllers
-                .split(',')
-                .any(|c| c == "cpuset")
-                .then(|| path.to_string())
-        })
-        .expect("a cpuset hierarchy");
-    let file = Path::new("/sys/fs/cgroup/cpuset")
-        .join(path.trim_start_matches('/'))
-        .join("cpuset.cpus");
+    let file = ingot_tests::cgroup_file(pid, "cpuset", "cpuset.cpus");
     CpuSet::parse(&std::fs::read_to_string(&file).expect("cpuset.cpus")).expect("cpus")
 }
 

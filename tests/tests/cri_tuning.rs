@@ -11,6 +11,7 @@ use std::{
 };
 
 use ingot_tests::{
+    cgroup_file,
     cri::{Daemon, Options},
     pods::*,
 };
@@ -151,26 +152,6 @@ fn pod_with(daemon: &Daemon, name: &str, annotations: &[(&str, &str)]) -> v1::Po
     pod
 }
 
-/// `file` of the v1 hierarchy `controller` for the cgroup of process `pid`.
-fn cgroup_file(pid: u32, controller: &str, file: &str) -> PathBuf {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
-    let (mount, path) = cgroups
-        .lines()
-        .find_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            controllers
-                .split(',')
-                .any(|c| c == controller)
-                .then(|| (controllers.to_string(), path.to_string()))
-        })
-        .expect("the controller's hierarchy");
-    Path::new("/sys/fs/cgroup")
-        .join(mount)
-        .join(path.trim_start_matches('/'))
-        .join(file)
-}
-
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path)
         .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
@@ -196,34 +177,35 @@ async fn a_high_performance_pod_tunes_cpu_1_and_its_removal_restores_the_host() 
     .await;
 
     // Refusals, each naming the annotation, each leaving the host as it was.
-    let refused = |status: tonic::Status, annotation: &str, why: &str| {
-        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-        assert!(status.message().contains(annotation), "{status:?}");
-        assert!(status.message().contains(why), "{why}: {status:?}");
-    };
-    let malformed = pod_with(
-        &env.daemon,
-        "malformed",
-        &[("cpu-c-states.crio.io", "sometimes")],
-    );
-    let status = run_pod_on(&mut client, &malformed, "performance")
+    for (name, annotation, handler, why) in [
+        (
+            "malformed",
+            ("cpu-c-states.crio.io", "sometimes"),
+            "performance",
+            "sometimes",
+        ),
+        (
+            "plain",
+            ("cpu-quota.crio.io", "disable"),
+            "",
+            "not high-performance",
+        ),
+        (
+            "narrow",
+            ("irq-load-balancing.crio.io", "disable"),
+            "quota-only",
+            "allowed",
+        ),
+    ] {
+        let status = run_pod_on(
+            &mut client,
+            &pod_with(&env.daemon, name, &[annotation]),
+            handler,
+        )
         .await
-        .expect_err("a malformed value");
-    refused(status, "cpu-c-states.crio.io", "sometimes");
-    let plain = pod_with(&env.daemon, "plain", &[("cpu-quota.crio.io", "disable")]);
-    let status = run_pod_on(&mut client, &plain, "")
-        .await
-        .expect_err("not a high-performance handler");
-    refused(status, "cpu-quota.crio.io", "not high-performance");
-    let narrow = pod_with(
-        &env.daemon,
-        "narrow",
-        &[("irq-load-balancing.crio.io", "disable")],
-    );
-    let status = run_pod_on(&mut client, &narrow, "quota-only")
-        .await
-        .expect_err("not allowed by the handler");
-    refused(status, "irq-load-balancing.crio.io", "allowed");
+        .expect_err(name);
+        assert_refused(&status, tonic::Code::InvalidArgument, &[annotation.0, why]);
+    }
 
     let governor = pod_with(
         &env.daemon,
@@ -239,10 +221,13 @@ async fn a_high_performance_pod_tunes_cpu_1_and_its_removal_restores_the_host() 
         message.contains("cpu 1") || message.contains("cpu1"),
         "names the CPU: {status:?}"
     );
-    refused(
-        status,
-        "cpu-freq-governor.crio.io",
-        "performance schedutil powersave",
+    assert_refused(
+        &status,
+        tonic::Code::InvalidArgument,
+        &[
+            "cpu-freq-governor.crio.io",
+            "performance schedutil powersave",
+        ],
     );
     let status = refused_create(
         &mut client,
@@ -251,10 +236,13 @@ async fn a_high_performance_pod_tunes_cpu_1_and_its_removal_restores_the_host() 
         container_config("burstable", &image, "sleep 600"),
     )
     .await;
-    refused(
-        status,
-        "cpu-freq-governor.crio.io",
-        "not Guaranteed with whole CPUs",
+    assert_refused(
+        &status,
+        tonic::Code::InvalidArgument,
+        &[
+            "cpu-freq-governor.crio.io",
+            "not Guaranteed with whole CPUs",
+        ],
     );
     remove_pod(&mut client, &pod_id).await;
     assert_eq!(changed(host.path(), &before), BTreeMap::new());

@@ -354,12 +354,26 @@ impl Manager {
     /// A copy of the placement for `ingot node report`, which cannot open the store while
     /// ingotd holds it.
     fn mirror_placement(&self, placement: &Placement) {
-        let mirror = self.config.state.join(PLACEMENT_MIRROR);
+        self.write_mirror(PLACEMENT_MIRROR, &placement.checkpoint());
+    }
+
+    /// Replaces the state directory's `name` (a mirror `ingot node report` reads) with `bytes`
+    /// whole: written beside it, then renamed. A failure is logged: the store is the record.
+    pub(crate) fn write_mirror(&self, name: &str, bytes: &[u8]) {
+        let mirror = self.config.state.join(name);
         let partial = mirror.with_extension("json.partial");
-        if let Err(err) = std::fs::write(&partial, placement.checkpoint())
-            .and_then(|()| std::fs::rename(&partial, &mirror))
+        if let Err(err) =
+            std::fs::write(&partial, bytes).and_then(|()| std::fs::rename(&partial, &mirror))
         {
-            tracing::warn!(path = %mirror.display(), error = %err, "placement mirror not written");
+            tracing::warn!(path = %mirror.display(), error = %err, "mirror not written");
+        }
+    }
+
+    /// [`Manager::write_mirror`] of a JSON document.
+    pub(crate) fn write_json_mirror(&self, name: &str, document: &impl serde::Serialize) {
+        match serde_json::to_vec_pretty(document) {
+            Ok(bytes) => self.write_mirror(name, &bytes),
+            Err(err) => tracing::warn!(mirror = name, error = %err, "mirror not encoded"),
         }
     }
 

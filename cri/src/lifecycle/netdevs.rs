@@ -311,14 +311,6 @@ impl Manager {
                 }));
             }
         }
-        let mirror = self.config.state.join(DEVICES_MIRROR);
-        let partial = mirror.with_extension("json.partial");
-        let written = serde_json::to_vec_pretty(&held)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&partial, bytes))
-            .and_then(|()| std::fs::rename(&partial, &mirror));
-        if let Err(err) = written {
-            tracing::warn!(path = %mirror.display(), error = %err, "devices mirror not written");
-        }
+        self.write_json_mirror(DEVICES_MIRROR, &held);
     }
 }

@@ -360,15 +360,7 @@ impl Manager {
             "claims": claims,
             "baselines": baselines,
         });
-        let mirror = self.config.state.join(TUNING_MIRROR);
-        let partial = mirror.with_extension("json.partial");
-        let written = serde_json::to_vec_pretty(&document)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&partial, bytes))
-            .and_then(|()| std::fs::rename(&partial, &mirror));
-        if let Err(err) = written {
-            tracing::debug!(error = %err, "tuning mirror");
-        }
+        self.write_json_mirror(TUNING_MIRROR, &document);
     }
 
     /// The CPU exec'd processes of `container` are held to under its handler's
