@@ -377,14 +377,7 @@ impl ImageStore {
                 plain.push(host);
             }
         }
-        let client = Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain),
-            platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
-            // An unreachable registry or mirror must fail the attempt, not hang the pull.
-            connect_timeout: Some(std::time::Duration::from_secs(10)),
-            read_timeout: Some(std::time::Duration::from_secs(60)),
-            ..Default::default()
-        });
+        let client = client(plain, &attempts, &reference)?;
 
         let mut last_error = None;
         for (candidate, endpoint) in &attempts {
@@ -495,6 +488,54 @@ fn map_pull_error(whole: &str, source: &Reference, err: OciDistributionError) ->
             registry: source.resolve_registry().to_string(),
             message: err.to_string(),
         }
+    }
+}
+
+/// The registry client for one pull. `oci_client::Client::new` falls back to a default client
+/// when its configuration does not build, and that default panics where the node has no CA
+/// certificates (no `ca-certificates`, as on a minimal node): the configuration is built here,
+/// and where it fails for want of certificates while every endpoint is plain http, TLS is never
+/// used, so the client is built without loading them (blobs are checked against their
+/// digests either way). Otherwise the pull fails, naming the reason.
+fn client(
+    plain: Vec<String>,
+    attempts: &[(oci_client::Reference, String)],
+    reference: &oci_client::Reference,
+) -> Result<Client, ImageError> {
+    let config = |plain: Vec<String>, accept_invalid_certificates: bool| ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(plain),
+        accept_invalid_certificates,
+        platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
+        // An unreachable registry or mirror must fail the attempt, not hang the pull.
+        connect_timeout: Some(std::time::Duration::from_secs(10)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
+        ..Default::default()
+    };
+    let all_plain = attempts
+        .iter()
+        .all(|(candidate, _)| plain.contains(&candidate.resolve_registry().to_string()));
+    match Client::try_from(config(plain.clone(), false)) {
+        Ok(client) => Ok(client),
+        Err(err) if all_plain => {
+            tracing::info!(error = %err, "no TLS client (only plain http is used for this pull)");
+            Client::try_from(config(plain, true))
+                .map_err(|err| registry_client_error(reference, err))
+        }
+        Err(err) => Err(registry_client_error(reference, err)),
+    }
+}
+
+fn registry_client_error(
+    reference: &oci_client::Reference,
+    err: oci_client::errors::OciDistributionError,
+) -> ImageError {
+    ImageError::Registry {
+        reference: reference.whole(),
+        registry: reference.resolve_registry().to_string(),
+        message: format!(
+            "cannot make the registry client (does the node have CA certificates, package \
+             ca-certificates?): {err}"
+        ),
     }
 }
 
