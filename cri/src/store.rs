@@ -52,7 +52,8 @@ pub struct PodRecord {
     /// The CNI ADD result, for DEL; None when no network was attached.
     pub cni_result: Option<String>,
     pub ips: Vec<String>,
-    /// Parent of the pod's container cgroups; `owns_cgroup` when ingotd chose it (and removes it).
+    /// Parent of the pod's container cgroups; `owns_cgroup` when ingotd chose it or made it
+    /// (it did not exist at RunPodSandbox), and so removes it.
     pub cgroup_parent: String,
     pub owns_cgroup: bool,
     /// The pod's shim (`unix:///...`), once its first container is created.

@@ -74,6 +74,20 @@ pub fn create_pod_cgroups(host_root: &Path, parent: &str) -> Vec<PathBuf> {
     created
 }
 
+/// Whether the cgroup at `parent` exists (in the unified hierarchy, or in any v1 controller
+/// hierarchy): a kubelet makes its pod's before RunPodSandbox; one that is missing is made by
+/// ingot (or the runtime for it), and so removed with the pod.
+pub fn cgroup_exists(host_root: &Path, parent: &str) -> bool {
+    let root = cgroup_mount(host_root);
+    let relative = Path::new(parent.trim_start_matches('/'));
+    if root.join("cgroup.controllers").exists() {
+        return root.join(relative).is_dir();
+    }
+    v1_controller_hierarchies(host_root)
+        .iter()
+        .any(|hierarchy| hierarchy.join(relative).is_dir())
+}
+
 /// On cgroup v2 a process may not sit in a cgroup whose children have controllers enabled,
 /// so the pod init gets a leaf of its own under the pod's cgroup (as a pause container has).
 const POD_INIT_CGROUP: &str = "pod-init";

@@ -47,6 +47,13 @@ fn set_up(
     let host_network = convert::is_node(options.network);
     let host_ipc = convert::is_node(options.ipc);
     pod.host_pid = convert::is_node(options.pid);
+    // A pod cgroup the client named but did not make (a kubelet makes its own first) is made
+    // here, so it is removed with the pod: nothing of a removed pod stays behind.
+    if !pod.owns_cgroup
+        && !host::cgroups::cgroup_exists(&manager.config.host_root, &pod.cgroup_parent)
+    {
+        pod.owns_cgroup = true;
+    }
     // The pod's cgroup first: the pod init, like every process of the pod, lives in it from
     // its start (a kubelet's pod accounting and the pod's cpuset see it).
     created_cgroups.extend(host::cgroups::create_pod_cgroups(
