@@ -91,8 +91,10 @@ impl Placement {
             (None, None) => return Ok(next),
             (None, Some(mems)) => next.mems = mems,
             (Some(cpus), kubelet_mems) => {
-                let (memory_nodes, notes) = self.memory_nodes(request, kubelet_mems)?;
-                let mems = memory_nodes.unwrap_or_else(|| self.machine.nodes_of(&cpus));
+                let from_kubelet = kubelet_mems.is_some();
+                let (memory_nodes, mut notes) = self.memory_nodes(request, kubelet_mems)?;
+                let cpu_nodes = self.machine.nodes_of(&cpus);
+                let mems = local_mems(&cpus, cpu_nodes, memory_nodes, from_kubelet, &mut notes);
                 next = self.kubelet_assignment(&request.container_id, cpus, mems, notes);
             }
         }
@@ -232,13 +234,15 @@ impl Placement {
     fn plan(&self, request: &Request) -> Result<Assignment, PlacementError> {
         let kubelet_cpus = self.kubelet_cpus(request)?;
         let kubelet_mems = self.kubelet_mems(request)?;
-        let (memory_nodes, notes) = self.memory_nodes(request, kubelet_mems)?;
+        let from_kubelet = kubelet_mems.is_some();
+        let (memory_nodes, mut notes) = self.memory_nodes(request, kubelet_mems)?;
         if let Some(cpus) = kubelet_cpus {
-            let mems = memory_nodes.unwrap_or_else(|| self.machine.nodes_of(&cpus));
+            let cpu_nodes = self.machine.nodes_of(&cpus);
+            let mems = local_mems(&cpus, cpu_nodes, memory_nodes, from_kubelet, &mut notes);
             return Ok(self.kubelet_assignment(&request.container_id, cpus, mems, notes));
         }
         if self.config.policy == Policy::Exclusive && request.exclusive_cpus > 0 {
-            return self.plan_exclusive(request, memory_nodes, notes);
+            return self.plan_exclusive(request, memory_nodes, from_kubelet, notes);
         }
         Ok(Assignment {
             cpus: self.shared_pool(),
@@ -273,6 +277,7 @@ impl Placement {
         &self,
         request: &Request,
         memory_nodes: Option<CpuSet>,
+        from_kubelet: bool,
         mut notes: Vec<String>,
     ) -> Result<Assignment, PlacementError> {
         let free = self
@@ -318,7 +323,7 @@ impl Placement {
             }
         }
         let mems = match memory_nodes {
-            Some(memory_nodes) => {
+            Some(memory_nodes) if from_kubelet => {
                 if !cpu_nodes.is_subset(&memory_nodes) {
                     notes.push(format!(
                         "memory not local: CPUs on node(s) {cpu_nodes}, memory on node(s) \
@@ -327,7 +332,7 @@ impl Placement {
                 }
                 memory_nodes
             }
-            None => cpu_nodes,
+            memory_nodes => local_mems(&cpus, cpu_nodes, memory_nodes, false, &mut notes),
         };
         Ok(Assignment {
             cpus,
@@ -423,6 +428,34 @@ impl Placement {
         for record in self.containers.values_mut() {
             if record.assignment.kind == Kind::Shared {
                 record.assignment.cpus = pool.clone();
+            }
+        }
+    }
+}
+
+/// The memory nodes of a container on `cpus` (on `cpu_nodes`): the kubelet's mems as sent
+/// (`from_kubelet`); else the CPUs' own nodes, narrowed to those with its hugepages free where
+/// they are among them, or the hugepage nodes, with a note, where none is.
+fn local_mems(
+    cpus: &CpuSet,
+    cpu_nodes: CpuSet,
+    memory_nodes: Option<CpuSet>,
+    from_kubelet: bool,
+    notes: &mut Vec<String>,
+) -> CpuSet {
+    match memory_nodes {
+        None => cpu_nodes,
+        Some(nodes) if from_kubelet => nodes,
+        Some(hugepages) => {
+            let local = cpu_nodes.intersection(&hugepages);
+            if local.is_empty() {
+                notes.push(format!(
+                    "memory not local: CPUs {cpus} on node(s) {cpu_nodes}, hugepages free on \
+                     node(s) {hugepages}"
+                ));
+                hugepages
+            } else {
+                local
             }
         }
     }

@@ -323,6 +323,55 @@ fn hugepage_nodes_decide_the_mems_and_attract_the_cpus() {
 }
 
 #[test]
+fn memory_stays_on_the_cpus_node_when_hugepages_are_free_there_too() {
+    // Found on the test node: hugepages free on both nodes gave a container on node 1 both.
+    let topology = machine(2, 1, 1, 2, 1); // node 0: CPUs 0-1, node 1: CPUs 2-3
+    let mut placement = placement(&topology, exclusive(""));
+    let kubelet = Request {
+        kubelet_cpus: Some(set("2")),
+        hugepage_nodes: Some(set("0-1")),
+        ..guaranteed("k", 1)
+    };
+    let assignment = placement.allocate(&kubelet).expect("kubelet");
+    assert_eq!(
+        (assignment.mems, assignment.notes),
+        (set("1"), Vec::<String>::new())
+    );
+    let exclusive = Request {
+        hugepage_nodes: Some(set("0-1")),
+        ..guaranteed("e", 1)
+    };
+    let assignment = placement.allocate(&exclusive).expect("fits");
+    assert_eq!(
+        assignment.mems,
+        placement.machine.nodes_of(&assignment.cpus)
+    );
+    assert_eq!(assignment.mems.len(), 1);
+    // Hugepages free only on the other node: that node, said in a note.
+    let remote = Request {
+        kubelet_cpus: Some(set("1")),
+        hugepage_nodes: Some(set("1")),
+        ..guaranteed("r", 1)
+    };
+    let assignment = placement.allocate(&remote).expect("kubelet");
+    assert_eq!(assignment.mems, set("1"));
+    assert!(
+        assignment
+            .notes
+            .contains(&"memory not local: CPUs 1 on node(s) 0, hugepages free on node(s) 1".into()),
+        "{:?}",
+        assignment.notes
+    );
+    // An update with the kubelet's CPUs follows the same rule.
+    let moved = Request {
+        kubelet_cpus: Some(set("3")),
+        hugepage_nodes: Some(set("0-1")),
+        ..guaranteed("k", 1)
+    };
+    assert_eq!(placement.update(&moved).expect("update").mems, set("1"));
+}
+
+#[test]
 fn allocating_the_same_container_again_returns_its_assignment() {
     let topology = machine(1, 1, 1, 4, 1);
     let mut placement = placement(&topology, exclusive("0"));
