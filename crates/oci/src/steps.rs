@@ -476,7 +476,7 @@ fn placement(
 fn tuning(
     spec: &mut Spec,
     input: &StepInput<'_>,
-    _placement: &mut Placement,
+    placement: &mut Placement,
     effects: &mut StepEffects,
 ) -> Result<(), OciError> {
     let Some(tuning) = input.tuning.filter(|t| !t.is_empty()) else {
@@ -503,7 +503,67 @@ fn tuning(
         cpu.set_quota(Some(-1));
         resources.set_cpu(Some(cpu));
     }
+    if tuning.shared_cpus {
+        shared_cpus(spec, input, placement, effects, tuning.quota_off)?;
+    }
     effects.tuning = Some(tuning.clone());
+    Ok(())
+}
+
+/// CRI-O's environment for a container with shared CPUs beside its own.
+pub const ISOLATED_CPUS_ENV: &str = "OPENSHIFT_ISOLATED_CPUS";
+pub const SHARED_CPUS_ENV: &str = "OPENSHIFT_SHARED_CPUS";
+
+/// `cpu-shared.crio.io/<container>: enable`, as CRI-O does with its `shared_cpuset`: the
+/// container runs on its own CPUs and the node's shared ones (ingot's reserved, housekeeping
+/// CPUs, which are never exclusive), its CFS quota grows by a period per shared CPU (unless
+/// quota is off), and it learns both sets from CRI-O's variables. Its placement keeps its own
+/// CPUs only, so no other container's exclusive CPUs are counted as its.
+fn shared_cpus(
+    spec: &mut Spec,
+    input: &StepInput<'_>,
+    placement: &Placement,
+    effects: &StepEffects,
+    quota_off: bool,
+) -> Result<(), OciError> {
+    let shared = placement.config().reserved.clone();
+    if shared.is_empty() {
+        return Err(OciError::InvalidField {
+            field: "config.annotations",
+            reason: format!(
+                "{}: container {} asks for shared CPUs and this node has none: set \
+                 placement.reserved (CRI-O's shared_cpuset)",
+                ingot_tuning::CPU_SHARED,
+                input.container_id
+            ),
+        });
+    }
+    let Some(own) = effects.assignment.as_ref().map(|a| a.cpus.clone()) else {
+        return Ok(());
+    };
+    let resources = resources_mut(spec);
+    let mut cpu = resources.cpu().clone().unwrap_or_default();
+    cpu.set_cpus(Some(own.union(&shared).to_string()));
+    if !quota_off {
+        if let (Some(quota), Some(period)) = (cpu.quota().filter(|q| *q > 0), cpu.period()) {
+            let extra = i64::try_from(shared.len())
+                .unwrap_or(i64::MAX)
+                .saturating_mul(i64::try_from(period).unwrap_or(i64::MAX));
+            cpu.set_quota(Some(quota.saturating_add(extra)));
+        }
+    }
+    resources.set_cpu(Some(cpu));
+    let mut process = spec.process().clone().unwrap_or_default();
+    let mut env = process.env().clone().unwrap_or_default();
+    for (key, value) in [
+        (ISOLATED_CPUS_ENV, own.to_string()),
+        (SHARED_CPUS_ENV, shared.to_string()),
+    ] {
+        env.retain(|e| !e.starts_with(&format!("{key}=")));
+        env.push(format!("{key}={value}"));
+    }
+    process.set_env(Some(env));
+    spec.set_process(Some(process));
     Ok(())
 }
 

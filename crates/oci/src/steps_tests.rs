@@ -384,3 +384,69 @@ fn tuning_needs_whole_cpus_of_its_own_and_lifts_the_quota() {
     let mut shared = Placement::new(&node(), PlacementConfig::default()).expect("placement");
     run(&mut base(whole), &input(whole), &mut shared).expect_err("no CPUs of its own");
 }
+
+#[test]
+fn shared_cpus_join_the_containers_own_with_crio_variables_and_quota() {
+    let topology = node();
+    let wanted = ingot_tuning::Tuning {
+        shared_cpus: true,
+        ..Default::default()
+    };
+    let input = |resources: &'static v1::LinuxContainerResources| StepInput {
+        pod_id: "pod",
+        container_id: "app",
+        resources: Some(resources),
+        devices: &[],
+        node: &topology,
+        phase: Phase::Create,
+        tuning: Some(&wanted),
+        cdi: None,
+        pci_addresses: &[],
+        realtime: None,
+    };
+    let whole: &'static v1::LinuxContainerResources = Box::leak(Box::new(guaranteed(2)));
+    let mut placement = exclusive("0");
+    let mut spec = base(whole);
+    run(&mut spec, &input(whole), &mut placement).expect("shared");
+    let own = placement.assignment("app").expect("placed").cpus.clone();
+    assert!(!own.contains(0), "its own CPUs stay exclusive ones: {own}");
+    let cpu = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.cpu().clone())
+        .expect("cpu");
+    let mut with_shared = own.clone();
+    with_shared.insert(0);
+    assert_eq!(
+        cpu.cpus().as_deref(),
+        Some(with_shared.to_string().as_str())
+    );
+    assert_eq!(
+        cpu.quota(),
+        Some(300_000),
+        "two CPUs' quota and one shared CPU's"
+    );
+    let env = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.env().clone())
+        .unwrap_or_default();
+    assert!(
+        env.contains(&format!("OPENSHIFT_ISOLATED_CPUS={own}")),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&"OPENSHIFT_SHARED_CPUS=0".to_string()),
+        "{env:?}"
+    );
+    assert!(env.contains(&format!("INGOT_CPUS={own}")), "{env:?}");
+
+    // No reserved CPUs: nothing to share, refused naming the annotation and what to set.
+    let mut none_reserved = exclusive("");
+    let err = run(&mut base(whole), &input(whole), &mut none_reserved).expect_err("none");
+    let message = err.to_string();
+    assert!(message.contains("cpu-shared.crio.io"), "{message}");
+    assert!(message.contains("placement.reserved"), "{message}");
+    assert!(none_reserved.assignment("app").is_none());
+}

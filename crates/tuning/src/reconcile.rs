@@ -125,12 +125,15 @@ impl Kind {
     /// EIO for a managed IRQ (or one whose chip cannot move it), EINVAL for a mask it cannot take,
     /// ENOSPC where the target CPUs have no vectors left, ENOENT for an IRQ freed meanwhile.
     fn tolerates(self, err: &io::Error) -> bool {
+        // EPERM: an IRQ whose affinity user space may not set (the timer's IRQ 0 on a PREEMPT_RT
+        // kernel, seen on the test node); EACCES stays an error (the file itself is not ours).
+        const EPERM: i32 = 1;
         const EIO: i32 = 5;
         const EINVAL: i32 = 22;
         const ENOSPC: i32 = 28;
         self == Kind::Irq
             && (err.kind() == io::ErrorKind::NotFound
-                || matches!(err.raw_os_error(), Some(EIO | EINVAL | ENOSPC)))
+                || matches!(err.raw_os_error(), Some(EPERM | EIO | EINVAL | ENOSPC)))
     }
 }
 
@@ -144,7 +147,8 @@ impl Kind {
 /// kill between any two writes, calling it again with the same claims (or none) ends in the
 /// right state. Callers serialize calls (one host, one reconcile at a time).
 ///
-/// Per-IRQ failures (the kernel refuses managed IRQs with EIO/EINVAL) are logged and reported in
+/// Per-IRQ failures (the kernel refuses managed IRQs with EIO/EINVAL, and IRQs user space may not
+/// move with EPERM) are logged and reported in
 /// [`Report::skipped`], not fatal; so is a journaled file that no longer exists. Other I/O errors
 /// are errors naming the file. The boot id is not its concern: see [`forget_if_rebooted`].
 ///
@@ -547,12 +551,16 @@ mod tests {
         host.hooks
             .refuse
             .insert(PathBuf::from("proc/irq/25/smp_affinity_list"), 22); // EINVAL
+        host.hooks
+            .refuse
+            .insert(PathBuf::from("proc/irq/1/smp_affinity_list"), 1); // EPERM
         let mut journal = MemoryJournal::default();
         let report = reconcile(&host, &claims(), &mut journal).expect("not fatal");
         let skipped: Vec<&Path> = report.skipped.iter().map(|(p, _)| p.as_path()).collect();
         assert_eq!(
             skipped,
             [
+                Path::new("proc/irq/1/smp_affinity_list"),
                 Path::new("proc/irq/24/smp_affinity_list"),
                 Path::new("proc/irq/25/smp_affinity_list")
             ]

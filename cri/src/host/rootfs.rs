@@ -32,7 +32,16 @@ pub fn mount_rootfs(lower: &[PathBuf], snapshot: &Path, rootfs: &Path) -> Result
         Some(options.as_str()),
     )
     .map_err(|errno| CriError::Io {
-        context: format!("mount the overlay rootfs at {}", rootfs.display()),
+        context: format!(
+            "mount the overlay rootfs at {}{}",
+            rootfs.display(),
+            // ENODEV: the kernel knows no `overlay` filesystem (its module not loaded).
+            if errno == nix::errno::Errno::ENODEV {
+                " (no overlay filesystem in this kernel: `modprobe overlay`)"
+            } else {
+                ""
+            }
+        ),
         source: errno.into(),
     })
 }

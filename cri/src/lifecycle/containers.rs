@@ -552,7 +552,13 @@ pub async fn create(
     }
     if let Some(tuning) = &record.tuning {
         // Before it starts: its CPUs are quiet when its first instruction runs.
-        super::tuning::apply_cgroups(&manager.config.host_root, &pod.cgroup_parent, &id, tuning);
+        super::tuning::apply_cgroups(
+            &manager.config.host_root,
+            &pod.cgroup_parent,
+            &id,
+            tuning,
+            manager.config.placement.reserved.len(),
+        );
         manager.retune().await;
     }
     if !record.pci_devices.is_empty() || !pod.netdevs.is_empty() {
@@ -857,6 +863,21 @@ pub(crate) async fn remove_locked(
     release_rt_budget(manager, container.rt_budget.as_ref()).await;
     super::netdevs::unbind_vfio(&manager.devices_root(), &container.vfio);
     let before = manager.assignment(&container.id);
+    let isolated = container
+        .tuning
+        .as_ref()
+        .is_some_and(|t| t.load_balancing_off);
+    if let (true, Some(assignment), Ok(pod)) =
+        (isolated, before.as_ref(), manager.pod(&container.pod_id))
+    {
+        // The partition went with the container's cgroup; its ancestors give its CPUs back.
+        super::tuning::release_partition(
+            &manager.config.host_root,
+            &pod.cgroup_parent,
+            &container.id,
+            &assignment.cpus,
+        );
+    }
     let pool_changed = manager.release_placement(&container.id);
     if let Err(err) = manager.forget_container(&container.id) {
         // The container is still on record: so is where it runs.

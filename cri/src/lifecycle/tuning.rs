@@ -10,6 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use ingot_topology::CpuSet;
 use ingot_tuning::{Claim, Journal, Tuning, TuningError};
 
 use crate::{
@@ -375,6 +376,12 @@ impl Manager {
         if assignment.kind == ingot_placement::Kind::Shared {
             return None;
         }
+        // With shared CPUs beside its own, execs go to the first shared one (as CRI-O 1.34).
+        if container.tuning.as_ref().is_some_and(|t| t.shared_cpus) {
+            if let Some(shared) = self.config.placement.reserved.first() {
+                return Some(shared);
+            }
+        }
         assignment.cpus.first()
     }
 }
@@ -404,20 +411,20 @@ async fn restart_irqbalance(root: &Path) {
 /// the scheduler's balancing off in its cpuset (v1 `cpuset.sched_load_balance`, v2 an isolated
 /// partition) and `cpu-quota` lifts the pod cgroup's quota too (the container's is lifted in
 /// its spec). Only cgroups of this container and its pod are written.
-pub fn apply_cgroups(host_root: &Path, pod_parent: &str, container: &str, tuning: &Tuning) {
+pub fn apply_cgroups(
+    host_root: &Path,
+    pod_parent: &str,
+    container: &str,
+    tuning: &Tuning,
+    shared_cpus: usize,
+) {
     let mount = crate::host::cgroups::cgroup_mount(host_root);
     let relative = pod_parent.trim_start_matches('/');
     let unified = mount.join("cgroup.controllers").exists();
     let mut writes: Vec<(PathBuf, &str)> = Vec::new();
     if tuning.load_balancing_off {
         if unified {
-            writes.push((
-                mount
-                    .join(relative)
-                    .join(container)
-                    .join("cpuset.cpus.partition"),
-                "isolated",
-            ));
+            isolate(&mount, &mount.join(relative).join(container), container);
         } else {
             writes.push((
                 mount
@@ -445,11 +452,154 @@ pub fn apply_cgroups(host_root: &Path, pod_parent: &str, container: &str, tuning
             }
         }
     }
+    // `cpu-shared`: the pod's quota grows by a period per shared CPU, as the container's did in
+    // its spec, or the pod's limit would throttle what the shared CPUs add (CRI-O does the same).
+    let raised;
+    if tuning.shared_cpus && !tuning.quota_off && shared_cpus > 0 {
+        if let Some((file, value)) = raised_pod_quota(&mount, relative, unified, shared_cpus) {
+            raised = value;
+            writes.push((file, raised.as_str()));
+        }
+    }
     for (file, value) in writes {
         match std::fs::write(&file, value) {
             Ok(()) => tracing::info!(%container, file = %file.display(), value, "cgroup tuned"),
             Err(err) => {
                 tracing::warn!(%container, file = %file.display(), error = %err, "cgroup not tuned")
+            }
+        }
+    }
+}
+
+/// The pod cgroup's CFS quota file and its value raised by `cpus` periods; None where it has
+/// no quota (unlimited) or no such file.
+fn raised_pod_quota(
+    mount: &Path,
+    relative: &str,
+    unified: bool,
+    cpus: usize,
+) -> Option<(PathBuf, String)> {
+    let cpus = u64::try_from(cpus).ok()?;
+    if unified {
+        let file = mount.join(relative).join("cpu.max");
+        let text = std::fs::read_to_string(&file).ok()?;
+        let (quota, period) = text.trim().split_once(' ')?;
+        let (quota, period) = (quota.parse::<u64>().ok()?, period.parse::<u64>().ok()?);
+        let raised = quota.saturating_add(cpus.saturating_mul(period));
+        return Some((file, format!("{raised} {period}")));
+    }
+    let dir = ["cpu,cpuacct", "cpu"]
+        .iter()
+        .map(|h| mount.join(h).join(relative))
+        .find(|d| d.join("cpu.cfs_quota_us").exists())?;
+    let read = |name: &str| -> Option<i64> {
+        std::fs::read_to_string(dir.join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let (quota, period) = (read("cpu.cfs_quota_us")?, read("cpu.cfs_period_us")?);
+    if quota <= 0 {
+        return None;
+    }
+    let extra = i64::try_from(cpus).ok()?.saturating_mul(period);
+    Some((
+        dir.join("cpu.cfs_quota_us"),
+        quota.saturating_add(extra).to_string(),
+    ))
+}
+
+/// The cgroup directories from the first below the root of `mount` down to `dir`.
+fn path_below_root(mount: &Path, dir: &Path) -> Vec<PathBuf> {
+    let mut path = mount.to_path_buf();
+    let relative = dir.strip_prefix(mount).unwrap_or(dir);
+    relative
+        .components()
+        .map(|component| {
+            path.push(component);
+            path.clone()
+        })
+        .collect()
+}
+
+fn read_cpus(file: &Path) -> CpuSet {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| CpuSet::parse(text.trim()).ok())
+        .unwrap_or_default()
+}
+
+/// cgroup v2: the container's cgroup becomes an isolated (remote) cpuset partition, where the
+/// scheduler neither balances load nor runs unbound work. The kernel (6.7 on) wants the CPUs
+/// in `cpuset.cpus.exclusive` of the cgroup and of every ancestor below the root first; each
+/// ancestor gets them added to what it had, and [`release_partition`] takes them back.
+fn isolate(mount: &Path, dir: &Path, container: &str) {
+    let cpus = read_cpus(&dir.join("cpuset.cpus.effective"));
+    if cpus.is_empty() {
+        tracing::warn!(%container, cgroup = %dir.display(), "no CPUs to isolate");
+        return;
+    }
+    for cgroup in path_below_root(mount, dir) {
+        let file = cgroup.join("cpuset.cpus.exclusive");
+        let want = read_cpus(&file).union(&cpus);
+        if let Err(err) = std::fs::write(&file, format!("{want}\n")) {
+            tracing::warn!(%container, file = %file.display(), error = %err, "CPUs not made exclusive; no partition");
+            release_partition_at(mount, dir, &cpus);
+            return;
+        }
+    }
+    let partition = dir.join("cpuset.cpus.partition");
+    let state = std::fs::write(&partition, "isolated")
+        .map_err(|err| err.to_string())
+        .and_then(|()| std::fs::read_to_string(&partition).map_err(|err| err.to_string()));
+    match state {
+        // An invalid partition names why (`isolated invalid (<reason>)`).
+        Ok(state) if state.trim() == "isolated" => {
+            tracing::info!(%container, cgroup = %dir.display(), %cpus, "isolated cpuset partition")
+        }
+        Ok(state) => {
+            tracing::warn!(%container, cgroup = %dir.display(), state = %state.trim(), "cpuset partition not isolated")
+        }
+        Err(err) => {
+            tracing::warn!(%container, file = %partition.display(), error = %err, "cpuset partition not isolated")
+        }
+    }
+}
+
+/// Gives back the exclusive CPUs a removed container's partition held: each ancestor below the
+/// root, deepest first, loses those of `cpus` that none of its children still holds. A no-op
+/// on cgroup v1, and where nothing was made exclusive.
+pub fn release_partition(host_root: &Path, pod_parent: &str, container: &str, cpus: &CpuSet) {
+    let mount = crate::host::cgroups::cgroup_mount(host_root);
+    if !mount.join("cgroup.controllers").exists() || cpus.is_empty() {
+        return;
+    }
+    let dir = mount
+        .join(pod_parent.trim_start_matches('/'))
+        .join(container);
+    release_partition_at(&mount, &dir, cpus);
+}
+
+fn release_partition_at(mount: &Path, dir: &Path, cpus: &CpuSet) {
+    for cgroup in path_below_root(mount, dir).iter().rev() {
+        let file = cgroup.join("cpuset.cpus.exclusive");
+        let Ok(had) = std::fs::read_to_string(&file) else {
+            continue; // gone with the container, or no cpuset here
+        };
+        let had = CpuSet::parse(had.trim()).unwrap_or_default();
+        let held: CpuSet = std::fs::read_dir(cgroup)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|entry| read_cpus(&entry.path().join("cpuset.cpus.exclusive")))
+            .fold(CpuSet::new(), |all, child| all.union(&child));
+        let want = had.difference(&cpus.difference(&held));
+        if want != had {
+            // A newline: an empty write would not reach the kernel.
+            if let Err(err) = std::fs::write(&file, format!("{want}\n")) {
+                tracing::warn!(file = %file.display(), error = %err, "exclusive CPUs not given back");
             }
         }
     }
@@ -468,6 +618,80 @@ mod tests {
     }
 
     #[test]
+    fn a_v2_partition_makes_its_cpus_exclusive_up_the_tree_and_gives_them_back() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mount = root.path().join("sys/fs/cgroup");
+        let container = mount.join("pods/p1/c1");
+        let other = mount.join("pods/p2/c2");
+        for dir in [&container, &other] {
+            std::fs::create_dir_all(dir).expect("mkdir");
+        }
+        std::fs::write(mount.join("cgroup.controllers"), "cpuset cpu").expect("write");
+        std::fs::write(container.join("cpuset.cpus.effective"), "2\n").expect("write");
+        std::fs::write(container.join("cpuset.cpus.partition"), "member\n").expect("write");
+        // Another pod's partition holds CPU 3 under the same parent.
+        for dir in [mount.join("pods"), mount.join("pods/p2"), other.clone()] {
+            std::fs::write(dir.join("cpuset.cpus.exclusive"), "3\n").expect("write");
+        }
+        let tuning = Tuning {
+            load_balancing_off: true,
+            ..Default::default()
+        };
+        apply_cgroups(root.path(), "/pods/p1", "c1", &tuning, 0);
+        let read = |p: PathBuf| std::fs::read_to_string(p).expect("read");
+        assert_eq!(read(mount.join("pods/cpuset.cpus.exclusive")), "2-3\n");
+        assert_eq!(read(mount.join("pods/p1/cpuset.cpus.exclusive")), "2\n");
+        assert_eq!(read(container.join("cpuset.cpus.exclusive")), "2\n");
+        assert_eq!(read(container.join("cpuset.cpus.partition")), "isolated");
+
+        // The container's cgroup goes; its CPU is given back, the other pod's stays.
+        std::fs::remove_dir_all(&container).expect("rm");
+        let cpus = CpuSet::parse("2").expect("cpus");
+        release_partition(root.path(), "/pods/p1", "c1", &cpus);
+        assert_eq!(read(mount.join("pods/p1/cpuset.cpus.exclusive")), "\n");
+        assert_eq!(read(mount.join("pods/cpuset.cpus.exclusive")), "3\n");
+        assert_eq!(read(other.join("cpuset.cpus.exclusive")), "3\n");
+        // On v1 there is nothing to give back.
+        std::fs::remove_file(mount.join("cgroup.controllers")).expect("rm");
+        release_partition(
+            root.path(),
+            "/pods/p2",
+            "c2",
+            &CpuSet::parse("3").expect("cpus"),
+        );
+        assert_eq!(read(mount.join("pods/cpuset.cpus.exclusive")), "3\n");
+    }
+
+    #[test]
+    fn shared_cpus_raise_the_pods_quota_on_v1_and_v2() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mount = root.path().join("sys/fs/cgroup");
+        let cpu = mount.join("cpu,cpuacct/pods/p1");
+        std::fs::create_dir_all(&cpu).expect("cpu");
+        std::fs::write(cpu.join("cpu.cfs_quota_us"), "200000\n").expect("write");
+        std::fs::write(cpu.join("cpu.cfs_period_us"), "100000\n").expect("write");
+        let tuning = Tuning {
+            shared_cpus: true,
+            ..Default::default()
+        };
+        apply_cgroups(root.path(), "/pods/p1", "c1", &tuning, 1);
+        let read = |p: PathBuf| std::fs::read_to_string(p).expect("read");
+        assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "300000");
+        // Unlimited stays unlimited.
+        std::fs::write(cpu.join("cpu.cfs_quota_us"), "-1\n").expect("write");
+        apply_cgroups(root.path(), "/pods/p1", "c1", &tuning, 1);
+        assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "-1\n");
+
+        let v2 = tempfile::tempdir().expect("tempdir");
+        let mount = v2.path().join("sys/fs/cgroup");
+        std::fs::create_dir_all(mount.join("pods/p1")).expect("mkdir");
+        std::fs::write(mount.join("cgroup.controllers"), "cpu").expect("write");
+        std::fs::write(mount.join("pods/p1/cpu.max"), "100000 100000\n").expect("write");
+        apply_cgroups(v2.path(), "/pods/p1", "c1", &tuning, 2);
+        assert_eq!(read(mount.join("pods/p1/cpu.max")), "300000 100000");
+    }
+
+    #[test]
     fn cgroup_files_of_a_tuned_container_on_v1() {
         let root = tempfile::tempdir().expect("tempdir");
         let mount = root.path().join("sys/fs/cgroup");
@@ -482,7 +706,7 @@ mod tests {
             quota_off: true,
             ..Default::default()
         };
-        apply_cgroups(root.path(), "/pods/p1", "c1", &tuning);
+        apply_cgroups(root.path(), "/pods/p1", "c1", &tuning, 0);
         let read = |p: PathBuf| std::fs::read_to_string(p).expect("read");
         assert_eq!(read(cpuset.join("cpuset.sched_load_balance")), "0");
         assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "-1");
