@@ -82,6 +82,11 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// crictl v1.32 from the shared cri-tools beside the checkout (its README says how it was built).
+pub fn crictl() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cri-tools/crictl")
+}
+
 /// Writes a busybox rootfs: `/bin/busybox`, a link per applet, and the directories and files a
 /// container expects.
 pub fn busybox_rootfs(rootfs: &Path) -> Result<()> {
@@ -133,11 +138,15 @@ pub fn busybox_oci_archive_with_cmd(archive: &Path, name: &str, cmd: &[&str]) ->
     let work = tempfile::tempdir()?;
     let rootfs = work.path().join("rootfs");
     busybox_rootfs(&rootfs)?;
+    oci_archive(&rootfs, archive, name, cmd)
+}
 
+/// Builds an OCI image archive of `rootfs` (one layer) named `name`, with `cmd` as its command.
+pub fn oci_archive(rootfs: &Path, archive: &Path, name: &str, cmd: &[&str]) -> Result<()> {
     let mut layer = tar::Builder::new(Vec::new());
     layer.follow_symlinks(false);
     layer.mode(tar::HeaderMode::Deterministic);
-    layer.append_dir_all(".", &rootfs)?;
+    layer.append_dir_all(".", rootfs)?;
     let layer = layer.into_inner()?;
     let layer_digest = sha256_hex(&layer);
 

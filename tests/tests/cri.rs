@@ -103,7 +103,7 @@ async fn version_status_runtime_config() {
     );
 
     // crictl, the kubelet's own tooling, talks to it too (when the shared cri-tools exist).
-    let crictl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cri-tools/crictl");
+    let crictl = ingot_tests::crictl();
     if crictl.exists() {
         let output = Command::new(&crictl)
             .arg("--runtime-endpoint")

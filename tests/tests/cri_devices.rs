@@ -663,7 +663,7 @@ async fn sriov_vfs_by_annotation_as_pod_interfaces_and_as_vfio_devices() {
 /// device is refused to crictl, naming it.
 #[tokio::test(flavor = "current_thread")]
 async fn crictl_starts_a_container_with_a_cdi_device() {
-    let crictl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cri-tools/crictl");
+    let crictl = ingot_tests::crictl();
     assert!(crictl.exists(), "crictl at {}", crictl.display());
     let devices = Devices::new();
     let (env, _client, image) = env_with(

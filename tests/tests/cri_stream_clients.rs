@@ -505,8 +505,7 @@ async fn tls_streams() {
     );
 
     // crictl through TLS.
-    let crictl =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cri-tools/crictl");
+    let crictl = ingot_tests::crictl();
     let output = env
         .netns()
         .expect("netns")

@@ -5,18 +5,14 @@
 
 use std::{
     io::{Read, Write},
-    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
 
 use ingot_tests::{cri::Daemon, pods::*};
 
+use ingot_tests::crictl;
 use k8s_cri::v1;
-
-fn crictl() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cri-tools/crictl")
-}
 
 /// crictl in ingotd's network namespace, where its streaming server listens on loopback, as a
 /// kubelet on the same node would reach it.
