@@ -20,7 +20,7 @@ use k8s_cri::v1;
 const HANDLER: &str = "[runtimes.performance]
 high_performance = true
 exec_cpu_affinity = \"first\"
-allowed_annotations = [\"cpu-load-balancing.crio.io\", \"cpu-quota.crio.io\", \"irq-load-balancing.crio.io\", \"cpu-c-states.crio.io\", \"cpu-freq-governor.crio.io\"]
+allowed_annotations = [\"cpu-load-balancing.crio.io\", \"cpu-quota.crio.io\", \"irq-load-balancing.crio.io\", \"cpu-c-states.crio.io\", \"cpu-freq-governor.crio.io\", \"cpu-shared.crio.io\"]
 [runtimes.quota-only]
 high_performance = true
 allowed_annotations = [\"cpu-quota.crio.io\"]
@@ -331,6 +331,47 @@ async fn a_high_performance_pod_tunes_cpu_1_and_its_removal_restores_the_host() 
     // Removal gives everything back.
     stop_and_remove_container(&mut client, &id, 0).await;
     assert_eq!(changed(host.path(), &before), BTreeMap::new(), "restored");
+    remove_pod(&mut client, &pod_id).await;
+
+    // cpu-shared (per container, as in CRI-O): CPU 1 of its own and the reserved CPU 0 beside
+    // it, a period more of quota, CRI-O's variables, execs on the shared CPU.
+    let pod = pod_with(
+        &env.daemon,
+        "shared",
+        &[("cpu-shared.crio.io/du", "enable")],
+    );
+    let pod_id = run_pod_on(&mut client, &pod, "performance")
+        .await
+        .expect("RunPodSandbox");
+    let id = start_container(&mut client, &pod_id, &pod, guaranteed("du", &image)).await;
+    let pid = u32::try_from(
+        container_info(&mut client, &id).await["pid"]
+            .as_u64()
+            .expect("pid"),
+    )
+    .expect("pid");
+    assert_eq!(read(&cgroup_file(pid, "cpuset", "cpuset.cpus")), "0-1");
+    assert_eq!(read(&cgroup_file(pid, "cpu", "cpu.cfs_quota_us")), "200000");
+    let output = exec(
+        &mut client,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "echo $OPENSHIFT_ISOLATED_CPUS $OPENSHIFT_SHARED_CPUS $INGOT_CPUS; \
+             grep Cpus_allowed_list /proc/self/status",
+        ],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.starts_with("1 0 1\n"), "{output:?}");
+    assert_eq!(text.split_whitespace().last(), Some("0"), "{output:?}");
+    assert_eq!(
+        changed(host.path(), &before),
+        BTreeMap::new(),
+        "no host file"
+    );
+    stop_and_remove_container(&mut client, &id, 0).await;
     remove_pod(&mut client, &pod_id).await;
     let mirror: serde_json::Value = serde_json::from_slice(
         &std::fs::read(env.daemon.dir.path().join("run/tuning.json")).expect("tuning mirror"),

@@ -76,6 +76,27 @@ fn base(resources: &v1::LinuxContainerResources) -> Spec {
     spec
 }
 
+/// A CreateContainer's step input for container `id` with `tuning`.
+fn tuning_input<'a>(
+    id: &'a str,
+    resources: &'a v1::LinuxContainerResources,
+    node: &'a Topology,
+    tuning: &'a ingot_tuning::Tuning,
+) -> StepInput<'a> {
+    StepInput {
+        pod_id: "pod",
+        container_id: id,
+        resources: Some(resources),
+        devices: &[],
+        node,
+        phase: Phase::Create,
+        tuning: Some(tuning),
+        cdi: None,
+        pci_addresses: &[],
+        realtime: None,
+    }
+}
+
 fn run_for(
     id: &str,
     resources: &v1::LinuxContainerResources,
@@ -338,18 +359,7 @@ fn tuning_needs_whole_cpus_of_its_own_and_lifts_the_quota() {
         quota_off: true,
         ..Default::default()
     };
-    let input = |resources: &'static v1::LinuxContainerResources| StepInput {
-        pod_id: "pod",
-        container_id: "rt",
-        resources: Some(resources),
-        devices: &[],
-        node: &topology,
-        phase: Phase::Create,
-        tuning: Some(&wanted),
-        cdi: None,
-        pci_addresses: &[],
-        realtime: None,
-    };
+    let input = |resources| tuning_input("rt", resources, &topology, &wanted);
     let whole: &'static v1::LinuxContainerResources = Box::leak(Box::new(guaranteed(2)));
     let mut placement = exclusive("0");
     let mut spec = base(whole);
@@ -392,18 +402,7 @@ fn shared_cpus_join_the_containers_own_with_crio_variables_and_quota() {
         shared_cpus: true,
         ..Default::default()
     };
-    let input = |resources: &'static v1::LinuxContainerResources| StepInput {
-        pod_id: "pod",
-        container_id: "app",
-        resources: Some(resources),
-        devices: &[],
-        node: &topology,
-        phase: Phase::Create,
-        tuning: Some(&wanted),
-        cdi: None,
-        pci_addresses: &[],
-        realtime: None,
-    };
+    let input = |resources| tuning_input("app", resources, &topology, &wanted);
     let whole: &'static v1::LinuxContainerResources = Box::leak(Box::new(guaranteed(2)));
     let mut placement = exclusive("0");
     let mut spec = base(whole);
