@@ -152,6 +152,12 @@ pub async fn container_info(
     serde_json::from_str(&info["info"]).expect("info json")
 }
 
+/// The pid of a running container's process, from its verbose status.
+pub async fn container_pid(client: &mut RuntimeServiceClient<Channel>, id: &str) -> u32 {
+    let info = container_info(client, id).await;
+    u32::try_from(info["pid"].as_u64().expect("pid")).expect("pid fits")
+}
+
 pub fn container_config(name: &str, image: &str, script: &str) -> v1::ContainerConfig {
     v1::ContainerConfig {
         metadata: Some(v1::ContainerMetadata {

@@ -74,14 +74,6 @@ fn cgroup_cpus(pid: u32) -> CpuSet {
     CpuSet::parse(&std::fs::read_to_string(&file).expect("cpuset.cpus")).expect("cpus")
 }
 
-async fn pid_of(
-    client: &mut v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
-    id: &str,
-) -> u32 {
-    let info = container_info(client, id).await;
-    u32::try_from(info["pid"].as_u64().expect("pid")).expect("pid fits")
-}
-
 fn cmdline(pid: u32) -> String {
     String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
         .into_owned()
@@ -240,7 +232,7 @@ async fn a_guaranteed_container_gets_cpu_1_to_itself() {
         burstable("shared", &image),
     )
     .await;
-    let shared_pid = pid_of(&mut client, &shared).await;
+    let shared_pid = container_pid(&mut client, &shared).await;
     assert_eq!(cpus_allowed(shared_pid), online);
 
     // The Guaranteed one gets the last CPU.
@@ -252,7 +244,7 @@ async fn a_guaranteed_container_gets_cpu_1_to_itself() {
         guaranteed("rt", &image, 1),
     )
     .await;
-    let rt_pid = pid_of(&mut client, &rt).await;
+    let rt_pid = container_pid(&mut client, &rt).await;
     assert_eq!(
         cgroup_cpus(rt_pid),
         exclusive,
@@ -447,7 +439,7 @@ async fn a_guaranteed_container_gets_cpu_1_to_itself() {
         burstable("pinned", &image),
     )
     .await;
-    let pinned_pid = pid_of(&mut client, &pinned).await;
+    let pinned_pid = container_pid(&mut client, &pinned).await;
     assert_eq!(cgroup_cpus(pinned_pid), shared_pool);
     let update = |cpus: String| v1::UpdateContainerResourcesRequest {
         container_id: pinned.clone(),
@@ -490,7 +482,7 @@ async fn a_guaranteed_container_gets_cpu_1_to_itself() {
         guaranteed("late", &image, 1),
     )
     .await;
-    let late_pid = pid_of(&mut client, &late).await;
+    let late_pid = container_pid(&mut client, &late).await;
     assert_eq!(cpus_allowed(late_pid), exclusive);
     assert_eq!(cpus_allowed(shared_pid), shared_pool);
 
@@ -546,7 +538,7 @@ async fn without_reserved_cpus_ingot_moves_off_a_cpu_that_becomes_exclusive() {
         guaranteed("rt", &image, 1),
     )
     .await;
-    let rt_pid = pid_of(&mut client, &rt).await;
+    let rt_pid = container_pid(&mut client, &rt).await;
     let exclusive = cgroup_cpus(rt_pid);
     assert_eq!(exclusive.len(), 1, "{exclusive}");
     assert_eq!(cpus_allowed(rt_pid), exclusive);
@@ -566,7 +558,7 @@ async fn without_reserved_cpus_ingot_moves_off_a_cpu_that_becomes_exclusive() {
         burstable("later", &image),
     )
     .await;
-    let later_pid = pid_of(&mut client, &later).await;
+    let later_pid = container_pid(&mut client, &later).await;
     assert_eq!(cgroup_cpus(later_pid), online.difference(&exclusive));
     let stray = ingot_threads_on(&env.daemon, &exclusive);
     assert!(
@@ -698,7 +690,7 @@ async fn hugepage_limits_land_in_hugetlb_or_are_refused_saying_why() {
     }
     let hybrid = !Path::new("/sys/fs/cgroup/hugetlb/tasks").exists();
     let id = start_container(&mut client, &pod_id, &pod, config).await;
-    let pid = pid_of(&mut client, &id).await;
+    let pid = container_pid(&mut client, &id).await;
     let cpuset = cgroup_dir(pid, "cpuset", "/sys/fs/cgroup/cpuset");
     assert_eq!(
         std::fs::read_to_string(cpuset.join("cpuset.mems"))

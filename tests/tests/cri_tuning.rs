@@ -260,12 +260,7 @@ async fn a_high_performance_pod_tunes_cpu_1_and_its_removal_restores_the_host() 
         .await
         .expect("RunPodSandbox");
     let id = start_container(&mut client, &pod_id, &pod, guaranteed("du", &image)).await;
-    let pid = u32::try_from(
-        container_info(&mut client, &id).await["pid"]
-            .as_u64()
-            .expect("pid"),
-    )
-    .expect("pid");
+    let pid = container_pid(&mut client, &id).await;
     assert_eq!(read(&cgroup_file(pid, "cpuset", "cpuset.cpus")), "1");
 
     let mut expected: BTreeMap<String, String> = BTreeMap::new();
@@ -344,12 +339,7 @@ async fn a_high_performance_pod_tunes_cpu_1_and_its_removal_restores_the_host() 
         .await
         .expect("RunPodSandbox");
     let id = start_container(&mut client, &pod_id, &pod, guaranteed("du", &image)).await;
-    let pid = u32::try_from(
-        container_info(&mut client, &id).await["pid"]
-            .as_u64()
-            .expect("pid"),
-    )
-    .expect("pid");
+    let pid = container_pid(&mut client, &id).await;
     assert_eq!(read(&cgroup_file(pid, "cpuset", "cpuset.cpus")), "0-1");
     assert_eq!(read(&cgroup_file(pid, "cpu", "cpu.cfs_quota_us")), "200000");
     let output = exec(
@@ -442,12 +432,7 @@ async fn real_time_pods_need_a_ready_node_and_cpus_of_their_own() {
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("whole CPUs"), "{status:?}");
     let id = start_container(&mut client, &pod_id, &pod, guaranteed("rt", &image)).await;
-    let pid = u32::try_from(
-        container_info(&mut client, &id).await["pid"]
-            .as_u64()
-            .expect("pid"),
-    )
-    .expect("pid");
+    let pid = container_pid(&mut client, &id).await;
     assert_eq!(read(&cgroup_file(pid, "cpuset", "cpuset.cpus")), "1");
     stop_and_remove_container(&mut client, &id, 0).await;
     remove_pod(&mut client, &pod_id).await;
@@ -533,12 +518,7 @@ async fn real_time_containers_get_their_scheduling_rlimits_budget_and_cpus() {
         "a fresh cgroup"
     );
     let id = start_container(&mut client, &pod_id, &pod, guaranteed("rt", &image)).await;
-    let pid = u32::try_from(
-        container_info(&mut client, &id).await["pid"]
-            .as_u64()
-            .expect("pid"),
-    )
-    .expect("pid");
+    let pid = container_pid(&mut client, &id).await;
     let stat = read(Path::new(&format!("/proc/{pid}/stat")));
     assert_eq!(
         (stat_field(&stat, 41), stat_field(&stat, 40)),

@@ -421,7 +421,7 @@ pub fn apply_cgroups(
     let mount = crate::host::cgroups::cgroup_mount(host_root);
     let relative = pod_parent.trim_start_matches('/');
     let unified = mount.join("cgroup.controllers").exists();
-    let mut writes: Vec<(PathBuf, &str)> = Vec::new();
+    let mut writes: Vec<(PathBuf, String)> = Vec::new();
     if tuning.load_balancing_off {
         if unified {
             isolate(&mount, &mount.join(relative).join(container), container);
@@ -432,43 +432,39 @@ pub fn apply_cgroups(
                     .join(relative)
                     .join(container)
                     .join("cpuset.sched_load_balance"),
-                "0",
+                "0".into(),
             ));
         }
     }
     if tuning.quota_off {
         if unified {
-            writes.push((mount.join(relative).join("cpu.max"), "max"));
-        } else {
-            for hierarchy in ["cpu,cpuacct", "cpu"] {
-                let file = mount
-                    .join(hierarchy)
-                    .join(relative)
-                    .join("cpu.cfs_quota_us");
-                if file.exists() {
-                    writes.push((file, "-1"));
-                    break;
-                }
-            }
+            writes.push((mount.join(relative).join("cpu.max"), "max".into()));
+        } else if let Some(dir) = v1_cpu_dir(&mount, relative) {
+            writes.push((dir.join("cpu.cfs_quota_us"), "-1".into()));
         }
     }
     // `cpu-shared`: the pod's quota grows by a period per shared CPU, as the container's did in
     // its spec, or the pod's limit would throttle what the shared CPUs add (CRI-O does the same).
-    let raised;
     if tuning.shared_cpus && !tuning.quota_off && shared_cpus > 0 {
-        if let Some((file, value)) = raised_pod_quota(&mount, relative, unified, shared_cpus) {
-            raised = value;
-            writes.push((file, raised.as_str()));
-        }
+        writes.extend(raised_pod_quota(&mount, relative, unified, shared_cpus));
     }
     for (file, value) in writes {
-        match std::fs::write(&file, value) {
+        match std::fs::write(&file, &value) {
             Ok(()) => tracing::info!(%container, file = %file.display(), value, "cgroup tuned"),
             Err(err) => {
                 tracing::warn!(%container, file = %file.display(), error = %err, "cgroup not tuned")
             }
         }
     }
+}
+
+/// The v1 cpu hierarchy's directory of the cgroup at `relative` (`cpu,cpuacct` where the two
+/// are mounted together, else `cpu`), where it has a CFS quota file.
+fn v1_cpu_dir(mount: &Path, relative: &str) -> Option<PathBuf> {
+    ["cpu,cpuacct", "cpu"]
+        .iter()
+        .map(|hierarchy| mount.join(hierarchy).join(relative))
+        .find(|dir| dir.join("cpu.cfs_quota_us").exists())
 }
 
 /// The pod cgroup's CFS quota file and its value raised by `cpus` periods; None where it has
@@ -488,10 +484,7 @@ fn raised_pod_quota(
         let raised = quota.saturating_add(cpus.saturating_mul(period));
         return Some((file, format!("{raised} {period}")));
     }
-    let dir = ["cpu,cpuacct", "cpu"]
-        .iter()
-        .map(|h| mount.join(h).join(relative))
-        .find(|d| d.join("cpu.cfs_quota_us").exists())?;
+    let dir = v1_cpu_dir(mount, relative)?;
     let read = |name: &str| -> Option<i64> {
         std::fs::read_to_string(dir.join(name))
             .ok()?
