@@ -471,7 +471,7 @@ fn ingotd_runs_high_performance_and_real_time_pods_on_cgroup_v2() {
         ("hp.affinity", "b"),
         (
             "hp.devices",
-            "zero=0 head: /tmp/mem: Operation not permitted mem=1",
+            "zero=0 mem=1 head: /tmp/mem: Operation not permitted",
         ),
     ] {
         assert_eq!(get(key), want, "{key}: {context}");

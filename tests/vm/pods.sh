@@ -74,9 +74,11 @@ say hp.pod.cpu.max "$(cat /sys/fs/cgroup/ingot-vm/hp/cpu.max 2>&1)"
 say hp.affinity "$(cat /proc/irq/default_smp_affinity)"
 say hp.exec "$(cri exec "$hpc" sh -c 'grep -E "^(Cpus|Mems)_allowed_list" /proc/self/status' \
     2>&1 | tr '\t\n' ' ')"
-# The eBPF device program: /dev/zero is allowed, a node made for /dev/mem is not.
+# The eBPF device program: /dev/zero is allowed, a node made for /dev/mem is not. The error is
+# captured inside, on stdout, so the line's order does not hang on two streams interleaving.
 say hp.devices "$(cri exec "$hpc" sh -c 'head -c 1 /dev/zero > /dev/null; echo zero=$?;
-    mknod /tmp/mem c 1 1; head -c 1 /tmp/mem > /dev/null; echo mem=$?' 2>&1 | tr '\n' ' ')"
+    mknod /tmp/mem c 1 1; err=$(head -c 1 /tmp/mem 2>&1 > /dev/null); echo "mem=$? $err"' \
+    2>&1 | tr '\n' ' ')"
 
 # A real-time pod: CPU 3 exclusive, SCHED_FIFO 80, cyclictest on its CPU.
 rt=$(cri runp --runtime rt /etc/vm/rt-pod.json 2>/tmp/err) || say rt.runp "$(cat /tmp/err)"
