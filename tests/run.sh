@@ -17,7 +17,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update
 apt-get install -y --no-install-recommends \
     "${INGOT_BUILD_PACKAGES[@]}" "${INGOT_RUN_PACKAGES[@]}" \
-    busybox-static containerd runc crun skopeo docker-registry iproute2 numactl rt-tests procps \
+    busybox-static containerd runc crun conmon skopeo docker-registry iproute2 numactl rt-tests procps \
     python3-venv
 # The test node's qemu and PREEMPT_RT kernel (tests/tests/vm_rt.rs).
 tests/vm/prepare.sh
@@ -29,3 +29,7 @@ cargo test --workspace --locked
 
 # The CRI validation suite against ingotd, offline (tests/critest.sh: what is skipped and why).
 tests/critest.sh
+
+# The benchmark harness, every runtime and metric a few samples each, so that it cannot rot
+# (no assertion on times: speed is judged from full runs, README "Performance").
+target/debug/ingot-bench run --smoke --quiet --json target/bench-smoke.json --svg target/bench-smoke.svg
