@@ -179,6 +179,7 @@ impl Peer {
             Kind::Ingot => {
                 let daemon = Daemon::start_with(Options {
                     netns: Some(netns.path()),
+                    extra_config: crate::run::INGOT_JITTER_CONFIG.into(),
                     ..Default::default()
                 });
                 Ok(Peer {

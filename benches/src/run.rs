@@ -2,6 +2,7 @@
 //! each over CRI where the kubelet would call it. See the README's performance section.
 
 use std::{
+    collections::HashMap,
     fs,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -141,6 +142,11 @@ struct PodSpec {
     command: Vec<String>,
     cpuset: Option<String>,
     mounts: Vec<v1::Mount>,
+    /// RunPodSandbox's runtime handler ("" for the default).
+    handler: String,
+    annotations: HashMap<String, String>,
+    /// Capabilities added to the container (`SYS_NICE`).
+    capabilities: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -183,6 +189,7 @@ impl Target {
                 uid: format!("uid-{name}"),
                 attempt: 0,
             }),
+            annotations: spec.annotations.clone(),
             log_directory: self.logs.join(name).display().to_string(),
             linux: Some(v1::LinuxPodSandboxConfig {
                 cgroup_parent: format!("{}/{name}", self.cgroup_parent),
@@ -221,6 +228,10 @@ impl Target {
                     }),
                 security_context: Some(v1::LinuxContainerSecurityContext {
                     namespace_options: Some(namespaces(spec)),
+                    capabilities: (!spec.capabilities.is_empty()).then(|| v1::Capability {
+                        add_capabilities: spec.capabilities.clone(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
             }),
@@ -236,7 +247,7 @@ impl Target {
             .client
             .run_pod_sandbox(v1::RunPodSandboxRequest {
                 config: Some(config.clone()),
-                runtime_handler: String::new(),
+                runtime_handler: spec.handler.clone(),
             })
             .await
             .with_context(|| format!("{}: RunPodSandbox {name}", self.runtime))?
@@ -308,7 +319,13 @@ impl Target {
     }
 
     /// Polls ContainerStatus, as the kubelet's PLEG does, until the container has exited.
-    async fn wait_exited(&mut self, container: &str, timeout: Duration) -> Result<()> {
+    /// Polls ContainerStatus every `poll` until the container has exited.
+    async fn wait_exited(
+        &mut self,
+        container: &str,
+        timeout: Duration,
+        poll: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let status = self
@@ -331,7 +348,7 @@ impl Target {
                     self.runtime
                 );
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            tokio::time::sleep(poll).await;
         }
     }
 
@@ -435,9 +452,9 @@ fn cyclictest_archive(archive: &Path) -> Result<()> {
     ingot_tests::oci_archive(&rootfs, archive, CYCLICTEST, &["cyclictest"])
 }
 
-/// `cyclictest` on CPU `cpu` for `duration`, its histogram written to `histfile` (under the
-/// default policy: a fresh v1 cgroup has no real-time budget, so SCHED_FIFO cannot run in a
-/// container of the peers on this machine; `--laptop` leaves /dev/cpu_dma_latency alone).
+/// `cyclictest` on CPU `cpu` for `duration`, its measuring thread SCHED_FIFO at
+/// [`JITTER_PRIORITY`], its histogram written to `histfile` (`--laptop` leaves
+/// /dev/cpu_dma_latency alone).
 fn cyclictest_args(cpu: usize, duration: Duration, histfile: &str) -> Vec<String> {
     [
         "cyclictest",
@@ -452,7 +469,9 @@ fn cyclictest_args(cpu: usize, duration: Duration, histfile: &str) -> Vec<String
         "-h",
         "100000",
         "--laptop",
-        "--policy=other",
+        "--policy=fifo",
+        "-p",
+        &JITTER_PRIORITY.to_string(),
         &format!("--histfile={histfile}"),
     ]
     .iter()
@@ -715,7 +734,9 @@ async fn measure(
             let id = target
                 .start_container(pod, config, &name, &true_spec)
                 .await?;
-            target.wait_exited(&id, Duration::from_secs(30)).await?;
+            target
+                .wait_exited(&id, Duration::from_secs(30), Duration::from_millis(1))
+                .await?;
             target
                 .client
                 .remove_container(v1::RemoveContainerRequest {
@@ -775,7 +796,13 @@ async fn measure(
     // Jitter: cyclictest on the exclusive CPU, on the bare host, then in a pinned pod of each
     // runtime while the harness churns its other pods on the other CPUs.
     bar.set_message("jitter: the bare host");
-    jitter_host(s, report).await?;
+    if let Some(first) = legs.first_mut() {
+        if let Err(e) = jitter_host(s, first, &image, report).await {
+            report
+                .notes
+                .push(format!("host: jitter not measured: {e:#}"));
+        }
+    }
     for leg in legs.iter_mut() {
         bar.set_message(format!("jitter: {}", leg.peer.name()));
         // A runtime whose pod cannot run cyclictest is reported, not fatal to the run.
@@ -927,28 +954,87 @@ async fn scale(
     ended
 }
 
-async fn jitter_host(s: &Settings, report: &mut Report) -> Result<()> {
+/// cyclictest on the bare host, on the CPU the pinned pods get, while `leg` churns pods on the
+/// other CPUs as in the pods' runs.
+async fn jitter_host(
+    s: &Settings,
+    leg: &mut Leg<'_>,
+    image: &str,
+    report: &mut Report,
+) -> Result<()> {
     let (cpu, _) = pinned_and_shared()?;
     let dir = tempfile::tempdir()?;
     let hist = dir.path().join("hist");
     let args = cyclictest_args(cpu, s.jitter, &hist.display().to_string());
-    let status = tokio::process::Command::new("taskset")
-        .args(["-c", &cpu.to_string()])
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .await
-        .context("taskset (util-linux) and cyclictest (rt-tests)")?;
-    if !status.success() {
-        bail!("cyclictest on the host: {status}");
-    }
+    let measure = async {
+        let status = tokio::process::Command::new("taskset")
+            .args(["-c", &cpu.to_string()])
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await
+            .context("taskset (util-linux) and cyclictest (rt-tests)")?;
+        if !status.success() {
+            bail!("cyclictest on the host: {status}");
+        }
+        Ok(())
+    };
+    under_churn(leg, image, measure).await?;
     let samples = histogram_samples(&fs::read_to_string(&hist)?)?;
     report.add("jitter", JITTER_TITLE, "us", "host", samples);
     Ok(())
 }
 
+/// Runs `measure` while pods come and go in `leg` on the CPUs the pinned pod does not get,
+/// each probed with ExecSync; the pod in flight when `measure` ends is removed before this
+/// returns.
+async fn under_churn<T>(
+    leg: &mut Leg<'_>,
+    image: &str,
+    measure: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let (_, shared) = pinned_and_shared()?;
+    let mut churner = leg.target();
+    let spec = PodSpec {
+        cpuset: Some(shared),
+        ..busybox(false, image)
+    };
+    let prefix = leg.name("jitter-churn");
+    let stop = std::cell::Cell::new(false);
+    let measured = async {
+        let measured = measure.await;
+        stop.set(true);
+        measured
+    };
+    let churn = async {
+        let mut i = 0;
+        while !stop.get() {
+            let (pod, container) = churner.start_pod(&format!("{prefix}-{i}"), &spec).await?;
+            let probed = churner.exec_true(&container).await;
+            churner.end_pod(&pod).await?;
+            probed?;
+            i += 1;
+        }
+        anyhow::Ok(())
+    };
+    let (measured, churned) = tokio::join!(measured, churn);
+    let measured = measured?;
+    churned.context("the pods churned meanwhile")?;
+    Ok(measured)
+}
+
 const JITTER_TITLE: &str = "cyclictest latency on the exclusive CPU";
+/// cyclictest's SCHED_FIFO priority, on the host and in the pods.
+const JITTER_PRIORITY: u32 = 80;
+/// ingot's runtime handler for the pinned pod: real time, admitted on a node that fails the
+/// real-time checks (this one is not PREEMPT_RT), so that it gets its RT budget and class.
+pub(crate) const INGOT_JITTER_HANDLER: &str = "bench-rt";
+pub(crate) const INGOT_JITTER_CONFIG: &str =
+    "[runtimes.bench-rt]\nrealtime = true\nrealtime_checks = \"warn\"\n";
+
+/// How a fresh v1 cgroup refuses cyclictest's SCHED_FIFO, as the peers' pods show it.
+const FIFO_REFUSED: &str = "Unable to change scheduling policy";
 
 async fn jitter(
     s: &Settings,
@@ -957,8 +1043,28 @@ async fn jitter(
     cyclictest: &str,
     report: &mut Report,
 ) -> Result<()> {
-    let (cpu, shared) = pinned_and_shared()?;
+    let (cpu, _) = pinned_and_shared()?;
     let out = tempfile::tempdir()?;
+    // What a user of each runtime would ask for: CAP_SYS_NICE for the pinned container, and
+    // on ingot its real-time pod (class, priority and the cgroup v1 RT budget a fresh cgroup
+    // lacks). CRI has no field for that budget, so the peers' pods cannot run SCHED_FIFO here.
+    let (handler, annotations) = if leg.peer.kind == Kind::Ingot {
+        (
+            INGOT_JITTER_HANDLER.to_string(),
+            HashMap::from([
+                (
+                    "realtime.ingot.dev/sched-policy".to_string(),
+                    "fifo".to_string(),
+                ),
+                (
+                    "realtime.ingot.dev/sched-priority".to_string(),
+                    JITTER_PRIORITY.to_string(),
+                ),
+            ]),
+        )
+    } else {
+        (String::new(), HashMap::new())
+    };
     let spec = PodSpec {
         host_network: true,
         image: cyclictest.into(),
@@ -969,40 +1075,34 @@ async fn jitter(
             host_path: out.path().display().to_string(),
             ..Default::default()
         }],
+        handler,
+        annotations,
+        capabilities: vec!["SYS_NICE".into()],
     };
     let name = leg.name("jitter");
     let mut target = leg.target();
     let (pod, container) = target.start_pod(&name, &spec).await?;
-    // Meanwhile: pods come and go on the other CPUs, each probed with ExecSync.
-    let mut churner = leg.target();
-    let churn_spec = PodSpec {
-        cpuset: Some(shared),
-        ..busybox(false, image)
-    };
-    let prefix = leg.name("jitter-churn");
-    let churn = async {
-        for i in 0.. {
-            let (p, c) = churner
-                .start_pod(&format!("{prefix}-{i}"), &churn_spec)
-                .await?;
-            churner.exec_true(&c).await?;
-            churner.end_pod(&p).await?;
-        }
-        anyhow::Ok(())
-    };
-    let waited = tokio::select! {
-        done = target.wait_exited(&container, s.jitter + Duration::from_secs(60)) => done,
-        failed = churn => failed,
-    };
+    // Polled seldom: the probe must not be the load on the pinned CPU.
+    let mut waiter = target.clone();
+    let wait = waiter.wait_exited(
+        &container,
+        s.jitter + Duration::from_secs(60),
+        Duration::from_millis(250),
+    );
+    let waited = under_churn(leg, image, wait).await;
     let ended = target.end_pod(&pod).await;
     waited?;
     ended?;
-    let hist = fs::read_to_string(out.path().join("hist")).with_context(|| {
+    let hist = fs::read_to_string(out.path().join("hist")).map_err(|_| {
         let log = fs::read_to_string(target.logs.join(&name).join("app.log")).unwrap_or_default();
-        format!(
-            "{}: cyclictest wrote no histogram; its log:\n{log}",
-            leg.peer.name()
-        )
+        if log.contains(FIFO_REFUSED) {
+            anyhow::anyhow!(
+                "cyclictest was refused SCHED_FIFO in the pod (a fresh cgroup v1 cpu group has \
+                 no cpu.rt_runtime_us budget, and CRI has no field to ask for one)"
+            )
+        } else {
+            anyhow::anyhow!("cyclictest wrote no histogram; its log:\n{log}")
+        }
     })?;
     report.add(
         "jitter",

@@ -78,6 +78,20 @@ pub struct RuntimeHandler {
     /// Its pods need real time: admitted only on a node that passes `ingot-rt`'s required
     /// checks, each container only with whole CPUs of its own.
     pub realtime: bool,
+    /// `"warn"`: a real-time pod on a node that fails those checks is admitted with a warning
+    /// naming them (a latency benchmark on a stock kernel); by default it is refused.
+    pub realtime_checks: RealtimeChecks,
+}
+
+/// What a node failing the real-time checks does to a real-time pod.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RealtimeChecks {
+    /// Refused with FailedPrecondition naming each failed check.
+    #[default]
+    Require,
+    /// Admitted, with a warning naming each failed check.
+    Warn,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

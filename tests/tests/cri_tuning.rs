@@ -439,6 +439,55 @@ async fn real_time_pods_need_a_ready_node_and_cpus_of_their_own() {
     assert_nothing_left(&env.daemon, &pod_id);
 }
 
+/// A handler with `realtime_checks = "warn"` admits a real-time pod on this node, which fails
+/// the checks (a latency benchmark on a stock kernel), and its container still gets its class
+/// and the RT budget without which SCHED_FIFO is refused in a fresh v1 cgroup; the `rt`
+/// handler of the same daemon still refuses.
+#[tokio::test(flavor = "current_thread")]
+async fn real_time_checks_may_warn_instead_of_refusing() {
+    let (env, mut client, image) =
+        exclusive_env("[runtimes.lab]\nrealtime = true\nrealtime_checks = \"warn\"\n").await;
+    let status = run_pod_on(&mut client, &pod_with(&env.daemon, "strict", &[]), "rt")
+        .await
+        .expect_err("the rt handler still requires a ready node");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let pod = pod_with(
+        &env.daemon,
+        "lab",
+        &[
+            ("realtime.ingot.dev/sched-policy", "fifo"),
+            ("realtime.ingot.dev/sched-priority", "7"),
+        ],
+    );
+    let pod_id = run_pod_on(&mut client, &pod, "lab")
+        .await
+        .expect("admitted with a warning");
+    let id = start_container(&mut client, &pod_id, &pod, guaranteed("rt", &image)).await;
+    let pid = container_pid(&mut client, &id).await;
+    let stat = read(Path::new(&format!("/proc/{pid}/stat")));
+    assert_eq!(
+        (stat_field(&stat, 41), stat_field(&stat, 40)),
+        ("1".to_string(), "7".to_string()),
+        "SCHED_FIFO at priority 7: {stat}"
+    );
+    if Path::new("/sys/fs/cgroup/cpu/cpu.rt_runtime_us").exists() {
+        assert_eq!(
+            read(&cgroup_file(pid, "cpu", "cpu.rt_runtime_us")),
+            "100000",
+            "the default budget"
+        );
+    }
+    let log = std::fs::read_to_string(env.daemon.dir.path().join("ingotd.log")).expect("log");
+    assert!(
+        log.contains("admitted on a node that fails real-time checks")
+            && log.contains("preempt_rt"),
+        "the warning names the failed checks"
+    );
+    stop_and_remove_container(&mut client, &id, 0).await;
+    remove_pod(&mut client, &pod_id).await;
+    assert_nothing_left(&env.daemon, &pod_id);
+}
+
 fn has_sys_resource() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").expect("status");
     let hex = status

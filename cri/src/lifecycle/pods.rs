@@ -302,7 +302,7 @@ pub async fn run(
     // Malformed or disallowed tuning annotations are refused before anything is made.
     super::tuning::for_container(manager, &request.runtime_handler, &config.annotations, "")?;
     if super::tuning::is_realtime(manager, &request.runtime_handler, &config.annotations) {
-        super::tuning::admit_realtime(manager, &config)?;
+        super::tuning::admit_realtime(manager, &request.runtime_handler, &config)?;
     }
     let key = convert::pod_name_key(&config);
     let _name = manager.reserve_pod_name(key.clone(), || {

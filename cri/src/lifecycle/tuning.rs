@@ -14,7 +14,7 @@ use ingot_topology::CpuSet;
 use ingot_tuning::{Claim, Journal, Tuning, TuningError};
 
 use crate::{
-    config::ExecCpuAffinity,
+    config::{ExecCpuAffinity, RealtimeChecks},
     lifecycle::Manager,
     store::{ContainerRecord, ContainerState, Store},
     CriError,
@@ -189,6 +189,7 @@ fn clamp_rlimits(settings: &mut ingot_rt::settings::Settings, name: &str) {
 /// each failed check and why.
 pub fn admit_realtime(
     manager: &Manager,
+    handler: &str,
     config: &k8s_cri::v1::PodSandboxConfig,
 ) -> Result<(), CriError> {
     let root = root(manager);
@@ -210,6 +211,20 @@ pub fn admit_realtime(
         .as_ref()
         .map(|m| m.name.as_str())
         .unwrap_or("");
+    let checks = manager
+        .config
+        .runtime_handler(handler)
+        .map(|h| h.realtime_checks)
+        .unwrap_or_default();
+    if checks == RealtimeChecks::Warn {
+        tracing::warn!(
+            pod = name,
+            handler,
+            failed = %failed.join("; "),
+            "real-time pod admitted on a node that fails real-time checks (realtime_checks = \"warn\")"
+        );
+        return Ok(());
+    }
     Err(CriError::FailedPrecondition {
         what: format!("real-time pod {name:?}"),
         reason: format!(
