@@ -12,7 +12,6 @@
 
 mod peers;
 mod placement;
-mod pods;
 mod procs;
 mod report;
 mod run;

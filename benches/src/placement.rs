@@ -16,10 +16,9 @@ use ingot_tests::{
     cri::{runtime_client, Daemon, Options},
     Registry, TestNetns,
 };
-use k8s_cri::v1::{self, runtime_service_client::RuntimeServiceClient};
-use tonic::transport::Channel;
+use k8s_cri::v1;
 
-use crate::pods::{end_pod, pod_config, pull, start_pod, start_pod_with, IMAGE};
+use crate::run::{busybox, PodSpec, Target, IMAGE};
 
 /// The most placement may add to a pod start.
 const TARGET: Duration = Duration::from_millis(1);
@@ -29,8 +28,7 @@ struct Leg {
     /// The container's `cpuset_cpus`, as a kubelet with the static policy sends it.
     kubelet_cpus: String,
     daemon: Daemon,
-    client: RuntimeServiceClient<Channel>,
-    log_dir: std::path::PathBuf,
+    target: Target,
     start: Vec<Duration>,
     create: Vec<Duration>,
     phases: [Vec<Duration>; 3],
@@ -59,15 +57,20 @@ impl Leg {
             extra_config: config.to_string(),
             ..Default::default()
         });
-        pull(&daemon.socket(), image).await?;
-        let client = runtime_client(&daemon.socket()).await;
-        let log_dir = daemon.dir.path().join("bench-logs");
+        ingot_tests::cri::pull(&daemon.socket(), image)
+            .await
+            .with_context(|| format!("{name}: pull {image}"))?;
+        let target = Target::new(
+            name,
+            runtime_client(&daemon.socket()).await,
+            &daemon.cgroup_parent,
+            &daemon.dir.path().join("bench-logs"),
+        );
         Ok(Leg {
             name,
             kubelet_cpus: kubelet_cpus.to_string(),
             daemon,
-            client,
-            log_dir,
+            target,
             start: Vec::new(),
             create: Vec::new(),
             phases: Default::default(),
@@ -75,31 +78,24 @@ impl Leg {
     }
 
     async fn iteration(&mut self, n: usize, image: &str) -> Result<()> {
-        let pod = pod_config(
-            &format!("{}-{n}", self.name),
-            &self.daemon.cgroup_parent,
-            &self.log_dir,
-        );
-        let mut phases = [Duration::ZERO; 3];
-        let started = Instant::now();
-        let (pod_id, _container_id) = start_pod_with(
-            &mut self.client,
-            self.name,
-            pod,
-            image,
-            Some(v1::LinuxContainerResources {
+        let spec = PodSpec {
+            resources: Some(v1::LinuxContainerResources {
                 cpuset_cpus: self.kubelet_cpus.clone(),
                 ..guaranteed_one_cpu()
             }),
-            &mut phases,
-        )
-        .await?;
+            ..busybox(false, image)
+        };
+        let started = Instant::now();
+        let (pod_id, _container_id, phases) = self
+            .target
+            .start_pod_timed(&format!("{}-{n}", self.name), &spec)
+            .await?;
         self.start.push(started.elapsed());
         self.create.push(phases[1]);
         for (samples, phase) in self.phases.iter_mut().zip(phases) {
             samples.push(phase);
         }
-        end_pod(&mut self.client, self.name, &pod_id).await
+        self.target.end_pod(&pod_id).await
     }
 }
 
@@ -153,14 +149,9 @@ pub fn run(iterations: usize) -> Result<()> {
         // A pod that stays up beside the measured ones: under `exclusive` its cpuset follows.
         let mut beside = Vec::new();
         for leg in &mut legs {
-            let pod = pod_config(
-                &format!("{}-beside", leg.name),
-                &leg.daemon.cgroup_parent,
-                &leg.log_dir,
-            );
-            let mut phases = [Duration::ZERO; 3];
             beside.push(
-                start_pod(&mut leg.client, leg.name, pod, &image, &mut phases)
+                leg.target
+                    .start_pod(&format!("{}-beside", leg.name), &busybox(false, &image))
                     .await?
                     .0,
             );
@@ -176,7 +167,7 @@ pub fn run(iterations: usize) -> Result<()> {
             }
         }
         for (leg, pod_id) in legs.iter_mut().zip(beside) {
-            end_pod(&mut leg.client, leg.name, &pod_id).await?;
+            leg.target.end_pod(&pod_id).await?;
         }
         let [none, kubelet, exclusive] = legs;
         Ok::<_, anyhow::Error>((none, kubelet, exclusive))

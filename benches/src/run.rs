@@ -20,7 +20,7 @@ use crate::{
     report::{Report, Runtime},
 };
 
-const IMAGE: &str = "bench/busybox:1";
+pub(crate) const IMAGE: &str = "bench/busybox:1";
 const PAUSE: &str = "bench/pause:1";
 const CYCLICTEST: &str = "bench/cyclictest:1";
 /// Concurrent calls when the harness sets up or removes many idle pods (not timed).
@@ -136,21 +136,23 @@ struct Leg<'a> {
 
 /// What a pod runs: one container.
 #[derive(Clone, Default)]
-struct PodSpec {
-    host_network: bool,
-    image: String,
-    command: Vec<String>,
-    cpuset: Option<String>,
-    mounts: Vec<v1::Mount>,
+pub(crate) struct PodSpec {
+    pub(crate) host_network: bool,
+    pub(crate) image: String,
+    pub(crate) command: Vec<String>,
+    /// The container's `linux.resources` (a kubelet's cpuset, a Guaranteed container's limits).
+    pub(crate) resources: Option<v1::LinuxContainerResources>,
+    pub(crate) mounts: Vec<v1::Mount>,
     /// RunPodSandbox's runtime handler ("" for the default).
-    handler: String,
-    annotations: HashMap<String, String>,
+    pub(crate) handler: String,
+    pub(crate) annotations: HashMap<String, String>,
     /// Capabilities added to the container (`SYS_NICE`).
-    capabilities: Vec<String>,
+    pub(crate) capabilities: Vec<String>,
 }
 
+/// One runtime's CRI client and where its pods go.
 #[derive(Clone)]
-struct Target {
+pub(crate) struct Target {
     runtime: &'static str,
     client: RuntimeServiceClient<Channel>,
     cgroup_parent: String,
@@ -219,13 +221,7 @@ impl Target {
             mounts: spec.mounts.clone(),
             // The pod's namespaces, as the kubelet repeats them for each container.
             linux: Some(v1::LinuxContainerConfig {
-                resources: spec
-                    .cpuset
-                    .as_ref()
-                    .map(|cpus| v1::LinuxContainerResources {
-                        cpuset_cpus: cpus.clone(),
-                        ..Default::default()
-                    }),
+                resources: spec.resources.clone(),
                 security_context: Some(v1::LinuxContainerSecurityContext {
                     namespace_options: Some(namespaces(spec)),
                     capabilities: (!spec.capabilities.is_empty()).then(|| v1::Capability {
@@ -239,10 +235,39 @@ impl Target {
         }
     }
 
+    pub(crate) fn new(
+        runtime: &'static str,
+        client: RuntimeServiceClient<Channel>,
+        cgroup_parent: &str,
+        logs: &Path,
+    ) -> Self {
+        Target {
+            runtime,
+            client,
+            cgroup_parent: cgroup_parent.into(),
+            logs: logs.into(),
+        }
+    }
+
     /// RunPodSandbox, CreateContainer and StartContainer, as the kubelet starts a pod; the pod's
     /// and the container's ids.
-    async fn start_pod(&mut self, name: &str, spec: &PodSpec) -> Result<(String, String)> {
+    pub(crate) async fn start_pod(
+        &mut self,
+        name: &str,
+        spec: &PodSpec,
+    ) -> Result<(String, String)> {
+        let (pod, container, _) = self.start_pod_timed(name, spec).await?;
+        Ok((pod, container))
+    }
+
+    /// [`Target::start_pod`], with the time of each of its three calls.
+    pub(crate) async fn start_pod_timed(
+        &mut self,
+        name: &str,
+        spec: &PodSpec,
+    ) -> Result<(String, String, [Duration; 3])> {
         let config = self.pod_config(name, spec);
+        let mut phase = Instant::now();
         let pod = self
             .client
             .run_pod_sandbox(v1::RunPodSandboxRequest {
@@ -253,11 +278,28 @@ impl Target {
             .with_context(|| format!("{}: RunPodSandbox {name}", self.runtime))?
             .into_inner()
             .pod_sandbox_id;
-        let container = self.start_container(&pod, &config, "app", spec).await?;
-        Ok((pod, container))
+        let run = phase.elapsed();
+        phase = Instant::now();
+        let container = self.create_container(&pod, &config, "app", spec).await?;
+        let create = phase.elapsed();
+        phase = Instant::now();
+        self.start(&container).await?;
+        Ok((pod, container, [run, create, phase.elapsed()]))
     }
 
     async fn start_container(
+        &mut self,
+        pod: &str,
+        config: &v1::PodSandboxConfig,
+        name: &str,
+        spec: &PodSpec,
+    ) -> Result<String> {
+        let container = self.create_container(pod, config, name, spec).await?;
+        self.start(&container).await?;
+        Ok(container)
+    }
+
+    async fn create_container(
         &mut self,
         pod: &str,
         config: &v1::PodSandboxConfig,
@@ -275,17 +317,21 @@ impl Target {
             .with_context(|| format!("{}: CreateContainer {name}", self.runtime))?
             .into_inner()
             .container_id;
-        self.client
-            .start_container(v1::StartContainerRequest {
-                container_id: container.clone(),
-            })
-            .await
-            .with_context(|| format!("{}: StartContainer {name}", self.runtime))?;
         Ok(container)
     }
 
+    async fn start(&mut self, container: &str) -> Result<()> {
+        self.client
+            .start_container(v1::StartContainerRequest {
+                container_id: container.into(),
+            })
+            .await
+            .with_context(|| format!("{}: StartContainer {container}", self.runtime))?;
+        Ok(())
+    }
+
     /// StopPodSandbox and RemovePodSandbox, as the kubelet ends a pod.
-    async fn end_pod(&mut self, pod: &str) -> Result<()> {
+    pub(crate) async fn end_pod(&mut self, pod: &str) -> Result<()> {
         self.client
             .stop_pod_sandbox(v1::StopPodSandboxRequest {
                 pod_sandbox_id: pod.into(),
@@ -396,11 +442,20 @@ fn namespaces(spec: &PodSpec) -> v1::NamespaceOption {
     }
 }
 
-fn busybox(host_network: bool, image: &str) -> PodSpec {
+/// A pod of one `sleep` container of the bench image.
+pub(crate) fn busybox(host_network: bool, image: &str) -> PodSpec {
     PodSpec {
         host_network,
         image: image.into(),
         command: vec!["sleep".into(), "100000".into()],
+        ..Default::default()
+    }
+}
+
+/// A container on `cpus`, as the kubelet's static CPU manager sends it.
+fn cpuset(cpus: &str) -> v1::LinuxContainerResources {
+    v1::LinuxContainerResources {
+        cpuset_cpus: cpus.into(),
         ..Default::default()
     }
 }
@@ -997,7 +1052,7 @@ async fn under_churn<T>(
     let (_, shared) = pinned_and_shared()?;
     let mut churner = leg.target();
     let spec = PodSpec {
-        cpuset: Some(shared),
+        resources: Some(cpuset(&shared)),
         ..busybox(false, image)
     };
     let prefix = leg.name("jitter-churn");
@@ -1069,7 +1124,7 @@ async fn jitter(
         host_network: true,
         image: cyclictest.into(),
         command: cyclictest_args(cpu, s.jitter, "/out/hist"),
-        cpuset: Some(cpu.to_string()),
+        resources: Some(cpuset(&cpu.to_string())),
         mounts: vec![v1::Mount {
             container_path: "/out".into(),
             host_path: out.path().display().to_string(),

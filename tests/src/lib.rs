@@ -226,18 +226,6 @@ pub struct Containerd {
 impl Containerd {
     /// Starts containerd with the workspace's binaries first on its PATH, in a fresh namespace.
     pub fn start() -> Result<Self> {
-        Self::start_with(false)
-    }
-
-    /// Like [`Containerd::start`], but containerd (and so every shim and runtime under it) runs
-    /// in a private mount namespace where `/sys/fs/cgroup/unified/cgroup.controllers` is an
-    /// empty file: crun 1.8 refuses this host's hybrid layout (hugetlb on cgroup2) and runs
-    /// once the unified hierarchy looks empty. Only the benchmark's crun leg uses this.
-    pub fn start_hiding_unified_controllers() -> Result<Self> {
-        Self::start_with(true)
-    }
-
-    fn start_with(hide_unified: bool) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("ingot-ctd").tempdir()?;
         let d = dir.path();
         let config = format!(
@@ -262,22 +250,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             target_dir()?.display()
         );
-        let mut command = if hide_unified {
-            let empty = d.join("empty-controllers");
-            fs::write(&empty, b"")?;
-            let script = format!(
-                "mount --bind {} /sys/fs/cgroup/unified/cgroup.controllers && exec containerd --config {}",
-                empty.display(),
-                d.join("config.toml").display()
-            );
-            let mut command = Command::new("unshare");
-            command.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
-            command
-        } else {
-            let mut command = Command::new("containerd");
-            command.arg("--config").arg(d.join("config.toml"));
-            command
-        };
+        let mut command = Command::new("containerd");
+        command.arg("--config").arg(d.join("config.toml"));
         let child = command
             .env("PATH", path)
             .stdin(Stdio::null())
