@@ -7,6 +7,8 @@
 //!
 //! `ingot-bench markdown FILE`: the README's performance figures from a run's JSON.
 //!
+//! `ingot-bench svg FILE OUT`: a run's distributions plotted again from its JSON.
+//!
 //! `ingot-bench placement [ITERATIONS]`: what exclusive CPU placement adds to a pod start (see
 //! `placement.rs`).
 
@@ -30,6 +32,13 @@ fn main() -> Result<()> {
             print!("{}", report::Report::read_json(std::path::Path::new(path))?.markdown());
             Ok(())
         }
+        Some("svg") => {
+            let (Some(path), Some(out)) = (args.get(1), args.get(2)) else {
+                bail!("usage: ingot-bench svg FILE OUT");
+            };
+            report::Report::read_json(std::path::Path::new(path))?
+                .write_svg(std::path::Path::new(out))
+        }
         Some("image") => {
             let path = args.get(1).map_or("busybox-oci.tar", String::as_str);
             ingot_tests::busybox_oci_archive(std::path::Path::new(path), TEST_IMAGE)?;
@@ -44,7 +53,7 @@ fn main() -> Result<()> {
             placement::run(iterations)
         }
         _ => bail!(
-            "usage: ingot-bench run [--runtimes NAME,...] [--iterations N] [--smoke] [--json FILE] [--svg FILE] [--quiet] | ingot-bench markdown FILE | ingot-bench placement [ITERATIONS] | ingot-bench image [ARCHIVE]"
+            "usage: ingot-bench run [--runtimes NAME,...] [--iterations N] [--smoke] [--json FILE] [--svg FILE] [--quiet] | ingot-bench markdown FILE | ingot-bench svg FILE OUT | ingot-bench placement [ITERATIONS] | ingot-bench image [ARCHIVE]"
         ),
     }
 }

@@ -7,6 +7,9 @@ use std::{fmt::Write as _, path::Path};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+/// The most points a distribution's curve has in the SVG.
+const CDF_POINTS: usize = 500;
+
 /// ingot's name among the runtimes.
 pub(crate) const INGOT: &str = "ingot";
 
@@ -443,9 +446,14 @@ impl Report {
                 let mut sorted = m.samples.clone();
                 sorted.sort_by(f64::total_cmp);
                 let n = sorted.len().max(1) as f64;
+                // At most CDF_POINTS steps per curve (cyclictest gives tens of thousands of
+                // samples), the last one always drawn.
+                let step = sorted.len().div_ceil(CDF_POINTS).max(1);
+                let last = sorted.len().saturating_sub(1);
                 let points = sorted
                     .iter()
                     .enumerate()
+                    .filter(move |(i, _)| i % step == 0 || *i == last)
                     .map(|(i, v)| (*v, (i + 1) as f64 / n));
                 chart
                     .draw_series(LineSeries::new(points, color.stroke_width(2)))
@@ -589,6 +597,30 @@ mod tests {
         assert!(
             text.starts_with("<svg") && text.contains("cri-o-1.32+runc"),
             "{text}"
+        );
+    }
+
+    /// A metric with tens of thousands of samples (cyclictest's) is drawn with at most
+    /// CDF_POINTS points per curve, its largest sample still on it.
+    #[test]
+    fn long_distributions_are_thinned_in_the_svg() {
+        let mut r = report();
+        r.metrics.clear();
+        let samples: Vec<f64> = (1..=30_000).map(f64::from).collect();
+        r.add("jitter", "cyclictest", "us", "host", samples);
+        let dir = tempfile::tempdir().expect("tmp");
+        let svg = dir.path().join("j.svg");
+        r.write_svg(&svg).expect("svg");
+        let text = std::fs::read_to_string(&svg).expect("svg text");
+        let longest = text
+            .split("points=\"")
+            .skip(1)
+            .map(|p| p.split('"').next().unwrap_or("").split_whitespace().count())
+            .max()
+            .expect("a curve");
+        assert!(
+            longest > 100 && longest <= CDF_POINTS + 1,
+            "{longest} points"
         );
     }
 }

@@ -754,11 +754,25 @@ async fn measure(
                 let name = leg.name(if host { "host" } else { "cni" });
                 let mut target = leg.target();
                 let started = Instant::now();
-                let (pod, _) = target.start_pod(&name, &busybox(host, &image)).await?;
+                let (pod, _, phases) = target
+                    .start_pod_timed(&name, &busybox(host, &image))
+                    .await?;
                 let took = started.elapsed();
                 target.end_pod(&pod).await?;
                 if round > 0 {
                     report.add(id, title, "ms", leg.peer.name(), vec![ms(took)]);
+                    // Where a host-network pod start goes, call by call.
+                    if host {
+                        for (phase, call) in phases.iter().zip(POD_START_CALLS) {
+                            report.add(
+                                &format!("{id}-{}", call.to_lowercase()),
+                                &format!("{title}: {call}"),
+                                "ms",
+                                leg.peer.name(),
+                                vec![ms(*phase)],
+                            );
+                        }
+                    }
                 }
                 bar.inc(1);
             }
@@ -1080,6 +1094,8 @@ async fn under_churn<T>(
 }
 
 const JITTER_TITLE: &str = "cyclictest latency on the exclusive CPU";
+/// The three calls of a pod start, as the kubelet makes them.
+const POD_START_CALLS: [&str; 3] = ["RunPodSandbox", "CreateContainer", "StartContainer"];
 /// cyclictest's SCHED_FIFO priority, on the host and in the pods.
 const JITTER_PRIORITY: u32 = 80;
 /// ingot's runtime handler for the pinned pod: real time, admitted on a node that fails the
