@@ -364,8 +364,8 @@ impl Target {
         Ok(())
     }
 
-    /// Polls ContainerStatus, as the kubelet's PLEG does, until the container has exited.
-    /// Polls ContainerStatus every `poll` until the container has exited.
+    /// Polls ContainerStatus every `poll`, as the kubelet's PLEG does, until the container has
+    /// exited.
     async fn wait_exited(
         &mut self,
         container: &str,
@@ -1106,6 +1106,8 @@ pub(crate) const INGOT_JITTER_CONFIG: &str =
 
 /// How a fresh v1 cgroup refuses cyclictest's SCHED_FIFO, as the peers' pods show it.
 const FIFO_REFUSED: &str = "Unable to change scheduling policy";
+/// Present where cgroup v1 RT group scheduling gives each cpu cgroup its own RT budget.
+const RT_GROUP_BUDGET: &str = "/sys/fs/cgroup/cpu/cpu.rt_runtime_us";
 
 async fn jitter(
     s: &Settings,
@@ -1166,11 +1168,13 @@ async fn jitter(
     ended?;
     let hist = fs::read_to_string(out.path().join("hist")).map_err(|_| {
         let log = fs::read_to_string(target.logs.join(&name).join("app.log")).unwrap_or_default();
-        if log.contains(FIFO_REFUSED) {
+        if log.contains(FIFO_REFUSED) && Path::new(RT_GROUP_BUDGET).exists() {
             anyhow::anyhow!(
                 "cyclictest was refused SCHED_FIFO in the pod (a fresh cgroup v1 cpu group has \
                  no cpu.rt_runtime_us budget, and CRI has no field to ask for one)"
             )
+        } else if log.contains(FIFO_REFUSED) {
+            anyhow::anyhow!("cyclictest was refused SCHED_FIFO in the pod; its log:\n{log}")
         } else {
             anyhow::anyhow!("cyclictest wrote no histogram; its log:\n{log}")
         }

@@ -161,6 +161,42 @@ fn bad_config_names_the_key() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("listen"));
 }
 
+/// `--help` and `--version` answer and exit 0 without starting anything; an unknown flag
+/// fails naming it and the known ones.
+#[test]
+fn help_version_and_unknown_flags() {
+    let output = Command::new(ingotd_binary())
+        .arg("--help")
+        .output()
+        .expect("ingotd");
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.starts_with("usage: ingotd") && stdout.contains("--state"),
+        "{stdout}"
+    );
+    let output = Command::new(ingotd_binary())
+        .arg("--version")
+        .output()
+        .expect("ingotd");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("ingotd {}", env!("CARGO_PKG_VERSION"))
+    );
+    let output = Command::new(ingotd_binary())
+        .arg("--bogus")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("ingotd");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unknown flag --bogus") && stderr.contains("--config"),
+        "{stderr}"
+    );
+}
+
 fn spec(image: &str) -> Option<v1::ImageSpec> {
     Some(v1::ImageSpec {
         image: image.to_string(),

@@ -4,6 +4,13 @@
 use anyhow::Context;
 use ingot_cri::config::{Config, Flags};
 
+const USAGE: &str =
+    "usage: ingotd [--config FILE] [--listen unix:///PATH] [--root DIR] [--state DIR]
+
+Serves CRI v1 on --listen (default unix:///run/ingot/ingot.sock). Without --config it runs on
+embedded defaults (/etc/ingot/ingot.toml is read when it exists). INGOT_LOG sets the log filter
+(tracing's syntax, default info).";
+
 /// Threads for blocking work: enough for a burst of pods on a node's housekeeping CPUs.
 const MAX_BLOCKING_THREADS: usize = 32;
 
@@ -25,6 +32,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    if args.iter().any(|a| a == "--version") {
+        println!("ingotd {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
     let flags = Flags::parse(&args)?;
     let config = Config::load(&flags)?;
     // Off the CPUs containers may hold, before any other thread exists (each inherits this);
