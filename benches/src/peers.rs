@@ -301,30 +301,25 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
                 "/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
             ),
         };
-        let mut command = netns.command("sh");
-        if kind == Kind::Containerd16Crun {
+        let daemon = format!(
+            "exec {program} --config {}",
+            d.join("config.toml").display()
+        );
+        let script = if kind == Kind::Containerd16Crun {
             // crun 1.8 refuses this host's hybrid layout (hugetlb on cgroup2) and runs once the
             // unified hierarchy looks empty: its containerd gets a private mount namespace with
             // an empty file over cgroup.controllers.
             let empty = d.join("empty-controllers");
             fs::write(&empty, b"")?;
-            command.args([
-                "-c",
-                &format!(
-                    "exec unshare --mount --propagation private sh -c 'mount --bind {} /sys/fs/cgroup/unified/cgroup.controllers && exec {program} --config {}'",
-                    empty.display(),
-                    d.join("config.toml").display()
-                ),
-            ]);
+            format!(
+                "exec unshare --mount --propagation private sh -c 'mount --bind {} /sys/fs/cgroup/unified/cgroup.controllers && {daemon}'",
+                empty.display()
+            )
         } else {
-            command.args([
-                "-c",
-                &format!(
-                    "exec {program} --config {}",
-                    d.join("config.toml").display()
-                ),
-            ]);
-        }
+            daemon
+        };
+        let mut command = netns.command("sh");
+        command.args(["-c", &script]);
         let log = fs::File::create(d.join("daemon.log"))?;
         let child = command
             .env("PATH", path)
