@@ -9,3 +9,4 @@ pub mod netns;
 pub mod pod_init;
 pub mod rootfs;
 pub mod rt_budget;
+pub mod spawn;

@@ -47,6 +47,17 @@ const SHIM_BINARY: &str = "containerd-shim-ingot-v2";
 /// The variable naming a shim's log file (the shim's `shimlog::LOG_ENV`).
 const SHIM_LOG_ENV: &str = "INGOT_SHIM_LOG";
 
+/// The variable naming the shim's inherited listening socket (the shim's `LISTEN_FD_ENV`),
+/// always fd 3.
+const SHIM_LISTEN_FD_ENV: &str = "INGOT_SHIM_LISTEN_FD";
+const SHIM_LISTEN_FD: i32 = 3;
+
+/// A pod shim's socket name: the pod id's first 32 characters (128 random bits), short enough
+/// for a unix socket path under any state directory.
+fn shim_socket_name(pod_id: &str) -> &str {
+    pod_id.get(..32).unwrap_or(pod_id)
+}
+
 /// A pod shim's log, `<pod dir>/shim.log`.
 pub fn shim_log(pod_dir: &Path) -> PathBuf {
     pod_dir.join("shim.log")
@@ -649,53 +660,95 @@ impl Manager {
         Ok(ShimClient::new(&address))
     }
 
-    /// Starts the pod's shim from a bundle directory `<pod dir>/shim` that names only the pod
-    /// (the shim groups containers by their sandbox id), logging to [`shim_log`]; returns its
-    /// address.
+    /// Starts the pod's shim, serving on `<state>/shim/s/<pod>`, logging to [`shim_log`];
+    /// returns its address. A shim already serving there is kept, as a shim's `start` action
+    /// keeps it.
+    ///
+    /// ingotd does what `start` does for containerd (bind the socket, start the server in a
+    /// session of its own) itself, with posix_spawn: one process start per pod instead of two,
+    /// no copy of ingotd, and no bundle directory for the shim.
     pub async fn start_shim(&self, pod_id: &str, pod_dir: &Path) -> Result<String, CriError> {
-        let dir = &pod_dir.join("shim");
-        std::fs::create_dir_all(dir).map_err(CriError::io(format!("create {}", dir.display())))?;
-        let config = serde_json::json!({
-            "ociVersion": "1.0.2",
-            "annotations": {"io.kubernetes.cri.sandbox-id": pod_id},
-        });
-        let path = dir.join("config.json");
-        std::fs::write(&path, config.to_string())
-            .map_err(CriError::io(format!("write {}", path.display())))?;
-        let output = tokio::process::Command::new(&self.shim_binary)
-            .args(["-namespace", SHIM_NAMESPACE, "-id", pod_id])
-            .arg("-address")
-            .arg(self.config.socket_path()?)
-            .arg("start")
-            .current_dir(dir)
-            .env_remove("TTRPC_ADDRESS")
-            .env("INGOT_SHIM_ROOT", self.config.state.join("shim"))
-            .env(SHIM_LOG_ENV, shim_log(pod_dir))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(CriError::io(format!(
-                "run {} start for pod {pod_id}",
-                self.shim_binary.display()
-            )))?;
-        if !output.status.success() {
+        let sockets = self.config.state.join("shim").join("s");
+        let path = sockets.join(shim_socket_name(pod_id));
+        let address = format!("unix://{}", path.display());
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Ok(address);
+        }
+        let failed = |err: std::io::Error| {
             tracing::warn!(
                 pod = %pod_id,
                 shim_log = %shim_log(pod_dir).display(),
                 "the pod's shim did not start; its log may have the details"
             );
-            return Err(CriError::Shim {
+            CriError::Shim {
                 method: "start",
                 code: tonic::Code::Internal,
                 message: format!(
-                    "{} start for pod {pod_id}: {}: {}",
-                    self.shim_binary.display(),
-                    output.status,
-                    String::from_utf8_lossy(&output.stderr).trim()
+                    "start {} for pod {pod_id}: {err}",
+                    self.shim_binary.display()
                 ),
-            });
+            }
+        };
+        for dir in [&sockets, pod_dir] {
+            std::fs::create_dir_all(dir)
+                .map_err(CriError::io(format!("create {}", dir.display())))?;
         }
-        let address = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).map_err(CriError::io(
+            format!("bind the shim socket {}", path.display()),
+        ))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(shim_log(pod_dir))
+            .map_err(CriError::io(format!(
+                "open {}",
+                shim_log(pod_dir).display()
+            )))?;
+        let devnull = std::fs::File::open("/dev/null").map_err(CriError::io("open /dev/null"))?;
+        let daemon_socket = self.config.socket_path()?.display().to_string();
+        let shim_root = self.config.state.join("shim");
+        let log_path = shim_log(pod_dir);
+        let listen_fd = SHIM_LISTEN_FD.to_string();
+        let spawned = {
+            use std::os::fd::AsFd;
+            crate::host::spawn::Spawn {
+                program: &self.shim_binary,
+                args: &[
+                    "-namespace",
+                    SHIM_NAMESPACE,
+                    "-id",
+                    pod_id,
+                    "-address",
+                    &daemon_socket,
+                    "-socket",
+                    &address,
+                ],
+                env: &[
+                    ("INGOT_SHIM_ROOT", shim_root.as_os_str()),
+                    (SHIM_LOG_ENV, log_path.as_os_str()),
+                    (SHIM_LISTEN_FD_ENV, std::ffi::OsStr::new(&listen_fd)),
+                ],
+                env_remove: &["TTRPC_ADDRESS"],
+                fds: &[
+                    (0, devnull.as_fd()),
+                    (1, devnull.as_fd()),
+                    (2, log.as_fd()),
+                    (SHIM_LISTEN_FD, listener.as_fd()),
+                ],
+            }
+            .start()
+        };
+        drop(listener);
+        match spawned {
+            // The shim is ingotd's child (a shim started by containerd's `start` is
+            // re-parented instead): reaped whenever it exits.
+            Ok(pid) => crate::host::spawn::reap_in_background(pid),
+            Err(err) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(failed(err));
+            }
+        }
         tracing::info!(pod = %pod_id, %address, "pod shim started");
         // A first connection now, kept for the pod's first CreateContainer: the shim starts
         // its threads for it while the pod's network is still being set up.
