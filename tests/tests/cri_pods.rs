@@ -754,3 +754,69 @@ async fn a_container_joins_a_shared_pid_namespace_whatever_pid_it_gets_there() {
     remove_pod(&mut client, &pod_id).await;
     assert_nothing_left(daemon, &pod_id);
 }
+
+/// The mount points a container gets that the image lacks (`/etc/hostname`, `/etc/hosts`,
+/// `/etc/resolv.conf`: the test image has `/etc` but none of them) come from the image's init
+/// layer: the container sees the pod's files there, and its writable layer on the disk holds
+/// nothing of them (no copy-up of `/etc`), for every container of the image.
+#[tokio::test(flavor = "current_thread")]
+async fn mount_points_come_from_the_init_layer_not_the_writable_layer() {
+    let (env, mut client, image) = env(false).await;
+    let daemon = &env.daemon;
+    let pod = host_network_pod(
+        "init",
+        &daemon.log_dir("init"),
+        v1::NamespaceMode::Container,
+    );
+    // A host-network pod has the node's name, as with containerd.
+    let node = nix::unistd::gethostname().expect("hostname");
+    let pod_id = run_pod(&mut client, pod.clone()).await;
+    let mut containers = Vec::new();
+    for name in ["one", "two"] {
+        let id = start_container(
+            &mut client,
+            &pod_id,
+            &pod,
+            container_config(name, &image, "sleep 1000"),
+        )
+        .await;
+        let hostname = exec(&mut client, &id, &["cat", "/etc/hostname"]).await;
+        assert_eq!(
+            String::from_utf8_lossy(&hostname.stdout).trim(),
+            node.to_string_lossy(),
+            "{hostname:?}"
+        );
+        // The image's own /etc is still there, under the init layer.
+        let passwd = exec(&mut client, &id, &["cat", "/etc/passwd"]).await;
+        assert!(
+            String::from_utf8_lossy(&passwd.stdout).starts_with("root:"),
+            "{passwd:?}"
+        );
+        let upper = daemon
+            .dir
+            .path()
+            .join("lib/containers")
+            .join(&id)
+            .join("upper");
+        assert!(
+            upper.is_dir(),
+            "{} is not the writable layer",
+            upper.display()
+        );
+        assert!(
+            !upper.join("etc").exists(),
+            "the writable layer of {name} has /etc: {:?}",
+            std::fs::read_dir(upper.join("etc"))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+        );
+        containers.push(id);
+    }
+    let init_layers: Vec<_> = std::fs::read_dir(daemon.dir.path().join("lib/images/layers"))
+        .expect("layers")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("init-"))
+        .collect();
+    assert_eq!(init_layers.len(), 1, "one init layer for the image");
+    remove_pod(&mut client, &pod_id).await;
+    assert_pod_gone(daemon, &pod_id, &containers);
+}

@@ -4,6 +4,7 @@
 //! `redb`, and layers unpacked in overlayfs form (whiteouts as 0/0 devices, opaque directories).
 //! Overlay rootfs assembly lands with containers.
 
+pub mod init_layer;
 pub mod reference;
 pub mod store;
 pub mod unpack;

@@ -266,6 +266,7 @@ impl ImageStore {
         let mut blobs = image.layers.clone();
         blobs.push(image.id.clone());
         blobs.push(image.manifest_digest.clone());
+        let _ = std::fs::remove_dir_all(self.init_layer_dir(&image));
         for blob in blobs {
             if !still_used.contains(&blob) {
                 self.content.remove(&blob);
@@ -330,7 +331,49 @@ impl ImageStore {
             }
             dirs.push(dir);
         }
+        let missing = crate::init_layer::missing(&dirs);
+        if !missing.is_empty() {
+            dirs.push(self.init_layer(image, &dirs, &missing)?);
+        }
         Ok(dirs)
+    }
+
+    /// `<root>/layers/init-<image id hex>`: the image's [`crate::init_layer`], made on first use.
+    fn init_layer(
+        &self,
+        image: &ImageRecord,
+        layers: &[PathBuf],
+        missing: &[&str],
+    ) -> Result<PathBuf, ImageError> {
+        let dir = self.init_layer_dir(image);
+        if dir.exists() {
+            return Ok(dir);
+        }
+        let n = self.content.counter.fetch_add(1, Ordering::Relaxed);
+        let hex = image.id.trim_start_matches("sha256:");
+        let partial = self
+            .layers_root
+            .join(format!(".init-{hex}-{}-{n}", std::process::id()));
+        if let Err(err) = crate::init_layer::build(&partial, layers, missing) {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(err);
+        }
+        // A create of another container of the image may have won the race; either serves.
+        if std::fs::rename(&partial, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&partial);
+            if !dir.exists() {
+                return Err(ImageError::Io {
+                    context: format!("move the init layer into {}", dir.display()),
+                    source: std::io::Error::other("rename failed"),
+                });
+            }
+        }
+        Ok(dir)
+    }
+
+    fn init_layer_dir(&self, image: &ImageRecord) -> PathBuf {
+        let hex = image.id.trim_start_matches("sha256:");
+        self.layers_root.join(format!("init-{hex}"))
     }
 
     /// Pulls `name` (mirrors first, then the registry itself) and records it.
@@ -607,7 +650,12 @@ mod tests {
         };
         store.put(&record).expect("put");
         let dirs = store.layer_dirs(&record).expect("unpack");
-        assert_eq!(dirs.len(), 2);
+        // The two layers, then the init layer with the mount points the image lacks.
+        assert_eq!(dirs.len(), 3);
+        for name in crate::init_layer::MOUNT_POINTS {
+            assert!(dirs[2].join("etc").join(name).is_file(), "{name}");
+        }
+        assert!(!dirs[2].join("etc/base").exists());
         assert_eq!(
             std::fs::read(dirs[0].join("etc/base")).expect("base"),
             b"base"
@@ -615,7 +663,10 @@ mod tests {
         assert_eq!(std::fs::read(dirs[1].join("etc/top")).expect("top"), b"top");
         assert_eq!(store.layer_dirs(&record).expect("again"), dirs);
         assert!(store.remove(&record.id).expect("remove"));
-        assert!(dirs.iter().all(|d| !d.exists()), "unpacked layers removed");
+        assert!(
+            dirs.iter().all(|d| !d.exists()),
+            "unpacked layers and the init layer removed"
+        );
     }
 
     #[test]
