@@ -144,6 +144,18 @@ fn cni_network(name: &str, bridge: &str, subnet: &str, ipam_dir: &Path, version:
     .to_string()
 }
 
+/// `<dir>/state` on a tmpfs of its own, for a runtime's runtime state. Every runtime's (ingotd's
+/// `--state`, containerd's `state`, CRI-O's `runroot` and its runtimes' roots) is, as `/run` is
+/// on a systemd host: this machine has `/run` on its disk, an ext4 without a journal, where a
+/// file created while many were deleted in the last seconds costs a scan of their inodes.
+/// Persistent state (images, writable layers, the runtimes' databases) stays on the disk, as on
+/// a node. The peer's drop unmounts it with everything below its dir.
+fn runtime_state_tmpfs(dir: &Path) -> Result<PathBuf> {
+    let state = dir.join("state");
+    ingot_tests::mount_tmpfs(&state)?;
+    Ok(state)
+}
+
 /// Makes the cgroup parent `/<name>` in every v1 hierarchy (cpusets filled from the root, as a
 /// node's kubepods cgroup is), for peers that expect their parent to exist.
 fn make_cgroup_parent(name: &str) -> Result<()> {
@@ -180,6 +192,7 @@ impl Peer {
                 let daemon = Daemon::start_with(Options {
                     netns: Some(netns.path()),
                     extra_config: crate::run::INGOT_JITTER_CONFIG.into(),
+                    state_tmpfs: true,
                     ..Default::default()
                 });
                 Ok(Peer {
@@ -231,6 +244,7 @@ impl Peer {
             Kind::Containerd16Crun => "/usr/bin/crun",
             _ => "/usr/sbin/runc",
         };
+        runtime_state_tmpfs(d)?;
         let common = format!(
             "root = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n",
             root = d.join("root").display(),
@@ -373,6 +387,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
         ] {
             fs::create_dir_all(d.join(sub))?;
         }
+        runtime_state_tmpfs(d)?;
         let p = |s: &str| d.join(s).display().to_string();
         let config = format!(
             r#"[crio]
@@ -427,20 +442,20 @@ enable_metrics = false
 enable_nri = false
 "#,
             root = p("root"),
-            run = p("run"),
+            run = p("state/run"),
             logs = p("pod-logs"),
             version = p("version"),
             clean = p("clean.shutdown"),
             sock = p("crio.sock"),
             hooks = p("hooks.d"),
             cdi = p("cdi"),
-            exits = p("exits"),
-            attach = p("attach"),
-            ns = p("ns"),
+            exits = p("state/exits"),
+            attach = p("state/attach"),
+            ns = p("state/ns"),
             pinns = shared.join(CRIO_DIR).join("pinns").display(),
             irqbalance = p("irqbalance"),
-            runc = p("runc"),
-            crun = p("crun"),
+            runc = p("state/runc"),
+            crun = p("state/crun"),
             policy = p("policy.json"),
             policies = p("policies"),
             tmp = p("tmp"),

@@ -41,11 +41,17 @@ pub(crate) struct Settings {
     pub json: Option<PathBuf>,
     pub svg: Option<PathBuf>,
     pub quiet: bool,
+    /// The sections measured (`--only`), of [`SECTIONS`]; all by default.
+    pub only: Vec<&'static str>,
     pub command: String,
 }
 
+/// The parts of a run `--only` may pick, in the order a run measures them.
+const SECTIONS: [&str; 6] = ["idle", "pod-start", "lifecycle", "churn", "scale", "jitter"];
+
 const USAGE: &str = "usage: ingot-bench run [--runtimes NAME,...] [--iterations N] [--smoke] \
-                     [--json FILE] [--svg FILE] [--quiet]";
+                     [--only SECTION,...] [--json FILE] [--svg FILE] [--quiet] \
+                     (sections: idle, pod-start, lifecycle, churn, scale, jitter)";
 
 impl Settings {
     pub(crate) fn parse(args: &[String]) -> Result<Settings> {
@@ -61,6 +67,7 @@ impl Settings {
             json: None,
             svg: None,
             quiet: false,
+            only: SECTIONS.to_vec(),
             command: std::iter::once("ingot-bench".to_string())
                 .chain(args.iter().cloned())
                 .collect::<Vec<_>>()
@@ -88,6 +95,18 @@ impl Settings {
                 "--json" => s.json = Some(value("--json")?.into()),
                 "--svg" => s.svg = Some(value("--svg")?.into()),
                 "--quiet" => s.quiet = true,
+                "--only" => {
+                    s.only = value("--only")?
+                        .split(',')
+                        .map(|name| {
+                            SECTIONS
+                                .iter()
+                                .find(|known| **known == name)
+                                .copied()
+                                .with_context(|| format!("--only: no section {name:?}; {USAGE}"))
+                        })
+                        .collect::<Result<_>>()?;
+                }
                 "--smoke" => {
                     s.iterations = 2;
                     s.execs_per_round = 2;
@@ -106,7 +125,15 @@ impl Settings {
         if s.iterations == 0 {
             bail!("--iterations: at least 1");
         }
+        if s.only.is_empty() {
+            bail!("--only: name at least one section");
+        }
         Ok(s)
+    }
+
+    /// Whether the run measures `section` (one of [`SECTIONS`]).
+    fn runs(&self, section: &str) -> bool {
+        self.only.contains(&section)
     }
 
     /// Progress steps, one per sample the run takes.
@@ -114,14 +141,16 @@ impl Settings {
         let legs = self.runtimes.len();
         let rounds = self.iterations + 1;
         let churn: usize = self.churn.iter().map(|(_, b)| b).sum();
+        let part = |section: &str, steps: usize| if self.runs(section) { steps } else { 0 };
         (legs
-            * (1 + rounds * 2
-                + rounds * (1 + self.execs_per_round)
-                + churn
-                + self.scale.len()
-                + 1
+            * (part("idle", 1)
+                + part("pod-start", rounds * 2)
+                + part("lifecycle", rounds * (1 + self.execs_per_round))
+                + part("churn", churn)
+                + part("scale", self.scale.len())
+                + part("jitter", 1)
                 + 1)
-            + 1) as u64
+            + part("jitter", 1)) as u64
     }
 }
 
@@ -737,152 +766,164 @@ async fn measure(
     }
 
     // Idle, no pods: each daemon alone over the window while the others idle too.
-    for leg in legs.iter_mut() {
-        bar.set_message(format!("idle: {}", leg.peer.name()));
-        idle(s, leg, 0, report).await?;
-        bar.inc(1);
+    if s.runs("idle") {
+        for leg in legs.iter_mut() {
+            bar.set_message(format!("idle: {}", leg.peer.name()));
+            idle(s, leg, 0, report).await?;
+            bar.inc(1);
+        }
     }
 
     // Pod start, host network then CNI network, interleaved pod by pod; round 0 warms up.
-    for round in 0..=s.iterations {
-        for (id, title, host) in [
-            ("pod-start-host", "pod start, host network", true),
-            ("pod-start-cni", "pod start, CNI network", false),
-        ] {
-            for leg in legs.iter_mut() {
-                bar.set_message(format!("{title}: {}", leg.peer.name()));
-                let name = leg.name(if host { "host" } else { "cni" });
-                let mut target = leg.target();
-                let started = Instant::now();
-                let (pod, _, phases) = target
-                    .start_pod_timed(&name, &busybox(host, &image))
-                    .await?;
-                let took = started.elapsed();
-                target.end_pod(&pod).await?;
-                if round > 0 {
-                    report.add(id, title, "ms", leg.peer.name(), vec![ms(took)]);
-                    // Where a host-network pod start goes, call by call.
-                    if host {
-                        for (phase, call) in phases.iter().zip(POD_START_CALLS) {
-                            report.add(
-                                &format!("{id}-{}", call.to_lowercase()),
-                                &format!("{title}: {call}"),
-                                "ms",
-                                leg.peer.name(),
-                                vec![ms(*phase)],
-                            );
+    if s.runs("pod-start") {
+        for round in 0..=s.iterations {
+            for (id, title, host) in [
+                ("pod-start-host", "pod start, host network", true),
+                ("pod-start-cni", "pod start, CNI network", false),
+            ] {
+                for leg in legs.iter_mut() {
+                    bar.set_message(format!("{title}: {}", leg.peer.name()));
+                    let name = leg.name(if host { "host" } else { "cni" });
+                    let mut target = leg.target();
+                    let started = Instant::now();
+                    let (pod, _, phases) = target
+                        .start_pod_timed(&name, &busybox(host, &image))
+                        .await?;
+                    let took = started.elapsed();
+                    target.end_pod(&pod).await?;
+                    if round > 0 {
+                        report.add(id, title, "ms", leg.peer.name(), vec![ms(took)]);
+                        // Where a host-network pod start goes, call by call.
+                        if host {
+                            for (phase, call) in phases.iter().zip(POD_START_CALLS) {
+                                report.add(
+                                    &format!("{id}-{}", call.to_lowercase()),
+                                    &format!("{title}: {call}"),
+                                    "ms",
+                                    leg.peer.name(),
+                                    vec![ms(*phase)],
+                                );
+                            }
                         }
                     }
+                    bar.inc(1);
                 }
-                bar.inc(1);
             }
         }
     }
 
     // Container lifecycle and ExecSync in one long-lived pod per runtime.
-    let mut long_lived = Vec::new();
-    for leg in legs.iter_mut() {
-        let name = leg.name("long");
-        let spec = busybox(true, &image);
-        let mut target = leg.target();
-        let (pod, container) = target.start_pod(&name, &spec).await?;
-        long_lived.push((pod, container, target.pod_config(&name, &spec)));
-    }
-    let true_spec = PodSpec {
-        host_network: true,
-        image: image.clone(),
-        command: vec!["true".into()],
-        ..Default::default()
-    };
-    for round in 0..=s.iterations {
-        for (leg, (pod, container, config)) in legs.iter_mut().zip(&long_lived) {
-            bar.set_message(format!("lifecycle and ExecSync: {}", leg.peer.name()));
-            let name = leg.name("true");
+    if s.runs("lifecycle") {
+        let mut long_lived = Vec::new();
+        for leg in legs.iter_mut() {
+            let name = leg.name("long");
+            let spec = busybox(true, &image);
             let mut target = leg.target();
-            let started = Instant::now();
-            let id = target
-                .start_container(pod, config, &name, &true_spec)
-                .await?;
-            target
-                .wait_exited(&id, Duration::from_secs(30), Duration::from_millis(1))
-                .await?;
-            target
-                .client
-                .remove_container(v1::RemoveContainerRequest {
-                    container_id: id.clone(),
-                })
-                .await
-                .with_context(|| format!("{}: RemoveContainer", leg.peer.name()))?;
-            let took = started.elapsed();
-            bar.inc(1);
-            let mut execs = Vec::new();
-            for _ in 0..s.execs_per_round {
+            let (pod, container) = target.start_pod(&name, &spec).await?;
+            long_lived.push((pod, container, target.pod_config(&name, &spec)));
+        }
+        let true_spec = PodSpec {
+            host_network: true,
+            image: image.clone(),
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        for round in 0..=s.iterations {
+            for (leg, (pod, container, config)) in legs.iter_mut().zip(&long_lived) {
+                bar.set_message(format!("lifecycle and ExecSync: {}", leg.peer.name()));
+                let name = leg.name("true");
+                let mut target = leg.target();
                 let started = Instant::now();
-                target.exec_true(container).await?;
-                execs.push(ms(started.elapsed()));
+                let id = target
+                    .start_container(pod, config, &name, &true_spec)
+                    .await?;
+                target
+                    .wait_exited(&id, Duration::from_secs(30), Duration::from_millis(1))
+                    .await?;
+                target
+                    .client
+                    .remove_container(v1::RemoveContainerRequest {
+                        container_id: id.clone(),
+                    })
+                    .await
+                    .with_context(|| format!("{}: RemoveContainer", leg.peer.name()))?;
+                let took = started.elapsed();
                 bar.inc(1);
-            }
-            if round > 0 {
-                let name = leg.peer.name();
-                report.add(
-                    "lifecycle",
-                    "container create+start+wait+remove of `true`",
-                    "ms",
-                    name,
-                    vec![ms(took)],
-                );
-                report.add("exec", "ExecSync of `true`", "ms", name, execs);
+                let mut execs = Vec::new();
+                for _ in 0..s.execs_per_round {
+                    let started = Instant::now();
+                    target.exec_true(container).await?;
+                    execs.push(ms(started.elapsed()));
+                    bar.inc(1);
+                }
+                if round > 0 {
+                    let name = leg.peer.name();
+                    report.add(
+                        "lifecycle",
+                        "container create+start+wait+remove of `true`",
+                        "ms",
+                        name,
+                        vec![ms(took)],
+                    );
+                    report.add("exec", "ExecSync of `true`", "ms", name, execs);
+                }
             }
         }
-    }
-    for (leg, (pod, _, _)) in legs.iter_mut().zip(&long_lived) {
-        leg.target().end_pod(pod).await?;
+        for (leg, (pod, _, _)) in legs.iter_mut().zip(&long_lived) {
+            leg.target().end_pod(pod).await?;
+        }
     }
 
     // Churn: N pods started at once until all run (the sample), then all removed.
-    for (pods, bursts) in &s.churn {
-        for _ in 0..*bursts {
-            for leg in legs.iter_mut() {
-                bar.set_message(format!("churn of {pods}: {}", leg.peer.name()));
-                let took = churn(leg, *pods, &image).await?;
-                report.add(
-                    &format!("churn-{pods}"),
-                    &format!("churn, {pods} pods at once"),
-                    "ms",
-                    leg.peer.name(),
-                    vec![ms(took)],
-                );
-                bar.inc(1);
+    if s.runs("churn") {
+        for (pods, bursts) in &s.churn {
+            for _ in 0..*bursts {
+                for leg in legs.iter_mut() {
+                    bar.set_message(format!("churn of {pods}: {}", leg.peer.name()));
+                    let took = churn(leg, *pods, &image).await?;
+                    report.add(
+                        &format!("churn-{pods}"),
+                        &format!("churn, {pods} pods at once"),
+                        "ms",
+                        leg.peer.name(),
+                        vec![ms(took)],
+                    );
+                    bar.inc(1);
+                }
             }
         }
     }
 
     // Scale: per-pod cost with growing counts of idle pods, one runtime at a time.
-    for leg in legs.iter_mut() {
-        scale(s, leg, &image, report, bar).await?;
+    if s.runs("scale") {
+        for leg in legs.iter_mut() {
+            scale(s, leg, &image, report, bar).await?;
+        }
     }
 
     // Jitter: cyclictest on the exclusive CPU, on the bare host, then in a pinned pod of each
     // runtime while the harness churns its other pods on the other CPUs.
-    bar.set_message("jitter: the bare host");
-    if let Some(first) = legs.first_mut() {
-        if let Err(e) = jitter_host(s, first, &image, report).await {
-            report
-                .notes
-                .push(format!("host: jitter not measured: {e:#}"));
+    if s.runs("jitter") {
+        bar.set_message("jitter: the bare host");
+        if let Some(first) = legs.first_mut() {
+            if let Err(e) = jitter_host(s, first, &image, report).await {
+                report
+                    .notes
+                    .push(format!("host: jitter not measured: {e:#}"));
+            }
         }
-    }
-    for leg in legs.iter_mut() {
-        bar.set_message(format!("jitter: {}", leg.peer.name()));
-        // A runtime whose pod cannot run cyclictest is reported, not fatal to the run.
-        if let Err(e) = jitter(s, leg, &image, &cyclictest, report).await {
-            report
-                .notes
-                .push(format!("{}: jitter not measured: {e:#}", leg.peer.name()));
+        for leg in legs.iter_mut() {
+            bar.set_message(format!("jitter: {}", leg.peer.name()));
+            // A runtime whose pod cannot run cyclictest is reported, not fatal to the run.
+            if let Err(e) = jitter(s, leg, &image, &cyclictest, report).await {
+                report
+                    .notes
+                    .push(format!("{}: jitter not measured: {e:#}", leg.peer.name()));
+            }
+            bar.inc(1);
         }
         bar.inc(1);
     }
-    bar.inc(1);
 
     // What each daemon holds once a whole run's pods are gone.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1224,5 +1265,31 @@ mod tests {
             .err()
             .expect("refused");
         assert!(format!("{e:#}").contains("more than one runtime"), "{e:#}");
+    }
+
+    #[test]
+    fn only_picks_sections_and_refuses_unknown_ones() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let all = Settings::parse(&args(&["run"])).expect("ok");
+        assert!(SECTIONS.iter().all(|section| all.runs(section)));
+        let s = Settings::parse(&args(&[
+            "run",
+            "--runtimes",
+            "ingot",
+            "--only",
+            "churn,idle",
+            "--smoke",
+        ]))
+        .expect("ok");
+        assert!(s.runs("churn") && s.runs("idle"));
+        assert!(!s.runs("pod-start") && !s.runs("jitter") && !s.runs("scale"));
+        // One leg: idle (1) + churn bursts (1) + the memory after the run (1).
+        assert_eq!(s.steps(), 3);
+        assert!(s.steps() < all.steps());
+        let e = Settings::parse(&args(&["run", "--only", "churn,exec"]))
+            .err()
+            .expect("refused");
+        assert!(format!("{e:#}").contains("no section \"exec\""), "{e:#}");
+        assert!(Settings::parse(&args(&["run", "--only", ""])).is_err());
     }
 }

@@ -29,6 +29,10 @@ pub struct Options {
     /// The network's plugin `type` instead of `bridge` (a plugin in `cni_bin_dirs` that calls
     /// the bridge plugin itself).
     pub cni_plugin: Option<String>,
+    /// The runtime state directory (`--state`) on a tmpfs of its own, as `/run` is on a
+    /// systemd host (on this machine `/run` is on the disk). Unmounted when the daemon is
+    /// dropped.
+    pub state_tmpfs: bool,
 }
 
 pub struct Daemon {
@@ -77,6 +81,9 @@ impl Daemon {
         let cgroup_parent = format!("/{}", crate::unique("ingot-cri-test"));
         let net_d = dir.path().join("net.d");
         std::fs::create_dir_all(&net_d).expect("mkdir");
+        if options.state_tmpfs {
+            crate::mount_tmpfs(&dir.path().join("run")).expect("a tmpfs for the state");
+        }
         if options.netns.is_some() {
             let plugin = options.cni_plugin.as_deref().unwrap_or("bridge");
             std::fs::write(net_d.join("10-ingot.conflist"), network(dir.path(), plugin))

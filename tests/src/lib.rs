@@ -419,6 +419,19 @@ pub fn unmount_below(dir: &Path) {
     }
 }
 
+/// Mounts a tmpfs (mode 0755, as `/run` is) on `dir`, made first; [`unmount_below`] removes it.
+pub fn mount_tmpfs(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )
+    .with_context(|| format!("mount a tmpfs on {}", dir.display()))
+}
+
 /// Mount points of this mount namespace.
 pub fn mounts() -> Vec<String> {
     fs::read_to_string("/proc/self/mountinfo")
