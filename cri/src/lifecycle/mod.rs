@@ -705,7 +705,11 @@ impl Manager {
                 "open {}",
                 shim_log(pod_dir).display()
             )))?;
-        let devnull = std::fs::File::open("/dev/null").map_err(CriError::io("open /dev/null"))?;
+        let devnull = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(CriError::io("open /dev/null"))?;
         let daemon_socket = self.config.socket_path()?.display().to_string();
         let shim_root = self.config.state.join("shim");
         let log_path = shim_log(pod_dir);
