@@ -9,7 +9,6 @@
 //! adds to an image that has one takes the mode and owner of the image's own.
 
 use std::{
-    ffi::CString,
     os::unix::fs::{FileTypeExt, MetadataExt},
     path::{Path, PathBuf},
 };
@@ -29,26 +28,6 @@ fn is_whiteout(meta: &std::fs::Metadata) -> bool {
     meta.file_type().is_char_device() && meta.rdev() == 0
 }
 
-fn is_opaque(dir: &Path) -> bool {
-    let (Ok(path), Ok(name)) = (
-        CString::new(dir.as_os_str().as_encoded_bytes()),
-        CString::new("trusted.overlay.opaque"),
-    ) else {
-        return false;
-    };
-    let mut value = [0u8; 1];
-    // SAFETY: both strings are NUL-terminated and the buffer is as long as the size passed.
-    let n = unsafe {
-        libc::lgetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_mut_ptr().cast(),
-            value.len(),
-        )
-    };
-    n == 1 && value[0] == b'y'
-}
-
 /// What the merged view of `layers` (bottom first, overlayfs form) has at `etc/<name>`:
 /// `Some(true)` present, `Some(false)` absent; None when `/etc` is something other than a
 /// directory (a symlink), where the layer adds nothing.
@@ -64,7 +43,7 @@ fn etc_entry(layers: &[PathBuf], name: &str) -> Option<bool> {
         if let Ok(meta) = std::fs::symlink_metadata(etc.join(name)) {
             return Some(!is_whiteout(&meta));
         }
-        if is_opaque(&etc) {
+        if crate::unpack::is_opaque(&etc) {
             return Some(false);
         }
     }
@@ -161,12 +140,8 @@ mod tests {
 
         // An opaque /etc hides everything below it.
         let opaque = layer(root.path(), "2", &["etc/group"]);
-        let name = CString::new("trusted.overlay.opaque").expect("c");
-        let path = CString::new(opaque.join("etc").as_os_str().as_encoded_bytes()).expect("c");
-        // SAFETY: NUL-terminated strings; a one-byte value.
-        let set =
-            unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
-        assert_eq!(set, 0, "set the opaque xattr (root)");
+        crate::unpack::set_xattr(&opaque.join("etc"), "trusted.overlay.opaque", b"y")
+            .expect("set the opaque xattr (root)");
         let layers = vec![bottom.clone(), top.clone(), opaque];
         assert_eq!(missing(&layers), MOUNT_POINTS.to_vec());
 

@@ -305,29 +305,12 @@ impl ImageStore {
             let hex = digest.trim_start_matches("sha256:");
             let dir = self.layers_root.join(hex);
             if !dir.exists() {
-                let n = self.content.counter.fetch_add(1, Ordering::Relaxed);
-                let partial = self
-                    .layers_root
-                    .join(format!(".unpack-{hex}-{}-{n}", std::process::id()));
                 let file = std::fs::File::open(&blob)
                     .map_err(io(format!("open layer {}", blob.display())))?;
-                let unpacked =
+                self.make_dir(&dir, &format!("unpack-{hex}"), |partial| {
                     crate::unpack::layer_reader(std::io::BufReader::new(file), media_type)
-                        .and_then(|reader| crate::unpack::unpack_layer(reader, &partial));
-                if let Err(err) = unpacked {
-                    let _ = std::fs::remove_dir_all(&partial);
-                    return Err(err);
-                }
-                // Another unpack of the same layer may have won the race; either copy serves.
-                if std::fs::rename(&partial, &dir).is_err() {
-                    let _ = std::fs::remove_dir_all(&partial);
-                    if !dir.exists() {
-                        return Err(ImageError::Io {
-                            context: format!("move layer into {}", dir.display()),
-                            source: std::io::Error::other("rename failed"),
-                        });
-                    }
-                }
+                        .and_then(|reader| crate::unpack::unpack_layer(reader, partial))
+                })?;
             }
             dirs.push(dir);
         }
@@ -346,29 +329,42 @@ impl ImageStore {
         missing: &[&str],
     ) -> Result<PathBuf, ImageError> {
         let dir = self.init_layer_dir(image);
-        if dir.exists() {
-            return Ok(dir);
+        if !dir.exists() {
+            let hex = image.id.trim_start_matches("sha256:");
+            self.make_dir(&dir, &format!("init-{hex}"), |partial| {
+                crate::init_layer::build(partial, layers, missing)
+            })?;
         }
+        Ok(dir)
+    }
+
+    /// Makes `dir` under the layers root whole or not at all: `build` fills a private partial
+    /// directory (`.<name>-<pid>-<n>`), which is then renamed into place. Another thread or
+    /// process making the same directory may win the race; either copy serves.
+    fn make_dir(
+        &self,
+        dir: &Path,
+        name: &str,
+        build: impl FnOnce(&Path) -> Result<(), ImageError>,
+    ) -> Result<(), ImageError> {
         let n = self.content.counter.fetch_add(1, Ordering::Relaxed);
-        let hex = image.id.trim_start_matches("sha256:");
         let partial = self
             .layers_root
-            .join(format!(".init-{hex}-{}-{n}", std::process::id()));
-        if let Err(err) = crate::init_layer::build(&partial, layers, missing) {
+            .join(format!(".{name}-{}-{n}", std::process::id()));
+        if let Err(err) = build(&partial) {
             let _ = std::fs::remove_dir_all(&partial);
             return Err(err);
         }
-        // A create of another container of the image may have won the race; either serves.
-        if std::fs::rename(&partial, &dir).is_err() {
+        if std::fs::rename(&partial, dir).is_err() {
             let _ = std::fs::remove_dir_all(&partial);
             if !dir.exists() {
                 return Err(ImageError::Io {
-                    context: format!("move the init layer into {}", dir.display()),
+                    context: format!("move {} into place", dir.display()),
                     source: std::io::Error::other("rename failed"),
                 });
             }
         }
-        Ok(dir)
+        Ok(())
     }
 
     fn init_layer_dir(&self, image: &ImageRecord) -> PathBuf {

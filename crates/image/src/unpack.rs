@@ -14,6 +14,7 @@ use crate::ImageError;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
+const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
     let context = context.into();
@@ -80,7 +81,7 @@ pub fn unpack_layer(layer: impl Read, dest: &Path) -> Result<(), ImageError> {
         let parent = dest.join(path.parent().unwrap_or(Path::new("")));
         if name == OPAQUE_MARKER {
             std::fs::create_dir_all(&parent).map_err(io(format!("create {}", parent.display())))?;
-            set_xattr(&parent, "trusted.overlay.opaque", b"y")?;
+            set_xattr(&parent, OPAQUE_XATTR, b"y")?;
         } else if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
             std::fs::create_dir_all(&parent).map_err(io(format!("create {}", parent.display())))?;
             let target = parent.join(hidden);
@@ -108,7 +109,29 @@ pub fn unpack_layer(layer: impl Read, dest: &Path) -> Result<(), ImageError> {
     Ok(())
 }
 
-fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), ImageError> {
+/// Whether `dir` is an overlayfs opaque directory (`trusted.overlay.opaque=y`, as an OCI
+/// `.wh..wh..opq` is unpacked): nothing of the layers below shows through it.
+pub(crate) fn is_opaque(dir: &Path) -> bool {
+    let (Ok(path), Ok(name)) = (
+        CString::new(dir.as_os_str().as_bytes()),
+        CString::new(OPAQUE_XATTR),
+    ) else {
+        return false;
+    };
+    let mut value = [0u8; 1];
+    // SAFETY: both strings are NUL-terminated and the buffer is as long as the size passed.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    n == 1 && value[0] == b'y'
+}
+
+pub(crate) fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), ImageError> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| invalid(path, "path holds a NUL byte"))?;
     let c_name = CString::new(name).map_err(|_| invalid(path, "xattr name holds a NUL byte"))?;
@@ -195,20 +218,8 @@ mod tests {
         let whiteout = std::fs::symlink_metadata(dir.path().join("etc/motd")).expect("whiteout");
         assert!(whiteout.file_type().is_char_device());
         assert!(!dir.path().join("etc/.wh.motd").exists());
-        let mut value = [0u8; 4];
-        let path = CString::new(dir.path().join("var/lib").as_os_str().as_bytes()).expect("c");
-        let name = CString::new("trusted.overlay.opaque").expect("c");
-        // SAFETY: valid strings and buffer.
-        let len = unsafe {
-            libc::lgetxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        assert_eq!(len, 1);
-        assert_eq!(value[0], b'y');
+        assert!(is_opaque(&dir.path().join("var/lib")));
+        assert!(!is_opaque(&dir.path().join("etc")));
     }
 
     #[test]
