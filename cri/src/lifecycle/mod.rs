@@ -668,27 +668,14 @@ impl Manager {
     /// session of its own) itself, with posix_spawn: one process start per pod instead of two,
     /// no copy of ingotd, and no bundle directory for the shim.
     pub async fn start_shim(&self, pod_id: &str, pod_dir: &Path) -> Result<String, CriError> {
-        let sockets = self.config.state.join("shim").join("s");
+        let shim_root = self.config.state.join("shim");
+        let log_path = shim_log(pod_dir);
+        let sockets = shim_root.join("s");
         let path = sockets.join(shim_socket_name(pod_id));
         let address = format!("unix://{}", path.display());
         if std::os::unix::net::UnixStream::connect(&path).is_ok() {
             return Ok(address);
         }
-        let failed = |err: std::io::Error| {
-            tracing::warn!(
-                pod = %pod_id,
-                shim_log = %shim_log(pod_dir).display(),
-                "the pod's shim did not start; its log may have the details"
-            );
-            CriError::Shim {
-                method: "start",
-                code: tonic::Code::Internal,
-                message: format!(
-                    "start {} for pod {pod_id}: {err}",
-                    self.shim_binary.display()
-                ),
-            }
-        };
         for dir in [&sockets, pod_dir] {
             std::fs::create_dir_all(dir)
                 .map_err(CriError::io(format!("create {}", dir.display())))?;
@@ -700,19 +687,14 @@ impl Manager {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(shim_log(pod_dir))
-            .map_err(CriError::io(format!(
-                "open {}",
-                shim_log(pod_dir).display()
-            )))?;
+            .open(&log_path)
+            .map_err(CriError::io(format!("open {}", log_path.display())))?;
         let devnull = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/null")
             .map_err(CriError::io("open /dev/null"))?;
         let daemon_socket = self.config.socket_path()?.display().to_string();
-        let shim_root = self.config.state.join("shim");
-        let log_path = shim_log(pod_dir);
         let listen_fd = SHIM_LISTEN_FD.to_string();
         let spawned = {
             use std::os::fd::AsFd;
@@ -750,7 +732,19 @@ impl Manager {
             Ok(pid) => crate::host::spawn::reap_in_background(pid),
             Err(err) => {
                 let _ = std::fs::remove_file(&path);
-                return Err(failed(err));
+                tracing::warn!(
+                    pod = %pod_id,
+                    shim_log = %log_path.display(),
+                    "the pod's shim did not start; its log may have the details"
+                );
+                return Err(CriError::Shim {
+                    method: "start",
+                    code: tonic::Code::Internal,
+                    message: format!(
+                        "start {} for pod {pod_id}: {err}",
+                        self.shim_binary.display()
+                    ),
+                });
             }
         }
         tracing::info!(pod = %pod_id, %address, "pod shim started");
