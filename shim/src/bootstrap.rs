@@ -279,6 +279,12 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
     let work_dir = shim_work_dir(&root, &flags.id);
     std::fs::create_dir_all(&work_dir).with_context(|| format!("create {}", work_dir.display()))?;
     env::set_current_dir(&work_dir).with_context(|| format!("chdir {}", work_dir.display()))?;
+    let listen_fd = match env::var(LISTEN_FD_ENV) {
+        Ok(fd) => Some(fd.parse::<i32>().context("listen fd")?),
+        Err(_) => None,
+    };
+    // Before the first thread: the spare is forked from a single-threaded shim.
+    let spare = fork_spare(listen_fd);
 
     let (events_tx, events_rx) = mpsc::channel::<Event>();
     start_publisher(events_rx, flags.namespace.clone());
@@ -292,6 +298,9 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
         Arc::clone(&reaper),
         Arc::clone(&exit),
     );
+    if let Some(spare) = spare {
+        service.set_spare_helper(spare);
+    }
     if let Err(err) = service.start_oom_watcher() {
         tracing::warn!(error = %err, "OOM events disabled");
     }
@@ -307,12 +316,9 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
         .set_thread_count_default(2)
         .set_thread_count_min(1)
         .set_thread_count_max(3);
-    server = match env::var(LISTEN_FD_ENV) {
-        Ok(fd) => {
-            let fd: i32 = fd.parse().context("listen fd")?;
-            server.add_listener(fd)?
-        }
-        Err(_) => {
+    server = match listen_fd {
+        Some(fd) => server.add_listener(fd)?,
+        None => {
             let path = socket_path(&flags.socket);
             let listener =
                 UnixListener::bind(path).with_context(|| format!("bind shim socket {path}"))?;
@@ -335,6 +341,31 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
     let _ = env::set_current_dir("/");
     let _ = std::fs::remove_dir_all(&work_dir);
     Ok(())
+}
+
+/// Forks the spare helper (see [`crate::spare`]) unless this process already has threads.
+fn fork_spare(listen_fd: Option<i32>) -> Option<crate::spare::Spare> {
+    let threads = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse::<u32>().ok())
+        });
+    if threads != Some(1) {
+        tracing::warn!(?threads, "no spare helper: the shim is not single-threaded");
+        return None;
+    }
+    let close: Vec<i32> = listen_fd.into_iter().collect();
+    // SAFETY: the process has one thread (checked above, before any thread is started).
+    match unsafe { crate::spare::Spare::fork(&close) } {
+        Ok(spare) => Some(spare),
+        Err(err) => {
+            tracing::warn!(error = %err, "no spare helper");
+            None
+        }
+    }
 }
 
 /// Suffix of a shim's own working directory in the namespace's state root (beside the

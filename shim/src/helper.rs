@@ -19,7 +19,10 @@ use libcontainer::{
     container::{builder::ContainerBuilder, Container},
     syscall::syscall::SyscallType,
 };
-use nix::{fcntl::OFlag, unistd::pipe2};
+use nix::{
+    fcntl::OFlag,
+    unistd::{pipe2, Pid},
+};
 use serde::{Deserialize, Serialize};
 
 use containerd_shim::protos::{protobuf::Enum, ttrpc::Code};
@@ -30,6 +33,7 @@ use crate::{
     error::{Result, ShimError},
     io::ChildStdio,
     reaper::Reaper,
+    spare::Spare,
 };
 
 pub const HELPER_BINARY: &str = "ingot-shim-helper";
@@ -280,7 +284,7 @@ fn create(
 
 /// The seccomp export, compiled in a child of the helper while the container is built (the
 /// compile is about a millisecond of CPU, and the build mostly waits on its own children).
-struct SeccompExport(Option<nix::unistd::Pid>);
+struct SeccompExport(Option<Pid>);
 
 impl SeccompExport {
     fn start(spec: &oci_spec::runtime::Spec, work_dir: &std::path::Path) -> Self {
@@ -348,6 +352,59 @@ fn export_seccomp(spec: &oci_spec::runtime::Spec, work_dir: &std::path::Path) {
     }
 }
 
+/// How the shim starts helpers: the binary, and the spare forked at shim start (used by the
+/// first request, see [`crate::spare`]).
+#[derive(Debug)]
+pub struct Launcher {
+    binary: PathBuf,
+    spare: std::sync::Mutex<Option<Spare>>,
+}
+
+impl Launcher {
+    pub fn new(binary: PathBuf) -> Self {
+        Launcher {
+            binary,
+            spare: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn set_spare(&self, spare: Spare) {
+        *self
+            .spare
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(spare);
+    }
+
+    fn take_spare(&self) -> Option<Spare> {
+        self.spare
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    /// Starts the helper for `arg`: hands it to the spare while there is one, else runs the
+    /// binary.
+    fn start(&self, arg: &str, stdio: &ChildStdio, error: &OwnedFd) -> std::io::Result<Pid> {
+        if let Some(spare) = self.take_spare() {
+            let spare_pid = spare.pid();
+            let fds = [
+                stdio.stdin.as_raw_fd(),
+                stdio.stdout.as_raw_fd(),
+                stdio.stderr.as_raw_fd(),
+                error.as_raw_fd(),
+            ];
+            match spare.hand_over(arg, fds) {
+                Ok(pid) => return Ok(pid),
+                // Gone (killed, or died): the reaper collects it; start the binary instead.
+                Err(err) => {
+                    tracing::warn!(pid = spare_pid.as_raw(), error = %err, "spare helper gone")
+                }
+            }
+        }
+        spawn_process(&self.binary, arg, stdio, error)
+    }
+}
+
 /// The helper binary: beside the running shim, else on PATH.
 pub fn binary() -> PathBuf {
     std::env::current_exe()
@@ -361,7 +418,7 @@ pub fn binary() -> PathBuf {
 /// `register` ran with it while the reaper is still held off, so an exit of a short-lived
 /// process is never seen before the shim knows the pid.
 pub fn spawn(
-    binary: &std::path::Path,
+    launcher: &Launcher,
     reaper: &Reaper,
     request: &Request,
     stdio: ChildStdio,
@@ -380,10 +437,12 @@ pub fn spawn(
     })?;
 
     let _hold = reaper.hold();
-    let pid = spawn_process(binary, &arg, &stdio, &error_write).map_err(ShimError::io(format!(
-        "spawn container helper {}",
-        binary.display()
-    )))?;
+    let pid = launcher
+        .start(&arg, &stdio, &error_write)
+        .map_err(ShimError::io(format!(
+            "spawn container helper {}",
+            launcher.binary.display()
+        )))?;
     drop(stdio);
     drop(error_write);
     // Wait first, then read what the helper wrote: the container's init is cloned from the
@@ -431,7 +490,7 @@ pub fn spawn(
 }
 
 /// Waits for a child of our own to end, through interruptions.
-fn wait_child(pid: nix::unistd::Pid) -> nix::Result<nix::sys::wait::WaitStatus> {
+fn wait_child(pid: Pid) -> nix::Result<nix::sys::wait::WaitStatus> {
     loop {
         match nix::sys::wait::waitpid(pid, None) {
             Err(nix::errno::Errno::EINTR) => continue,
@@ -458,7 +517,7 @@ fn spawn_process(
     arg: &str,
     stdio: &ChildStdio,
     error: &OwnedFd,
-) -> std::io::Result<nix::unistd::Pid> {
+) -> std::io::Result<Pid> {
     use std::{ffi::CString, os::unix::ffi::OsStrExt};
     let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
     let path = CString::new(binary.as_os_str().as_bytes()).map_err(invalid)?;
@@ -540,7 +599,7 @@ fn spawn_process(
                 argv.as_ptr(),
                 environ,
             ))?;
-            Ok(nix::unistd::Pid::from_raw(pid))
+            Ok(Pid::from_raw(pid))
         })();
         libc::posix_spawnattr_destroy(&mut attr);
         libc::posix_spawn_file_actions_destroy(&mut actions);

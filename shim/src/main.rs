@@ -1,5 +1,6 @@
 //! `containerd-shim-ingot-v2`: the containerd shim v2 of ingot. One process per pod serves the
-//! Task API over ttrpc; libcontainer runs in `ingot-shim-helper` children.
+//! Task API over ttrpc; libcontainer runs in `ingot-shim-helper` children (the first in a spare
+//! forked at start, see `spare`).
 
 fn main() {
     // One malloc arena per thread would be the largest part of an idle shim's private memory;

@@ -475,6 +475,27 @@ pub fn pids_with_cmdline(needles: &[&str]) -> Vec<i32> {
     pids
 }
 
+/// The parent of process `pid`, from `/proc/<pid>/stat`.
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces, so from the last ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Those of `pids` whose parent is not among them: a process forked by one of them and not yet
+/// renamed or exec'd (a shim's helper at its start) shares its parent's command line.
+pub fn outermost(pids: Vec<i32>) -> Vec<i32> {
+    pids.iter()
+        .copied()
+        .filter(|pid| parent_pid(*pid).is_none_or(|parent| !pids.contains(&parent)))
+        .collect()
+}
+
 /// Polls `check` until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -527,11 +548,16 @@ pub struct ShimProcess {
 
 impl ShimProcess {
     pub fn start() -> Result<Self> {
+        Self::start_binary(&target_dir()?.join(SHIM_BINARY))
+    }
+
+    /// A shim of the binary at `binary` (which finds its helper beside it).
+    pub fn start_binary(binary: &Path) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("ingot-shim").tempdir()?;
         let namespace = unique("ingot-shimtest");
         let socket = dir.path().join("shim.sock");
         let address = format!("unix://{}", socket.display());
-        let mut child = Command::new(target_dir()?.join(SHIM_BINARY))
+        let mut child = Command::new(binary)
             .args([
                 "-namespace",
                 &namespace,

@@ -80,14 +80,8 @@ fn cmdline(pid: u32) -> String {
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // pid (comm) state ppid ...: comm may hold spaces, so from the last ')'.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    let parent = ingot_tests::parent_pid(i32::try_from(pid).ok()?)?;
+    u32::try_from(parent).ok()
 }
 
 /// Whether a shim is among the process's ancestors: then it is a container's process being set

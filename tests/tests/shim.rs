@@ -10,8 +10,8 @@ use containerd_shim_protos::{
     ttrpc::{self, Code},
 };
 use ingot_tests::{
-    cgroups_named, ctx, pids_with_cmdline, remove_cgroup_parent, unique, wait_until, write_bundle,
-    ShimProcess,
+    cgroups_named, ctx, pids_with_cmdline, remove_cgroup_parent, target_dir, unique, wait_until,
+    write_bundle, ShimProcess,
 };
 
 struct Fixture {
@@ -22,8 +22,12 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
+        Self::with(ShimProcess::start().expect("shim"))
+    }
+
+    fn with(shim: ShimProcess) -> Self {
         Fixture {
-            shim: ShimProcess::start().expect("shim"),
+            shim,
             parent: unique("ingot-shimtest"),
             work: tempfile::tempdir().expect("tempdir"),
         }
@@ -534,7 +538,7 @@ fn one_shim_per_pod() {
     let other = shim_start(&namespace, "c3", &bundle("c3", "pod-b"));
     assert_eq!(first, second, "containers of one pod share a shim");
     assert_ne!(first, other, "another pod gets its own shim");
-    let shims = pids_with_cmdline(&[ingot_tests::SHIM_BINARY, &namespace]);
+    let shims = ingot_tests::outermost(pids_with_cmdline(&[ingot_tests::SHIM_BINARY, &namespace]));
     assert_eq!(shims.len(), 2, "{shims:?}");
 
     // Each shim exits on Shutdown when it has no containers.
@@ -662,4 +666,58 @@ fn execs_run_in_the_containers_cgroup_and_cpuset_by_either_path() {
     f.wait("box", "");
     f.delete("box", "").expect("delete");
     f.assert_clean("box");
+}
+
+/// The first helper request of a shim (its pod's first container) goes to the helper forked at
+/// the shim's start, not to the helper binary; later ones run the binary. The binary beside the
+/// shim here is a wrapper that records each run.
+#[test]
+fn the_first_create_runs_in_the_spare_helper() {
+    let bin = tempfile::tempdir().expect("tempdir");
+    let built = target_dir().expect("target dir");
+    let shim_binary = bin.path().join(ingot_tests::SHIM_BINARY);
+    fs::copy(built.join(ingot_tests::SHIM_BINARY), &shim_binary).expect("copy shim");
+    let runs = bin.path().join("helper-runs");
+    let wrapper = bin.path().join("ingot-shim-helper");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho run >> {}\nexec {} \"$@\"\n",
+            runs.display(),
+            built.join("ingot-shim-helper").display()
+        ),
+    )
+    .expect("wrapper");
+    fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let helper_runs = || {
+        fs::read_to_string(&runs)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let f = Fixture::with(ShimProcess::start_binary(&shim_binary).expect("shim"));
+
+    let first = f.bundle("first", &["sh", "-c", "echo first"], |_| {});
+    f.create("first", &first).expect("create first");
+    assert_eq!(helper_runs(), 0, "the first create ran the helper binary");
+    f.start("first", "").expect("start first");
+    assert_eq!(f.wait("first", ""), 0);
+    assert_eq!(
+        fs::read_to_string(first.join("out")).expect("out").trim(),
+        "first"
+    );
+
+    let second = f.bundle("second", &["true"], |_| {});
+    f.create("second", &second).expect("create second");
+    assert_eq!(helper_runs(), 1, "the second create runs the helper binary");
+    f.start("second", "").expect("start second");
+    assert_eq!(f.wait("second", ""), 0);
+    for id in ["first", "second"] {
+        f.delete(id, "").expect("delete");
+        f.assert_clean(id);
+    }
 }

@@ -136,7 +136,7 @@ pub struct Inner {
     reaper: Arc<Reaper>,
     exit: Arc<ExitSignal>,
     counter: AtomicU64,
-    helper: PathBuf,
+    helper: helper::Launcher,
     oom: OnceLock<Arc<OomWatcher>>,
 }
 
@@ -178,10 +178,15 @@ impl Service {
                 reaper,
                 exit,
                 counter: AtomicU64::new(0),
-                helper: helper::binary(),
+                helper: helper::Launcher::new(helper::binary()),
                 oom: OnceLock::new(),
             }),
         }
+    }
+
+    /// The helper forked at shim start, for the first helper request.
+    pub fn set_spare_helper(&self, spare: crate::spare::Spare) {
+        self.inner.helper.set_spare(spare);
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
