@@ -48,7 +48,19 @@ const LISTEN_FD: i32 = 3;
 
 pub fn run() -> anyhow::Result<()> {
     let args: Vec<_> = env::args_os().collect();
-    let flags = containerd_shim::parse(&args[1..]).context("parse shim flags")?;
+    if args
+        .get(1)
+        .is_some_and(|arg| arg == crate::zygote::ZYGOTE_ARG)
+    {
+        std::process::exit(crate::zygote::main());
+    }
+    run_args(&args)
+}
+
+/// The shim with the command line `args` (the program first).
+pub fn run_args(args: &[std::ffi::OsString]) -> anyhow::Result<()> {
+    let flags =
+        containerd_shim::parse(args.get(1..).unwrap_or_default()).context("parse shim flags")?;
     if flags.namespace.is_empty() {
         bail!("-namespace is required");
     }

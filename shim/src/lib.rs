@@ -18,3 +18,4 @@ pub mod service;
 pub mod shimlog;
 pub mod spare;
 pub mod task;
+pub mod zygote;

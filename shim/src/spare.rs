@@ -32,8 +32,6 @@ use nix::{
 const MAX_REQUEST: usize = 64 * 1024;
 /// The fds a request carries, in the order they are placed at 0-3.
 pub const REQUEST_FDS: usize = 4;
-/// The lowest fd number above the request's slots.
-const ABOVE_SLOTS: RawFd = 4;
 /// Exit status of a spare whose request could not be read.
 const BAD_REQUEST: i32 = 125;
 
@@ -123,14 +121,14 @@ fn serve(control: OwnedFd) -> i32 {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 
     let mut buf = vec![0u8; MAX_REQUEST];
-    let (bytes, fds) = match receive(&control, &mut buf) {
-        Ok(Some(received)) => received,
+    let (bytes, fds) = match receive(&control, &mut buf, REQUEST_FDS) {
+        Ok(Some(received)) if received.1.len() == REQUEST_FDS => received,
         // The shim closed the socket without a request: nothing to do.
         Ok(None) => return 0,
-        Err(_) => return BAD_REQUEST,
+        Ok(Some(_)) | Err(_) => return BAD_REQUEST,
     };
     drop(control);
-    if place(fds).is_err() {
+    if place(fds, &[0, 1, 2, 3]).is_err() {
         return BAD_REQUEST;
     }
     match std::str::from_utf8(&buf[..bytes]) {
@@ -139,10 +137,15 @@ fn serve(control: OwnedFd) -> i32 {
     }
 }
 
-/// One request: its length and its fds; `None` at end of file.
-fn receive(control: &OwnedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Vec<OwnedFd>)>> {
+/// One message on `control`: its length and the fds it carried (at most `max_fds`); `None` at
+/// end of file.
+pub(crate) fn receive(
+    control: &OwnedFd,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> nix::Result<Option<(usize, Vec<OwnedFd>)>> {
     let mut iov = [IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!([RawFd; REQUEST_FDS]);
+    let mut space = vec![0u8; nix::sys::socket::cmsg_space::<RawFd>() * max_fds];
     let msg = loop {
         match recvmsg::<()>(
             control.as_raw_fd(),
@@ -171,26 +174,28 @@ fn receive(control: &OwnedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Vec<
     if msg.bytes == 0 && fds.is_empty() {
         return Ok(None);
     }
-    if truncated || fds.len() != REQUEST_FDS {
+    if truncated {
         return Err(nix::errno::Errno::EMSGSIZE);
     }
     Ok(Some((msg.bytes, fds)))
 }
 
-/// Puts `fds` at 0, 1, 2, 3 (without close-on-exec: the container's init inherits 0-2).
-fn place(fds: Vec<OwnedFd>) -> nix::Result<()> {
-    // A received fd may sit at 0-3 already and be overwritten by an earlier dup2: raise all
-    // above 3 first, and close the originals before their slots are reused.
+/// Puts each of `fds` at its number in `targets` (without close-on-exec: what runs there
+/// inherits them), closing the originals.
+pub(crate) fn place(fds: Vec<OwnedFd>, targets: &[RawFd]) -> nix::Result<()> {
+    if fds.len() != targets.len() {
+        return Err(nix::errno::Errno::EINVAL);
+    }
+    // A received fd may sit on a target already and be overwritten by an earlier dup2: raise
+    // all above every target first, and close the originals before their slots are reused.
+    let above = targets.iter().copied().max().unwrap_or(0) + 1;
     let mut raised = Vec::with_capacity(fds.len());
     for fd in fds {
-        let copy = nix::fcntl::fcntl(
-            fd.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(ABOVE_SLOTS),
-        )?;
+        let copy = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(above))?;
         // SAFETY: `copy` is a new fd nothing else owns.
         raised.push(unsafe { OwnedFd::from_raw_fd(copy) });
     }
-    for (target, fd) in (0..).zip(&raised) {
+    for (&target, fd) in targets.iter().zip(&raised) {
         // SAFETY: dup2 onto a fixed slot that nothing in this process owns any more; whatever
         // was there is closed by the kernel.
         if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {

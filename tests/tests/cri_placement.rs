@@ -89,7 +89,9 @@ fn parent_of(pid: u32) -> Option<u32> {
 fn descends_from_a_shim(pid: u32) -> bool {
     let mut next = parent_of(pid);
     while let Some(parent) = next.filter(|p| *p > 1) {
-        if cmdline(parent).contains("containerd-shim-ingot-v2") {
+        let line = cmdline(parent);
+        // The shim zygote forks the shims; a shim's children are what counts.
+        if line.contains("containerd-shim-ingot-v2") && !line.contains("-zygote") {
             return true;
         }
         next = parent_of(parent);

@@ -820,3 +820,56 @@ async fn mount_points_come_from_the_init_layer_not_the_writable_layer() {
     remove_pod(&mut client, &pod_id).await;
     assert_pod_gone(daemon, &pod_id, &containers);
 }
+
+/// Pod shims are forked by ingotd's shim zygote, each with its own command line; when the
+/// zygote is killed, the next pod's shim still starts (a new zygote forks it).
+#[tokio::test(flavor = "current_thread")]
+async fn shims_come_from_the_zygote_and_survive_its_death() {
+    let (env, mut client, image) = env(false).await;
+    let daemon = &env.daemon;
+    let socket = daemon.socket().display().to_string();
+    let zygotes =
+        || ingot_tests::pids_with_cmdline(&["containerd-shim-ingot-v2", "-zygote", &socket]);
+    let mut pods = Vec::new();
+    for round in 0..2 {
+        let name = format!("zygote-{round}");
+        let pod = host_network_pod(&name, &daemon.log_dir(&name), v1::NamespaceMode::Container);
+        let pod_id = run_pod(&mut client, pod.clone()).await;
+        let id = start_container(
+            &mut client,
+            &pod_id,
+            &pod,
+            container_config("app", &image, "sleep 1000"),
+        )
+        .await;
+        let reply = exec(&mut client, &id, &["echo", "up"]).await;
+        assert_eq!(String::from_utf8_lossy(&reply.stdout).trim(), "up");
+        let running = zygotes();
+        assert_eq!(running.len(), 1, "one zygote for {socket}: {running:?}");
+        let shims = ingot_tests::outermost(ingot_tests::pids_with_cmdline(&[
+            "containerd-shim-ingot-v2",
+            "-id",
+            &pod_id,
+        ]));
+        assert_eq!(shims.len(), 1, "{shims:?}");
+        assert_eq!(
+            ingot_tests::parent_pid(shims[0]),
+            Some(running[0]),
+            "the shim of {pod_id} is the zygote's child"
+        );
+        if round == 0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(running[0]),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            assert!(ingot_tests::wait_until(Duration::from_secs(5), || zygotes(
+            )
+            .is_empty()));
+        }
+        pods.push((pod_id, id));
+    }
+    for (pod_id, id) in pods {
+        remove_pod(&mut client, &pod_id).await;
+        assert_pod_gone(daemon, &pod_id, &[id]);
+    }
+}

@@ -10,3 +10,4 @@ pub mod pod_init;
 pub mod rootfs;
 pub mod rt_budget;
 pub mod spawn;
+pub mod zygote;

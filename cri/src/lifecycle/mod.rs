@@ -159,6 +159,8 @@ pub struct Manager {
     reserved_pod_names: Mutex<HashSet<String>>,
     events: broadcast::Sender<v1::ContainerEventResponse>,
     shim_binary: PathBuf,
+    /// The shim zygote, started with the first pod's shim.
+    zygote: Mutex<ZygoteSlot>,
     /// The node as discovered at start, under `config.host_root`.
     pub topology: Topology,
     /// Where every container runs; checkpointed in the store after every change.
@@ -252,6 +254,15 @@ pub(crate) fn running(
 }
 
 /// A pod name held for an in-flight RunPodSandbox; released on drop.
+/// Where the shim zygote stands.
+#[derive(Debug)]
+enum ZygoteSlot {
+    NotStarted,
+    Running(crate::host::zygote::Zygote),
+    /// It could not be started: shims start by exec.
+    Failed,
+}
+
 impl Manager {
     pub fn open(config: Config, images: Arc<ImageStore>) -> Result<Arc<Self>, CriError> {
         let store = Store::open(&config.root)?;
@@ -290,6 +301,7 @@ impl Manager {
             reserved_pod_names: Mutex::default(),
             events,
             shim_binary,
+            zygote: Mutex::new(ZygoteSlot::NotStarted),
             topology,
             placement: Mutex::new(placement),
             pinned: Mutex::default(),
@@ -478,6 +490,7 @@ impl Manager {
         let cpus = self.housekeeping_cpus();
         let proc_root = self.proc_root();
         let mut pids = vec![std::process::id()];
+        pids.extend(self.zygote_pid());
         for pod in self.pods() {
             pids.extend(pod.pid_holder);
             pids.extend(self.shim_pid(&pod).await);
@@ -698,7 +711,7 @@ impl Manager {
         let listen_fd = SHIM_LISTEN_FD.to_string();
         let spawned = {
             use std::os::fd::AsFd;
-            crate::host::spawn::Spawn {
+            let spawn = crate::host::spawn::Spawn {
                 program: &self.shim_binary,
                 args: &[
                     "-namespace",
@@ -722,14 +735,12 @@ impl Manager {
                     (2, log.as_fd()),
                     (SHIM_LISTEN_FD, listener.as_fd()),
                 ],
-            }
-            .start()
+            };
+            self.spawn_shim(&spawn, &daemon_socket)
         };
         drop(listener);
         match spawned {
-            // The shim is ingotd's child (a shim started by containerd's `start` is
-            // re-parented instead): reaped whenever it exits.
-            Ok(pid) => crate::host::spawn::reap_in_background(pid),
+            Ok(()) => {}
             Err(err) => {
                 let _ = std::fs::remove_file(&path);
                 tracing::warn!(
@@ -754,6 +765,61 @@ impl Manager {
             tracing::warn!(pod = %pod_id, %address, "the new shim does not accept connections yet");
         }
         Ok(address)
+    }
+
+    /// Starts a shim: forked by the zygote (started with the first pod's shim), else by exec
+    /// as ingotd's child, reaped whenever it exits (a shim started by containerd's `start` is
+    /// re-parented instead). A zygote that fails is replaced by a new one.
+    fn spawn_shim(
+        &self,
+        spawn: &crate::host::spawn::Spawn<'_>,
+        daemon_socket: &str,
+    ) -> std::io::Result<()> {
+        {
+            let mut slot = lock(&self.zygote);
+            // A zygote that failed (killed, say) is replaced once, at once.
+            for _attempt in 0..2 {
+                if matches!(*slot, ZygoteSlot::NotStarted) {
+                    *slot = match crate::host::zygote::Zygote::start(
+                        &self.shim_binary,
+                        daemon_socket,
+                    ) {
+                        Ok(zygote) => {
+                            tracing::info!(pid = zygote.pid(), "shim zygote started");
+                            ZygoteSlot::Running(zygote)
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "no shim zygote: shims start by exec");
+                            ZygoteSlot::Failed
+                        }
+                    };
+                }
+                let ZygoteSlot::Running(zygote) = &*slot else {
+                    break;
+                };
+                match zygote.spawn(spawn) {
+                    Ok(pid) => {
+                        tracing::debug!(pid, "shim forked by the zygote");
+                        return Ok(());
+                    }
+                    Err(err) => {
+                        tracing::warn!(pid = zygote.pid(), error = %err, "the shim zygote failed");
+                        *slot = ZygoteSlot::NotStarted;
+                    }
+                }
+            }
+        }
+        let pid = spawn.start()?;
+        crate::host::spawn::reap_in_background(pid);
+        Ok(())
+    }
+
+    /// The shim zygote's pid, while it runs.
+    fn zygote_pid(&self) -> Option<u32> {
+        match &*lock(&self.zygote) {
+            ZygoteSlot::Running(zygote) => u32::try_from(zygote.pid()).ok(),
+            _ => None,
+        }
     }
 
     /// Removes a container's runtime state and cgroups when its shim is gone, with the shim
