@@ -97,7 +97,8 @@ done
 say after.cgroups "$(ls /sys/fs/cgroup/ingot-vm 2>&1 | grep -v '^cgroup\.\|^cpu\|^memory\|^pids\|^hugetlb\|^io\.' | tr '\n' ' ')"
 say after.exclusive "$(cat /sys/fs/cgroup/ingot-vm/cpuset.cpus.exclusive 2>&1)"
 say after.affinity "$(cat /proc/irq/default_smp_affinity)"
-say after.shims "$(ps -o comm | grep -c containerd-shim)"
+# Pod shims left; ingotd's shim zygote (`-zygote`) lives as long as ingotd.
+say after.shims "$(ps -o args | grep containerd-shim-ingot-v2 | grep -v -e -zygote -e grep | wc -l)"
 echo INGOT-VM-END
 echo INGOT-LOG-BEGIN
 tail -n 60 /tmp/ingotd.log
