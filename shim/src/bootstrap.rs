@@ -355,6 +355,15 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fills std's cache of CPU features (`is_x86_feature_detected!`) in a process that forks the
+/// others: the shims, their spare helper and the container processes it forks inherit it,
+/// where each would otherwise probe with `cpuid` on first use (a VM exit per leaf on a
+/// virtual machine). Later calls only read the cache.
+pub(crate) fn detect_cpu_features() {
+    #[cfg(target_arch = "x86_64")]
+    let _ = std::arch::is_x86_feature_detected!("avx2");
+}
+
 /// Forks the spare helper (see [`crate::spare`]) unless this process already has threads.
 fn fork_spare(listen_fd: Option<i32>) -> Option<crate::spare::Spare> {
     let threads = std::fs::read_to_string("/proc/self/status")
@@ -369,6 +378,7 @@ fn fork_spare(listen_fd: Option<i32>) -> Option<crate::spare::Spare> {
         tracing::warn!(?threads, "no spare helper: the shim is not single-threaded");
         return None;
     }
+    detect_cpu_features();
     let close: Vec<i32> = listen_fd.into_iter().collect();
     // SAFETY: the process has one thread (checked above, before any thread is started).
     match unsafe { crate::spare::Spare::fork(&close) } {

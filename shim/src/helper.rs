@@ -208,7 +208,7 @@ fn run(arg: &str) -> Result<()> {
     }
 }
 
-/// Prepares the spec, builds the container, seals its cgroup mounts and places hugepage limits.
+/// Prepares the spec, builds the container and places hugepage limits.
 fn create(
     request: &Request,
     builder: ContainerBuilder,
@@ -222,6 +222,8 @@ fn create(
     };
     let spec = ingot_oci::load_spec(bundle).map_err(spec_error)?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // libcontainer's processes, forked from this one, look the v1 hierarchies up again.
+    libcgroups::v1::util::remember_subsystem_mount_points(&mountinfo);
     let placement = cgroups::hugetlb_placement(&mountinfo, std::path::Path::new("/"));
     // This helper inherits the shim's oom_score_adj and capabilities: its floor is the shim's.
     let host = HostFacts {
@@ -236,7 +238,6 @@ fn create(
         work_dir.display()
     )))?;
 
-    let readonly_cgroups = cgroup_mount_readonly(&prepared.spec);
     let export = SeccompExport::start(&prepared.spec, work_dir);
     let container = match builder
         .as_init(work_dir)
@@ -275,10 +276,6 @@ fn create(
         work_dir.display()
     )))?;
     export.finish();
-    // Last: it enters the container's mount namespace, after which host paths are gone.
-    if readonly_cgroups {
-        seal_cgroup_mounts(pid).map_err(other(id, "create"))?;
-    }
     Ok(())
 }
 
@@ -605,54 +602,4 @@ fn spawn_process(
         libc::posix_spawn_file_actions_destroy(&mut actions);
         result
     }
-}
-
-/// Whether the spec asks for a read-only cgroup mount (runc's default spec does).
-fn cgroup_mount_readonly(spec: &oci_spec::runtime::Spec) -> bool {
-    spec.mounts().iter().flatten().any(|mount| {
-        mount.typ().as_deref() == Some("cgroup")
-            && mount
-                .options()
-                .iter()
-                .flatten()
-                .any(|option| option == "ro")
-    })
-}
-
-/// libcontainer 0.7 bind-mounts each v1 controller at /sys/fs/cgroup/<controller> read-write,
-/// whatever the spec's cgroup mount says, which would let a container's root raise its own
-/// limits. runc mounts them `ro,nosuid,nodev,noexec`; so do we, from inside the container's mount
-/// namespace while its init still waits for start.
-fn seal_cgroup_mounts(init_pid: i32) -> std::result::Result<(), String> {
-    use nix::{
-        mount::{mount, MsFlags},
-        sched::{setns, CloneFlags},
-    };
-    // Read before entering: inside, /proc is the container's and our pid is not in it.
-    let mountinfo = std::fs::read_to_string(format!("/proc/{init_pid}/mountinfo"))
-        .map_err(|err| format!("read mountinfo of {init_pid}: {err}"))?;
-    let ns = std::fs::File::open(format!("/proc/{init_pid}/ns/mnt"))
-        .map_err(|err| format!("open mount namespace of {init_pid}: {err}"))?;
-    // This helper is single-threaded; setns moves its root to the container's root.
-    setns(&ns, CloneFlags::CLONE_NEWNS).map_err(|err| format!("enter mount namespace: {err}"))?;
-    for line in mountinfo.lines() {
-        let mount_point = line.split_whitespace().nth(4).unwrap_or_default();
-        let fs_type = line
-            .split_once(" - ")
-            .and_then(|(_, right)| right.split_whitespace().next())
-            .unwrap_or_default();
-        if fs_type != "cgroup" || !mount_point.starts_with("/sys/fs/cgroup/") {
-            continue;
-        }
-        let flags = MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV
-            | MsFlags::MS_NOEXEC
-            | MsFlags::MS_RELATIME;
-        mount(None::<&str>, mount_point, None::<&str>, flags, None::<&str>)
-            .map_err(|err| format!("remount {mount_point} read-only: {err}"))?;
-    }
-    Ok(())
 }

@@ -589,7 +589,11 @@ fn pin(pid: u32, cpu: usize) {
         .flatten()
     {
         let tid: i32 = task.file_name().to_string_lossy().parse().expect("tid");
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set).expect("pin");
+        // A thread that ended since the listing needs no pin.
+        match nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(err) => panic!("pin thread {tid} of {pid}: {err}"),
+        }
     }
 }
 
@@ -720,4 +724,70 @@ fn the_first_create_runs_in_the_spare_helper() {
         f.delete(id, "").expect("delete");
         f.assert_clean(id);
     }
+}
+
+#[test]
+fn mount_points_are_made_inside_the_rootfs_whatever_exists() {
+    let f = Fixture::new();
+    let outside = tempfile::tempdir().expect("tempdir");
+    let host_file = f.work.path().join("host-file");
+    fs::write(&host_file, "from the host\n").expect("host file");
+    let bundle = f.bundle(
+        "mounts",
+        &[
+            "sh",
+            "-c",
+            "cut -d' ' -f5 /proc/self/mountinfo; cat /etc/from-host; ls -d /deep/new/dir /fresh",
+        ],
+        |spec| {
+            let mounts = spec["mounts"].as_array_mut().expect("mounts");
+            let tmpfs = |destination: &str| {
+                serde_json::json!({"destination": destination, "type": "tmpfs", "source": "tmpfs",
+                    "options": ["nosuid", "nodev"]})
+            };
+            // A missing last component, a missing chain, a path through a symlink that points
+            // out of the rootfs, and a file bind whose target does not exist.
+            mounts.push(tmpfs("/fresh"));
+            mounts.push(tmpfs("/deep/new/dir"));
+            mounts.push(tmpfs("/escape/inner"));
+            mounts.push(
+                serde_json::json!({"destination": "/etc/from-host", "type": "bind",
+                "source": host_file.display().to_string(), "options": ["rbind", "ro"]}),
+            );
+        },
+    );
+    // An absolute symlink is resolved inside the rootfs, never on the host: its target exists
+    // in both, and the mount point must be made in the rootfs' one.
+    let inside = bundle
+        .join("rootfs")
+        .join(outside.path().strip_prefix("/").expect("absolute"));
+    fs::create_dir_all(&inside).expect("target in the rootfs");
+    std::os::unix::fs::symlink(outside.path(), bundle.join("rootfs/escape")).expect("symlink");
+    f.create("mounts", &bundle).expect("create");
+    f.start("mounts", "").expect("start");
+    assert_eq!(f.wait("mounts", ""), 0, "{}", out(&bundle));
+    let text = out(&bundle);
+    let mount_points: Vec<&str> = text.lines().collect();
+    for expected in ["/fresh", "/deep/new/dir", "/etc/from-host"] {
+        assert!(
+            mount_points.contains(&expected),
+            "{expected} not mounted: {text}"
+        );
+    }
+    let through_link = format!("{}/inner", outside.path().display());
+    assert!(
+        mount_points.contains(&through_link.as_str()),
+        "{through_link} not mounted inside: {text}"
+    );
+    assert!(text.contains("from the host"), "{text}");
+    assert!(
+        !outside.path().join("inner").exists(),
+        "a mount point was made on the host through the symlink"
+    );
+    assert!(
+        inside.join("inner").is_dir(),
+        "the mount point is not in the rootfs"
+    );
+    f.delete("mounts", "").expect("delete");
+    f.assert_clean("mounts");
 }

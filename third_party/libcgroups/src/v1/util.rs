@@ -24,18 +24,43 @@ pub enum V1MountPointError {
 
 /// List all cgroup v1 subsystem mount points on the system. This can include unsupported
 /// subsystems, comounted controllers and named hierarchies.
+///
+/// Read once per process and kept: a node's v1 hierarchies are mounted at boot and stay, and
+/// a container start asks for them in each of its processes (the runtime, the intermediate,
+/// the init), each a fork of the one before, so one read serves them all.
 pub fn list_subsystem_mount_points() -> Result<Vec<PathBuf>, V1MountPointError> {
+    if let Some(known) = MOUNT_POINTS.get() {
+        return Ok(known.clone());
+    }
     let reader = BufReader::new(ProcfsHandle::new()?.open(
         ProcfsBase::ProcSelf,
         "mountinfo",
         OpenFlags::O_RDONLY | OpenFlags::O_CLOEXEC,
     )?);
+    let read = subsystem_mount_points(reader.lines().map(|lr| lr.map_err(V1MountPointError::Io)))?;
+    Ok(MOUNT_POINTS.get_or_init(|| read).clone())
+}
 
-    reader
-        .lines()
+static MOUNT_POINTS: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+
+/// Keeps the v1 mount points of `mountinfo` (this process's `/proc/self/mountinfo` text, read
+/// by the caller for its own needs) for [`list_subsystem_mount_points`], so that neither this
+/// process nor the ones it forks read it again. Text that does not parse is ignored.
+pub fn remember_subsystem_mount_points(mountinfo: &str) {
+    if MOUNT_POINTS.get().is_some() {
+        return;
+    }
+    if let Ok(found) = subsystem_mount_points(mountinfo.lines().map(|l| Ok(l.to_string()))) {
+        let _ = MOUNT_POINTS.set(found);
+    }
+}
+
+fn subsystem_mount_points(
+    lines: impl Iterator<Item = Result<String, V1MountPointError>>,
+) -> Result<Vec<PathBuf>, V1MountPointError> {
+    lines
         .map(|lr| {
-            lr.map_err(V1MountPointError::Io)
-                .and_then(|line| MountInfo::from_line(&line).map_err(V1MountPointError::MountInfo))
+            lr.and_then(|line| MountInfo::from_line(&line).map_err(V1MountPointError::MountInfo))
         })
         .try_fold(Vec::new(), |mut mount_points, r| {
             r.map(|m| {
@@ -63,27 +88,9 @@ pub fn list_supported_mount_points() -> Result<HashMap<ControllerType, PathBuf>,
 
 pub fn get_subsystem_mount_point(subsystem: &ControllerType) -> Result<PathBuf, V1MountPointError> {
     let subsystem_name = subsystem.to_string();
-    let reader = BufReader::new(ProcfsHandle::new()?.open(
-        ProcfsBase::ProcSelf,
-        "mountinfo",
-        OpenFlags::O_RDONLY | OpenFlags::O_CLOEXEC,
-    )?);
-
-    reader
-        .lines()
-        .map(|lr| {
-            lr.map_err(V1MountPointError::Io)
-                .and_then(|line| MountInfo::from_line(&line).map_err(V1MountPointError::MountInfo))
-        })
-        .find_map(|r| match r {
-            Err(e) => Some(Err(e)),
-            Ok(m) if m.fs_type == "cgroup" => {
-                let ok = mounts_subsystem(&m.mount_point, &subsystem_name);
-                if ok { Some(Ok(m.mount_point)) } else { None }
-            }
-            Ok(_) => None,
-        })
-        .transpose()?
+    list_subsystem_mount_points()?
+        .into_iter()
+        .find(|mount_point| mounts_subsystem(mount_point, &subsystem_name))
         .ok_or(V1MountPointError::NotFound {
             subsystem: *subsystem,
         })

@@ -1,6 +1,6 @@
 use std::fs::{Permissions, canonicalize};
 use std::io::{BufRead, BufReader, ErrorKind};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -393,8 +393,12 @@ impl Mount {
             subsystem_name.into()
         };
 
+        let mut flags = MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if cgroup_sealing(cgroup_mount).any(|o| o == "ro") {
+            flags |= MsFlags::MS_RDONLY;
+        }
         let mount_options_config = MountOptionConfig {
-            flags: MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            flags,
             data: vec![data.into_owned()],
             rec_attr: None,
         };
@@ -455,8 +459,8 @@ impl Mount {
                 )
                 .typ("bind")
                 .options(
-                    ["rw", "rbind"]
-                        .iter()
+                    std::iter::once("rbind")
+                        .chain(cgroup_sealing(cgroup_mount))
                         .map(|o| o.to_string())
                         .collect::<Vec<String>>(),
                 )
@@ -602,12 +606,12 @@ impl Mount {
             })?;
 
             if src.is_dir() {
-                root.mkdir_all(container_dest, &dir_perm)?;
-            } else {
+                mkdir_all_in(&root, container_dest, &dir_perm)?;
+            } else if open_in_root(&root, container_dest).is_err() {
                 let parent = container_dest
                     .parent()
                     .ok_or(MountError::Custom("destination has no parent".to_string()))?;
-                root.mkdir_all(parent, &dir_perm)?;
+                mkdir_all_in(&root, parent, &dir_perm)?;
 
                 match root.create_file(
                     container_dest,
@@ -628,7 +632,7 @@ impl Mount {
 
             src
         } else {
-            root.mkdir_all(container_dest, &dir_perm)?;
+            mkdir_all_in(&root, container_dest, &dir_perm)?;
             PathBuf::from(source)
         };
 
@@ -1017,6 +1021,91 @@ pub fn find_parent_mount(
             MountError::Custom(format!("can't find the parent mount of {:?}", rootfs))
         })?;
     Ok(parent_mount_info)
+}
+
+/// The options of the spec's cgroup mount that each v1 hierarchy mounted under it takes too:
+/// read-only (as runc does; read-write would let the container's root raise its own limits)
+/// and nosuid, nodev, noexec.
+#[cfg(feature = "v1")]
+fn cgroup_sealing(cgroup_mount: &SpecMount) -> impl Iterator<Item = &'static str> + '_ {
+    let options = cgroup_mount.options().as_deref().unwrap_or_default();
+    let readonly = options.iter().any(|o| o == "ro");
+    let rw = std::iter::once(if readonly { "ro" } else { "rw" });
+    rw.chain(
+        ["nosuid", "nodev", "noexec"]
+            .into_iter()
+            .filter(move |flag| options.iter().any(|o| o == flag)),
+    )
+}
+
+/// `root.mkdir_all(path)`, made cheap for the two cases nearly every mount point is in: the
+/// directory exists (in the image, or made by an earlier mount), or only its last component is
+/// missing. The first is one `openat2(RESOLVE_IN_ROOT)`, the second one more and a `mkdirat` in
+/// the parent found that way; both stay inside `root` as pathrs' own resolution does. Anything
+/// else (a longer missing tail, `..`, a race, no openat2) goes to `Root::mkdir_all`, which
+/// re-verifies every step through procfs: about fifty syscalls for a directory that exists.
+fn mkdir_all_in(root: &Root, path: &Path, perm: &Permissions) -> Result<()> {
+    match open_in_root(root, path) {
+        Ok(fd) if is_dir(&fd) => return Ok(()),
+        Err(Errno::ENOENT) => {
+            let simple = path.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            });
+            if let (Some(name), Some(parent), true) = (path.file_name(), path.parent(), simple) {
+                if let Ok(dir) = open_in_root(root, parent) {
+                    let made = nix::sys::stat::mkdirat(
+                        Some(dir.as_raw_fd()),
+                        name,
+                        nix::sys::stat::Mode::from_bits_truncate(perm.mode()),
+                    );
+                    if matches!(made, Ok(()) | Err(Errno::EEXIST))
+                        && open_in_root(root, path).is_ok_and(|fd| is_dir(&fd))
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    root.mkdir_all(path, perm)?;
+    Ok(())
+}
+
+/// `path` opened `O_PATH` inside `root` by one `openat2(RESOLVE_IN_ROOT |
+/// RESOLVE_NO_MAGICLINKS)`, what pathrs' resolver does where openat2 exists, without its error
+/// path (which reads procfs to name the root in the message). Any error sends the caller back
+/// to pathrs.
+fn open_in_root(root: &Root, path: &Path) -> std::result::Result<OwnedFd, Errno> {
+    let path =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: open_how is plain data; all zeroes is its "no flags" value.
+    let mut how: libc::open_how = unsafe { mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: the fd, the NUL-terminated path and `how` outlive the call, whose result is
+    // either an error or a new fd that is owned here.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_fd().as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a successful openat2 returns a new fd nobody else owns.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
+}
+
+fn is_dir(fd: &OwnedFd) -> bool {
+    nix::sys::stat::fstat(fd.as_raw_fd()).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
 }
 
 #[cfg(test)]

@@ -62,7 +62,12 @@ impl RootFS {
 
         let mounter = Mount::new();
 
-        mounter.make_parent_mount_private(rootfs)?;
+        // After a recursive MS_SLAVE or MS_PRIVATE of "/" no mount in this namespace is
+        // shared, so the rootfs' parent mount needs no change, and mountinfo (a line per mount
+        // of the host, read through the checked procfs handle) need not be read to find it.
+        if flags.contains(MsFlags::MS_SHARED) {
+            mounter.make_parent_mount_private(rootfs)?;
+        }
 
         tracing::debug!("mount root fs {:?}", rootfs);
         self.syscall
