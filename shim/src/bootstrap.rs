@@ -359,9 +359,16 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
 /// others: the shims, their spare helper and the container processes it forks inherit it,
 /// where each would otherwise probe with `cpuid` on first use (a VM exit per leaf on a
 /// virtual machine). Later calls only read the cache.
-pub(crate) fn detect_cpu_features() {
+fn detect_cpu_features() {
     #[cfg(target_arch = "x86_64")]
     let _ = std::arch::is_x86_feature_detected!("avx2");
+}
+
+/// What a process that forks the others learns once for all of them: the CPU features (above)
+/// and the host's cgroup mounts ([`crate::cgroups::host_cgroup_mounts`]).
+pub(crate) fn learn_host_before_forks() {
+    detect_cpu_features();
+    let _ = crate::cgroups::host_cgroup_mounts();
 }
 
 /// Forks the spare helper (see [`crate::spare`]) unless this process already has threads.
@@ -378,7 +385,7 @@ fn fork_spare(listen_fd: Option<i32>) -> Option<crate::spare::Spare> {
         tracing::warn!(?threads, "no spare helper: the shim is not single-threaded");
         return None;
     }
-    detect_cpu_features();
+    learn_host_before_forks();
     let close: Vec<i32> = listen_fd.into_iter().collect();
     // SAFETY: the process has one thread (checked above, before any thread is started).
     match unsafe { crate::spare::Spare::fork(&close) } {

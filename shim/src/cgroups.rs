@@ -36,6 +36,37 @@ pub fn mounts(mountinfo: &str) -> impl Iterator<Item = (&str, &str, &str)> {
     })
 }
 
+/// The host's cgroup mounts: the `cgroup` and `cgroup2` lines of `/proc/self/mountinfo`, read
+/// once per process family and kept. A node mounts its hierarchies at boot and keeps them, while
+/// mountinfo grows by a few lines per pod (rootfs overlays, namespace pins, shm), each costly
+/// for the kernel to print. The zygote fills this before it forks shims, a shim before it forks
+/// its spare helper, so neither they nor the container processes forked from them read it again.
+pub fn host_cgroup_mounts() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let text = cgroup_lines(&mountinfo);
+        libcgroups::v1::util::remember_subsystem_mount_points(&text);
+        text
+    })
+}
+
+/// The lines of `mountinfo` text that mount a cgroup or cgroup2 filesystem.
+fn cgroup_lines(mountinfo: &str) -> String {
+    mountinfo
+        .lines()
+        .filter(|line| {
+            line.split_once(" - ")
+                .and_then(|(_, right)| right.split_whitespace().next())
+                .is_some_and(|fs_type| fs_type == "cgroup" || fs_type == "cgroup2")
+        })
+        .fold(String::new(), |mut text, line| {
+            text.push_str(line);
+            text.push('\n');
+            text
+        })
+}
+
 /// Where hugetlb lives on this host, and the unified mount when limits go there by hand.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HugetlbPlacement {
@@ -471,6 +502,21 @@ mod tests {
         fs::write(unified.join("cgroup.controllers"), controllers).expect("write");
         fs::write(unified.join("cgroup.subtree_control"), subtree).expect("write");
         root
+    }
+
+    #[test]
+    fn only_cgroup_mounts_are_kept() {
+        let mountinfo = format!(
+            "22 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n{HYBRID}\
+             40 22 0:40 / /run/ingot/c/rootfs rw - overlay overlay rw,lowerdir=/a:/b\n\
+             41 22 0:4 net:[4026532] /run/ingot/pods/p/ns/net rw - nsfs nsfs rw\n"
+        );
+        let kept = cgroup_lines(&mountinfo);
+        assert_eq!(kept, HYBRID);
+        assert_eq!(
+            hugetlb_placement(&kept, Path::new("/nonexistent")),
+            hugetlb_placement(&mountinfo, Path::new("/nonexistent"))
+        );
     }
 
     #[test]

@@ -299,10 +299,8 @@ impl Plan {
                 std::fs::File::open(&theirs).map_err(ShimError::io(format!("open {theirs}")))?;
             namespaces.push((OwnedFd::from(file), *flag));
         }
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-            .map_err(ShimError::io("read /proc/self/mountinfo"))?;
         let mut cgroup_joins = Vec::new();
-        for file in cgroup_join_files(&mountinfo, cgroups_path) {
+        for file in cgroup_join_files(crate::cgroups::host_cgroup_mounts(), cgroups_path) {
             let fd = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&file)

@@ -221,10 +221,8 @@ fn create(
         source,
     };
     let spec = ingot_oci::load_spec(bundle).map_err(spec_error)?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    // libcontainer's processes, forked from this one, look the v1 hierarchies up again.
-    libcgroups::v1::util::remember_subsystem_mount_points(&mountinfo);
-    let placement = cgroups::hugetlb_placement(&mountinfo, std::path::Path::new("/"));
+    let placement =
+        cgroups::hugetlb_placement(cgroups::host_cgroup_mounts(), std::path::Path::new("/"));
     // This helper inherits the shim's oom_score_adj and capabilities: its floor is the shim's.
     let host = HostFacts {
         min_oom_score_adj: cgroups::oom_score_floor(std::path::Path::new("/proc/self")),

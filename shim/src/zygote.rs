@@ -63,7 +63,7 @@ pub fn main() -> i32 {
     );
     // SAFETY: sets a disposition, no handler.
     let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigIgn) };
-    crate::bootstrap::detect_cpu_features();
+    crate::bootstrap::learn_host_before_forks();
     let mut buf = vec![0u8; MAX_REQUEST];
     loop {
         let (bytes, fds) = match receive(&control, &mut buf, MAX_FDS) {
