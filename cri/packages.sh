@@ -5,8 +5,9 @@
 # runtime helper; libelf and zlib build libbpf, for the eBPF device filter of cgroup v2.
 INGOT_BUILD_PACKAGES=(protobuf-compiler libseccomp-dev pkg-config libelf-dev zlib1g-dev)
 # What ingotd uses at run time: the CNI plugins its default network configuration names
-# (bridge, host-local), nsenter and mount from util-linux.
-INGOT_RUN_PACKAGES=(containernetworking-plugins util-linux)
+# (bridge, host-local), iptables for the plugins that masquerade and map host ports (bridge's
+# ipMasq, portmap), nsenter and mount from util-linux.
+INGOT_RUN_PACKAGES=(containernetworking-plugins iptables util-linux)
 
 # Installs the given packages with apt-get (after `apt-get update`), unless all are there.
 install_packages() {

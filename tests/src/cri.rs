@@ -33,6 +33,9 @@ pub struct Options {
     /// systemd host (on this machine `/run` is on the disk). Unmounted when the daemon is
     /// dropped.
     pub state_tmpfs: bool,
+    /// The bridge masquerades (`ipMasq`) and the portmap plugin follows it: both run iptables
+    /// in the daemon's network namespace.
+    pub host_ports: bool,
 }
 
 pub struct Daemon {
@@ -45,27 +48,28 @@ pub struct Daemon {
 
 /// A CNI configuration list: the bridge `ingot0` with host-local addresses, state kept in `dir`.
 pub fn bridge_network(dir: &Path) -> String {
-    network(dir, "bridge")
+    network(dir, "bridge", false)
 }
 
-/// [`bridge_network`] run by the plugin `plugin` (which must hand on to `bridge`).
-fn network(dir: &Path, plugin: &str) -> String {
-    serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "ingot-test",
-        "plugins": [{
-            "type": plugin,
-            "bridge": "ingot0",
-            "isGateway": true,
-            "ipMasq": false,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": "10.99.0.0/24"}]],
-                "dataDir": dir.join("ipam"),
-            }
-        }]
-    })
-    .to_string()
+/// [`bridge_network`] run by the plugin `plugin` (which must hand on to `bridge`); with
+/// `host_ports`, masquerading and the portmap plugin.
+fn network(dir: &Path, plugin: &str, host_ports: bool) -> String {
+    let mut plugins = vec![serde_json::json!({
+        "type": plugin,
+        "bridge": "ingot0",
+        "isGateway": true,
+        "ipMasq": host_ports,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": "10.99.0.0/24"}]],
+            "dataDir": dir.join("ipam"),
+        }
+    })];
+    if host_ports {
+        plugins
+            .push(serde_json::json!({"type": "portmap", "capabilities": {"portMappings": true}}));
+    }
+    serde_json::json!({"cniVersion": "1.0.0", "name": "ingot-test", "plugins": plugins}).to_string()
 }
 
 impl Daemon {
@@ -86,8 +90,8 @@ impl Daemon {
         }
         if options.netns.is_some() {
             let plugin = options.cni_plugin.as_deref().unwrap_or("bridge");
-            std::fs::write(net_d.join("10-ingot.conflist"), network(dir.path(), plugin))
-                .expect("cni conf");
+            let network = network(dir.path(), plugin, options.host_ports);
+            std::fs::write(net_d.join("10-ingot.conflist"), network).expect("cni conf");
         }
         let bin_dirs: Vec<String> = options
             .cni_bin_dirs

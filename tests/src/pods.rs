@@ -179,6 +179,16 @@ pub fn container_config(name: &str, image: &str, script: &str) -> v1::ContainerC
     }
 }
 
+/// A container `web` serving `served\n` as `/index.html` over HTTP on port 8080 (busybox
+/// httpd).
+pub fn web_container(image: &str) -> v1::ContainerConfig {
+    container_config(
+        "web",
+        image,
+        "mkdir -p /www && echo served > /www/index.html && httpd -f -p 8080 -h /www",
+    )
+}
+
 pub async fn run_pod(
     client: &mut RuntimeServiceClient<Channel>,
     config: v1::PodSandboxConfig,

@@ -9,7 +9,8 @@ use ingot_tests::{
     cri::{runtime_client, Daemon},
     pods::*,
 };
-use k8s_cri::v1;
+use k8s_cri::v1::{self, runtime_service_client::RuntimeServiceClient};
+use tonic::transport::Channel;
 
 #[tokio::test(flavor = "current_thread")]
 async fn pod_lifecycle_network_logs_exec_stats() {
@@ -872,4 +873,131 @@ async fn shims_come_from_the_zygote_and_survive_its_death() {
         remove_pod(&mut client, &pod_id).await;
         assert_pod_gone(daemon, &pod_id, &[id]);
     }
+}
+
+/// The nat table of the daemon's network namespace, as `iptables -S` lists it.
+fn nat_rules(netns: &ingot_tests::TestNetns) -> String {
+    let out = netns
+        .command("iptables")
+        .args(["-t", "nat", "-S"])
+        .output()
+        .expect("iptables");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A daemon whose network masquerades and maps host ports, and a pod of it mapping `host_port`
+/// to its 8080.
+async fn host_port_pod(
+    host_port: i32,
+) -> (
+    Env,
+    RuntimeServiceClient<Channel>,
+    String,
+    String,
+    v1::PodSandboxConfig,
+) {
+    let options = ingot_tests::cri::Options {
+        host_ports: true,
+        ..Default::default()
+    };
+    let (env, mut client, image) = env_with(true, options).await;
+    let mut pod = pod_config("ports", &env.daemon.log_dir("ports"));
+    pod.port_mappings = vec![v1::PortMapping {
+        protocol: v1::Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port,
+        host_ip: String::new(),
+    }];
+    let pod_id = run_pod(&mut client, pod.clone()).await;
+    (env, client, image, pod_id, pod)
+}
+
+/// Neither the bridge's masquerade rule for `pod_id` nor portmap's for `host_port` is left.
+fn assert_no_rules_for(netns: &ingot_tests::TestNetns, pod_id: &str, host_port: u16) {
+    let rules = nat_rules(netns);
+    assert!(!rules.contains(pod_id), "rules left for {pod_id}:\n{rules}");
+    let port = format!("--dport {host_port}");
+    assert!(!rules.contains(&port), "host port rule left:\n{rules}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_host_port_reaches_the_pod_through_plugins_that_run_iptables() {
+    // The bridge masquerades and the portmap plugin maps the host port: both find iptables on
+    // PATH, which a plugin run with an empty environment has not.
+    let (env, mut client, image, pod_id, pod) = host_port_pod(18080).await;
+    let daemon = &env.daemon;
+    let netns = env.netns().expect("a private network");
+    let rules = nat_rules(netns);
+    assert!(
+        rules.contains(&pod_id),
+        "no masquerade rule for {pod_id}:\n{rules}"
+    );
+    assert!(
+        rules.contains("--dport 18080"),
+        "no host port rule:\n{rules}"
+    );
+    let id = start_container(&mut client, &pod_id, &pod, web_container(&image)).await;
+    // The bridge's address is the node's: the host port is DNAT'ed to the pod's 8080.
+    let reply = netns
+        .run(|| {
+            use std::io::{Read, Write};
+            let mut reply = String::new();
+            let served = ingot_tests::wait_until(Duration::from_secs(10), || {
+                let Ok(mut stream) = std::net::TcpStream::connect("10.99.0.1:18080") else {
+                    return false;
+                };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                reply.clear();
+                stream
+                    .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+                    .is_ok()
+                    && stream.read_to_string(&mut reply).is_ok()
+                    && !reply.is_empty()
+            });
+            served.then_some(reply)
+        })
+        .expect("netns")
+        .expect("no reply on the host port");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("\r\n\r\nserved\n"), "{reply}");
+    remove_pod(&mut client, &pod_id).await;
+    assert_pod_gone(daemon, &pod_id, &[id]);
+    assert_no_rules_for(netns, &pod_id, 18080);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_orphaned_pods_host_port_rules_go_at_restart() {
+    // A pod no record owns (ingotd died inside RunPodSandbox after CNI ADD): recovery's DEL
+    // gets the port mappings ADD got, or portmap leaves its rules.
+    let (mut env, _client, _image, pod_id, _pod) = host_port_pod(18081).await;
+    let netns_path = env.netns().expect("a private network").path();
+    assert!(nat_rules(env.netns().expect("netns")).contains("--dport 18081"));
+    env.daemon.kill();
+    {
+        let db = redb::Database::create(env.daemon.dir.path().join("lib/state.redb"))
+            .expect("open store");
+        let txn = db.begin_write().expect("txn");
+        let definition: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("pods");
+        txn.open_table(definition)
+            .expect("table")
+            .retain(|_, _| false)
+            .expect("clear");
+        txn.commit().expect("commit");
+    }
+    env.daemon = Daemon::restart(env.daemon);
+    let _client = runtime_client(&env.daemon.socket()).await;
+    let netns = env.netns().expect("netns");
+    assert_eq!(netns.path(), netns_path);
+    assert!(
+        ingot_tests::wait_until(Duration::from_secs(10), || leftovers(&env.daemon, &pod_id)
+            .is_empty()),
+        "{:?} left behind",
+        leftovers(&env.daemon, &pod_id)
+    );
+    assert_no_rules_for(netns, &pod_id, 18081);
 }

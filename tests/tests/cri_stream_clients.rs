@@ -73,17 +73,7 @@ async fn every_protocol_through_our_own_client() {
     let log_dir = daemon.log_dir("clients");
     let pod = pod_config("clients", &log_dir);
     let pod_id = run_pod(&mut client, pod.clone()).await;
-    let id = start_container(
-        &mut client,
-        &pod_id,
-        &pod,
-        container_config(
-            "web",
-            &image,
-            "mkdir -p /www && echo served > /www/index.html && httpd -f -p 8080 -h /www",
-        ),
-    )
-    .await;
+    let id = start_container(&mut client, &pod_id, &pod, web_container(&image)).await;
     // A first exec warms what every later one shares (the shim's exec path, pools).
     let url = exec_url(&mut client, &id, &["true"], false, false).await;
     let (session, _) = stream::spdy(&dialer, &url, &["v4.channel.k8s.io"])

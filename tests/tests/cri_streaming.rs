@@ -77,17 +77,7 @@ async fn exec_with_stdin_tty_and_port_forward_through_crictl() {
     let log_dir = daemon.log_dir("web");
     let pod = pod_config("web", &log_dir);
     let pod_id = run_pod(&mut client, pod.clone()).await;
-    let id = start_container(
-        &mut client,
-        &pod_id,
-        &pod,
-        container_config(
-            "web",
-            &image,
-            "mkdir -p /www && echo served > /www/index.html && httpd -f -p 8080 -h /www",
-        ),
-    )
-    .await;
+    let id = start_container(&mut client, &pod_id, &pod, web_container(&image)).await;
     let threads_before = threads(daemon);
 
     // stdin in, stdout out, the exit code back.

@@ -392,6 +392,9 @@ pub struct CniCall<'a> {
     pub config: &'a serde_json::Value,
 }
 
+/// PATH for plugins when the daemon has none.
+pub const PLUGIN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 pub fn run_plugin(call: &CniCall<'_>) -> Result<serde_json::Value, NetnsError> {
     let plugin = call
         .config
@@ -417,8 +420,14 @@ pub fn run_plugin(call: &CniCall<'_>) -> Result<serde_json::Value, NetnsError> {
         .ok_or_else(|| cni(format!("not found in {:?}", call.plugin_dirs)))?;
     let path =
         std::env::join_paths(call.plugin_dirs).map_err(|err| cni(format!("plugin dirs: {err}")))?;
-    let mut child = Command::new(&binary)
-        .env_clear()
+    let mut command = Command::new(&binary);
+    // Plugins run tools found on PATH (bridge's ipMasq and portmap run iptables), so they get
+    // the daemon's environment and the CNI variables, as libcni runs them; a daemon started
+    // without PATH gives them the usual one.
+    if std::env::var_os("PATH").is_none() {
+        command.env("PATH", PLUGIN_PATH);
+    }
+    let mut child = command
         .env("CNI_COMMAND", call.command)
         .env("CNI_CONTAINERID", call.container_id)
         .env("CNI_NETNS", call.netns)

@@ -159,6 +159,37 @@ fn loopback_plugin_brings_lo_up_and_errors_name_the_plugin() {
 }
 
 #[test]
+fn plugins_get_the_daemons_environment_and_the_cni_variables() {
+    // bridge with ipMasq and portmap find iptables on PATH: a plugin run with an empty
+    // environment fails "executable file not found in $PATH".
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugin = dir.path().join("env-report");
+    std::fs::write(
+        &plugin,
+        "#!/bin/sh\ncat >/dev/null\nprintf '{\"cniVersion\":\"1.0.0\",\"path\":\"%s\",\"command\":\"%s\",\"ifname\":\"%s\"}' \"$PATH\" \"$CNI_COMMAND\" \"$CNI_IFNAME\"\n",
+    )
+    .expect("plugin");
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let plugin_dirs = vec![dir.path().to_path_buf()];
+    let config = serde_json::json!({"cniVersion": "1.0.0", "name": "env", "type": "env-report"});
+    let result = run_plugin(&CniCall {
+        plugin_dirs: &plugin_dirs,
+        command: "ADD",
+        container_id: "pod-env",
+        netns: Path::new("/proc/self/ns/net"),
+        ifname: "eth0",
+        args: "",
+        config: &config,
+    })
+    .expect("ADD");
+    let path = std::env::var("PATH").unwrap_or_else(|_| PLUGIN_PATH.to_string());
+    assert_eq!(result["path"], path.as_str(), "{result}");
+    assert_eq!(result["command"], "ADD", "{result}");
+    assert_eq!(result["ifname"], "eth0", "{result}");
+}
+
+#[test]
 fn pid_holder_is_pid_one_of_its_own_namespace() {
     // A cgroup of the test's own in the v1 pids hierarchy (or none where it is absent).
     let cgroup =

@@ -168,23 +168,7 @@ fn set_up(
             }
         })?;
         let args = cni_args(&pod.id, config);
-        let port_mappings: Vec<serde_json::Value> = config
-            .port_mappings
-            .iter()
-            .filter(|m| m.host_port > 0)
-            .map(|m| {
-                let protocol = v1::Protocol::try_from(m.protocol)
-                    .map(|p| p.as_str_name().to_ascii_lowercase())
-                    .unwrap_or_else(|_| "tcp".into());
-                serde_json::json!({
-                    "hostPort": m.host_port,
-                    "containerPort": m.container_port,
-                    "protocol": protocol,
-                    "hostIP": m.host_ip,
-                })
-            })
-            .collect();
-        let runtime_config = serde_json::json!({ "portMappings": port_mappings });
+        let runtime_config = cni_runtime_config(config);
         let attachment = cni::Attachment {
             plugin_dirs: &manager.config.cni.bin_dirs,
             container_id: &pod.id,
@@ -193,6 +177,12 @@ fn set_up(
             args: &args,
             runtime_config: &runtime_config,
         };
+        // What DEL needs is on disk before ADD runs, as libcni caches it: a pod whose record
+        // never landed (ingotd died inside RunPodSandbox) is detached with it on restart.
+        let call = serde_json::json!({
+            "network": network.source, "args": args, "runtimeConfig": runtime_config,
+        });
+        write(CNI_CALL_FILE, &call.to_string())?;
         // The pod's loopback is always up, whatever the network configuration holds (natively:
         // one plugin process less on every pod start).
         ingot_netns::loopback_up(&netns)?;
@@ -215,6 +205,29 @@ fn cni_args(pod_id: &str, config: &v1::PodSandboxConfig) -> String {
     )
 }
 
+/// The capability arguments of the pod's CNI calls: its host ports (`portMappings`). DEL gets
+/// the same as ADD, as the CNI spec asks: portmap removes its rules only when it is told the
+/// ports again.
+fn cni_runtime_config(config: &v1::PodSandboxConfig) -> serde_json::Value {
+    let port_mappings: Vec<serde_json::Value> = config
+        .port_mappings
+        .iter()
+        .filter(|m| m.host_port > 0)
+        .map(|m| {
+            let protocol = v1::Protocol::try_from(m.protocol)
+                .map(|p| p.as_str_name().to_ascii_lowercase())
+                .unwrap_or_else(|_| "tcp".into());
+            serde_json::json!({
+                "hostPort": m.host_port,
+                "containerPort": m.container_port,
+                "protocol": protocol,
+                "hostIP": m.host_ip,
+            })
+        })
+        .collect();
+    serde_json::json!({ "portMappings": port_mappings })
+}
+
 /// CNI DEL for a pod that was attached; blocking.
 fn detach(pod: &PodRecord, manager: &Manager) -> Result<(), CriError> {
     let (Some(netns), Some(saved)) = (&pod.net, &pod.cni_result) else {
@@ -235,7 +248,7 @@ fn detach(pod: &PodRecord, manager: &Manager) -> Result<(), CriError> {
     let network = cni::parse_network(value, source)?;
     let config = convert::pod_config(pod);
     let args = cni_args(&pod.id, &config);
-    let runtime_config = serde_json::json!({});
+    let runtime_config = cni_runtime_config(&config);
     network.del(
         &cni::Attachment {
             plugin_dirs: &manager.config.cni.bin_dirs,
@@ -250,17 +263,41 @@ fn detach(pod: &PodRecord, manager: &Manager) -> Result<(), CriError> {
     Ok(())
 }
 
+/// The pod directory's record of its CNI ADD: the network's file, CNI_ARGS and the
+/// capability arguments.
+const CNI_CALL_FILE: &str = "cni.json";
+
 /// CNI DEL for a pod directory no record owns (ingotd died inside RunPodSandbox, perhaps after
-/// CNI ADD), so its addresses are released (host-local IPAM keeps them by pod id otherwise).
-/// Its network was not recorded: the node's current configuration is used, with the pod id
-/// as container id (the only CNI_ARGS known). Blocking.
+/// CNI ADD), so its addresses are released (host-local IPAM keeps them by pod id otherwise)
+/// and portmap's rules removed: with the network, CNI_ARGS and port mappings the directory
+/// recorded before ADD, or, in a directory an ingotd without that record left, the node's
+/// current network with the pod id as the only CNI_ARGS. Blocking.
 pub fn release_orphan_network(manager: &Manager, pod_id: &str, dir: &Path) {
     let netns = dir.join("ns/net");
     // Pinned before CNI ADD runs: without it the pod never reached its network.
     if !netns.exists() {
         return;
     }
-    let network = match cni::load_network(&manager.config.cni.conf_dir) {
+    let (network, args, runtime_config) = match std::fs::read(dir.join(CNI_CALL_FILE)) {
+        Ok(text) => {
+            let call: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+            let source = PathBuf::from(call["network"].as_str().unwrap_or_default());
+            let network = std::fs::read(&source)
+                .map_err(CriError::io(format!("read {}", source.display())))
+                .and_then(|text| {
+                    let value = serde_json::from_slice(&text).unwrap_or_default();
+                    Ok(Some(cni::parse_network(value, source)?))
+                });
+            let args = call["args"].as_str().unwrap_or_default().to_string();
+            (network, args, call["runtimeConfig"].clone())
+        }
+        Err(_) => (
+            cni::load_network(&manager.config.cni.conf_dir).map_err(CriError::from),
+            format!("IgnoreUnknown=1;K8S_POD_INFRA_CONTAINER_ID={pod_id}"),
+            serde_json::json!({}),
+        ),
+    };
+    let network = match network {
         Ok(Some(network)) => network,
         Ok(None) => return,
         Err(err) => {
@@ -268,8 +305,6 @@ pub fn release_orphan_network(manager: &Manager, pod_id: &str, dir: &Path) {
             return;
         }
     };
-    let args = format!("IgnoreUnknown=1;K8S_POD_INFRA_CONTAINER_ID={pod_id}");
-    let runtime_config = serde_json::json!({});
     let attachment = cni::Attachment {
         plugin_dirs: &manager.config.cni.bin_dirs,
         container_id: pod_id,
