@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::CriError;
 
@@ -15,7 +15,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/ingot/ingot.toml";
 pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9539";
 
 /// The whole configuration, with every default filled in.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// The CRI socket, `unix:///path`.
@@ -55,7 +55,7 @@ pub struct Config {
     pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CniConfig {
     pub conf_dir: PathBuf,
@@ -63,7 +63,7 @@ pub struct CniConfig {
 }
 
 /// A runtime handler: CRI-O's high-performance hooks and the annotations its pods may use.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeHandler {
     /// The CRI-O high-performance annotations (`cpu-quota.crio.io` …) take effect, as under
@@ -84,7 +84,7 @@ pub struct RuntimeHandler {
 }
 
 /// What a node failing the real-time checks does to a real-time pod.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RealtimeChecks {
     /// Refused with FailedPrecondition naming each failed check.
@@ -94,7 +94,7 @@ pub enum RealtimeChecks {
     Warn,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecCpuAffinity {
     /// Every CPU of the container.
@@ -128,7 +128,7 @@ impl Config {
 /// `enabled` serves https: with the PEM certificate chain and key of `cert_file` and
 /// `key_file` when given (both or neither), else with a self-signed certificate made at start
 /// for the listening address, as containerd does.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamTls {
     pub enabled: bool,
@@ -136,7 +136,7 @@ pub struct StreamTls {
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
     /// Endpoints tried in order before the registry itself (`http://10.0.0.5:5000`).

@@ -55,7 +55,14 @@ async fn version_status_runtime_config() {
     assert!(!network.status);
     assert_eq!(network.reason, "NetworkPluginNotReady");
     assert!(network.message.contains("net.d"), "{}", network.message);
-    assert!(status.info.contains_key("config"));
+    // The daemon's configuration as JSON, with the names of its file.
+    let config: serde_json::Value =
+        serde_json::from_str(&status.info["config"]).expect("config is JSON");
+    assert_eq!(
+        config["cni"]["conf_dir"],
+        daemon.dir.path().join("net.d").display().to_string()
+    );
+    assert_eq!(config["cgroup_parent"], daemon.cgroup_parent.as_str());
 
     std::fs::write(daemon.dir.path().join("net.d/10-bridge.conflist"), "{}").expect("cni conf");
     let status = client

@@ -177,7 +177,9 @@ impl RuntimeService for Runtime {
         ];
         let mut info = std::collections::HashMap::new();
         if request.get_ref().verbose {
-            info.insert("config".to_string(), format!("{:?}", self.config));
+            // JSON, as containerd and CRI-O give it (`crictl info | jq .config`).
+            let config = serde_json::to_string(&self.config).unwrap_or_default();
+            info.insert("config".to_string(), config);
             info.insert("podCIDR".to_string(), self.pod_cidr());
         }
         Ok(Response::new(v1::StatusResponse {
