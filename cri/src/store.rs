@@ -128,6 +128,10 @@ pub struct ContainerRecord {
     /// `ingot node report`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pci_devices: Vec<String>,
+    /// The image layer directories its rootfs stacks, bottom first: they stay while it exists,
+    /// even when its image is removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<PathBuf>,
 }
 
 /// The page cache of the state store.

@@ -100,6 +100,21 @@ pub fn host_network_pod(
     pod
 }
 
+/// A host-network pod `name` (its own PID namespace per container) running one container
+/// `name` that sleeps: (pod id, pod config, container id).
+pub async fn sleeping_host_pod(
+    client: &mut RuntimeServiceClient<Channel>,
+    daemon: &Daemon,
+    name: &str,
+    image: &str,
+) -> (String, v1::PodSandboxConfig, String) {
+    let pod = host_network_pod(name, &daemon.log_dir(name), v1::NamespaceMode::Container);
+    let pod_id = run_pod(client, pod.clone()).await;
+    let config = container_config(name, image, "sleep 1000");
+    let id = start_container(client, &pod_id, &pod, config).await;
+    (pod_id, pod, id)
+}
+
 /// The verbose `info` of PodSandboxStatus, parsed.
 pub async fn pod_info(client: &mut RuntimeServiceClient<Channel>, id: &str) -> serde_json::Value {
     let info = client

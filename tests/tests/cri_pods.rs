@@ -587,16 +587,7 @@ async fn events_updates_stats_and_orphans() {
 #[tokio::test(flavor = "current_thread")]
 async fn restart_removes_what_no_record_owns() {
     let (mut env, mut client, image) = env(false).await;
-    let log_dir = env.daemon.log_dir("lost");
-    let pod = host_network_pod("lost", &log_dir, v1::NamespaceMode::Container);
-    let pod_id = run_pod(&mut client, pod.clone()).await;
-    let id = start_container(
-        &mut client,
-        &pod_id,
-        &pod,
-        container_config("lost", &image, "sleep 1000"),
-    )
-    .await;
+    let (pod_id, _, id) = sleeping_host_pod(&mut client, &env.daemon, "lost", &image).await;
     let info = container_info(&mut client, &id).await;
     let pid = info["pid"].as_i64().expect("pid");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
@@ -834,15 +825,7 @@ async fn shims_come_from_the_zygote_and_survive_its_death() {
     let mut pods = Vec::new();
     for round in 0..2 {
         let name = format!("zygote-{round}");
-        let pod = host_network_pod(&name, &daemon.log_dir(&name), v1::NamespaceMode::Container);
-        let pod_id = run_pod(&mut client, pod.clone()).await;
-        let id = start_container(
-            &mut client,
-            &pod_id,
-            &pod,
-            container_config("app", &image, "sleep 1000"),
-        )
-        .await;
+        let (pod_id, _, id) = sleeping_host_pod(&mut client, daemon, &name, &image).await;
         let reply = exec(&mut client, &id, &["echo", "up"]).await;
         assert_eq!(String::from_utf8_lossy(&reply.stdout).trim(), "up");
         let running = zygotes();
@@ -1000,4 +983,64 @@ async fn an_orphaned_pods_host_port_rules_go_at_restart() {
         leftovers(&env.daemon, &pod_id)
     );
     assert_no_rules_for(netns, &pod_id, 18081);
+}
+
+/// The unpacked layer directories of the daemon's image store.
+fn image_layer_dirs(daemon: &Daemon) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(daemon.dir.path().join("lib/images/layers"))
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn removing_an_image_keeps_the_layers_its_containers_stack() {
+    // containerd keeps a removed image's snapshots while containers use them: its running
+    // containers keep their files, across a restart too, and the layers go with the last one.
+    let (mut env, mut client, image) = env(false).await;
+    let (pod_id, _, id) = sleeping_host_pod(&mut client, &env.daemon, "rmi", &image).await;
+    let layers = image_layer_dirs(&env.daemon);
+    assert!(!layers.is_empty());
+    let mut images = ingot_tests::cri::image_client(&env.daemon.socket()).await;
+    images
+        .remove_image(v1::RemoveImageRequest {
+            image: Some(v1::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("RemoveImage");
+    let listed = images
+        .list_images(v1::ListImagesRequest { filter: None })
+        .await
+        .expect("ListImages")
+        .into_inner()
+        .images;
+    assert!(listed.is_empty(), "{listed:?}");
+    assert_eq!(
+        image_layer_dirs(&env.daemon),
+        layers,
+        "kept for the container"
+    );
+    let reply = exec(&mut client, &id, &["ls", "/bin/busybox"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&reply.stdout).trim(),
+        "/bin/busybox"
+    );
+
+    env.daemon = Daemon::restart(env.daemon);
+    let mut client = runtime_client(&env.daemon.socket()).await;
+    assert_eq!(image_layer_dirs(&env.daemon), layers, "kept at start");
+    let reply = exec(&mut client, &id, &["sh", "-c", "echo after restart"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&reply.stdout).trim(),
+        "after restart"
+    );
+    remove_pod(&mut client, &pod_id).await;
+    assert_pod_gone(&env.daemon, &pod_id, &[id]);
+    let left = image_layer_dirs(&env.daemon);
+    assert!(
+        left.is_empty(),
+        "layers left after their last container: {left:?}"
+    );
 }

@@ -2,9 +2,13 @@
 //! metadata table in redb, and pulling into them.
 
 use std::{
+    collections::{BTreeSet, HashMap},
     io::Write,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
 };
 
 use oci_client::{
@@ -162,6 +166,17 @@ pub struct ImageStore {
     db_path: PathBuf,
     /// Unpacked layers, `<root>/layers/<hex of the compressed digest>`, overlayfs lower dirs.
     layers_root: PathBuf,
+    /// The layer directories each container's rootfs stacks, by container id (containerd's
+    /// snapshot references): removing an image keeps those until their last container goes.
+    held: Mutex<HashMap<String, Vec<PathBuf>>>,
+    /// Layer directories an image's removal left for containers that still stack them.
+    kept: Mutex<BTreeSet<PathBuf>>,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl ImageStore {
@@ -189,6 +204,8 @@ impl ImageStore {
             db,
             db_path,
             layers_root,
+            held: Mutex::default(),
+            kept: Mutex::default(),
         })
     }
 
@@ -266,16 +283,94 @@ impl ImageStore {
         let mut blobs = image.layers.clone();
         blobs.push(image.id.clone());
         blobs.push(image.manifest_digest.clone());
-        let _ = std::fs::remove_dir_all(self.init_layer_dir(&image));
+        let mut dirs = vec![self.init_layer_dir(&image)];
         for blob in blobs {
             if !still_used.contains(&blob) {
                 self.content.remove(&blob);
                 if let Some(hex) = blob.strip_prefix("sha256:") {
-                    let _ = std::fs::remove_dir_all(self.layers_root.join(hex));
+                    dirs.push(self.layers_root.join(hex));
                 }
             }
         }
+        let held: BTreeSet<PathBuf> = locked(&self.held).values().flatten().cloned().collect();
+        for dir in dirs {
+            if held.contains(&dir) {
+                locked(&self.kept).insert(dir);
+            } else {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
         Ok(true)
+    }
+
+    /// The layer directories of `image` a container's rootfs stacks, bottom first (those
+    /// [`Self::layer_dirs`] gives once they are unpacked).
+    pub fn layer_paths(&self, image: &ImageRecord) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = image
+            .layers
+            .iter()
+            .map(|digest| self.layers_root.join(digest.trim_start_matches("sha256:")))
+            .collect();
+        dirs.push(self.init_layer_dir(image));
+        dirs
+    }
+
+    /// Container `id` stacks `dirs`: they outlive their image's removal until [`Self::release`].
+    pub fn hold(&self, id: &str, dirs: Vec<PathBuf>) {
+        locked(&self.held).insert(id.to_string(), dirs);
+    }
+
+    /// Container `id` is gone: the layer directories its image's removal kept for it and no
+    /// other container stacks are removed.
+    pub fn release(&self, id: &str) {
+        if locked(&self.held).remove(id).is_none() || locked(&self.kept).is_empty() {
+            return;
+        }
+        self.remove_kept();
+    }
+
+    fn remove_kept(&self) {
+        let held: BTreeSet<PathBuf> = locked(&self.held).values().flatten().cloned().collect();
+        let free: Vec<PathBuf> = {
+            let mut kept = locked(&self.kept);
+            let free = kept
+                .iter()
+                .filter(|d| !held.contains(*d))
+                .cloned()
+                .collect();
+            kept.retain(|d| held.contains(d));
+            free
+        };
+        for dir in free {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// At start, once every container's layers are held: layer directories no image and no
+    /// container stacks (an image was removed while a container used it, then ingotd ended)
+    /// are removed. Directories being unpacked have other names and are left alone.
+    pub fn remove_unreferenced_layers(&self) -> Result<(), ImageError> {
+        let referenced: BTreeSet<PathBuf> = self
+            .list()?
+            .iter()
+            .flat_map(|image| self.layer_paths(image))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.layers_root) else {
+            return Ok(());
+        };
+        let mut kept = locked(&self.kept);
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let hex = name.strip_prefix("init-").unwrap_or(&name);
+            let layer = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+            if layer && !referenced.contains(&entry.path()) {
+                kept.insert(entry.path());
+            }
+        }
+        drop(kept);
+        self.remove_kept();
+        Ok(())
     }
 
     /// The image's layers unpacked (on first use) in overlayfs form, bottom first. Blocking.
@@ -658,11 +753,50 @@ mod tests {
         );
         assert_eq!(std::fs::read(dirs[1].join("etc/top")).expect("top"), b"top");
         assert_eq!(store.layer_dirs(&record).expect("again"), dirs);
+        assert_eq!(store.layer_paths(&record), dirs);
+
+        // A container stacks them: the image goes, its layers stay until the container goes,
+        // and after a restart too.
+        store.hold("c1", dirs.clone());
         assert!(store.remove(&record.id).expect("remove"));
+        assert!(store.resolve(&record.id).expect("resolve").is_none());
+        assert!(
+            dirs.iter().all(|d| d.is_dir()),
+            "layers of a container kept"
+        );
+        drop(store);
+        let store = ImageStore::open(dir.path()).expect("reopen");
+        store.hold("c1", dirs.clone());
+        store.remove_unreferenced_layers().expect("prune");
+        assert!(dirs.iter().all(|d| d.is_dir()), "held layers kept at start");
+        store.release("c2");
+        assert!(
+            dirs.iter().all(|d| d.is_dir()),
+            "another container's release"
+        );
+        store.release("c1");
         assert!(
             dirs.iter().all(|d| !d.exists()),
-            "unpacked layers and the init layer removed"
+            "unpacked layers and the init layer removed with their last container"
         );
+
+        // At start, layer directories of no image and no container go (an image removed while
+        // a container held them, then ingotd ended); an unpack in progress is not a layer.
+        let stray = [
+            dir.path().join("layers").join("a".repeat(64)),
+            dir.path()
+                .join("layers")
+                .join(format!("init-{}", "b".repeat(64))),
+        ];
+        let unpacking = dir.path().join("layers/unpack-partial");
+        for d in stray.iter().chain([&unpacking]) {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        drop(store);
+        let store = ImageStore::open(dir.path()).expect("reopen");
+        store.remove_unreferenced_layers().expect("prune");
+        assert!(stray.iter().all(|d| !d.exists()), "no container holds them");
+        assert!(unpacking.is_dir(), "an unpack in progress is not a layer");
     }
 
     #[test]

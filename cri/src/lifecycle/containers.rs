@@ -28,6 +28,7 @@ use crate::{
 const CRI_LOG_SCHEME: &str = "cri-log://";
 
 struct Prepared {
+    id: String,
     bundle: PathBuf,
     snapshot: PathBuf,
     stop_signal: u32,
@@ -61,6 +62,8 @@ struct Built {
     pci_devices: Vec<String>,
     /// Host interfaces its CDI devices and SR-IOV VFs put into the pod.
     net_devices: Vec<crate::store::PodNetdev>,
+    /// The image layer directories its rootfs stacks.
+    layers: Vec<PathBuf>,
 }
 
 /// Mounts the rootfs, runs the spec steps and writes config.json; blocking. On error the caller
@@ -83,6 +86,8 @@ fn prepare_bundle(
     let vfio = super::netdevs::bind_vfio(&manager.devices_root(), &vfs.vfio)?;
     let image_config = ImageConfig::from_document(&image.config)?;
     let layers = manager.images.layer_dirs(image)?;
+    // Held from here (the image may be removed meanwhile); the caller's clean-up releases them.
+    manager.images.hold(id, layers.clone());
     let rootfs = bundle.join("rootfs");
     host::rootfs::mount_rootfs(&layers, snapshot, &rootfs)?;
 
@@ -318,6 +323,7 @@ fn prepare_bundle(
         stop_signal: signal_number(&image_config.stop_signal),
         shared_pool_changed: effects.shared_pool_changed,
         tuning: effects.tuning,
+        layers,
     })
 }
 
@@ -365,10 +371,13 @@ fn signal_number(name: &str) -> u32 {
         .unwrap_or(libc::SIGTERM as u32)
 }
 
-fn cleanup_bundle(prepared: &Prepared) {
+/// Unmounts and removes the container's bundle and writable layer, and releases the image
+/// layers it held (those its image's removal kept for it go now).
+fn cleanup_bundle(prepared: &Prepared, images: &ingot_image::ImageStore) {
     host::rootfs::unmount_rootfs(&prepared.bundle.join("rootfs"));
     let _ = std::fs::remove_dir_all(&prepared.bundle);
     let _ = std::fs::remove_dir_all(&prepared.snapshot);
+    images.release(&prepared.id);
 }
 
 pub async fn create(
@@ -421,6 +430,7 @@ pub async fn create(
 
     let id = new_id()?;
     let prepared = Prepared {
+        id: id.clone(),
         bundle: manager.config.state.join("containers").join(&id),
         snapshot: manager.config.root.join("containers").join(&id),
         stop_signal: 0,
@@ -447,7 +457,7 @@ pub async fn create(
     let built = match built {
         Ok(built) => built,
         Err(err) => {
-            cleanup_bundle(&prepared);
+            cleanup_bundle(&prepared, &manager.images);
             manager.release_placement(&id);
             return Err(err);
         }
@@ -503,7 +513,7 @@ pub async fn create(
                 shim_log = %super::shim_log(&pod.dir).display(),
                 "the pod's shim could not create the container; its log has the details"
             );
-            cleanup_bundle(&prepared);
+            cleanup_bundle(&prepared, &manager.images);
             abandon_placement(manager, &id).await;
             release_rt_budget(manager, built.rt_budget.as_ref()).await;
             super::netdevs::unbind_vfio(&manager.devices_root(), &built.vfio);
@@ -536,10 +546,11 @@ pub async fn create(
         rt_budget: built.rt_budget.clone(),
         vfio: built.vfio.clone(),
         pci_devices: built.pci_devices.clone(),
+        layers: built.layers.clone(),
     };
     if let Err(err) = manager.save_container(record.clone()) {
         let _ = shim.delete(&id, "").await;
-        cleanup_bundle(&prepared);
+        cleanup_bundle(&prepared, &manager.images);
         abandon_placement(manager, &id).await;
         release_rt_budget(manager, built.rt_budget.as_ref()).await;
         super::netdevs::unbind_vfio(&manager.devices_root(), &built.vfio);
@@ -853,11 +864,13 @@ pub(crate) async fn remove_locked(
         manager.delete_without_shim(&container).await;
     }
     let prepared = Prepared {
+        id: container.id.clone(),
         bundle: container.bundle.clone(),
         snapshot: container.snapshot.clone(),
         stop_signal: 0,
     };
-    tokio::task::spawn_blocking(move || cleanup_bundle(&prepared))
+    let images = Arc::clone(&manager.images);
+    tokio::task::spawn_blocking(move || cleanup_bundle(&prepared, &images))
         .await
         .map_err(CriError::join("container removal"))?;
     release_rt_budget(manager, container.rt_budget.as_ref()).await;

@@ -11,6 +11,7 @@ impl Manager {
     /// that happened meanwhile are recorded, live ones followed again), and what no record owns
     /// (pod directories, bundles, writable layers) is removed.
     pub async fn recover(self: &Arc<Self>) {
+        self.hold_image_layers();
         for container in self.containers() {
             if !matches!(
                 container.state,
@@ -61,6 +62,27 @@ impl Manager {
         self.recover_tuning().await;
         self.watch_irqs();
         self.mirror_devices();
+    }
+
+    /// Every container's image layers are held (a record made before containers recorded
+    /// them holds its image's), then layer directories nothing holds go: an image removed
+    /// while a container used it, and the container removed later, or never, by an ingotd
+    /// that ended meanwhile.
+    fn hold_image_layers(&self) {
+        for container in self.containers() {
+            let layers = if container.layers.is_empty() {
+                match self.images.resolve(&container.image_id) {
+                    Ok(Some(image)) => self.images.layer_paths(&image),
+                    _ => continue,
+                }
+            } else {
+                container.layers.clone()
+            };
+            self.images.hold(&container.id, layers);
+        }
+        if let Err(err) = self.images.remove_unreferenced_layers() {
+            tracing::warn!(error = %err, "unused image layers not removed");
+        }
     }
 
     /// Containers the shims still run but no record owns (ingotd died between a shim call and
