@@ -1044,3 +1044,26 @@ async fn removing_an_image_keeps_the_layers_its_containers_stack() {
         "layers left after their last container: {left:?}"
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_working_dir_the_image_lacks_is_made() {
+    // As runc makes it (Docker's `-w /new/dir` relies on it): 0755 and root's, after the
+    // container's root is in place, so nothing in the image can lead it outside.
+    let (env, mut client, image) = env(false).await;
+    let daemon = &env.daemon;
+    let pod = host_network_pod("cwd", &daemon.log_dir("cwd"), v1::NamespaceMode::Container);
+    let pod_id = run_pod(&mut client, pod.clone()).await;
+    let mut config = container_config("app", &image, "pwd; sleep 1000");
+    config.working_dir = "/made/by/the/runtime".into();
+    let id = start_container(&mut client, &pod_id, &pod, config).await;
+    let reply = exec(&mut client, &id, &["stat", "-c", "%a %u %n", "."]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&reply.stdout).trim(),
+        "755 0 .",
+        "{reply:?}"
+    );
+    let log = wait_for_log(&daemon.log_dir("cwd").join("app/0.log"), "/made").await;
+    assert!(log.contains("stdout F /made/by/the/runtime"), "{log}");
+    remove_pod(&mut client, &pod_id).await;
+    assert_pod_gone(daemon, &pod_id, &[id]);
+}

@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::{env, fs, mem};
@@ -250,11 +251,22 @@ pub fn container_init_process(
         // This chdir must run before setting up the user.
         // This may allow the user running youki to access directories
         // that the container user cannot access.
-        match unistd::chdir(ctx.process.cwd()) {
+        let mut chdir = unistd::chdir(ctx.process.cwd());
+        if chdir == Err(nix::Error::ENOENT) {
+            // A working directory the image lacks is made, as runc makes it: the root is the
+            // container's by now, so the path cannot lead out of it.
+            chdir = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(ctx.process.cwd())
+                .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+                .and_then(|()| unistd::chdir(ctx.process.cwd()));
+        }
+        match chdir {
             std::result::Result::Ok(_) => false,
             Err(nix::Error::EPERM) => true,
             Err(e) => {
-                tracing::error!(?e, "failed to chdir");
+                tracing::error!(?e, cwd = ?ctx.process.cwd(), "failed to chdir");
                 return Err(InitProcessError::NixOther(e));
             }
         }
