@@ -348,6 +348,20 @@ impl Drop for Containerd {
         remove_cgroup_parent(&self.namespace);
         let root = self.dir.path().join("root");
         unmount_below(&root);
+        remove_shim_namespace(&self.namespace);
+    }
+}
+
+/// Removes the shim's state directory of a test's containerd namespace (shims under containerd
+/// keep it, as containerd keeps its per-namespace task directory), and `/run/ingot/shim` and
+/// `/run/ingot` when nothing else is left in them.
+pub fn remove_shim_namespace(namespace: &str) {
+    // The shim's `bootstrap::STATE_ROOT`.
+    let root = Path::new("/run/ingot/shim");
+    let _ = fs::remove_dir(root.join(namespace));
+    let _ = fs::remove_dir(root);
+    if let Some(parent) = root.parent() {
+        let _ = fs::remove_dir(parent);
     }
 }
 

@@ -560,6 +560,7 @@ fn one_shim_per_pod() {
         !Path::new(first.trim_start_matches("unix://")).exists(),
         "socket left"
     );
+    ingot_tests::remove_shim_namespace(&namespace);
 }
 
 /// The CPUs every thread of `pid` may run on, one list per thread.
