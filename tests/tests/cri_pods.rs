@@ -100,6 +100,10 @@ async fn pod_lifecycle_network_logs_exec_stats() {
     let out = exec(&mut client, &id, &["hostname"]).await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "web-host\n");
     assert_eq!(out.exit_code, 0);
+    // $HOSTNAME too, as containerd and CRI-O set it (StatefulSet scripts read it).
+    let out = exec(&mut client, &id, &["env"]).await;
+    let env = String::from_utf8_lossy(&out.stdout);
+    assert!(env.lines().any(|l| l == "HOSTNAME=web-host"), "{env}");
     let out = exec(&mut client, &id, &["cat", "/etc/resolv.conf"]).await;
     let resolv = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -772,11 +776,13 @@ async fn mount_points_come_from_the_init_layer_not_the_writable_layer() {
             container_config(name, &image, "sleep 1000"),
         )
         .await;
-        let hostname = exec(&mut client, &id, &["cat", "/etc/hostname"]).await;
-        assert_eq!(
-            String::from_utf8_lossy(&hostname.stdout).trim(),
-            node.to_string_lossy(),
-            "{hostname:?}"
+        let hostname = exec(&mut client, &id, &["sh", "-c", "cat /etc/hostname; env"]).await;
+        let node = node.to_string_lossy();
+        let out = String::from_utf8_lossy(&hostname.stdout);
+        assert!(out.starts_with(&format!("{node}\n")), "{out}");
+        assert!(
+            out.lines().any(|l| l == format!("HOSTNAME={node}")),
+            "{out}"
         );
         // The image's own /etc is still there, under the init layer.
         let passwd = exec(&mut client, &id, &["cat", "/etc/passwd"]).await;

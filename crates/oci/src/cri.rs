@@ -104,6 +104,8 @@ pub struct ContainerInput<'a> {
     pub rootfs: &'a Path,
     pub namespaces: &'a PodNamespaces,
     pub files: &'a PodFiles,
+    /// The pod's host name (the node's for a host-network pod): the container's `HOSTNAME`.
+    pub hostname: &'a str,
     /// Absolute cgroup path of the container.
     pub cgroups_path: &'a str,
     pub user: &'a User,
@@ -423,8 +425,13 @@ pub fn process_args(
     Ok(args)
 }
 
-/// The environment: the image's, overridden and extended by the container's, in order.
-pub fn process_env(config: &v1::ContainerConfig, image: &ImageConfig) -> Vec<String> {
+/// The environment: `HOSTNAME` (the pod's host name, as containerd and CRI-O set it), then the
+/// image's, overridden and extended by the container's, in order.
+pub fn process_env(
+    config: &v1::ContainerConfig,
+    image: &ImageConfig,
+    hostname: &str,
+) -> Vec<String> {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |key: &str, value: &str| {
         if let Some(entry) = env.iter_mut().find(|(k, _)| k == key) {
@@ -433,6 +440,9 @@ pub fn process_env(config: &v1::ContainerConfig, image: &ImageConfig) -> Vec<Str
             env.push((key.to_string(), value.to_string()));
         }
     };
+    if !hostname.is_empty() {
+        set("HOSTNAME", hostname);
+    }
     for entry in image.env.iter().flatten() {
         let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
         set(key, value);
@@ -878,7 +888,7 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<Spec, OciError> {
     }
 
     let args = process_args(config, input.image)?;
-    let env = process_env(config, input.image);
+    let env = process_env(config, input.image, input.hostname);
     let cwd = if !config.working_dir.is_empty() {
         config.working_dir.clone()
     } else if !input.image.working_dir.is_empty() {

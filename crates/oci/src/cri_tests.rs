@@ -41,6 +41,7 @@ fn spec_of(config: &v1::ContainerConfig, sandbox: &v1::PodSandboxConfig) -> Resu
         rootfs: Path::new("/var/lib/ingot/containers/c1/rootfs"),
         namespaces: &namespaces,
         files: &files,
+        hostname: "web-host",
         cgroups_path: "/ingot/p/c1",
         user: &User::default(),
         devices: &[],
@@ -85,11 +86,23 @@ fn environment_overrides_the_image_in_order() {
         },
     ];
     assert_eq!(
-        process_env(&config, &image()),
+        process_env(&config, &image(), ""),
         ["PATH=/bin", "A=mine", "B=x=y"]
     );
-    let bare = process_env(&container(), &ImageConfig::default());
+    let bare = process_env(&container(), &ImageConfig::default(), "");
     assert!(bare[0].starts_with("PATH=/usr/local/sbin"), "{bare:?}");
+    // HOSTNAME first, as containerd sets it: the image and the container may override it.
+    assert_eq!(
+        process_env(&config, &image(), "web-0")[..2],
+        ["HOSTNAME=web-0".to_string(), "PATH=/bin".to_string()]
+    );
+    config.envs.push(v1::KeyValue {
+        key: "HOSTNAME".into(),
+        value: "mine".into(),
+    });
+    let env = process_env(&config, &image(), "web-0");
+    assert_eq!(env[0], "HOSTNAME=mine", "{env:?}");
+    assert_eq!(env.iter().filter(|e| e.starts_with("HOSTNAME=")).count(), 1);
 }
 
 #[test]
@@ -529,6 +542,7 @@ fn spec_snapshots() {
         rootfs: Path::new("/var/lib/ingot/containers/c2/rootfs"),
         namespaces: &namespaces,
         files: &files,
+        hostname: "",
         cgroups_path: "/ingot/p/c2",
         user: &user,
         devices: &devices,

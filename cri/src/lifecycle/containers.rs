@@ -179,6 +179,8 @@ fn prepare_bundle(
         resolv_conf: Some(pod.dir.join("resolv.conf")),
         shm: pod.shm.clone(),
     };
+    // The name RunPodSandbox resolved and wrote (the node's for a host-network pod).
+    let hostname = std::fs::read_to_string(pod.dir.join("hostname")).unwrap_or_default();
     let cgroups_path = format!("{}/{}", pod.cgroup_parent.trim_end_matches('/'), id);
     let image_name = config
         .image
@@ -195,6 +197,7 @@ fn prepare_bundle(
         rootfs: &rootfs,
         namespaces: &namespaces,
         files: &files,
+        hostname: hostname.trim_end(),
         cgroups_path: &cgroups_path,
         user: &user,
         devices: &devices,
