@@ -23,6 +23,8 @@ pub mod stream;
 use sha2::{Digest, Sha256};
 
 pub const SHIM_BINARY: &str = "containerd-shim-ingot-v2";
+/// Where a shim not given a state directory keeps its namespaces (its `bootstrap::STATE_ROOT`).
+const SHIM_STATE_ROOT: &str = "/run/ingot/shim";
 pub const INGOT_RUNTIME: &str = "io.containerd.ingot.v2";
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
 pub const TEST_IMAGE: &str = "docker.io/library/ingot-busybox:test";
@@ -348,6 +350,11 @@ impl Drop for Containerd {
         remove_cgroup_parent(&self.namespace);
         let root = self.dir.path().join("root");
         unmount_below(&root);
+        // A shim ends a moment after its last container is deleted, and its own directory
+        // with it: only then is the namespace's directory empty.
+        wait_until(Duration::from_secs(5), || {
+            pids_with_cmdline(&[SHIM_BINARY, &self.namespace]).is_empty()
+        });
         remove_shim_namespace(&self.namespace);
     }
 }
@@ -356,8 +363,7 @@ impl Drop for Containerd {
 /// keep it, as containerd keeps its per-namespace task directory), and `/run/ingot/shim` and
 /// `/run/ingot` when nothing else is left in them.
 pub fn remove_shim_namespace(namespace: &str) {
-    // The shim's `bootstrap::STATE_ROOT`.
-    let root = Path::new("/run/ingot/shim");
+    let root = Path::new(SHIM_STATE_ROOT);
     let _ = fs::remove_dir(root.join(namespace));
     let _ = fs::remove_dir(root);
     if let Some(parent) = root.parent() {
@@ -630,7 +636,8 @@ impl Drop for ShimProcess {
         );
         let _ = self.child.wait();
         // The namespace is this test's own; a failed test may leave libcontainer state there.
-        let _ = fs::remove_dir_all(Path::new("/run/ingot/shim").join(&self.namespace));
+        let _ = fs::remove_dir_all(Path::new(SHIM_STATE_ROOT).join(&self.namespace));
+        remove_shim_namespace(&self.namespace);
     }
 }
 
