@@ -329,16 +329,21 @@ impl ImageStore {
         self.remove_kept();
     }
 
+    /// Removes the kept directories no container holds; those an image uses again (it was
+    /// pulled anew) are its own once more and stay.
     fn remove_kept(&self) {
-        let held: BTreeSet<PathBuf> = locked(&self.held).values().flatten().cloned().collect();
+        let mut used: BTreeSet<PathBuf> = locked(&self.held).values().flatten().cloned().collect();
+        // An unreadable store removes nothing kept.
+        let Ok(images) = self.list() else { return };
+        used.extend(images.iter().flat_map(|image| self.layer_paths(image)));
         let free: Vec<PathBuf> = {
             let mut kept = locked(&self.kept);
             let free = kept
                 .iter()
-                .filter(|d| !held.contains(*d))
+                .filter(|d| !used.contains(*d))
                 .cloned()
                 .collect();
-            kept.retain(|d| held.contains(d));
+            kept.retain(|d| used.contains(d));
             free
         };
         for dir in free {
@@ -774,6 +779,12 @@ mod tests {
             dirs.iter().all(|d| d.is_dir()),
             "another container's release"
         );
+        // Pulled anew meanwhile: the image's own again, they stay when the container goes.
+        store.put(&record).expect("put again");
+        store.release("c1");
+        assert!(dirs.iter().all(|d| d.is_dir()), "the image uses them again");
+        store.hold("c1", dirs.clone());
+        assert!(store.remove(&record.id).expect("remove again"));
         store.release("c1");
         assert!(
             dirs.iter().all(|d| !d.exists()),
