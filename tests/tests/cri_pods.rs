@@ -585,6 +585,22 @@ async fn events_updates_stats_and_orphans() {
     assert_nothing_left(&env.daemon, &pod_id);
 }
 
+/// `kill -9` of the daemon, the records of `tables` emptied (as if it had died before they
+/// were committed), and a new daemon over the same root and state.
+fn restart_without_records(mut daemon: Daemon, tables: &[&str]) -> Daemon {
+    daemon.kill();
+    let db = redb::Database::create(daemon.dir.path().join("lib/state.redb")).expect("open store");
+    let txn = db.begin_write().expect("txn");
+    for table in tables {
+        let definition: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new(table);
+        let mut table = txn.open_table(definition).expect("table");
+        table.retain(|_, _| false).expect("clear");
+    }
+    txn.commit().expect("commit");
+    drop(db);
+    Daemon::restart(daemon)
+}
+
 /// ingotd killed after a shim made a pod and container but before their records were committed
 /// (simulated by removing the records): on start, the container is killed and deleted through
 /// its shim, the shim shut down, and the pod's directory, mounts and cgroups removed.
@@ -596,19 +612,7 @@ async fn restart_removes_what_no_record_owns() {
     let pid = info["pid"].as_i64().expect("pid");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
 
-    env.daemon.kill();
-    {
-        let db = redb::Database::create(env.daemon.dir.path().join("lib/state.redb"))
-            .expect("open store");
-        let txn = db.begin_write().expect("txn");
-        for table in ["pods", "containers"] {
-            let definition: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new(table);
-            let mut table = txn.open_table(definition).expect("table");
-            table.retain(|_, _| false).expect("clear");
-        }
-        txn.commit().expect("commit");
-    }
-    env.daemon = Daemon::restart(env.daemon);
+    env.daemon = restart_without_records(env.daemon, &["pods", "containers"]);
     let mut client = runtime_client(&env.daemon.socket()).await;
     assert!(client
         .list_pod_sandbox(v1::ListPodSandboxRequest { filter: None })
@@ -966,19 +970,7 @@ async fn an_orphaned_pods_host_port_rules_go_at_restart() {
     let (mut env, _client, _image, pod_id, _pod) = host_port_pod(18081).await;
     let netns_path = env.netns().expect("a private network").path();
     assert!(nat_rules(env.netns().expect("netns")).contains("--dport 18081"));
-    env.daemon.kill();
-    {
-        let db = redb::Database::create(env.daemon.dir.path().join("lib/state.redb"))
-            .expect("open store");
-        let txn = db.begin_write().expect("txn");
-        let definition: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("pods");
-        txn.open_table(definition)
-            .expect("table")
-            .retain(|_, _| false)
-            .expect("clear");
-        txn.commit().expect("commit");
-    }
-    env.daemon = Daemon::restart(env.daemon);
+    env.daemon = restart_without_records(env.daemon, &["pods"]);
     let _client = runtime_client(&env.daemon.socket()).await;
     let netns = env.netns().expect("netns");
     assert_eq!(netns.path(), netns_path);

@@ -292,7 +292,7 @@ impl ImageStore {
                 }
             }
         }
-        let held: BTreeSet<PathBuf> = locked(&self.held).values().flatten().cloned().collect();
+        let held = self.held_dirs();
         for dir in dirs {
             if held.contains(&dir) {
                 locked(&self.kept).insert(dir);
@@ -315,6 +315,11 @@ impl ImageStore {
         dirs
     }
 
+    /// Every layer directory a container stacks.
+    fn held_dirs(&self) -> BTreeSet<PathBuf> {
+        locked(&self.held).values().flatten().cloned().collect()
+    }
+
     /// Container `id` stacks `dirs`: they outlive their image's removal until [`Self::release`].
     pub fn hold(&self, id: &str, dirs: Vec<PathBuf>) {
         locked(&self.held).insert(id.to_string(), dirs);
@@ -332,7 +337,7 @@ impl ImageStore {
     /// Removes the kept directories no container holds; those an image uses again (it was
     /// pulled anew) are its own once more and stay.
     fn remove_kept(&self) {
-        let mut used: BTreeSet<PathBuf> = locked(&self.held).values().flatten().cloned().collect();
+        let mut used = self.held_dirs();
         // An unreadable store removes nothing kept.
         let Ok(images) = self.list() else { return };
         used.extend(images.iter().flat_map(|image| self.layer_paths(image)));

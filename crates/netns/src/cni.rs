@@ -45,13 +45,19 @@ pub fn load_network(conf_dir: &Path) -> Result<Option<Network>, NetnsError> {
     let Some(source) = files.into_iter().next() else {
         return Ok(None);
     };
+    read_network(source).map(Some)
+}
+
+/// The network configuration file at `source` (a pod's record names the one it was attached
+/// with); a file that cannot be read is [`NetnsError::Io`].
+pub fn read_network(source: PathBuf) -> Result<Network, NetnsError> {
     let text = std::fs::read(&source).map_err(|err| NetnsError::Io {
         context: format!("read {}", source.display()),
         source: err,
     })?;
     let value: Value = serde_json::from_slice(&text)
         .map_err(|err| invalid(&source, format!("not JSON: {err}")))?;
-    parse_network(value, source).map(Some)
+    parse_network(value, source)
 }
 
 /// A `.conflist` document, or a single-plugin `.conf` one.

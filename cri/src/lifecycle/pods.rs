@@ -235,17 +235,16 @@ fn detach(pod: &PodRecord, manager: &Manager) -> Result<(), CriError> {
     };
     let saved: serde_json::Value = serde_json::from_str(saved).unwrap_or_default();
     let source = PathBuf::from(saved["network"].as_str().unwrap_or_default());
-    let text = match std::fs::read(&source) {
-        Ok(text) => text,
+    let network = match cni::read_network(source.clone()) {
+        Ok(network) => network,
         // The network's configuration is gone: nothing can run its DEL; stopping the pod must
         // not fail forever because of it.
-        Err(err) => {
+        Err(err @ ingot_netns::NetnsError::Io { .. }) => {
             tracing::warn!(pod = %pod.id, config = %source.display(), error = %err, "CNI DEL skipped");
             return Ok(());
         }
+        Err(err) => return Err(err.into()),
     };
-    let value: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
-    let network = cni::parse_network(value, source)?;
     let config = convert::pod_config(pod);
     let args = cni_args(&pod.id, &config);
     let runtime_config = cni_runtime_config(&config);
@@ -282,17 +281,12 @@ pub fn release_orphan_network(manager: &Manager, pod_id: &str, dir: &Path) {
         Ok(text) => {
             let call: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
             let source = PathBuf::from(call["network"].as_str().unwrap_or_default());
-            let network = std::fs::read(&source)
-                .map_err(CriError::io(format!("read {}", source.display())))
-                .and_then(|text| {
-                    let value = serde_json::from_slice(&text).unwrap_or_default();
-                    Ok(Some(cni::parse_network(value, source)?))
-                });
+            let network = cni::read_network(source).map(Some);
             let args = call["args"].as_str().unwrap_or_default().to_string();
             (network, args, call["runtimeConfig"].clone())
         }
         Err(_) => (
-            cni::load_network(&manager.config.cni.conf_dir).map_err(CriError::from),
+            cni::load_network(&manager.config.cni.conf_dir),
             format!("IgnoreUnknown=1;K8S_POD_INFRA_CONTAINER_ID={pod_id}"),
             serde_json::json!({}),
         ),
