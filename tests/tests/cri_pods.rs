@@ -516,6 +516,10 @@ async fn events_updates_stats_and_orphans() {
         .memory
         .and_then(|m| m.working_set_bytes)
         .is_some_and(|v| v.value > 0));
+    // The pod's cgroup holds its container's `sleep` (a pod with a PID namespace per
+    // container has no pod-init): the kubelet's summary reports the count.
+    let processes = linux.process.and_then(|p| p.process_count).map(|v| v.value);
+    assert!(processes == Some(1), "{processes:?}");
     let listed = client
         .list_container_stats(v1::ListContainerStatsRequest { filter: None })
         .await

@@ -70,26 +70,40 @@ pub fn is_loopback_registry(host: &str) -> bool {
     name == "localhost" || name == "[::1]" || name.starts_with("127.")
 }
 
-/// Bytes and inodes used under `dir` (for ImageFsInfo).
+/// Disk bytes and inodes used under `dir`, `dir` itself included (ImageFsInfo, a writable
+/// layer's stats), as containerd's snapshotters count them: each inode once however many
+/// links it has (an image's layer holds busybox's one binary under 400 names), and the blocks
+/// it takes, not its length (a sparse file holds little).
 pub fn usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
     let mut bytes = 0;
-    let mut inodes = 0;
+    let mut count = |meta: &std::fs::Metadata| {
+        if seen.insert((meta.dev(), meta.ino())) {
+            bytes += meta.blocks() * 512;
+        }
+    };
+    let Ok(top) = std::fs::symlink_metadata(dir) else {
+        return (0, 0);
+    };
+    count(&top);
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
         for entry in entries.flatten() {
-            inodes += 1;
-            if let Ok(meta) = entry.metadata() {
-                if meta.is_dir() {
-                    stack.push(entry.path());
-                } else {
-                    bytes += meta.len();
-                }
+            // The entry itself: a symlink is not followed.
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            count(&meta);
+            if meta.is_dir() {
+                stack.push(entry.path());
             }
         }
     }
+    let inodes = seen.len() as u64;
     (bytes, inodes)
 }
 
@@ -121,5 +135,28 @@ mod tests {
         assert!(is_loopback_registry("localhost"));
         assert!(!is_loopback_registry("registry.k8s.io"));
         assert!(!is_loopback_registry("10.0.0.1:5000"));
+    }
+
+    #[test]
+    fn usage_counts_each_inode_once_and_its_blocks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).expect("bin");
+        let data = vec![7u8; 1 << 20];
+        std::fs::write(bin.join("busybox"), &data).expect("file");
+        for name in ["sh", "ls", "cat"] {
+            std::fs::hard_link(bin.join("busybox"), bin.join(name)).expect("link");
+        }
+        std::os::unix::fs::symlink("/nowhere", dir.path().join("dangling")).expect("symlink");
+        let sparse = std::fs::File::create(dir.path().join("sparse")).expect("sparse");
+        sparse.set_len(1 << 30).expect("truncate");
+        let (bytes, inodes) = usage(dir.path());
+        // The directory, bin, one busybox whatever its names, the symlink, the sparse file.
+        assert_eq!(inodes, 5);
+        assert!(
+            (1 << 20..2 << 20).contains(&bytes),
+            "one MiB of data once, not four, nor the sparse file's length: {bytes}"
+        );
+        assert_eq!(usage(&dir.path().join("missing")), (0, 0));
     }
 }

@@ -211,6 +211,20 @@ pub fn oom_killed(host_root: &Path, relative: &str) -> bool {
     })
 }
 
+/// The processes in the cgroup at `relative` and below it (`pids.current`, of the v1 pids
+/// hierarchy or the unified one); None where no pids controller holds it.
+pub fn process_count(host_root: &Path, relative: &str) -> Option<u64> {
+    let mount = cgroup_mount(host_root);
+    [mount.join("pids"), mount].iter().find_map(|root| {
+        std::fs::read_to_string(
+            root.join(relative.trim_start_matches('/'))
+                .join("pids.current"),
+        )
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::fs;
@@ -310,5 +324,22 @@ mod tests {
         fs::write(v2.join("memory.events"), "low 0\noom 1\noom_kill 1\n").expect("v2 file");
         assert!(oom_killed(root.path(), "/ingot/p/c2"));
         assert!(!oom_killed(root.path(), "/ingot/p/none"));
+    }
+
+    #[test]
+    fn process_count_is_the_pids_controllers() {
+        let root = v1_tree();
+        let mount = cgroup_mount(root.path());
+        assert_eq!(process_count(root.path(), "/pods/a"), None);
+        let pod = mount.join("pids/pods/a");
+        fs::create_dir_all(&pod).expect("pod");
+        fs::write(pod.join("pids.current"), "3\n").expect("pids");
+        assert_eq!(process_count(root.path(), "/pods/a"), Some(3));
+        // A unified hierarchy's own pids.current.
+        let unified = tempfile::tempdir().expect("tempdir");
+        let pod = cgroup_mount(unified.path()).join("pods/b");
+        fs::create_dir_all(&pod).expect("pod");
+        fs::write(pod.join("pids.current"), "7\n").expect("pids");
+        assert_eq!(process_count(unified.path(), "pods/b"), Some(7));
     }
 }

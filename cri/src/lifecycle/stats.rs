@@ -207,9 +207,15 @@ pub async fn pod_stats(manager: &Manager, pod: &PodRecord) -> v1::PodSandboxStat
                 ..memory_usage(&total, now)
             }),
             network: network_usage(pod, now).await,
+            // Every process the pod owns is in its cgroup (its pod-init too), as containerd
+            // counts them: the kubelet's summary reports it.
             process: Some(v1::ProcessUsage {
                 timestamp: now,
-                process_count: None,
+                process_count: crate::host::cgroups::process_count(
+                    &manager.config.host_root,
+                    &pod.cgroup_parent,
+                )
+                .and_then(value),
             }),
             containers,
         }),
