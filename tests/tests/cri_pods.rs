@@ -536,7 +536,27 @@ async fn events_updates_stats_and_orphans() {
         .await
         .expect("ListPodSandboxMetrics");
 
+    // The pod's CPU counter never goes back: what a container used stays counted once it is
+    // gone (the kubelet's pod CPU rate comes from it).
+    let busy = exec(
+        &mut client,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done",
+        ],
+    )
+    .await;
+    assert_eq!(busy.exit_code, 0);
+    let before = pod_cpu_ns(&mut client, &pod_id).await;
+    assert!(
+        before >= 10_000_000,
+        "the loop's CPU is the pod's: {before} ns"
+    );
     stop_and_remove_container(&mut client, &id, 1).await;
+    let after = pod_cpu_ns(&mut client, &pod_id).await;
+    assert!(after >= before, "{after} < {before}");
     let mut kinds = Vec::new();
     while kinds.len() < 4 {
         let event = tokio::time::timeout(Duration::from_secs(10), events.message())
@@ -587,6 +607,21 @@ async fn events_updates_stats_and_orphans() {
     );
     remove_pod(&mut client, &pod_id).await;
     assert_nothing_left(&env.daemon, &pod_id);
+}
+
+async fn pod_cpu_ns(client: &mut RuntimeServiceClient<Channel>, pod_id: &str) -> u64 {
+    client
+        .pod_sandbox_stats(v1::PodSandboxStatsRequest {
+            pod_sandbox_id: pod_id.into(),
+        })
+        .await
+        .expect("PodSandboxStats")
+        .into_inner()
+        .stats
+        .and_then(|s| s.linux)
+        .and_then(|l| l.cpu)
+        .and_then(|c| c.usage_core_nano_seconds)
+        .map_or(0, |v| v.value)
 }
 
 /// `kill -9` of the daemon, the records of `tables` emptied (as if it had died before they

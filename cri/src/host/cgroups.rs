@@ -211,6 +211,59 @@ pub fn oom_killed(host_root: &Path, relative: &str) -> bool {
     })
 }
 
+/// CPU time and memory of the cgroup at `relative`, its children included (a pod's: what its
+/// containers used, those that exited too, and its pod-init).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupUsage {
+    pub cpu_ns: u64,
+    pub memory_usage: u64,
+    /// Usage less inactive file pages, as the kubelet's eviction reads it.
+    pub working_set: u64,
+    pub rss: u64,
+}
+
+/// The usage of the cgroup at `relative`, from the v1 cpuacct and memory hierarchies or the
+/// unified one; None where either cannot be read.
+pub fn usage(host_root: &Path, relative: &str) -> Option<CgroupUsage> {
+    let mount = cgroup_mount(host_root);
+    let relative = relative.trim_start_matches('/');
+    let read = |path: PathBuf| std::fs::read_to_string(path).ok();
+    let number = |text: Option<String>| text.and_then(|t| t.trim().parse::<u64>().ok());
+    let field = |text: &str, name: &str| {
+        text.lines().find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+    };
+    let v1_memory = mount.join("memory").join(relative);
+    if let (Some(cpu_ns), Some(memory_usage), Some(stat)) = (
+        number(read(
+            mount.join("cpuacct").join(relative).join("cpuacct.usage"),
+        )),
+        number(read(v1_memory.join("memory.usage_in_bytes"))),
+        read(v1_memory.join("memory.stat")),
+    ) {
+        let inactive = field(&stat, "total_inactive_file").unwrap_or(0);
+        return Some(CgroupUsage {
+            cpu_ns,
+            memory_usage,
+            working_set: memory_usage.saturating_sub(inactive),
+            rss: field(&stat, "total_rss").unwrap_or(0),
+        });
+    }
+    let unified = mount.join(relative);
+    let cpu = read(unified.join("cpu.stat"))?;
+    let memory_usage = number(read(unified.join("memory.current")))?;
+    let stat = read(unified.join("memory.stat"))?;
+    Some(CgroupUsage {
+        cpu_ns: field(&cpu, "usage_usec")? * 1000,
+        memory_usage,
+        working_set: memory_usage.saturating_sub(field(&stat, "inactive_file").unwrap_or(0)),
+        rss: field(&stat, "anon").unwrap_or(0),
+    })
+}
+
 /// The processes in the cgroup at `relative` and below it (`pids.current`, of the v1 pids
 /// hierarchy or the unified one); None where no pids controller holds it.
 pub fn process_count(host_root: &Path, relative: &str) -> Option<u64> {
@@ -341,5 +394,41 @@ mod tests {
         fs::create_dir_all(&pod).expect("pod");
         fs::write(pod.join("pids.current"), "7\n").expect("pids");
         assert_eq!(process_count(unified.path(), "pods/b"), Some(7));
+    }
+
+    #[test]
+    fn usage_of_a_v1_or_unified_cgroup() {
+        let root = v1_tree();
+        let mount = cgroup_mount(root.path());
+        assert_eq!(usage(root.path(), "/pods/a"), None);
+        for hierarchy in ["cpuacct", "memory"] {
+            fs::create_dir_all(mount.join(hierarchy).join("pods/a")).expect("pod");
+        }
+        fs::write(mount.join("cpuacct/pods/a/cpuacct.usage"), "5000\n").expect("cpu");
+        fs::write(mount.join("memory/pods/a/memory.usage_in_bytes"), "1000\n").expect("mem");
+        fs::write(
+            mount.join("memory/pods/a/memory.stat"),
+            "cache 10\nrss 1\ninactive_file 1\ntotal_rss 700\ntotal_inactive_file 300\n",
+        )
+        .expect("stat");
+        let expected = CgroupUsage {
+            cpu_ns: 5000,
+            memory_usage: 1000,
+            working_set: 700,
+            rss: 700,
+        };
+        assert_eq!(usage(root.path(), "/pods/a"), Some(expected));
+
+        let unified = tempfile::tempdir().expect("tempdir");
+        let pod = cgroup_mount(unified.path()).join("pods/b");
+        fs::create_dir_all(&pod).expect("pod");
+        fs::write(pod.join("cpu.stat"), "usage_usec 5\nuser_usec 3\n").expect("cpu");
+        fs::write(pod.join("memory.current"), "1000\n").expect("mem");
+        fs::write(
+            pod.join("memory.stat"),
+            "anon 700\nfile 300\ninactive_file 300\n",
+        )
+        .expect("stat");
+        assert_eq!(usage(unified.path(), "pods/b"), Some(expected));
     }
 }

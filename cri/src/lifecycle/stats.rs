@@ -190,6 +190,17 @@ pub async fn pod_stats(manager: &Manager, pod: &PodRecord) -> v1::PodSandboxStat
         total.rss += usage.rss;
         containers.push(stats);
     }
+    // The pod's own cgroup where it can be read, as containerd reads the sandbox's: its
+    // counters include containers that exited (a sum over the running ones would go back
+    // when one exits, and the kubelet's CPU rate with it) and the pod-init.
+    if let Some(pod_usage) =
+        crate::host::cgroups::usage(&manager.config.host_root, &pod.cgroup_parent)
+    {
+        total.cpu_ns = pod_usage.cpu_ns;
+        total.memory_usage = pod_usage.memory_usage;
+        total.working_set = pod_usage.working_set;
+        total.rss = pod_usage.rss;
+    }
     let now = now_ns();
     v1::PodSandboxStats {
         attributes: Some(v1::PodSandboxAttributes {
