@@ -57,54 +57,7 @@ pub fn container_intermediate_process(
         .map_err(|e| IntermediateProcessError::Cgroup(e.to_string()))?
         .with_rootless(rootless);
 
-    let current_pid = Pid::this();
-    // setting CPU affinity for tenant container before cgroup move
-    if matches!(args.container_type, ContainerType::TenantContainer { .. }) {
-        if let Some(exec_cpu_affinity) = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.exec_cpu_affinity().as_ref())
-        {
-            if let Some(initial) = exec_cpu_affinity.initial() {
-                cpu_affinity::set_cpuset_affinity_from_string(current_pid, initial)?;
-            }
-        }
-    }
-    let _ = cpu_affinity::log_cpu_affinity();
-
-    // this needs to be done before we create the init process, so that the init
-    // process will already be captured by the cgroup. It also needs to be done
-    // before we enter the user namespace because if a privileged user starts a
-    // rootless container on a cgroup v1 system we can still fulfill resource
-    // restrictions through the cgroup fs support (delegation through systemd is
-    // not supported for v1 by us). This only works if the user has not yet been
-    // mapped to an unprivileged user by the user namespace however.
-    // In addition this needs to be done before we enter the cgroup namespace as
-    // the cgroup of the process will form the root of the cgroup hierarchy in
-    // the cgroup namespace.
-    apply_cgroups(
-        &cgroup_manager,
-        linux.resources().as_ref(),
-        matches!(args.container_type, ContainerType::InitContainer),
-    )?;
-
-    // setting CPU affinity for tenant container after cgroup move
-    let final_affinity = spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.exec_cpu_affinity().as_ref())
-        .and_then(|a| a.cpu_affinity_final().as_ref())
-        .filter(|_| matches!(args.container_type, ContainerType::TenantContainer { .. }));
-    match final_affinity {
-        Some(cpu_affinity_final) => {
-            cpu_affinity::set_cpuset_affinity_from_string(current_pid, cpu_affinity_final)?;
-        }
-        // ingot: as runc 1.2, the affinity of the runtime (a shim pinned to housekeeping CPUs)
-        // is not inherited: the process may run on every CPU of its cgroup's cpuset. Since
-        // Linux 6.2 a cpuset move keeps an affinity the parent asked for with
-        // sched_setaffinity, so the move alone does not widen it.
-        None => cpu_affinity::reset_cpu_affinity(current_pid)?,
-    }
+    join_cgroups(args, &cgroup_manager)?;
 
     // if new user is specified in specification, this will be true and new
     // namespace will be created, check
@@ -128,15 +81,7 @@ pub fn container_intermediate_process(
     }
 
     // set limits and namespaces to the process
-    let proc = spec.process().as_ref().ok_or(MissingSpecError::Process)?;
-    if let Some(rlimits) = proc.rlimits() {
-        for rlimit in rlimits {
-            command.set_rlimit(rlimit).map_err(|err| {
-                tracing::error!(?err, ?rlimit, "failed to set rlimit");
-                err
-            })?;
-        }
-    }
+    set_rlimits(args, command.as_ref())?;
 
     if let Some(time_namespace) = namespaces.get(LinuxNamespaceType::Time)? {
         namespaces.unshare_or_setns(time_namespace)?;
@@ -255,6 +200,179 @@ pub fn container_intermediate_process(
     })?;
 
     Ok(())
+}
+
+/// The calling process joins the container's cgroups (applying its resources for an init
+/// container) and takes its CPU affinity: what the init inherits, or does itself.
+fn join_cgroups(
+    args: &ContainerArgs,
+    cgroup_manager: &libcgroups::common::AnyCgroupManager,
+) -> Result<()> {
+    let spec = &args.spec;
+    let linux = spec.linux().as_ref().ok_or(MissingSpecError::Linux)?;
+    let current_pid = Pid::this();
+    // setting CPU affinity for tenant container before cgroup move
+    if matches!(args.container_type, ContainerType::TenantContainer { .. }) {
+        if let Some(exec_cpu_affinity) = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.exec_cpu_affinity().as_ref())
+        {
+            if let Some(initial) = exec_cpu_affinity.initial() {
+                cpu_affinity::set_cpuset_affinity_from_string(current_pid, initial)?;
+            }
+        }
+    }
+    let _ = cpu_affinity::log_cpu_affinity();
+
+    // this needs to be done before we create the init process, so that the init
+    // process will already be captured by the cgroup. It also needs to be done
+    // before we enter the user namespace because if a privileged user starts a
+    // rootless container on a cgroup v1 system we can still fulfill resource
+    // restrictions through the cgroup fs support (delegation through systemd is
+    // not supported for v1 by us). This only works if the user has not yet been
+    // mapped to an unprivileged user by the user namespace however.
+    // In addition this needs to be done before we enter the cgroup namespace as
+    // the cgroup of the process will form the root of the cgroup hierarchy in
+    // the cgroup namespace.
+    apply_cgroups(
+        cgroup_manager,
+        linux.resources().as_ref(),
+        matches!(args.container_type, ContainerType::InitContainer),
+    )?;
+
+    // setting CPU affinity for tenant container after cgroup move
+    let final_affinity = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.exec_cpu_affinity().as_ref())
+        .and_then(|a| a.cpu_affinity_final().as_ref())
+        .filter(|_| matches!(args.container_type, ContainerType::TenantContainer { .. }));
+    match final_affinity {
+        Some(cpu_affinity_final) => {
+            cpu_affinity::set_cpuset_affinity_from_string(current_pid, cpu_affinity_final)?;
+        }
+        // ingot: as runc 1.2, the affinity of the runtime (a shim pinned to housekeeping CPUs)
+        // is not inherited: the process may run on every CPU of its cgroup's cpuset. Since
+        // Linux 6.2 a cpuset move keeps an affinity the parent asked for with
+        // sched_setaffinity, so the move alone does not widen it.
+        None => cpu_affinity::reset_cpu_affinity(current_pid)?,
+    }
+
+    Ok(())
+}
+
+/// The process's rlimits on the calling process.
+fn set_rlimits(args: &ContainerArgs, command: &dyn crate::syscall::Syscall) -> Result<()> {
+    let proc = args
+        .spec
+        .process()
+        .as_ref()
+        .ok_or(MissingSpecError::Process)?;
+    if let Some(rlimits) = proc.rlimits() {
+        for rlimit in rlimits {
+            command.set_rlimit(rlimit).map_err(|err| {
+                tracing::error!(?err, ?rlimit, "failed to set rlimit");
+                err
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// ingot: whether the init can be cloned by the main process itself, without the intermediate
+/// process: an init container with neither a user namespace (whose mapping the main process
+/// writes for the intermediate) nor a time namespace (whose offsets likewise), and no
+/// prestart or createRuntime hooks (which the main process runs, and which would start in the
+/// container's PID namespace once the main process has entered it).
+pub fn init_without_intermediate(args: &ContainerArgs) -> bool {
+    matches!(args.container_type, ContainerType::InitContainer)
+        && args.user_ns_config.is_none()
+        && spec_allows_init_without_intermediate(&args.spec)
+}
+
+fn spec_allows_init_without_intermediate(spec: &oci_spec::runtime::Spec) -> bool {
+    let Some(linux) = spec.linux().as_ref() else {
+        return false;
+    };
+    let namespaces = linux.namespaces().as_deref().unwrap_or_default();
+    let own_namespace = |typ| namespaces.iter().any(|ns| ns.typ() == typ);
+    !own_namespace(LinuxNamespaceType::User)
+        && !own_namespace(LinuxNamespaceType::Time)
+        && linux.time_offsets().as_ref().is_none_or(|o| o.is_empty())
+        && spec.hooks().as_ref().is_none_or(|h| {
+            #[allow(deprecated)]
+            let prestart = h.prestart().as_ref().is_some_and(|p| !p.is_empty());
+            let runtime = h.create_runtime().as_ref().is_some_and(|p| !p.is_empty());
+            !prestart && !runtime
+        })
+}
+
+/// ingot: the intermediate's work without its process (see [`init_without_intermediate`]).
+/// The calling process enters the PID namespace, which only its children join, and clones the
+/// init; the init joins its cgroups, takes its affinity and rlimits itself, then runs as it
+/// would have. One process start and exit less per container.
+pub fn clone_init(
+    args: &ContainerArgs,
+    clone_fn: fn(CloneCb) -> std::result::Result<Pid, fork::CloneError>,
+    init_chan: &mut (channel::InitSender, channel::InitReceiver),
+    inter_sender: &mut channel::IntermediateSender,
+    intermediate_main_sender: &mut channel::MainSender,
+    init_main_sender: &mut channel::MainSender,
+) -> Result<Pid> {
+    let (init_sender, init_receiver) = init_chan;
+    let linux = args.spec.linux().as_ref().ok_or(MissingSpecError::Linux)?;
+    let namespaces = Namespaces::try_from(linux.namespaces().as_ref())?;
+    if let Some(pid_namespace) = namespaces.get(LinuxNamespaceType::Pid)? {
+        namespaces.unshare_or_setns(pid_namespace)?;
+    }
+    let cb: CloneCb = Box::new(|| {
+        if let Err(ret) = prctl::set_name("youki:[2:INIT]") {
+            tracing::error!(?ret, "failed to set name for child process");
+            return ret;
+        }
+        // The main process's ends, duplicated by the clone.
+        for closed in [init_sender.close(), intermediate_main_sender.close()] {
+            if let Err(err) = closed {
+                tracing::error!(?err, "failed to close a sender in the init process");
+                return -1;
+            }
+        }
+        if let Err(err) = inter_sender.close() {
+            tracing::error!(?err, "failed to close a sender in the init process");
+            return -1;
+        }
+        let prepared = (|| {
+            let command = args.syscall.create_syscall();
+            let rootless = rootless_required(command.as_ref()).unwrap_or(false);
+            let cgroup_manager =
+                libcgroups::common::create_cgroup_manager(args.cgroup_config.to_owned())
+                    .map_err(|e| IntermediateProcessError::Cgroup(e.to_string()))?
+                    .with_rootless(rootless);
+            join_cgroups(args, &cgroup_manager)?;
+            set_rlimits(args, command.as_ref())
+        })();
+        let result = prepared
+            .map_err(|err| crate::utils::error_chain(&err))
+            .and_then(|()| {
+                init_process::container_init_process(args, init_main_sender, init_receiver)
+                    .map_err(|err| crate::utils::error_chain(&err))
+            });
+        match result {
+            Ok(()) => 0,
+            Err(message) => {
+                tracing::error!("failed to initialize container process: {message}");
+                if let Err(err) = init_main_sender.exec_failed(message) {
+                    tracing::error!(?err, "failed sending error to main sender");
+                }
+                -1
+            }
+        }
+    });
+    clone_fn(cb).map_err(|err| {
+        tracing::error!("failed to fork init process: {}", err);
+        IntermediateProcessError::InitProcess(err)
+    })
 }
 
 fn setup_userns(

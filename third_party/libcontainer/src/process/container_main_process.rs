@@ -34,6 +34,8 @@ pub enum ProcessError {
     IntelRdt(#[from] crate::process::intel_rdt::IntelRdtError),
     #[error("failed to create intermediate process")]
     IntermediateProcessFailed(#[source] fork::CloneError),
+    #[error("failed to start the init process")]
+    InitProcess(#[source] container_intermediate_process::IntermediateProcessError),
     #[error("failed seccomp listener")]
     #[cfg(feature = "libseccomp")]
     SeccompListener(#[from] crate::process::seccomp_listener::SeccompListenerError),
@@ -60,49 +62,69 @@ pub fn container_main_process(container_args: &ContainerArgs) -> Result<Pid> {
     let mut inter_chan = channel::intermediate_channel()?;
     let mut init_chan = channel::init_channel()?;
 
-    let cb: CloneCb = {
-        Box::new(|| {
-            if let Err(ret) = prctl::set_name("youki:[1:INTER]") {
-                tracing::error!(?ret, "failed to set name for child process");
-                return ret;
-            }
-
-            match container_intermediate_process::container_intermediate_process(
-                container_args,
-                &mut inter_chan,
-                &mut init_chan,
-                &mut intermediate_main_sender,
-                &mut init_main_sender,
-            ) {
-                Ok(_) => 0,
-                Err(err) => {
-                    tracing::error!("failed to run intermediate process {}", err);
-                    match intermediate_main_sender.send_error(crate::utils::error_chain(&err)) {
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::error!(
-                                "error in sending intermediate error message {} to main: {}",
-                                err,
-                                e
-                            )
-                        }
-                    }
-                    -1
-                }
-            }
-        })
-    };
-
     let container_clone_fn = if container_args.as_sibling {
         fork::container_clone_sibling
     } else {
         fork::container_clone
     };
 
-    let intermediate_pid = container_clone_fn(cb).map_err(|err| {
-        tracing::error!("failed to fork intermediate process: {}", err);
-        ProcessError::IntermediateProcessFailed(err)
-    })?;
+    // ingot: an init container without user or time namespace (or hooks this process runs)
+    // needs no intermediate process; this one clones the init.
+    let direct = container_intermediate_process::init_without_intermediate(container_args);
+    let (intermediate_pid, direct_init_pid) = if direct {
+        let pid = container_intermediate_process::clone_init(
+            container_args,
+            container_clone_fn,
+            &mut init_chan,
+            &mut inter_chan.0,
+            &mut intermediate_main_sender,
+            &mut init_main_sender,
+        )
+        .map_err(|err| {
+            tracing::error!("failed to start the init process: {}", err);
+            ProcessError::InitProcess(err)
+        })?;
+        (None, Some(pid))
+    } else {
+        let cb: CloneCb = {
+            Box::new(|| {
+                if let Err(ret) = prctl::set_name("youki:[1:INTER]") {
+                    tracing::error!(?ret, "failed to set name for child process");
+                    return ret;
+                }
+
+                match container_intermediate_process::container_intermediate_process(
+                    container_args,
+                    &mut inter_chan,
+                    &mut init_chan,
+                    &mut intermediate_main_sender,
+                    &mut init_main_sender,
+                ) {
+                    Ok(_) => 0,
+                    Err(err) => {
+                        tracing::error!("failed to run intermediate process {}", err);
+                        match intermediate_main_sender.send_error(crate::utils::error_chain(&err)) {
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::error!(
+                                    "error in sending intermediate error message {} to main: {}",
+                                    err,
+                                    e
+                                )
+                            }
+                        }
+                        -1
+                    }
+                }
+            })
+        };
+
+        let intermediate_pid = container_clone_fn(cb).map_err(|err| {
+            tracing::error!("failed to fork intermediate process: {}", err);
+            ProcessError::IntermediateProcessFailed(err)
+        })?;
+        (Some(intermediate_pid), None)
+    };
 
     // Close down unused fds. The corresponding fds are duplicated to the
     // child process during clone.
@@ -121,7 +143,10 @@ pub fn container_main_process(container_args: &ContainerArgs) -> Result<Pid> {
     // If creating a container with new user namespace, the intermediate process will ask
     // the main process to set up uid and gid mapping, once the intermediate
     // process enters into a new user namespace.
-    if let Some(config) = &container_args.user_ns_config {
+    // (Never without an intermediate process: see `init_without_intermediate`.)
+    if let (Some(config), Some(intermediate_pid)) =
+        (&container_args.user_ns_config, intermediate_pid)
+    {
         intermediate_main_receiver.wait_for_mapping_request()?;
         setup_mapping(config, intermediate_pid)?;
         inter_sender.mapping_written()?;
@@ -134,7 +159,8 @@ pub fn container_main_process(container_args: &ContainerArgs) -> Result<Pid> {
         .linux()
         .as_ref()
         .and_then(build_timens_offsets)
-        .map(|time_offsets| -> Result<()> {
+        .zip(intermediate_pid)
+        .map(|(time_offsets, intermediate_pid)| -> Result<()> {
             // This must be done from the parent process since CAP_SYS_TIME is required.
             intermediate_main_receiver.wait_for_time_offset_request()?;
             tracing::debug!("write time offsets for pid {intermediate_pid:?}: '{time_offsets}'");
@@ -162,7 +188,10 @@ pub fn container_main_process(container_args: &ContainerArgs) -> Result<Pid> {
 
     // The intermediate process will send the init pid once it forks the init
     // process.  The intermediate process should exit after this point.
-    let init_pid = intermediate_main_receiver.wait_for_intermediate_ready()?;
+    let init_pid = match direct_init_pid {
+        Some(pid) => pid,
+        None => intermediate_main_receiver.wait_for_intermediate_ready()?,
+    };
 
     // if file to write the pid to is specified, write pid of the child
     if let Some(pid_file) = &container_args.pid_file {
@@ -214,7 +243,11 @@ pub fn container_main_process(container_args: &ContainerArgs) -> Result<Pid> {
         // ingot patch: only a notify profile has anything to sync (and needs the container
         // state); an exec'd process with a plain profile has no container state here.
         #[cfg(feature = "libseccomp")]
-        if let Some(seccomp) = linux.seccomp().as_ref().filter(|s| crate::seccomp::is_notify(s)) {
+        if let Some(seccomp) = linux
+            .seccomp()
+            .as_ref()
+            .filter(|s| crate::seccomp::is_notify(s))
+        {
             let container = container_args
                 .container
                 .as_ref()
@@ -294,6 +327,9 @@ pub fn container_main_process(container_args: &ContainerArgs) -> Result<Pid> {
     // process is exit and reaped. By this point, the intermediate process
     // should already exited successfully. If intermediate process errors out,
     // the `init_ready` will not be sent.
+    let Some(intermediate_pid) = intermediate_pid else {
+        return Ok(init_pid);
+    };
     match waitpid(intermediate_pid, None) {
         Ok(WaitStatus::Exited(_, 0)) => (),
         Ok(WaitStatus::Exited(_, s)) => {
