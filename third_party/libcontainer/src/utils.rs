@@ -74,11 +74,10 @@ impl PathBufExt for Path {
     /// Canonicalizes existing and not existing paths
     fn canonicalize_safely(&self) -> Result<PathBuf, PathBufExtError> {
         if self.exists() {
-            self.canonicalize()
-                .map_err(|e| PathBufExtError::Canonicalize {
-                    path: self.to_path_buf(),
-                    source: e,
-                })
+            canonicalize(self).map_err(|e| PathBufExtError::Canonicalize {
+                path: self.to_path_buf(),
+                source: e,
+            })
         } else {
             if self.is_relative() {
                 let p = std::env::current_dir()
@@ -118,6 +117,29 @@ impl PathBufExt for Path {
             }
         }
         ret
+    }
+}
+
+/// ingot: `fs::canonicalize` in three system calls: the path opened `O_PATH` (one walk,
+/// every symlink followed) and its fd's link in procfs read back. glibc's `realpath` reads the
+/// link of every component of every prefix, seven calls for a v1 cgroup directory, each a walk
+/// of sysfs. Falls back to `fs::canonicalize` where procfs cannot answer, and where the link
+/// is not a plain path (a file deleted meanwhile, a path outside this root).
+pub fn canonicalize(path: &Path) -> Result<PathBuf, std::io::Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let resolved = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
+        .and_then(|file| fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())));
+    match resolved {
+        Ok(link)
+            if link.is_absolute()
+                && !link.as_os_str().as_encoded_bytes().ends_with(b" (deleted)") =>
+        {
+            Ok(link)
+        }
+        Ok(_) | Err(_) => fs::canonicalize(path),
     }
 }
 

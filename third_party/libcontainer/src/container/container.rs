@@ -1,6 +1,5 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -38,12 +37,12 @@ impl Container {
         bundle: &Path,
         container_root: &Path,
     ) -> Result<Self, LibcontainerError> {
-        let container_root = fs::canonicalize(container_root).map_err(|err| {
+        let container_root = crate::utils::canonicalize(container_root).map_err(|err| {
             LibcontainerError::InvalidInput(format!(
                 "invalid container root {container_root:?}: {err:?}"
             ))
         })?;
-        let bundle = fs::canonicalize(bundle).map_err(|err| {
+        let bundle = crate::utils::canonicalize(bundle).map_err(|err| {
             LibcontainerError::InvalidInput(format!("invalid bundle {bundle:?}: {err:?}"))
         })?;
         let state = State::new(container_id, status, pid, bundle);
@@ -247,6 +246,8 @@ pub struct CheckpointOptions {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use anyhow::{Context, Result};
     use serial_test::serial;
 
