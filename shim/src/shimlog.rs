@@ -115,9 +115,28 @@ fn open_fresh(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// The most a library's records may say below debug: libcgroups reports, at every container
+/// create, which manager it uses and each v1 controller the host lacks, and libcontainer
+/// its fd clean-up; lines that say the same for every container of the node.
+fn library_level(target: &str) -> log::LevelFilter {
+    if target.starts_with("libcgroups") {
+        log::LevelFilter::Error
+    } else if target.starts_with("libcontainer") {
+        log::LevelFilter::Warn
+    } else {
+        log::LevelFilter::Trace
+    }
+}
+
 impl log::Log for BoundedLog {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
+        let max = log::max_level();
+        let max = if max >= log::LevelFilter::Debug {
+            max
+        } else {
+            max.min(library_level(metadata.target()))
+        };
+        metadata.level() <= max
     }
 
     fn log(&self, record: &log::Record<'_>) {
@@ -178,5 +197,28 @@ mod tests {
         for text in [&current, &old] {
             assert!(text.lines().all(|l| l.starts_with("line ")), "{text:?}");
         }
+    }
+
+    #[test]
+    fn library_noise_stays_out_below_debug() {
+        let record = |level, target| log::Metadata::builder().level(level).target(target).build();
+        let dir = tempfile::tempdir().expect("tempdir");
+        // SAFETY: plain dup of fd 2, restored below (open() redirects stderr).
+        let saved = unsafe { libc::dup(libc::STDERR_FILENO) };
+        let log = BoundedLog::open(&dir.path().join("shim.log"), 1000).expect("open");
+        // SAFETY: restores the test runner's stderr.
+        unsafe {
+            libc::dup2(saved, libc::STDERR_FILENO);
+            libc::close(saved);
+        }
+        log::set_max_level(log::LevelFilter::Info);
+        use log::{Level, Log};
+        assert!(log.enabled(&record(Level::Info, "containerd_shim_ingot_v2::task")));
+        assert!(!log.enabled(&record(Level::Warn, "libcgroups::v1::manager")));
+        assert!(log.enabled(&record(Level::Error, "libcgroups::v1::manager")));
+        assert!(!log.enabled(&record(Level::Info, "libcontainer::syscall::linux")));
+        assert!(log.enabled(&record(Level::Warn, "libcontainer::process")));
+        log::set_max_level(log::LevelFilter::Debug);
+        assert!(log.enabled(&record(Level::Info, "libcgroups::common")));
     }
 }
