@@ -283,6 +283,17 @@ struct SeccompExport(Option<Pid>);
 
 impl SeccompExport {
     fn start(spec: &oci_spec::runtime::Spec, work_dir: &std::path::Path) -> Self {
+        // Without a profile to compile (most pods: the kubelet asks for none unless told)
+        // the export is one small file, not worth a process.
+        let compiles = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .is_some_and(|s| !libcontainer::seccomp::is_notify(s));
+        if !compiles {
+            export_seccomp(spec, work_dir);
+            return SeccompExport(None);
+        }
         // SAFETY: the helper is single-threaded until libcontainer's build, so the child may do
         // anything; it leaves with _exit, running no exit handlers of the helper.
         match unsafe { nix::unistd::fork() } {
