@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex,
+        Arc, Mutex,
     },
 };
 
@@ -171,6 +171,9 @@ pub struct ImageStore {
     held: Mutex<HashMap<String, Vec<PathBuf>>>,
     /// Layer directories an image's removal left for containers that still stack them.
     kept: Mutex<BTreeSet<PathBuf>>,
+    /// The lock of each layer directory being made: concurrent first creates of an image wait
+    /// for one unpack instead of each making a copy (and deleting all but one).
+    making: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -206,6 +209,7 @@ impl ImageStore {
             layers_root,
             held: Mutex::default(),
             kept: Mutex::default(),
+            making: Mutex::default(),
         })
     }
 
@@ -444,9 +448,34 @@ impl ImageStore {
     }
 
     /// Makes `dir` under the layers root whole or not at all: `build` fills a private partial
-    /// directory (`.<name>-<pid>-<n>`), which is then renamed into place. Another thread or
-    /// process making the same directory may win the race; either copy serves.
+    /// directory (`.<name>-<pid>-<n>`), which is then renamed into place. Calls of this store
+    /// for the same directory wait for the first (ten pods of a new image starting at once
+    /// unpack it once); another process making it may still win the race, either copy serves.
     fn make_dir(
+        &self,
+        dir: &Path,
+        name: &str,
+        build: impl FnOnce(&Path) -> Result<(), ImageError>,
+    ) -> Result<(), ImageError> {
+        let making = Arc::clone(locked(&self.making).entry(dir.to_path_buf()).or_default());
+        let result = {
+            let _one_at_a_time = locked(&making);
+            if dir.exists() {
+                // Made by the call this one waited for.
+                Ok(())
+            } else {
+                self.make_dir_now(dir, name, build)
+            }
+        };
+        let mut all = locked(&self.making);
+        // The last of the calls that waited on it drops the lock.
+        if Arc::strong_count(&making) == 2 {
+            all.remove(dir);
+        }
+        result
+    }
+
+    fn make_dir_now(
         &self,
         dir: &Path,
         name: &str,
@@ -706,6 +735,69 @@ mod tests {
         assert!(store.commit(&ingest, &digest).is_err());
         assert!(!ingest.exists(), "a rejected ingest is removed");
         assert!(store.path("md5:abc").is_err());
+    }
+
+    #[test]
+    fn concurrent_first_uses_of_an_image_unpack_it_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("open");
+        let mut builder = tar::Builder::new(Vec::new());
+        for i in 0..200 {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(1);
+            header.set_mode(0o644);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, format!("bin/f{i}"), &b"x"[..])
+                .expect("append");
+        }
+        let tar = builder.into_inner().expect("tar");
+        let layer = format!("sha256:{}", sha256_hex(&tar));
+        store.content.write(&layer, &tar).expect("blob");
+        let manifest = serde_json::to_vec(&serde_json::json!({"layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer}]}))
+        .expect("json");
+        let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
+        store
+            .content
+            .write(&manifest_digest, &manifest)
+            .expect("manifest");
+        let record = ImageRecord {
+            id: manifest_digest.clone(),
+            repo_tags: vec!["docker.io/library/c:latest".into()],
+            repo_digests: vec![],
+            size: 1,
+            manifest_digest,
+            layers: vec![layer],
+            config: "{}".into(),
+        };
+        store.put(&record).expect("put");
+        let before = store.content.counter.load(Ordering::Relaxed);
+        let all: Vec<Vec<PathBuf>> = std::thread::scope(|scope| {
+            let calls: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| store.layer_dirs(&record).expect("layer dirs")))
+                .collect();
+            calls
+                .into_iter()
+                .map(|c| c.join().expect("thread"))
+                .collect()
+        });
+        assert!(
+            all.iter().all(|dirs| dirs == &all[0] && dirs.len() == 2),
+            "{all:?}"
+        );
+        // One unpack of the layer and one init layer, not one of each per call.
+        assert_eq!(store.content.counter.load(Ordering::Relaxed) - before, 2);
+        assert!(locked(&store.making).is_empty());
+        let partials = std::fs::read_dir(&store.layers_root)
+            .expect("layers")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .count();
+        assert_eq!(partials, 0);
     }
 
     #[test]
