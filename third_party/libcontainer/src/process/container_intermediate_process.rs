@@ -332,13 +332,12 @@ pub fn clone_init(
             return ret;
         }
         // The main process's ends, duplicated by the clone.
-        for closed in [init_sender.close(), intermediate_main_sender.close()] {
-            if let Err(err) = closed {
-                tracing::error!(?err, "failed to close a sender in the init process");
-                return -1;
-            }
-        }
-        if let Err(err) = inter_sender.close() {
+        let closed = [
+            init_sender.close(),
+            intermediate_main_sender.close(),
+            inter_sender.close(),
+        ];
+        if let Some(Err(err)) = closed.into_iter().find(|c| c.is_err()) {
             tracing::error!(?err, "failed to close a sender in the init process");
             return -1;
         }
