@@ -516,6 +516,16 @@ async fn events_updates_stats_and_orphans() {
         .memory
         .and_then(|m| m.working_set_bytes)
         .is_some_and(|v| v.value > 0));
+    // What the container's working set may still grow by under its 96 MiB limit.
+    let available = linux.containers[0]
+        .memory
+        .as_ref()
+        .and_then(|m| m.available_bytes)
+        .map(|v| v.value);
+    assert!(
+        available.is_some_and(|a| a > 80 << 20 && a < 96 << 20),
+        "{available:?}"
+    );
     // The pod's cgroup holds its container's `sleep` (a pod with a PID namespace per
     // container has no pod-init): the kubelet's summary reports the count.
     let processes = linux.process.and_then(|p| p.process_count).map(|v| v.value);

@@ -220,6 +220,8 @@ pub struct CgroupUsage {
     /// Usage less inactive file pages, as the kubelet's eviction reads it.
     pub working_set: u64,
     pub rss: u64,
+    /// The memory limit, 0 for none.
+    pub memory_limit: u64,
 }
 
 /// The usage of the cgroup at `relative`, from the v1 cpuacct and memory hierarchies or the
@@ -250,6 +252,7 @@ pub fn usage(host_root: &Path, relative: &str) -> Option<CgroupUsage> {
             memory_usage,
             working_set: memory_usage.saturating_sub(inactive),
             rss: field(&stat, "total_rss").unwrap_or(0),
+            memory_limit: number(read(v1_memory.join("memory.limit_in_bytes"))).unwrap_or(0),
         });
     }
     let unified = mount.join(relative);
@@ -261,6 +264,8 @@ pub fn usage(host_root: &Path, relative: &str) -> Option<CgroupUsage> {
         memory_usage,
         working_set: memory_usage.saturating_sub(field(&stat, "inactive_file").unwrap_or(0)),
         rss: field(&stat, "anon").unwrap_or(0),
+        // "max" for none.
+        memory_limit: number(read(unified.join("memory.max"))).unwrap_or(0),
     })
 }
 
@@ -411,11 +416,13 @@ mod tests {
             "cache 10\nrss 1\ninactive_file 1\ntotal_rss 700\ntotal_inactive_file 300\n",
         )
         .expect("stat");
+        fs::write(mount.join("memory/pods/a/memory.limit_in_bytes"), "4096\n").expect("limit");
         let expected = CgroupUsage {
             cpu_ns: 5000,
             memory_usage: 1000,
             working_set: 700,
             rss: 700,
+            memory_limit: 4096,
         };
         assert_eq!(usage(root.path(), "/pods/a"), Some(expected));
 
@@ -429,6 +436,13 @@ mod tests {
             "anon 700\nfile 300\ninactive_file 300\n",
         )
         .expect("stat");
+        fs::write(pod.join("memory.max"), "max\n").expect("max");
+        let unlimited = CgroupUsage {
+            memory_limit: 0,
+            ..expected
+        };
+        assert_eq!(usage(unified.path(), "pods/b"), Some(unlimited));
+        fs::write(pod.join("memory.max"), "4096\n").expect("max");
         assert_eq!(usage(unified.path(), "pods/b"), Some(expected));
     }
 }

@@ -33,6 +33,8 @@ pub struct Usage {
     pub active_file: u64,
     pub inactive_file: u64,
     pub processes: u64,
+    /// The memory limit, 0 or past 2^62 for none.
+    pub memory_limit: u64,
 }
 
 /// Decodes the shim's metrics (`io.containerd.cgroups.v1.Metrics` or `...v2.Metrics`).
@@ -63,6 +65,7 @@ pub fn usage(type_url: &str, value: &[u8]) -> Result<Usage, CriError> {
             active_file: memory.active_file,
             inactive_file: memory.inactive_file,
             processes: m.pids.as_ref().map(|p| p.current).unwrap_or(0),
+            memory_limit: memory.usage_limit,
         })
     } else {
         let m = V1Metrics::parse_from_bytes(value).map_err(|e| bad(e.to_string()))?;
@@ -88,7 +91,18 @@ pub fn usage(type_url: &str, value: &[u8]) -> Result<Usage, CriError> {
             active_file: memory.total_active_file,
             inactive_file: memory.total_inactive_file,
             processes: m.pids.as_ref().map(|p| p.current).unwrap_or(0),
+            memory_limit: memory.usage.as_ref().map(|u| u.limit).unwrap_or(0),
         })
+    }
+}
+
+/// What the working set may still grow by under the limit, as containerd reports it: 0 when
+/// there is no limit (the kernel's "unlimited" is a page-rounded 2^63, hence the 2^62 bound).
+fn available_bytes(usage: &Usage) -> u64 {
+    if usage.memory_limit == 0 || usage.memory_limit > 1 << 62 {
+        0
+    } else {
+        usage.memory_limit.saturating_sub(usage.working_set)
     }
 }
 
@@ -136,7 +150,7 @@ fn memory_usage(usage: &Usage, now: i64) -> v1::MemoryUsage {
     v1::MemoryUsage {
         timestamp: now,
         working_set_bytes: value(usage.working_set),
-        available_bytes: None,
+        available_bytes: value(available_bytes(usage)),
         usage_bytes: value(usage.memory_usage),
         rss_bytes: value(usage.rss),
         page_faults: value(usage.page_faults),
@@ -200,6 +214,7 @@ pub async fn pod_stats(manager: &Manager, pod: &PodRecord) -> v1::PodSandboxStat
         total.memory_usage = pod_usage.memory_usage;
         total.working_set = pod_usage.working_set;
         total.rss = pod_usage.rss;
+        total.memory_limit = pod_usage.memory_limit;
     }
     let now = now_ns();
     v1::PodSandboxStats {
@@ -307,6 +322,7 @@ mod tests {
                 total_rss: 700,
                 usage: Some(MemoryEntry {
                     usage: 1000,
+                    limit: 4000,
                     ..Default::default()
                 })
                 .into(),
@@ -320,6 +336,13 @@ mod tests {
         assert_eq!(v1.cpu_ns, 5_000);
         assert_eq!(v1.working_set, 700);
         assert_eq!(v1.rss, 700);
+        assert_eq!(available_bytes(&v1), 3300);
+        // The kernel's "no limit": a page-rounded 2^63.
+        let unlimited = Usage {
+            memory_limit: 9_223_372_036_854_771_712,
+            ..v1
+        };
+        assert_eq!(available_bytes(&unlimited), 0);
 
         let v2 = V2Metrics {
             cpu: Some(containerd_shim_protos::cgroups_v2::metrics::CPUStat {
@@ -330,6 +353,7 @@ mod tests {
             memory: Some(containerd_shim_protos::cgroups_v2::metrics::MemoryStat {
                 usage: 500,
                 inactive_file: 100,
+                usage_limit: 1000,
                 ..Default::default()
             })
             .into(),
@@ -338,5 +362,6 @@ mod tests {
         let bytes = v2.write_to_bytes().expect("encode");
         let decoded = usage("io.containerd.cgroups.v2.Metrics", &bytes).expect("decode");
         assert_eq!((decoded.cpu_ns, decoded.working_set), (7_000, 400));
+        assert_eq!(available_bytes(&decoded), 600);
     }
 }
