@@ -197,18 +197,18 @@ pub fn remove_cgroup_tree(dir: &Path) {
 /// Whether the kernel OOM-killed in the memory cgroup at `relative` (v1 `memory.oom_control`'s
 /// `oom_kill` count, or v2 `memory.events`).
 pub fn oom_killed(host_root: &Path, relative: &str) -> bool {
-    let mount = cgroup_mount(host_root);
-    [mount.join("memory"), mount].iter().any(|root| {
-        let dir = root.join(relative.trim_start_matches('/'));
-        ["memory.oom_control", "memory.events"].iter().any(|file| {
-            std::fs::read_to_string(dir.join(file)).is_ok_and(|text| {
-                text.lines().any(|line| {
-                    line.strip_prefix("oom_kill ")
-                        .is_some_and(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+    controller_dirs(host_root, "memory", relative)
+        .iter()
+        .any(|dir| {
+            ["memory.oom_control", "memory.events"].iter().any(|file| {
+                std::fs::read_to_string(dir.join(file)).is_ok_and(|text| {
+                    text.lines().any(|line| {
+                        line.strip_prefix("oom_kill ")
+                            .is_some_and(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+                    })
                 })
             })
         })
-    })
 }
 
 /// CPU time and memory of the cgroup at `relative`, its children included (a pod's: what its
@@ -227,8 +227,8 @@ pub struct CgroupUsage {
 /// The usage of the cgroup at `relative`, from the v1 cpuacct and memory hierarchies or the
 /// unified one; None where either cannot be read.
 pub fn usage(host_root: &Path, relative: &str) -> Option<CgroupUsage> {
-    let mount = cgroup_mount(host_root);
-    let relative = relative.trim_start_matches('/');
+    let [v1_memory, unified] = controller_dirs(host_root, "memory", relative);
+    let [v1_cpuacct, _] = controller_dirs(host_root, "cpuacct", relative);
     let read = |path: PathBuf| std::fs::read_to_string(path).ok();
     let number = |text: Option<String>| text.and_then(|t| t.trim().parse::<u64>().ok());
     let field = |text: &str, name: &str| {
@@ -238,11 +238,8 @@ pub fn usage(host_root: &Path, relative: &str) -> Option<CgroupUsage> {
                 .and_then(|n| n.trim().parse::<u64>().ok())
         })
     };
-    let v1_memory = mount.join("memory").join(relative);
     if let (Some(cpu_ns), Some(memory_usage), Some(stat)) = (
-        number(read(
-            mount.join("cpuacct").join(relative).join("cpuacct.usage"),
-        )),
+        number(read(v1_cpuacct.join("cpuacct.usage"))),
         number(read(v1_memory.join("memory.usage_in_bytes"))),
         read(v1_memory.join("memory.stat")),
     ) {
@@ -255,7 +252,6 @@ pub fn usage(host_root: &Path, relative: &str) -> Option<CgroupUsage> {
             memory_limit: number(read(v1_memory.join("memory.limit_in_bytes"))).unwrap_or(0),
         });
     }
-    let unified = mount.join(relative);
     let cpu = read(unified.join("cpu.stat"))?;
     let memory_usage = number(read(unified.join("memory.current")))?;
     let stat = read(unified.join("memory.stat"))?;
@@ -272,15 +268,21 @@ pub fn usage(host_root: &Path, relative: &str) -> Option<CgroupUsage> {
 /// The processes in the cgroup at `relative` and below it (`pids.current`, of the v1 pids
 /// hierarchy or the unified one); None where no pids controller holds it.
 pub fn process_count(host_root: &Path, relative: &str) -> Option<u64> {
+    controller_dirs(host_root, "pids", relative)
+        .iter()
+        .find_map(|dir| {
+            std::fs::read_to_string(dir.join("pids.current"))
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+        })
+}
+
+/// Where the cgroup at `relative` holds `controller`'s files: its v1 hierarchy, then the
+/// unified one.
+fn controller_dirs(host_root: &Path, controller: &str, relative: &str) -> [PathBuf; 2] {
     let mount = cgroup_mount(host_root);
-    [mount.join("pids"), mount].iter().find_map(|root| {
-        std::fs::read_to_string(
-            root.join(relative.trim_start_matches('/'))
-                .join("pids.current"),
-        )
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-    })
+    let relative = relative.trim_start_matches('/');
+    [mount.join(controller).join(relative), mount.join(relative)]
 }
 
 #[cfg(test)]
