@@ -737,29 +737,38 @@ mod tests {
         assert!(store.path("md5:abc").is_err());
     }
 
-    #[test]
-    fn concurrent_first_uses_of_an_image_unpack_it_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = ImageStore::open(dir.path()).expect("open");
+    /// An uncompressed layer of `files` (path, content) in the store's content; its digest.
+    fn layer_blob(store: &ImageStore, files: &[(String, &[u8])]) -> String {
         let mut builder = tar::Builder::new(Vec::new());
-        for i in 0..200 {
+        for (name, body) in files {
             let mut header = tar::Header::new_gnu();
-            header.set_size(1);
+            header.set_size(body.len() as u64);
             header.set_mode(0o644);
             header.set_uid(0);
             header.set_gid(0);
             header.set_mtime(0);
             header.set_cksum();
             builder
-                .append_data(&mut header, format!("bin/f{i}"), &b"x"[..])
+                .append_data(&mut header, name, *body)
                 .expect("append");
         }
         let tar = builder.into_inner().expect("tar");
-        let layer = format!("sha256:{}", sha256_hex(&tar));
-        store.content.write(&layer, &tar).expect("blob");
-        let manifest = serde_json::to_vec(&serde_json::json!({"layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer}]}))
-        .expect("json");
+        let digest = format!("sha256:{}", sha256_hex(&tar));
+        store.content.write(&digest, &tar).expect("blob");
+        digest
+    }
+
+    /// An image `tag` of `layers` (bottom first), its manifest in the store's content and its
+    /// record put.
+    fn image_of_layers(store: &ImageStore, tag: &str, layers: &[String]) -> ImageRecord {
+        let entries: Vec<serde_json::Value> = layers
+            .iter()
+            .map(|digest| {
+                serde_json::json!({
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest})
+            })
+            .collect();
+        let manifest = serde_json::to_vec(&serde_json::json!({ "layers": entries })).expect("json");
         let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
         store
             .content
@@ -767,14 +776,25 @@ mod tests {
             .expect("manifest");
         let record = ImageRecord {
             id: manifest_digest.clone(),
-            repo_tags: vec!["docker.io/library/c:latest".into()],
+            repo_tags: vec![tag.into()],
             repo_digests: vec![],
             size: 1,
             manifest_digest,
-            layers: vec![layer],
+            layers: layers.to_vec(),
             config: "{}".into(),
         };
         store.put(&record).expect("put");
+        record
+    }
+
+    #[test]
+    fn concurrent_first_uses_of_an_image_unpack_it_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("open");
+        let files: Vec<(String, &[u8])> =
+            (0..200).map(|i| (format!("bin/f{i}"), &b"x"[..])).collect();
+        let layer = layer_blob(&store, &files);
+        let record = image_of_layers(&store, "docker.io/library/c:latest", &[layer]);
         let before = store.content.counter.load(Ordering::Relaxed);
         let all: Vec<Vec<PathBuf>> = std::thread::scope(|scope| {
             let calls: Vec<_> = (0..8)
@@ -804,44 +824,13 @@ mod tests {
     fn layers_unpack_once_bottom_first_and_go_with_the_image() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = ImageStore::open(dir.path()).expect("open");
-        let layer = |name: &str, body: &[u8]| {
-            let mut builder = tar::Builder::new(Vec::new());
-            let mut header = tar::Header::new_gnu();
-            header.set_size(body.len() as u64);
-            header.set_mode(0o644);
-            header.set_uid(0);
-            header.set_gid(0);
-            header.set_mtime(0);
-            header.set_cksum();
-            builder
-                .append_data(&mut header, name, body)
-                .expect("append");
-            let tar = builder.into_inner().expect("tar");
-            let digest = format!("sha256:{}", sha256_hex(&tar));
-            store.content.write(&digest, &tar).expect("blob");
-            digest
-        };
-        let base = layer("etc/base", b"base");
-        let top = layer("etc/top", b"top");
-        let manifest = serde_json::json!({"layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": base},
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": top}]});
-        let manifest = serde_json::to_vec(&manifest).expect("json");
-        let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
-        store
-            .content
-            .write(&manifest_digest, &manifest)
-            .expect("manifest");
-        let record = ImageRecord {
-            id: manifest_digest.clone(),
-            repo_tags: vec!["docker.io/library/l:latest".into()],
-            repo_digests: vec![],
-            size: 1,
-            manifest_digest,
-            layers: vec![base.clone(), top.clone()],
-            config: "{}".into(),
-        };
-        store.put(&record).expect("put");
+        let base = layer_blob(&store, &[("etc/base".into(), b"base")]);
+        let top = layer_blob(&store, &[("etc/top".into(), b"top")]);
+        let record = image_of_layers(
+            &store,
+            "docker.io/library/l:latest",
+            &[base.clone(), top.clone()],
+        );
         let dirs = store.layer_dirs(&record).expect("unpack");
         // The two layers, then the init layer with the mount points the image lacks.
         assert_eq!(dirs.len(), 3);
