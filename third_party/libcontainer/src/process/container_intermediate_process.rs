@@ -110,42 +110,12 @@ pub fn container_intermediate_process(
             // We are inside the forked process here. The first thing we have to do
             // is to close any unused senders, since fork will make a dup for all
             // the socket.
-            if let Err(err) = init_sender.close() {
-                tracing::error!(?err, "failed to close receiver in init process");
-                return -1;
-            }
-            if let Err(err) = inter_sender.close() {
-                tracing::error!(?err, "failed to close sender in the intermediate process");
-                return -1;
-            }
-            if let Err(err) = intermediate_main_sender.close() {
-                tracing::error!(
-                    ?err,
-                    "failed to close intermediate main sender in init process"
-                );
+            if !close_main_ends(init_sender, inter_sender, intermediate_main_sender) {
                 return -1;
             }
             match init_process::container_init_process(args, init_main_sender, init_receiver) {
                 Ok(_) => 0,
-                Err(e) => {
-                    tracing::error!("failed to initialize container process: {e}");
-                    if let Err(err) = init_main_sender.exec_failed(crate::utils::error_chain(&e)) {
-                        tracing::error!(?err, "failed sending error to main sender");
-                    }
-                    if let ContainerType::TenantContainer { exec_notify_fd } = args.container_type {
-                        let buf = crate::utils::error_chain(&e);
-                        let exec_notify_fd =
-                            unsafe { std::os::fd::OwnedFd::from_raw_fd(exec_notify_fd) };
-                        if let Err(err) = write(&exec_notify_fd, buf.as_bytes()) {
-                            tracing::error!(?err, "failed to write to exec notify fd");
-                        }
-
-                        // After sending the error through the exec_notify_fd,
-                        // we need to explicitly close the pipe.
-                        drop(exec_notify_fd);
-                    }
-                    -1
-                }
+                Err(e) => init_failed(args, init_main_sender, crate::utils::error_chain(&e)),
             }
         })
     };
@@ -331,14 +301,7 @@ pub fn clone_init(
             tracing::error!(?ret, "failed to set name for child process");
             return ret;
         }
-        // The main process's ends, duplicated by the clone.
-        let closed = [
-            init_sender.close(),
-            intermediate_main_sender.close(),
-            inter_sender.close(),
-        ];
-        if let Some(Err(err)) = closed.into_iter().find(|c| c.is_err()) {
-            tracing::error!(?err, "failed to close a sender in the init process");
+        if !close_main_ends(init_sender, inter_sender, intermediate_main_sender) {
             return -1;
         }
         let prepared = (|| {
@@ -359,19 +322,53 @@ pub fn clone_init(
             });
         match result {
             Ok(()) => 0,
-            Err(message) => {
-                tracing::error!("failed to initialize container process: {message}");
-                if let Err(err) = init_main_sender.exec_failed(message) {
-                    tracing::error!(?err, "failed sending error to main sender");
-                }
-                -1
-            }
+            Err(message) => init_failed(args, init_main_sender, message),
         }
     });
     clone_fn(cb).map_err(|err| {
         tracing::error!("failed to fork init process: {}", err);
         IntermediateProcessError::InitProcess(err)
     })
+}
+
+/// In the init process: closes the ends of the channels the clone duplicated from its parent
+/// (the main process's senders); false, logged, when one fails.
+fn close_main_ends(
+    init_sender: &mut channel::InitSender,
+    inter_sender: &mut channel::IntermediateSender,
+    intermediate_main_sender: &mut channel::MainSender,
+) -> bool {
+    let closed = [
+        init_sender.close(),
+        inter_sender.close(),
+        intermediate_main_sender.close(),
+    ];
+    match closed.into_iter().find(|c| c.is_err()) {
+        Some(Err(err)) => {
+            tracing::error!(?err, "failed to close a sender in the init process");
+            false
+        }
+        _ => true,
+    }
+}
+
+/// In the init process: reports its failure to the main process (and to the exec notify fd
+/// of a tenant container); the init's exit code.
+fn init_failed(args: &ContainerArgs, init_main_sender: &mut MainSender, message: String) -> i32 {
+    tracing::error!("failed to initialize container process: {message}");
+    if let Err(err) = init_main_sender.exec_failed(message.clone()) {
+        tracing::error!(?err, "failed sending error to main sender");
+    }
+    if let ContainerType::TenantContainer { exec_notify_fd } = args.container_type {
+        let exec_notify_fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(exec_notify_fd) };
+        if let Err(err) = write(&exec_notify_fd, message.as_bytes()) {
+            tracing::error!(?err, "failed to write to exec notify fd");
+        }
+        // After sending the error through the exec_notify_fd,
+        // we need to explicitly close the pipe.
+        drop(exec_notify_fd);
+    }
+    -1
 }
 
 fn setup_userns(
