@@ -4,14 +4,16 @@
 //! path. Also runs CNI plugins (spec 1.0) against a pinned network namespace.
 
 use std::{
-    io::Write,
+    io::{Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
 };
 
 use nix::{
     mount::{mount, umount2, MntFlags, MsFlags},
     sched::{unshare, CloneFlags},
+    sys::{memfd::MemFdCreateFlag, wait::WaitStatus},
+    unistd::Pid,
 };
 
 /// Everything creating, removing or configuring pod namespaces can fail with.
@@ -427,6 +429,11 @@ pub fn run_plugin(call: &CniCall<'_>) -> Result<serde_json::Value, NetnsError> {
     if std::env::var_os("PATH").is_none() {
         command.env("PATH", PLUGIN_PATH);
     }
+    // stderr goes to a memory file, so reading stdout alone cannot block on a full pipe.
+    let stderr = std::fs::File::from(
+        nix::sys::memfd::memfd_create(c"cni-plugin-stderr", MemFdCreateFlag::MFD_CLOEXEC)
+            .map_err(errno("create a file for the plugin's stderr"))?,
+    );
     let mut child = command
         .env("CNI_COMMAND", call.command)
         .env("CNI_CONTAINERID", call.container_id)
@@ -436,34 +443,37 @@ pub fn run_plugin(call: &CniCall<'_>) -> Result<serde_json::Value, NetnsError> {
         .env("CNI_ARGS", call.args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::from(
+            stderr
+                .try_clone()
+                .map_err(io("duplicate the plugin's stderr file"))?,
+        ))
         .spawn()
         .map_err(io(format!("run {}", binary.display())))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let config = serde_json::to_vec(call.config).map_err(|err| cni(err.to_string()))?;
-        stdin
-            .write_all(&config)
-            .map_err(io(format!("write config to {}", binary.display())))?;
-    }
-    let output = child
-        .wait_with_output()
-        .map_err(io(format!("wait for {}", binary.display())))?;
-    let result: serde_json::Value = if output.stdout.is_empty() {
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    // Whatever happens to its pipes, the plugin is waited for and reaped.
+    let stdout = exchange(&mut child, call.config);
+    let exited = reap::wait_exited(pid);
+    reap::release(pid);
+    let stdout = stdout.map_err(|err| cni(err.to_string()))?;
+    let status = exited.map_err(errno(format!("wait for {}", binary.display())))?;
+    let result: serde_json::Value = if stdout.is_empty() {
         serde_json::Value::Null
     } else {
-        serde_json::from_slice(&output.stdout).map_err(|err| {
+        serde_json::from_slice(&stdout).map_err(|err| {
             cni(format!(
                 "unreadable result ({err}): {}",
-                String::from_utf8_lossy(&output.stdout)
+                String::from_utf8_lossy(&stdout)
             ))
         })?
     };
-    if !output.status.success() {
+    if !matches!(status, WaitStatus::Exited(_, 0)) {
         let message = result
             .get("msg")
             .and_then(serde_json::Value::as_str)
             .map(str::to_string)
-            .unwrap_or_else(|| String::from_utf8_lossy(&output.stderr).trim().to_string());
+            .or_else(|| Some(read_start(&stderr)).filter(|text| !text.is_empty()))
+            .unwrap_or_else(|| describe(status));
         let details = result
             .get("details")
             .and_then(serde_json::Value::as_str)
@@ -474,7 +484,46 @@ pub fn run_plugin(call: &CniCall<'_>) -> Result<serde_json::Value, NetnsError> {
     Ok(result)
 }
 
+/// The most of a plugin's stderr kept for its error message.
+const STDERR_LIMIT: u64 = 64 * 1024;
+
+/// The start of what a plugin wrote to its stderr file, trimmed.
+fn read_start(mut file: &std::fs::File) -> String {
+    let mut bytes = Vec::new();
+    let _ = file
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| file.take(STDERR_LIMIT).read_to_end(&mut bytes));
+    String::from_utf8_lossy(&bytes).trim().to_string()
+}
+
+/// Writes `config` to the plugin's stdin, closes it and reads its stdout to the end. A plugin
+/// that exits without reading its configuration is no error here: its exit says why.
+fn exchange(child: &mut Child, config: &serde_json::Value) -> std::io::Result<Vec<u8>> {
+    if let Some(mut stdin) = child.stdin.take() {
+        let config = serde_json::to_vec(config)?;
+        match stdin.write_all(&config) {
+            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {}
+            other => other?,
+        }
+    }
+    let mut stdout = Vec::new();
+    if let Some(mut pipe) = child.stdout.take() {
+        pipe.read_to_end(&mut stdout)?;
+    }
+    Ok(stdout)
+}
+
+/// How a plugin that printed nothing ended.
+fn describe(status: WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exited with status {code} and printed nothing"),
+        WaitStatus::Signaled(_, signal, _) => format!("killed by {signal}"),
+        other => format!("ended: {other:?}"),
+    }
+}
+
 pub mod cni;
+mod reap;
 
 #[cfg(test)]
 mod tests;

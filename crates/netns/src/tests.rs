@@ -189,6 +189,87 @@ fn plugins_get_the_daemons_environment_and_the_cni_variables() {
     assert_eq!(result["ifname"], "eth0", "{result}");
 }
 
+/// Runs the shell script `body` as a plugin; its pid (it writes `$$` to `pid`) and the result.
+fn run_script(body: &str) -> (i32, Result<serde_json::Value, NetnsError>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugin = dir.path().join("script");
+    let pid_file = dir.path().join("pid");
+    std::fs::write(
+        &plugin,
+        format!("#!/bin/sh\necho $$ > {}\n{body}\n", pid_file.display()),
+    )
+    .expect("plugin");
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let plugin_dirs = vec![dir.path().to_path_buf()];
+    let config = serde_json::json!({"cniVersion": "1.0.0", "name": "s", "type": "script"});
+    let result = run_plugin(&CniCall {
+        plugin_dirs: &plugin_dirs,
+        command: "ADD",
+        container_id: "pod-script",
+        netns: Path::new("/proc/self/ns/net"),
+        ifname: "eth0",
+        args: "",
+        config: &config,
+    });
+    let pid = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    (pid, result)
+}
+
+/// Whether `pid` is gone (reaped, not a zombie) within two seconds.
+fn reaped(pid: i32) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn plugin_failures_say_how_it_ended_and_every_plugin_is_reaped() {
+    let (pid, result) = run_script("cat >/dev/null; printf '{\"cniVersion\":\"1.0.0\"}'");
+    assert_eq!(result.expect("ADD")["cniVersion"], "1.0.0");
+    assert!(reaped(pid), "plugin {pid} was not reaped");
+
+    // Its stderr names the cause where it printed no error result; it need not read its
+    // configuration first.
+    let (pid, result) = run_script("echo 'no such bridge' >&2; exit 3");
+    let err = result.expect_err("exit 3").to_string();
+    assert_eq!(err, "CNI plugin script ADD: no such bridge");
+    assert!(reaped(pid), "plugin {pid} was not reaped");
+
+    // More stderr than a pipe holds cannot block it; the message keeps the start.
+    let (pid, result) = run_script("head -c 300000 /dev/zero | tr '\\0' x >&2; exit 1");
+    let err = result.expect_err("exit 1").to_string();
+    assert!(
+        err.starts_with("CNI plugin script ADD: xxx"),
+        "{}",
+        &err[..40]
+    );
+    assert!(err.len() <= 64 * 1024 + 64, "{} bytes", err.len());
+    assert!(reaped(pid), "plugin {pid} was not reaped");
+
+    let (pid, result) = run_script("kill -9 $$");
+    let err = result.expect_err("killed").to_string();
+    assert_eq!(err, "CNI plugin script ADD: killed by SIGKILL");
+    assert!(reaped(pid), "plugin {pid} was not reaped");
+
+    let (pid, result) = run_script("exit 1");
+    let err = result.expect_err("exit 1").to_string();
+    assert_eq!(
+        err,
+        "CNI plugin script ADD: exited with status 1 and printed nothing"
+    );
+    assert!(reaped(pid), "plugin {pid} was not reaped");
+}
+
 #[test]
 fn pid_holder_is_pid_one_of_its_own_namespace() {
     // A cgroup of the test's own in the v1 pids hierarchy (or none where it is absent).

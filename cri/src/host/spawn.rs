@@ -146,8 +146,11 @@ pub fn reap_in_background(pid: libc::pid_t) {
     match registered {
         Ok(pidfd) => {
             tokio::spawn(async move {
-                // Readable once the process has exited.
+                // Readable once the process has exited. Reaped a moment later: a process whose
+                // last thread is still dropping its /proc entries makes a reaper spin until it
+                // has (see ingot_netns's plugin reaping), and this one runs on the event loop.
                 let _ = pidfd.readable().await;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 reap();
             });
         }
