@@ -36,6 +36,9 @@ pub struct Options {
     /// The bridge masquerades (`ipMasq`) and the portmap plugin follows it: both run iptables
     /// in the daemon's network namespace.
     pub host_ports: bool,
+    /// A descriptor of the test's (close-on-exec there) that the daemon inherits, as it would
+    /// from a shell or a supervisor that leaks one.
+    pub inherited_fd: Option<std::os::fd::RawFd>,
 }
 
 pub struct Daemon {
@@ -139,6 +142,18 @@ impl Daemon {
         } else {
             Command::new(ingotd_binary())
         };
+        if let Some(fd) = options.inherited_fd {
+            // SAFETY: fcntl on a descriptor number, async-signal-safe, in the child only.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -742,6 +742,64 @@ async fn a_failed_create_is_in_the_shim_log_and_ingotd_names_it() {
     assert_nothing_left(daemon, &pod_id);
 }
 
+/// Pids of the processes holding a descriptor of `path`.
+fn holders(path: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn descriptors_ingotd_inherits_reach_none_of_its_processes() {
+    let marker_dir = tempfile::tempdir().expect("tempdir");
+    let marker = marker_dir.path().join("inherited");
+    let file = std::fs::File::create(&marker).expect("marker");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let (env, mut client, image) = env_with(
+        false,
+        ingot_tests::cri::Options {
+            inherited_fd: Some(fd),
+            ..Default::default()
+        },
+    )
+    .await;
+    let daemon = &env.daemon;
+    let pod = host_network_pod("fds", &daemon.log_dir("fds"), v1::NamespaceMode::Pod);
+    let pod_id = run_pod(&mut client, pod.clone()).await;
+    let id = start_container(
+        &mut client,
+        &pod_id,
+        &pod,
+        container_config("app", &image, "sleep 100"),
+    )
+    .await;
+    let init = pod_info(&mut client, &pod_id).await["podInitPid"]
+        .as_u64()
+        .expect("pod init pid");
+    assert!(!id.is_empty());
+    // The daemon holds it (it cannot know whose it is); the pod-init, the zygote, the shim
+    // and the container do not.
+    let daemon_pid = daemon.pid().as_raw();
+    let mut held = holders(&marker);
+    held.retain(|pid| i64::from(*pid) != i64::from(std::process::id()));
+    assert_eq!(held, vec![daemon_pid], "pod-init is {init}");
+    remove_pod(&mut client, &pod_id).await;
+    assert_nothing_left(daemon, &pod_id);
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_container_joins_a_shared_pid_namespace_whatever_pid_it_gets_there() {
     let (env, mut client, image) = env(false).await;

@@ -14,9 +14,18 @@ embedded defaults (/etc/ingot/ingot.toml is read when it exists). INGOT_LOG sets
 /// Threads for blocking work: enough for a burst of pods on a node's housekeeping CPUs.
 const MAX_BLOCKING_THREADS: usize = 32;
 
+/// close_range(2)'s flag (Linux 5.11; older kernels refuse it, and the fds stay as they were).
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
 fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some(ingot_cri::host::pod_init::POD_INIT_ARG) {
         ingot_cri::host::pod_init::pod_init();
+    }
+    // Descriptors inherited from whatever started ingotd (a shell's, a supervisor's) are not
+    // handed on to the zygote, shims, pod-inits and plugins: a pod-init is PID 1 of its pod.
+    // SAFETY: close_range only sets the close-on-exec flag of descriptors 3 and up.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
     }
     // Every thread of the blocking pool (namespaces, CNI, mounts) would get a malloc arena of
     // its own, each keeping what it once held; two shared arenas serve a daemon that mostly
