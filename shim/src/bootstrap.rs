@@ -364,11 +364,17 @@ fn detect_cpu_features() {
     let _ = std::arch::is_x86_feature_detected!("avx2");
 }
 
-/// What a process that forks the others learns once for all of them: the CPU features (above)
-/// and the host's cgroup mounts ([`crate::cgroups::host_cgroup_mounts`]).
+/// What a process that forks the others learns once for all of them: the CPU features (above),
+/// the host's cgroup mounts ([`crate::cgroups::host_cgroup_mounts`]) and libpathrs's cached
+/// procfs handle. That handle (a detached `subset=pid` procfs mount, close-on-exec) is what
+/// libcgroups and libcontainer open `/proc/self/...` through; a container's init made its
+/// own on first use, a new procfs superblock per container. A procfs of an ancestor PID
+/// namespace resolves `/proc/self` in the container's init as well, and the init closes (marks
+/// close-on-exec) every inherited descriptor before its process runs.
 pub(crate) fn learn_host_before_forks() {
     detect_cpu_features();
     let _ = crate::cgroups::host_cgroup_mounts();
+    let _ = pathrs::procfs::ProcfsHandle::new();
 }
 
 /// Forks the spare helper (see [`crate::spare`]) unless this process already has threads.

@@ -21,17 +21,32 @@ impl Executor for DefaultExecutor {
                 ExecutorError::InvalidArg
             })?;
 
-        let executable = args[0].as_str();
-        let cstring_path = CString::new(executable.as_bytes()).map_err(|err| {
-            tracing::error!("failed to convert path {executable:?} to cstring: {}", err,);
-            ExecutorError::InvalidArg
-        })?;
+        // `validate` found the executable on the container's PATH; exec that file, as runc
+        // does, rather than have execvp try each PATH entry again (each failed execve sets up
+        // a new mm before it finds no file).
+        let executable = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.env().as_ref())
+            .and_then(|env| env.iter().find_map(|e| e.strip_prefix("PATH=")))
+            .and_then(|path_var| get_executable_path(&args[0], path_var))
+            .unwrap_or_else(|| PathBuf::from(&args[0]));
+        let cstring_path =
+            CString::new(executable.as_os_str().as_encoded_bytes()).map_err(|err| {
+                tracing::error!("failed to convert path {executable:?} to cstring: {}", err,);
+                ExecutorError::InvalidArg
+            })?;
         let a: Vec<CString> = args
             .iter()
             .map(|s| CString::new(s.as_bytes()).unwrap_or_default())
             .collect();
-        unistd::execvp(&cstring_path, &a).map_err(|err| {
-            tracing::error!(?err, filename = ?cstring_path, args = ?a, "failed to execvp");
+        let exec = if executable.as_os_str().as_encoded_bytes().contains(&b'/') {
+            unistd::execv(&cstring_path, &a)
+        } else {
+            unistd::execvp(&cstring_path, &a)
+        };
+        exec.map_err(|err| {
+            tracing::error!(?err, filename = ?cstring_path, args = ?a, "failed to execve");
             ExecutorError::Execution(
                 format!(
                     "error '{}' executing '{:?}' with args '{:?}'",

@@ -503,6 +503,10 @@ pub fn container_init_process(
 }
 
 fn sysctl(kernel_params: &HashMap<String, String>) -> Result<()> {
+    // An unmasked procfs handle is a new procfs mount each time: none without sysctls.
+    if kernel_params.is_empty() {
+        return Ok(());
+    }
     let procfs = ProcfsHandleBuilder::new().unmasked().build()?;
     let sys = PathBuf::from("sys");
     for (kernel_param, value) in kernel_params {
