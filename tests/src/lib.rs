@@ -495,16 +495,30 @@ pub fn pids_with_cmdline(needles: &[&str]) -> Vec<i32> {
     pids
 }
 
-/// The parent of process `pid`, from `/proc/<pid>/stat`.
-pub fn parent_pid(pid: i32) -> Option<i32> {
+/// The state letter and the parent of process `pid`, from `/proc/<pid>/stat`.
+fn state_and_parent(pid: i32) -> Option<(String, i32)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // pid (comm) state ppid ...: comm may hold spaces, so from the last ')'.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.to_string();
+    Some((state, fields.next()?.parse().ok()?))
+}
+
+/// The parent of process `pid`, from `/proc/<pid>/stat`.
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    state_and_parent(pid).map(|(_, parent)| parent)
+}
+
+/// Children of `parent` that exited and were not reaped.
+pub fn zombie_children(parent: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| state_and_parent(*pid).is_some_and(|(state, p)| state == "Z" && p == parent))
+        .collect()
 }
 
 /// Those of `pids` whose parent is not among them: a process forked by one of them and not yet

@@ -350,6 +350,11 @@ pub fn leftovers(daemon: &Daemon, pod_id: &str) -> Vec<String> {
             .into_iter()
             .map(|pid| format!("shim pid {pid}")),
     );
+    left.extend(
+        crate::zombie_children(daemon.pid().as_raw())
+            .into_iter()
+            .map(|pid| format!("unreaped child pid {pid}")),
+    );
     if daemon.dir.path().join("run/pods").join(pod_id).exists() {
         left.push("pod directory".into());
     }
@@ -426,8 +431,9 @@ pub async fn remove_pod(client: &mut RuntimeServiceClient<Channel>, pod_id: &str
 }
 
 /// What a daemon whose pods are all removed still has: pod directories, pod inits and shims
-/// of its own, mounts under its directory, pod cgroups under its parent, and addresses its
-/// CNI network (host-local, under `<dir>/ipam`) still holds.
+/// of its own, children it did not reap (shims, plugins), mounts under its directory, pod
+/// cgroups under its parent, and addresses its CNI network (host-local, under `<dir>/ipam`)
+/// still holds.
 pub fn daemon_leftovers(daemon: &Daemon) -> Vec<String> {
     let dir = daemon.dir.path();
     let entries = |path: std::path::PathBuf| -> Vec<String> {
@@ -451,6 +457,11 @@ pub fn daemon_leftovers(daemon: &Daemon) -> Vec<String> {
         crate::pids_with_cmdline(&["containerd-shim-ingot-v2", &socket])
             .into_iter()
             .map(|pid| format!("shim pid {pid}")),
+    );
+    left.extend(
+        crate::zombie_children(daemon.pid().as_raw())
+            .into_iter()
+            .map(|pid| format!("unreaped child pid {pid}")),
     );
     let prefix = dir.display().to_string();
     left.extend(

@@ -524,6 +524,7 @@ fn describe(status: WaitStatus) -> String {
 
 pub mod cni;
 mod reap;
+pub use reap::release as reap_later;
 
 #[cfg(test)]
 mod tests;

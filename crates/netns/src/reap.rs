@@ -1,4 +1,5 @@
-//! Exited CNI plugins: their status read at once, the processes released a moment later.
+//! Exited children (CNI plugins, and ingotd's shims): their status read at once, the processes
+//! released a moment later.
 //!
 //! The kernel drops a process's `/proc` dentries when its parent reaps it, and a plugin that
 //! looked up `/proc/<pid>/task/<tid>/ns/net` (every plugin that enters a namespace does) has
@@ -74,7 +75,7 @@ pub(crate) fn wait_exited(pid: Pid) -> nix::Result<WaitStatus> {
 }
 
 /// Reaps exited child `pid` a few milliseconds from now (at once without the reaper thread).
-pub(crate) fn release(pid: Pid) {
+pub fn release(pid: Pid) {
     if let Some(zombies) = zombies() {
         if let Ok(mut pids) = zombies.pids.lock() {
             pids.push(pid);

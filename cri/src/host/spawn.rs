@@ -119,8 +119,9 @@ impl Spawn<'_> {
     }
 }
 
-/// Reaps `pid` (a child of ingotd) when it exits, from a task waiting on its pidfd; from a
-/// thread of its own where pidfds are missing (Linux before 5.3).
+/// Reaps `pid` (a child of ingotd) when it exits: a task waiting on its pidfd hands it to
+/// ingot_netns's reaper; a thread of its own waits for it where pidfds are missing (Linux
+/// before 5.3).
 pub fn reap_in_background(pid: libc::pid_t) {
     let reap = move || {
         let mut status = 0;
@@ -146,12 +147,11 @@ pub fn reap_in_background(pid: libc::pid_t) {
     match registered {
         Ok(pidfd) => {
             tokio::spawn(async move {
-                // Readable once the process has exited. Reaped a moment later: a process whose
-                // last thread is still dropping its /proc entries makes a reaper spin until it
-                // has (see ingot_netns's plugin reaping), and this one runs on the event loop.
+                // Readable once the process has exited. Reaped a moment later, off the event
+                // loop: a process whose last thread is still dropping its /proc entries makes
+                // a reaper spin until it has (ingot_netns's reaper, which plugins use too).
                 let _ = pidfd.readable().await;
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                reap();
+                ingot_netns::reap_later(nix::unistd::Pid::from_raw(pid));
             });
         }
         Err(_) => {
