@@ -24,11 +24,7 @@ impl Executor for DefaultExecutor {
         // `validate` found the executable on the container's PATH; exec that file, as runc
         // does, rather than have execvp try each PATH entry again (each failed execve sets up
         // a new mm before it finds no file).
-        let executable = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.env().as_ref())
-            .and_then(|env| env.iter().find_map(|e| e.strip_prefix("PATH=")))
+        let executable = path_var(spec)
             .and_then(|path_var| get_executable_path(&args[0], path_var))
             .unwrap_or_else(|| PathBuf::from(&args[0]));
         let cstring_path =
@@ -70,15 +66,12 @@ impl Executor for DefaultExecutor {
             ))?;
 
         if let Some(args) = proc.args() {
-            let envs: Vec<String> = proc.env().as_ref().unwrap_or(&vec![]).clone();
-            let path_vars: Vec<&String> = envs.iter().filter(|&e| e.starts_with("PATH=")).collect();
-            if path_vars.is_empty() {
+            let Some(path_var) = path_var(spec) else {
                 tracing::error!("PATH environment variable is not set");
                 Err(ExecutorValidationError::ArgValidationError(
                     "PATH environment variable is not set".into(),
-                ))?;
-            }
-            let path_var = path_vars[0].trim_start_matches("PATH=");
+                ))?
+            };
             match get_executable_path(&args[0], path_var) {
                 None => {
                     tracing::error!(
@@ -125,6 +118,16 @@ impl Executor for DefaultExecutor {
 
 pub fn get_executor() -> Box<dyn Executor> {
     Box::new(DefaultExecutor {})
+}
+
+/// The value of the first `PATH=` in the process's environment.
+fn path_var(spec: &Spec) -> Option<&str> {
+    spec.process()
+        .as_ref()?
+        .env()
+        .as_ref()?
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
 }
 
 fn get_executable_path(name: &str, path_var: &str) -> Option<PathBuf> {
