@@ -41,6 +41,9 @@ pub(crate) struct Settings {
     pub json: Option<PathBuf>,
     pub svg: Option<PathBuf>,
     pub quiet: bool,
+    /// `--marks FILE`: each churn burst's start and end (CLOCK_MONOTONIC ns, a line per burst),
+    /// to cut a `perf record -k CLOCK_MONOTONIC` of the run to the timed windows.
+    pub marks: Option<PathBuf>,
     /// The sections measured (`--only`), of [`SECTIONS`]; all by default.
     pub only: Vec<&'static str>,
     pub command: String,
@@ -50,8 +53,27 @@ pub(crate) struct Settings {
 const SECTIONS: [&str; 6] = ["idle", "pod-start", "lifecycle", "churn", "scale", "jitter"];
 
 const USAGE: &str = "usage: ingot-bench run [--runtimes NAME,...] [--iterations N] [--smoke] \
-                     [--only SECTION,...] [--json FILE] [--svg FILE] [--quiet] \
-                     (sections: idle, pod-start, lifecycle, churn, scale, jitter)";
+                     [--only SECTION,...] [--churn PODSxBURSTS,...] [--marks FILE] \
+                     [--json FILE] [--svg FILE] [--quiet] (sections: idle, pod-start, lifecycle, churn, scale, jitter)";
+
+/// `--churn 10x5,50x3`: pods started at once, and how many bursts of them.
+fn parse_churn(value: &str) -> Result<Vec<(usize, usize)>> {
+    value
+        .split(',')
+        .map(|entry| {
+            let (pods, bursts) = entry
+                .split_once('x')
+                .with_context(|| format!("--churn: {entry:?} is not PODSxBURSTS; {USAGE}"))?;
+            let count = |text: &str| {
+                text.parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| format!("--churn: {entry:?}: {text:?} is not a count above 0"))
+            };
+            Ok((count(pods)?, count(bursts)?))
+        })
+        .collect()
+}
 
 impl Settings {
     pub(crate) fn parse(args: &[String]) -> Result<Settings> {
@@ -67,6 +89,7 @@ impl Settings {
             json: None,
             svg: None,
             quiet: false,
+            marks: None,
             only: SECTIONS.to_vec(),
             command: std::iter::once("ingot-bench".to_string())
                 .chain(args.iter().cloned())
@@ -95,6 +118,8 @@ impl Settings {
                 "--json" => s.json = Some(value("--json")?.into()),
                 "--svg" => s.svg = Some(value("--svg")?.into()),
                 "--quiet" => s.quiet = true,
+                "--marks" => s.marks = Some(value("--marks")?.into()),
+                "--churn" => s.churn = parse_churn(&value("--churn")?)?,
                 "--only" => {
                     s.only = value("--only")?
                         .split(',')
@@ -880,7 +905,7 @@ async fn measure(
             for _ in 0..*bursts {
                 for leg in legs.iter_mut() {
                     bar.set_message(format!("churn of {pods}: {}", leg.peer.name()));
-                    let took = churn(leg, *pods, &image).await?;
+                    let took = churn(leg, *pods, &image, s.marks.as_deref()).await?;
                     report.add(
                         &format!("churn-{pods}"),
                         &format!("churn, {pods} pods at once"),
@@ -965,7 +990,13 @@ async fn idle(s: &Settings, leg: &Leg<'_>, pods: usize, report: &mut Report) -> 
     Ok(())
 }
 
-async fn churn(leg: &mut Leg<'_>, pods: usize, image: &str) -> Result<Duration> {
+async fn churn(
+    leg: &mut Leg<'_>,
+    pods: usize,
+    image: &str,
+    marks: Option<&Path>,
+) -> Result<Duration> {
+    let mark_start = monotonic_ns();
     let started = Instant::now();
     let mut starting = tokio::task::JoinSet::new();
     for _ in 0..pods {
@@ -983,12 +1014,28 @@ async fn churn(leg: &mut Leg<'_>, pods: usize, image: &str) -> Result<Duration> 
         }
     }
     let took = started.elapsed();
+    if let Some(marks) = marks {
+        let line = format!("{mark_start} {}\n", monotonic_ns());
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(marks)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, line.as_bytes()))
+            .with_context(|| format!("--marks: append to {}", marks.display()))?;
+    }
     let ended = leg.target().end_pods(started_pods).await;
     if let Some(e) = failed {
         return Err(e);
     }
     ended?;
     Ok(took)
+}
+
+/// CLOCK_MONOTONIC in ns, the clock `perf record -k CLOCK_MONOTONIC` stamps samples with.
+fn monotonic_ns() -> u128 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| Duration::from(t).as_nanos())
+        .unwrap_or_default()
 }
 
 async fn scale(
@@ -1261,6 +1308,14 @@ mod tests {
         assert_eq!(s.runtimes, vec![Kind::Ingot, Kind::CrioRunc]);
         assert_eq!(s.churn, vec![(3, 1)]);
         assert!(Settings::parse(&args(&["run", "--iterations"])).is_err());
+        let s = Settings::parse(&args(&["run", "--churn", "10x20,50x1"])).expect("ok");
+        assert_eq!(s.churn, vec![(10, 20), (50, 1)]);
+        for bad in ["10", "0x3", "10x", "tenx2"] {
+            let e = Settings::parse(&args(&["run", "--churn", bad]))
+                .err()
+                .expect("refused");
+            assert!(format!("{e:#}").contains("--churn"), "{bad}: {e:#}");
+        }
         let e = Settings::parse(&args(&["run", "--runtimes", "containerd"]))
             .err()
             .expect("refused");
