@@ -30,8 +30,11 @@ pub(super) trait Controller {
 /// 2-CPU host). A single-threaded process moving itself writes "0" to `tasks` instead, which the
 /// kernel serves without that lock (`cgroup_procs_write_start`: no pid, no threadgroup); its
 /// children are born in the cgroup. libcontainer's intermediate process moves itself this way.
+///
+/// Pid 0 is the calling thread of a process already known to be single-threaded (the manager
+/// checks once for all its controllers), written as "0" to `tasks` as the kernel reads it.
 pub(super) fn move_task(cgroup_path: &Path, pid: Pid) -> Result<(), WrappedIoError> {
-    if pid == Pid::this() && single_threaded() {
+    if pid.as_raw() == 0 || (pid == Pid::this() && single_threaded()) {
         common::write_cgroup_file_str(cgroup_path.join(CGROUP_TASKS), "0")
     } else {
         common::write_cgroup_file(cgroup_path.join(CGROUP_PROCS), pid)
@@ -41,7 +44,7 @@ pub(super) fn move_task(cgroup_path: &Path, pid: Pid) -> Result<(), WrappedIoErr
 const CGROUP_TASKS: &str = "tasks";
 
 /// Whether the calling process has exactly one thread (`/proc/self/task` has one entry).
-fn single_threaded() -> bool {
+pub(super) fn single_threaded() -> bool {
     fs::read_dir("/proc/self/task")
         .map(|tasks| tasks.take(2).count() == 1)
         .unwrap_or(false)

@@ -81,36 +81,38 @@ impl CpuSet {
 
     // if a task is moved into the cgroup and a value has not been set for cpus and mems
     // Errno 28 (no space left on device) will be returned. Therefore we set the value from the parent if required.
+    //
+    // Read from the cgroup upwards: the first level that holds a value gives it to each empty
+    // level below it, top down. A new cgroup under a filled parent costs two reads and a write,
+    // where reading every level from the mount point down read each parent twice.
     fn ensure_not_empty(
         mount_point: &Path,
         cgroup_path: &Path,
         interface_file: &str,
     ) -> Result<(), V1CpuSetControllerError> {
-        let mut current = mount_point.to_path_buf();
-        let relative_cgroup_path = cgroup_path.strip_prefix(mount_point).map_err(|err| {
+        cgroup_path.strip_prefix(mount_point).map_err(|err| {
             V1CpuSetControllerError::BadCgroupPath {
                 err,
                 path: cgroup_path.to_path_buf(),
             }
         })?;
-
-        for component in relative_cgroup_path.components() {
-            let parent_value =
-                fs::read_to_string(current.join(interface_file)).wrap_read(cgroup_path)?;
-            if parent_value.trim().is_empty() {
+        let mut empty = Vec::new();
+        let mut current = cgroup_path;
+        let value = loop {
+            let file = current.join(interface_file);
+            let value = fs::read_to_string(&file).wrap_read(&file)?;
+            if !value.trim().is_empty() {
+                break value;
+            }
+            if current == mount_point {
                 return Err(V1CpuSetControllerError::EmptyParent);
             }
-
-            current.push(component);
-            let child_path = current.join(interface_file);
-            let child_value = fs::read_to_string(&child_path).wrap_read(&child_path)?;
-            // the file can contain a newline character. Need to trim it away,
-            // otherwise it is not considered empty and value will not be written
-            if child_value.trim().is_empty() {
-                common::write_cgroup_file_str(&child_path, &parent_value)?;
-            }
+            empty.push(file);
+            current = current.parent().unwrap_or(mount_point);
+        };
+        for file in empty.iter().rev() {
+            common::write_cgroup_file_str(file, &value)?;
         }
-
         Ok(())
     }
 }
@@ -158,5 +160,43 @@ mod tests {
         let content = fs::read_to_string(mems)
             .unwrap_or_else(|_| panic!("read {CGROUP_CPUSET_MEMS} file content"));
         assert_eq!(content, "1-3");
+    }
+
+    #[test]
+    fn empty_levels_take_the_nearest_value_above_them() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let root = tmp.path();
+        let pod = root.join("pod");
+        let container = pod.join("container");
+        fs::create_dir_all(&container).expect("dirs");
+        fs::write(root.join(CGROUP_CPUSET_CPUS), "0-3\n").expect("root");
+        fs::write(pod.join(CGROUP_CPUSET_CPUS), "\n").expect("pod");
+        fs::write(container.join(CGROUP_CPUSET_CPUS), "").expect("container");
+        CpuSet::ensure_not_empty(root, &container, CGROUP_CPUSET_CPUS).expect("filled");
+        for dir in [&pod, &container] {
+            let value = fs::read_to_string(dir.join(CGROUP_CPUSET_CPUS)).expect("read");
+            assert_eq!(value.trim(), "0-3", "{}", dir.display());
+        }
+
+        // A level that holds a value is left as it is, and so is everything above it.
+        fs::write(pod.join(CGROUP_CPUSET_CPUS), "1").expect("pod");
+        fs::write(container.join(CGROUP_CPUSET_CPUS), "").expect("container");
+        fs::write(root.join(CGROUP_CPUSET_CPUS), "").expect("root");
+        CpuSet::ensure_not_empty(root, &container, CGROUP_CPUSET_CPUS).expect("filled");
+        let value = fs::read_to_string(container.join(CGROUP_CPUSET_CPUS)).expect("read");
+        assert_eq!(value.trim(), "1");
+
+        // Nothing anywhere up to the mount point: refused, nothing written.
+        fs::write(pod.join(CGROUP_CPUSET_CPUS), "").expect("pod");
+        fs::write(container.join(CGROUP_CPUSET_CPUS), "").expect("container");
+        let err = CpuSet::ensure_not_empty(root, &container, CGROUP_CPUSET_CPUS);
+        assert!(
+            matches!(err, Err(V1CpuSetControllerError::EmptyParent)),
+            "{err:?}"
+        );
+        assert_eq!(
+            fs::read_to_string(pod.join(CGROUP_CPUSET_CPUS)).expect("read"),
+            ""
+        );
     }
 }

@@ -193,6 +193,13 @@ impl CgroupManager for Manager {
     }
 
     fn add_task(&self, pid: Pid) -> Result<(), Self::Error> {
+        // Whether the caller moves itself single-threaded is asked once, not per controller
+        // (each asks reads `/proc/self/task`); pid 0 tells `move_task` it is so.
+        let pid = if pid == Pid::this() && super::controller::single_threaded() {
+            Pid::from_raw(0)
+        } else {
+            pid
+        };
         for (ctrl_type, cgroup_path) in &self.subsystems {
             match ctrl_type {
                 CtrlType::Cpu => Cpu::add_task(pid, cgroup_path)?,
