@@ -239,6 +239,7 @@ fn create(
     let export = SeccompExport::start(&prepared.spec, work_dir);
     let container = match builder
         .as_init(work_dir)
+        .with_spec(prepared.spec)
         .with_systemd(false)
         .with_detach(true)
         .build()

@@ -1,8 +1,10 @@
+use std::cell::RefCell;
 use std::fs::Permissions;
 use std::io::{BufRead, BufReader, ErrorKind};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Duration;
 #[cfg(feature = "v1")]
 use std::{borrow::Cow, collections::HashMap};
@@ -113,6 +115,9 @@ pub struct MountOptions<'a> {
 pub struct Mount {
     syscall: Box<dyn Syscall>,
     mountinfo_provider: Box<dyn MountInfoProvider>,
+    /// The container's root, opened at its first mount and kept for the others (a container
+    /// has twenty-odd), with the path it was opened at.
+    root: RefCell<Option<(PathBuf, Rc<Root>)>>,
 }
 
 impl Default for Mount {
@@ -126,12 +131,26 @@ impl Mount {
         Mount {
             syscall: create_syscall(),
             mountinfo_provider: Box::new(ProcMountInfoProvider::new()),
+            root: RefCell::new(None),
         }
     }
 
     pub fn with_mountinfo_provider<P: MountInfoProvider + 'static>(mut self, provider: P) -> Self {
         self.mountinfo_provider = Box::new(provider);
         self
+    }
+
+    /// The container's root at `rootfs`, opened once for all its mounts.
+    fn root_of(&self, rootfs: &Path) -> Result<Rc<Root>> {
+        if let Some((path, root)) = self.root.borrow().as_ref() {
+            if path == rootfs {
+                return Ok(Rc::clone(root));
+            }
+        }
+        let root = Rc::new(Root::open(rootfs)?);
+        self.root
+            .replace(Some((rootfs.to_path_buf(), Rc::clone(&root))));
+        Ok(root)
     }
 
     pub fn setup_mount(&self, mount: &SpecMount, options: &MountOptions) -> Result<()> {
@@ -594,11 +613,16 @@ impl Mount {
             }
         }
 
-        let root = Root::open(rootfs)?;
+        let root = self.root_of(rootfs)?;
         let container_dest = m.destination();
+        if container_dest == Path::new("/") {
+            // A mount over the root itself hides the directory the kept handle names.
+            self.root.replace(None);
+        }
 
         let source = m.source().as_ref().ok_or(MountError::NoSource)?;
         let dir_perm = Permissions::from_mode(0o755);
+        let mut found = None;
         let src = if is_bind(m) {
             let src = crate::utils::canonicalize(source).map_err(|err| {
                 tracing::error!("failed to canonicalize {:?}: {}", source, err);
@@ -606,8 +630,10 @@ impl Mount {
             })?;
 
             if src.is_dir() {
-                mkdir_all_in(&root, container_dest, &dir_perm)?;
-            } else if open_in_root(&root, container_dest).is_err() {
+                found = mkdir_all_in(&root, container_dest, &dir_perm)?;
+            } else if let Ok(fd) = open_in_root(&root, container_dest) {
+                found = Some(fd);
+            } else {
                 let parent = container_dest
                     .parent()
                     .ok_or(MountError::Custom("destination has no parent".to_string()))?;
@@ -632,11 +658,15 @@ impl Mount {
 
             src
         } else {
-            mkdir_all_in(&root, container_dest, &dir_perm)?;
+            found = mkdir_all_in(&root, container_dest, &dir_perm)?;
             PathBuf::from(source)
         };
 
-        let dest: OwnedFd = root.resolve(container_dest)?.into();
+        // The mount point the fast path opened is the one `resolve` would find again.
+        let dest: OwnedFd = match found {
+            Some(fd) => fd,
+            None => root.resolve(container_dest)?.into(),
+        };
         let dest_fd = dest.as_fd();
 
         // fd-based mount flow:
@@ -1044,9 +1074,12 @@ fn cgroup_sealing(cgroup_mount: &SpecMount) -> impl Iterator<Item = &'static str
 /// the parent found that way; both stay inside `root` as pathrs' own resolution does. Anything
 /// else (a longer missing tail, `..`, a race, no openat2) goes to `Root::mkdir_all`, which
 /// re-verifies every step through procfs: about fifty syscalls for a directory that exists.
-fn mkdir_all_in(root: &Root, path: &Path, perm: &Permissions) -> Result<()> {
+///
+/// Returns the directory opened `O_PATH` when one of the two cases found it, None when pathrs
+/// made it.
+fn mkdir_all_in(root: &Root, path: &Path, perm: &Permissions) -> Result<Option<OwnedFd>> {
     match open_in_root(root, path) {
-        Ok(fd) if is_dir(&fd) => return Ok(()),
+        Ok(fd) if is_dir(&fd) => return Ok(Some(fd)),
         Err(Errno::ENOENT) => {
             let simple = path.components().all(|c| {
                 matches!(
@@ -1061,10 +1094,12 @@ fn mkdir_all_in(root: &Root, path: &Path, perm: &Permissions) -> Result<()> {
                         name,
                         nix::sys::stat::Mode::from_bits_truncate(perm.mode()),
                     );
-                    if matches!(made, Ok(()) | Err(Errno::EEXIST))
-                        && open_in_root(root, path).is_ok_and(|fd| is_dir(&fd))
-                    {
-                        return Ok(());
+                    if matches!(made, Ok(()) | Err(Errno::EEXIST)) {
+                        if let Ok(fd) = open_in_root(root, path) {
+                            if is_dir(&fd) {
+                                return Ok(Some(fd));
+                            }
+                        }
                     }
                 }
             }
@@ -1072,7 +1107,7 @@ fn mkdir_all_in(root: &Root, path: &Path, perm: &Permissions) -> Result<()> {
         _ => {}
     }
     root.mkdir_all(path, perm)?;
-    Ok(())
+    Ok(None)
 }
 
 /// `path` opened `O_PATH` inside `root` by one `openat2(RESOLVE_IN_ROOT |
