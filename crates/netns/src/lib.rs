@@ -130,8 +130,9 @@ fn write_sysctl(sysctl: &Sysctl) -> Result<(), NetnsError> {
         .map_err(|err| refused("the kernel refused the value", err))
 }
 
-/// Creates new namespaces of `kinds` (setting `hostname` in a new UTS namespace, and writing
-/// `sysctls` in them) and pins them under `dir`. On failure nothing stays mounted.
+/// Creates new namespaces of `kinds` (setting `hostname` in a new UTS namespace, writing
+/// `sysctls` in them, bringing a new network namespace's `lo` up) and pins them under `dir`.
+/// On failure nothing stays mounted.
 pub fn pin(
     dir: &Path,
     kinds: &[Kind],
@@ -167,6 +168,11 @@ pub fn pin(
             // In the new namespaces, before anything joins them (as CRI-O's pinns does).
             for sysctl in &sysctls {
                 write_sysctl(sysctl)?;
+            }
+            // A pod's loopback is up whatever its network configuration holds, as the CNI
+            // loopback plugin leaves it; here, in the thread that is already inside.
+            if worker.kinds.contains(&Kind::Net) {
+                lo_up_here()?;
             }
             for kind in &worker.kinds {
                 let source = format!("/proc/thread-self/ns/{}", kind.name());
@@ -338,7 +344,12 @@ pub fn interface_is_up(netns: &Path, name: &str) -> Result<bool, NetnsError> {
 /// Brings the loopback interface up in the network namespace at `netns`, as the CNI loopback
 /// plugin does, without running a plugin process.
 pub fn loopback_up(netns: &Path) -> Result<(), NetnsError> {
-    in_netns(netns, || {
+    in_netns(netns, lo_up_here)?
+}
+
+/// Brings `lo` up in the calling thread's network namespace.
+fn lo_up_here() -> Result<(), NetnsError> {
+    {
         let (socket, mut request) = interface_flags("lo")?;
         // SAFETY: the flags member is the one SIOCGIFFLAGS filled and SIOCSIFFLAGS reads.
         unsafe {
@@ -359,7 +370,7 @@ pub fn loopback_up(netns: &Path) -> Result<(), NetnsError> {
             return Err(io("bring lo up")(std::io::Error::last_os_error()));
         }
         Ok(())
-    })?
+    }
 }
 
 /// Runs `f` in a thread that has joined the network namespace at `netns`.

@@ -321,14 +321,35 @@ fn pid_holder_is_pid_one_of_its_own_namespace() {
 #[test]
 fn loopback_up_without_a_plugin() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // A namespace pin makes has its loopback up.
     let pinned = pin(&dir.path().join("ns"), &[Kind::Net], None, &[]).expect("pin");
     let net = pinned.path(Kind::Net).expect("net");
+    assert!(interface_is_up(&net, "lo").expect("flags"), "lo is up");
+    // One made elsewhere starts with it down.
+    let bare = dir.path().join("bare");
+    std::fs::File::create(&bare).expect("pin file");
+    let made = std::thread::spawn({
+        let bare = bare.clone();
+        move || {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare");
+            nix::mount::mount(
+                Some("/proc/thread-self/ns/net"),
+                &bare,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .expect("bind");
+        }
+    });
+    made.join().expect("thread");
     assert!(
-        !interface_is_up(&net, "lo").expect("flags"),
+        !interface_is_up(&bare, "lo").expect("flags"),
         "lo starts down"
     );
-    loopback_up(&net).expect("up");
-    assert!(interface_is_up(&net, "lo").expect("flags"));
+    loopback_up(&bare).expect("up");
+    assert!(interface_is_up(&bare, "lo").expect("flags"));
+    nix::mount::umount2(&bare, nix::mount::MntFlags::MNT_DETACH).expect("unmount");
     assert!(interface_is_up(&net, "eth9").is_err(), "no such interface");
     remove(&pinned);
 }

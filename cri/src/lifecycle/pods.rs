@@ -183,9 +183,8 @@ fn set_up(
             "network": network.source, "args": args, "runtimeConfig": runtime_config,
         });
         write(CNI_CALL_FILE, &call.to_string())?;
-        // The pod's loopback is always up, whatever the network configuration holds (natively:
-        // one plugin process less on every pod start).
-        ingot_netns::loopback_up(&netns)?;
+        // The pod's loopback is up already: `pin` brought it up (natively, one plugin process
+        // less on every pod start).
         let started = std::time::Instant::now();
         let result = network.add(&attachment)?;
         tracing::debug!(pod = %pod.id, elapsed = ?started.elapsed(), "CNI ADD");
