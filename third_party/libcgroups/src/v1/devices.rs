@@ -1,9 +1,11 @@
+use std::fs;
+use std::io::Write;
 use std::path::Path;
 
 use oci_spec::runtime::LinuxDeviceCgroup;
 
 use super::controller::Controller;
-use crate::common::{self, ControllerOpt, WrappedIoError, default_allow_devices, default_devices};
+use crate::common::{ControllerOpt, WrappedIoError, default_allow_devices, default_devices};
 
 pub struct Devices {}
 
@@ -14,9 +16,13 @@ impl Controller for Devices {
     fn apply(controller_opt: &ControllerOpt, cgroup_root: &Path) -> Result<(), Self::Error> {
         tracing::debug!("Apply Devices cgroup config");
 
+        // `devices.allow` and `devices.deny` are opened once each and take one rule per
+        // write, in the rules' order (a container's fifteen-odd rules were an open, a write and
+        // a close of a long cgroup path each).
+        let mut files = RuleFiles::new(cgroup_root);
         if let Some(devices) = controller_opt.resources.devices().as_ref() {
             for d in devices {
-                Self::apply_device(d, cgroup_root)?;
+                files.write(d)?;
             }
         }
 
@@ -26,7 +32,7 @@ impl Controller for Devices {
         ]
         .concat()
         {
-            Self::apply_device(&d, cgroup_root)?;
+            files.write(&d)?;
         }
 
         Ok(())
@@ -38,16 +44,55 @@ impl Controller for Devices {
     }
 }
 
-impl Devices {
-    fn apply_device(device: &LinuxDeviceCgroup, cgroup_root: &Path) -> Result<(), WrappedIoError> {
-        let path = if device.allow() {
-            cgroup_root.join("devices.allow")
-        } else {
-            cgroup_root.join("devices.deny")
-        };
+/// A cgroup's `devices.allow` and `devices.deny`, each opened at its first rule.
+struct RuleFiles<'a> {
+    cgroup_root: &'a Path,
+    allow: Option<fs::File>,
+    deny: Option<fs::File>,
+}
 
-        common::write_cgroup_file_str(path, &device.to_string())?;
-        Ok(())
+impl<'a> RuleFiles<'a> {
+    fn new(cgroup_root: &'a Path) -> Self {
+        RuleFiles {
+            cgroup_root,
+            allow: None,
+            deny: None,
+        }
+    }
+
+    /// Writes `device`'s rule, as one write, to the file its access goes to.
+    fn write(&mut self, device: &LinuxDeviceCgroup) -> Result<(), WrappedIoError> {
+        let (slot, name) = if device.allow() {
+            (&mut self.allow, "devices.allow")
+        } else {
+            (&mut self.deny, "devices.deny")
+        };
+        let path = self.cgroup_root.join(name);
+        let file =
+            match slot {
+                Some(file) => file,
+                None => slot.insert(fs::OpenOptions::new().write(true).open(&path).map_err(
+                    |err| WrappedIoError::Open {
+                        err,
+                        path: path.clone(),
+                    },
+                )?),
+            };
+        let rule = device.to_string();
+        // One rule per write: the kernel parses each write as a rule, so it must not be split.
+        match file.write(rule.as_bytes()) {
+            Ok(written) if written == rule.len() => Ok(()),
+            Ok(_) => Err(WrappedIoError::Write {
+                err: std::io::Error::from(std::io::ErrorKind::WriteZero),
+                path,
+                data: rule,
+            }),
+            Err(err) => Err(WrappedIoError::Write {
+                err,
+                path,
+                data: rule,
+            }),
+        }
     }
 }
 
@@ -72,7 +117,9 @@ mod tests {
             set_fixture(tmp.path(), "devices.allow", "").expect("create allowed devices list");
             set_fixture(tmp.path(), "devices.deny", "").expect("create denied devices list");
 
-            Devices::apply_device(d, tmp.path()).expect("Apply default device");
+            RuleFiles::new(tmp.path())
+                .write(d)
+                .expect("Apply default device");
             println!("Device: {}", d);
             if d.allow() {
                 let allowed_content =
@@ -124,7 +171,9 @@ mod tests {
             set_fixture(tmp.path(), "devices.allow", "").expect("create allowed devices list");
             set_fixture(tmp.path(), "devices.deny", "").expect("create denied devices list");
 
-            Devices::apply_device(d, tmp.path()).expect("Apply default device");
+            RuleFiles::new(tmp.path())
+                .write(d)
+                .expect("Apply default device");
             println!("Device: {}", d);
             if d.allow() {
                 let allowed_content =
@@ -143,7 +192,7 @@ mod tests {
             let tmp = tempfile::tempdir().unwrap();
             set_fixture(tmp.path(), "devices.allow", "").expect("create allowed devices list");
             set_fixture(tmp.path(), "devices.deny", "").expect("create denied devices list");
-            Devices::apply_device(&device, tmp.path()).expect("Apply default device");
+            RuleFiles::new(tmp.path()).write(&device).expect("Apply default device");
             if device.allow() {
                 let allowed_content =
                     read_to_string(tmp.path().join("devices.allow")).expect("read to string");
@@ -161,7 +210,7 @@ mod tests {
                 .all(|device| {
                     set_fixture(tmp.path(), "devices.allow", "").expect("create allowed devices list");
                     set_fixture(tmp.path(), "devices.deny", "").expect("create denied devices list");
-                    Devices::apply_device(device, tmp.path()).expect("Apply default device");
+                    RuleFiles::new(tmp.path()).write(device).expect("Apply default device");
                     if device.allow() {
                         let allowed_content =
                             read_to_string(tmp.path().join("devices.allow")).expect("read to string");
@@ -173,5 +222,38 @@ mod tests {
                     }
                 })
         }
+    }
+
+    /// Every rule reaches its file, one write each, in order (a regular file here appends
+    /// them; the kernel's file parses each write as one rule).
+    #[test]
+    fn rules_share_one_open_file_each() {
+        let tmp = tempfile::tempdir().unwrap();
+        set_fixture(tmp.path(), "devices.allow", "").expect("allow");
+        set_fixture(tmp.path(), "devices.deny", "").expect("deny");
+        let rule = |allow: bool, major: i64| {
+            LinuxDeviceCgroupBuilder::default()
+                .allow(allow)
+                .typ(LinuxDeviceType::C)
+                .major(major)
+                .minor(1)
+                .access("rwm")
+                .build()
+                .unwrap()
+        };
+        let mut files = RuleFiles::new(tmp.path());
+        for device in [rule(false, 1), rule(true, 2), rule(true, 3), rule(false, 4)] {
+            files.write(&device).expect("write");
+        }
+        drop(files);
+        let allowed = read_to_string(tmp.path().join("devices.allow")).unwrap();
+        let denied = read_to_string(tmp.path().join("devices.deny")).unwrap();
+        assert_eq!(allowed, format!("{}{}", rule(true, 2), rule(true, 3)));
+        assert_eq!(denied, format!("{}{}", rule(false, 1), rule(false, 4)));
+
+        // A cgroup without the files: the error names the file.
+        let missing = tmp.path().join("missing");
+        let err = RuleFiles::new(&missing).write(&rule(true, 2)).unwrap_err();
+        assert!(format!("{err}").contains("devices.allow"), "{err}");
     }
 }

@@ -82,6 +82,10 @@ pub enum V1ManagerError {
     MemoryStats(#[from] V1MemoryStatsError),
 }
 
+/// The controllers of each v1 hierarchy line of `/proc/self/cgroup`, read once per process
+/// (see [`Manager::new`]).
+static HIERARCHY_CONTROLLERS: std::sync::OnceLock<Vec<Vec<String>>> = std::sync::OnceLock::new();
+
 impl Manager {
     /// Constructs a new cgroup manager with cgroups_path being relative to the root of the subsystem
     pub fn new(cgroup_path: &Path) -> Result<Self, V1ManagerError> {
@@ -89,14 +93,38 @@ impl Manager {
         // controller: each read through the safe procfs handle costs dozens of system calls,
         // and a container start builds this manager in several processes.
         let mount_points = util::list_subsystem_mount_points()?;
-        let cgroups = ProcessCGroups::from_read(ProcfsHandle::new()?.open(
-            ProcfsBase::ProcSelf,
-            "cgroup",
-            OpenFlags::O_RDONLY | OpenFlags::O_CLOEXEC,
-        )?)?;
+        // An empty path means the process's own cgroups, read now; for any other path only
+        // which controllers the kernel's hierarchies hold matters, which stays as it was at the
+        // process's first manager (or its parent's: the container's init is a fork of the
+        // helper that built one).
+        let own = if cgroup_path.as_os_str().is_empty() {
+            Some(Self::process_cgroups()?)
+        } else {
+            None
+        };
+        let hierarchies = match &own {
+            Some(cgroups) => cgroups.0.iter().map(|c| c.controllers.clone()).collect(),
+            None => match HIERARCHY_CONTROLLERS.get() {
+                Some(known) => known.clone(),
+                None => {
+                    let read: Vec<Vec<String>> = Self::process_cgroups()?
+                        .0
+                        .into_iter()
+                        .map(|c| c.controllers)
+                        .collect();
+                    HIERARCHY_CONTROLLERS.get_or_init(|| read).clone()
+                }
+            },
+        };
         let mut subsystems = HashMap::new();
         for subsystem in CONTROLLERS {
-            match Self::subsystem_path(cgroup_path, subsystem, &mount_points, &cgroups) {
+            match Self::subsystem_path(
+                cgroup_path,
+                subsystem,
+                &mount_points,
+                &hierarchies,
+                own.as_ref(),
+            ) {
                 Ok(subsystem_path) => {
                     subsystems.insert(*subsystem, subsystem_path);
                 }
@@ -107,11 +135,20 @@ impl Manager {
         Ok(Manager { subsystems })
     }
 
+    fn process_cgroups() -> Result<ProcessCGroups, V1ManagerError> {
+        Ok(ProcessCGroups::from_read(ProcfsHandle::new()?.open(
+            ProcfsBase::ProcSelf,
+            "cgroup",
+            OpenFlags::O_RDONLY | OpenFlags::O_CLOEXEC,
+        )?)?)
+    }
+
     fn subsystem_path(
         cgroup_path: &Path,
         subsystem: &CtrlType,
         mount_points: &[PathBuf],
-        cgroups: &ProcessCGroups,
+        hierarchies: &[Vec<String>],
+        own: Option<&ProcessCGroups>,
     ) -> Result<PathBuf, V1ManagerError> {
         tracing::debug!("Get path for subsystem: {}", subsystem);
         let name = subsystem.to_string();
@@ -122,16 +159,23 @@ impl Manager {
                 subsystem: *subsystem,
             })?;
 
-        let cgroup = cgroups
-            .0
+        if !hierarchies
             .iter()
-            .find(|c| c.controllers.contains(&name))
-            .ok_or(V1ManagerError::SubsystemDoesNotExist)?;
+            .any(|controllers| controllers.contains(&name))
+        {
+            return Err(V1ManagerError::SubsystemDoesNotExist);
+        }
 
-        let p = if cgroup_path.as_os_str().is_empty() {
-            mount_point.join_safely(Path::new(&cgroup.pathname))?
-        } else {
-            mount_point.join_safely(cgroup_path)?
+        let p = match own {
+            Some(cgroups) => {
+                let cgroup = cgroups
+                    .0
+                    .iter()
+                    .find(|c| c.controllers.contains(&name))
+                    .ok_or(V1ManagerError::SubsystemDoesNotExist)?;
+                mount_point.join_safely(Path::new(&cgroup.pathname))?
+            }
+            None => mount_point.join_safely(cgroup_path)?,
         };
 
         Ok(p)

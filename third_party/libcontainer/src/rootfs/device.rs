@@ -1,5 +1,7 @@
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use libc;
 use nix::fcntl::{OFlag, open};
@@ -60,6 +62,10 @@ pub(crate) fn verify_dev_null(stat: &FileStat) -> Result<()> {
 
 pub struct Device {
     syscall: Box<dyn Syscall>,
+    /// Device directories already resolved inside a rootfs (and made), by their unresolved
+    /// path: a container's devices share `/dev`, and resolving it walked every component of
+    /// the rootfs path with a `readlink` each, once per device.
+    parents: RefCell<HashMap<PathBuf, PathBuf>>,
 }
 
 impl Default for Device {
@@ -72,11 +78,15 @@ impl Device {
     pub fn new() -> Device {
         Device {
             syscall: create_syscall(),
+            parents: RefCell::default(),
         }
     }
 
     pub fn new_with_syscall(syscall: Box<dyn Syscall>) -> Device {
-        Device { syscall }
+        Device {
+            syscall,
+            parents: RefCell::default(),
+        }
     }
 
     pub fn create_devices<'a, I>(&self, rootfs: &Path, devices: I, bind: bool) -> Result<()>
@@ -108,7 +118,7 @@ impl Device {
     }
 
     fn bind_dev(&self, rootfs: &Path, dev: &LinuxDevice) -> Result<()> {
-        let full_container_path = create_container_dev_path(rootfs, dev)?;
+        let full_container_path = self.container_dev_path(rootfs, dev)?;
         tracing::debug!(
             "bind_dev with full container path {:?}",
             full_container_path
@@ -151,7 +161,7 @@ impl Device {
                 | ((major & !0xfff) << 32)) as u64
         }
 
-        let full_container_path = create_container_dev_path(rootfs, dev)?;
+        let full_container_path = self.container_dev_path(rootfs, dev)?;
 
         self.syscall
             .mknod(
@@ -190,6 +200,47 @@ impl Device {
             })?;
 
         Ok(())
+    }
+}
+
+impl Device {
+    /// [`create_container_dev_path`], with the device's directory resolved once per rootfs. A
+    /// final component that is a symlink is resolved the uncached way, as before.
+    fn container_dev_path(&self, rootfs: &Path, dev: &LinuxDevice) -> Result<PathBuf> {
+        let path = dev.path();
+        let (Some(parent), Some(Component::Normal(name))) =
+            (path.parent(), path.components().next_back())
+        else {
+            return create_container_dev_path(rootfs, dev);
+        };
+        let key = rootfs.join(parent.strip_prefix("/").unwrap_or(parent));
+        let known = self.parents.borrow().get(&key).cloned();
+        let resolved_parent = match known {
+            Some(resolved) => resolved,
+            None => {
+                let relative = parent
+                    .as_relative()
+                    .map_err(|err| DeviceError::Other(err.into()))?;
+                let resolved = safe_path::scoped_join(rootfs, relative).map_err(|err| {
+                    tracing::error!("failed to join {rootfs:?} with {parent:?}: {err}");
+                    DeviceError::Other(err.into())
+                })?;
+                std::fs::create_dir_all(&resolved).map_err(|err| {
+                    tracing::error!("failed to create {resolved:?}: {err}");
+                    DeviceError::Other(err.into())
+                })?;
+                self.parents.borrow_mut().insert(key, resolved.clone());
+                resolved
+            }
+        };
+        let full = resolved_parent.join(name);
+        if full
+            .symlink_metadata()
+            .is_ok_and(|meta| meta.file_type().is_symlink())
+        {
+            return create_container_dev_path(rootfs, dev);
+        }
+        Ok(full)
     }
 }
 
@@ -375,6 +426,44 @@ mod tests {
             .get_mknod_args()[0];
         assert_eq!(want, *got);
 
+        Ok(())
+    }
+
+    #[test]
+    fn device_paths_resolve_their_directory_once_and_symlinks_as_before() -> Result<()> {
+        let tmp_dir = tempfile::tempdir()?;
+        let root = tmp_dir.path();
+        std::fs::create_dir_all(root.join("elsewhere"))?;
+        // The image's /dev/tty is a symlink; it resolves inside the root, as scoped_join does.
+        std::fs::create_dir_all(root.join("dev"))?;
+        std::os::unix::fs::symlink("/elsewhere/tty", root.join("dev/tty"))?;
+        let device = Device::new_with_syscall(Box::<TestHelperSyscall>::default());
+        let dev = |path: &str| {
+            LinuxDeviceBuilder::default()
+                .path(PathBuf::from(path))
+                .build()
+                .unwrap()
+        };
+        assert_eq!(
+            device.container_dev_path(root, &dev("/dev/null"))?,
+            root.join("dev/null")
+        );
+        assert_eq!(device.parents.borrow().len(), 1);
+        assert_eq!(
+            device.container_dev_path(root, &dev("/dev/zero"))?,
+            root.join("dev/zero")
+        );
+        assert_eq!(device.parents.borrow().len(), 1, "/dev resolved once");
+        assert_eq!(
+            device.container_dev_path(root, &dev("/dev/tty"))?,
+            root.join("elsewhere/tty")
+        );
+        // A directory the rootfs lacks is made, as before.
+        assert_eq!(
+            device.container_dev_path(root, &dev("/dev/net/tun"))?,
+            root.join("dev/net/tun")
+        );
+        assert!(root.join("dev/net").is_dir());
         Ok(())
     }
 }
