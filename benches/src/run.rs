@@ -54,7 +54,8 @@ const SECTIONS: [&str; 6] = ["idle", "pod-start", "lifecycle", "churn", "scale",
 
 const USAGE: &str = "usage: ingot-bench run [--runtimes NAME,...] [--iterations N] [--smoke] \
                      [--only SECTION,...] [--churn PODSxBURSTS,...] [--marks FILE] \
-                     [--json FILE] [--svg FILE] [--quiet] (sections: idle, pod-start, lifecycle, churn, scale, jitter)";
+                     [--json FILE] [--svg FILE] [--quiet] \
+                     (sections: idle, pod-start, lifecycle, churn, scale, jitter)";
 
 /// `--churn 10x5,50x3`: pods started at once, and how many bursts of them.
 fn parse_churn(value: &str) -> Result<Vec<(usize, usize)>> {

@@ -44,6 +44,16 @@ impl Controller for Devices {
     }
 }
 
+fn open_for_writing(path: &Path) -> Result<fs::File, WrappedIoError> {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|err| WrappedIoError::Open {
+            err,
+            path: path.to_path_buf(),
+        })
+}
+
 /// A cgroup's `devices.allow` and `devices.deny`, each opened at its first rule.
 struct RuleFiles<'a> {
     cgroup_root: &'a Path,
@@ -68,31 +78,23 @@ impl<'a> RuleFiles<'a> {
             (&mut self.deny, "devices.deny")
         };
         let path = self.cgroup_root.join(name);
-        let file =
-            match slot {
-                Some(file) => file,
-                None => slot.insert(fs::OpenOptions::new().write(true).open(&path).map_err(
-                    |err| WrappedIoError::Open {
-                        err,
-                        path: path.clone(),
-                    },
-                )?),
-            };
+        let file = match slot {
+            Some(file) => file,
+            None => slot.insert(open_for_writing(&path)?),
+        };
         let rule = device.to_string();
         // One rule per write: the kernel parses each write as a rule, so it must not be split.
-        match file.write(rule.as_bytes()) {
-            Ok(written) if written == rule.len() => Ok(()),
-            Ok(_) => Err(WrappedIoError::Write {
-                err: std::io::Error::from(std::io::ErrorKind::WriteZero),
-                path,
-                data: rule,
-            }),
-            Err(err) => Err(WrappedIoError::Write {
+        file.write(rule.as_bytes())
+            .and_then(|written| {
+                (written == rule.len())
+                    .then_some(())
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::WriteZero))
+            })
+            .map_err(|err| WrappedIoError::Write {
                 err,
                 path,
                 data: rule,
-            }),
-        }
+            })
     }
 }
 
