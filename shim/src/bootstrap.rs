@@ -298,8 +298,15 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
     // Before the first thread: the spare is forked from a single-threaded shim.
     let spare = fork_spare(listen_fd);
 
-    let (events_tx, events_rx) = mpsc::channel::<Event>();
-    start_publisher(events_rx, flags.namespace.clone());
+    // containerd gives its events address; ingotd gives none (it learns exits through Wait and
+    // OOM kills from the cgroup), and then neither the publisher's thread nor the OOM
+    // watcher's is started: two threads, and a registration per container, that every pod
+    // would pay for nothing.
+    let events_tx = env::var("TTRPC_ADDRESS").ok().map(|address| {
+        let (events_tx, events_rx) = mpsc::channel::<Event>();
+        start_publisher(events_rx, address, flags.namespace.clone());
+        events_tx
+    });
 
     let reaper = Arc::new(Reaper::default());
     let exit = Arc::new(ExitSignal::default());
@@ -313,8 +320,10 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
     if let Some(spare) = spare {
         service.set_spare_helper(spare);
     }
-    if let Err(err) = service.start_oom_watcher() {
-        tracing::warn!(error = %err, "OOM events disabled");
+    if service.publishes() {
+        if let Err(err) = service.start_oom_watcher() {
+            tracing::warn!(error = %err, "OOM events disabled");
+        }
     }
     let on_exit = service.clone();
     reaper
@@ -428,20 +437,12 @@ fn task_methods(
         .collect()
 }
 
-fn start_publisher(events: mpsc::Receiver<Event>, namespace: String) {
+fn start_publisher(events: mpsc::Receiver<Event>, address: String, namespace: String) {
     let spawned = thread::Builder::new().name("events".into()).spawn(move || {
-        let mut publisher = match env::var("TTRPC_ADDRESS") {
-            Ok(address) => Some(Publisher::new(&address, &namespace)),
-            Err(_) => {
-                tracing::warn!("TTRPC_ADDRESS is not set: events will not be published");
-                None
-            }
-        };
+        let mut publisher = Publisher::new(&address, &namespace);
         for (topic, event) in events {
-            if let Some(publisher) = publisher.as_mut() {
-                if let Err(err) = publisher.publish(topic, event.as_ref()) {
-                    tracing::warn!(topic, error = %err, "publish event");
-                }
+            if let Err(err) = publisher.publish(topic, event.as_ref()) {
+                tracing::warn!(topic, error = %err, "publish event");
             }
         }
     });

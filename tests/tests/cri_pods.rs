@@ -315,7 +315,8 @@ async fn restart_recovers_pods_and_exits_that_happened_meanwhile() {
 }
 
 /// A process exec'd into a container (the shim's direct path) has exactly the identity of the
-/// container's own process: ids, groups, capability sets, no_new_privs, seccomp, cgroups.
+/// container's own process: ids, groups, capability sets, no_new_privs, seccomp, cgroups. The
+/// pod's shim runs no thread for events nobody receives.
 #[tokio::test(flavor = "current_thread")]
 async fn exec_gets_the_container_identity() {
     let (env, mut client, image) = env(false).await;
@@ -406,13 +407,25 @@ async fn exec_gets_the_container_identity() {
         "{missing:?}"
     );
 
+    // ingotd gives its shims no events address (exits come through Wait, OOM kills from the
+    // cgroup): such a shim starts neither the event publisher's thread nor the OOM watcher's.
+    let shims = ingot_tests::pids_with_cmdline(&["containerd-shim-ingot-v2", &pod_id]);
+    let threads: Vec<String> = shims
+        .iter()
+        .flat_map(|shim| std::fs::read_dir(format!("/proc/{shim}/task")).expect("shim tasks"))
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|comm| comm.trim().to_string())
+        .collect();
+    assert!(threads.iter().any(|t| t == "reaper"), "{threads:?}");
+    assert!(
+        !threads.iter().any(|t| t == "events" || t == "oom"),
+        "{threads:?}"
+    );
+
     // The node "rebooted" under the pod: shim and container gone. Stop still succeeds.
     let info = container_info(&mut client, &id).await;
     let pid = i32::try_from(info["pid"].as_i64().expect("pid")).expect("pid");
-    for victim in ingot_tests::pids_with_cmdline(&["containerd-shim-ingot-v2", &pod_id])
-        .into_iter()
-        .chain([pid])
-    {
+    for victim in shims.into_iter().chain([pid]) {
         let victim = nix::unistd::Pid::from_raw(victim);
         let _ = nix::sys::signal::kill(victim, nix::sys::signal::Signal::SIGKILL);
     }

@@ -132,7 +132,9 @@ pub struct Inner {
     root: PathBuf,
     state: Mutex<State>,
     exited: Condvar,
-    events: Mutex<Sender<Event>>,
+    /// Where events go: containerd's publisher; none for a shim started by ingotd, which
+    /// learns exits through Wait and OOM kills from the cgroup, and gives no events address.
+    events: Option<Mutex<Sender<Event>>>,
     reaper: Arc<Reaper>,
     exit: Arc<ExitSignal>,
     counter: AtomicU64,
@@ -164,7 +166,7 @@ impl Service {
     pub fn new(
         namespace: &str,
         root: PathBuf,
-        events: Sender<Event>,
+        events: Option<Sender<Event>>,
         reaper: Arc<Reaper>,
         exit: Arc<ExitSignal>,
     ) -> Self {
@@ -174,7 +176,7 @@ impl Service {
                 root,
                 state: Mutex::default(),
                 exited: Condvar::new(),
-                events: Mutex::new(events),
+                events: events.map(Mutex::new),
                 reaper,
                 exit,
                 counter: AtomicU64::new(0),
@@ -196,10 +198,16 @@ impl Service {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Whether this shim's events reach anyone (see [`Inner::events`]).
+    pub fn publishes(&self) -> bool {
+        self.inner.events.is_some()
+    }
+
     fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
-        let sender = self
-            .inner
-            .events
+        let Some(events) = &self.inner.events else {
+            return;
+        };
+        let sender = events
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if sender.send((topic, event)).is_err() {
