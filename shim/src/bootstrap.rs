@@ -380,7 +380,14 @@ fn detect_cpu_features() {
 /// own on first use, a new procfs superblock per container. A procfs of an ancestor PID
 /// namespace resolves `/proc/self` in the container's init as well, and the init closes (marks
 /// close-on-exec) every inherited descriptor before its process runs.
+///
+/// Once per process image: a shim forked by the zygote inherits what the zygote learnt (asking
+/// pathrs for its handle again would only check it once more, a dozen system calls).
 pub(crate) fn learn_host_before_forks() {
+    static LEARNT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if LEARNT.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     detect_cpu_features();
     let _ = crate::cgroups::host_cgroup_mounts();
     let _ = pathrs::procfs::ProcfsHandle::new();
