@@ -209,10 +209,8 @@ impl WrappedIoError {
     }
 }
 
-#[inline]
-pub fn write_cgroup_file_str<P: AsRef<Path>>(path: P, data: &str) -> Result<(), WrappedIoError> {
-    let path = path.as_ref();
-
+/// An existing cgroup file opened for writing (never created or truncated).
+pub(crate) fn open_cgroup_file_for_writing(path: &Path) -> Result<fs::File, WrappedIoError> {
     fs::OpenOptions::new()
         .create(false)
         .write(true)
@@ -221,7 +219,14 @@ pub fn write_cgroup_file_str<P: AsRef<Path>>(path: P, data: &str) -> Result<(), 
         .map_err(|err| WrappedIoError::Open {
             err,
             path: path.to_path_buf(),
-        })?
+        })
+}
+
+#[inline]
+pub fn write_cgroup_file_str<P: AsRef<Path>>(path: P, data: &str) -> Result<(), WrappedIoError> {
+    let path = path.as_ref();
+
+    open_cgroup_file_for_writing(path)?
         .write_all(data.as_bytes())
         .map_err(|err| WrappedIoError::Write {
             err,

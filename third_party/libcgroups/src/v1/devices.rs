@@ -5,7 +5,7 @@ use std::path::Path;
 use oci_spec::runtime::LinuxDeviceCgroup;
 
 use super::controller::Controller;
-use crate::common::{ControllerOpt, WrappedIoError, default_allow_devices, default_devices};
+use crate::common::{self, ControllerOpt, WrappedIoError, default_allow_devices, default_devices};
 
 pub struct Devices {}
 
@@ -44,16 +44,6 @@ impl Controller for Devices {
     }
 }
 
-fn open_for_writing(path: &Path) -> Result<fs::File, WrappedIoError> {
-    fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|err| WrappedIoError::Open {
-            err,
-            path: path.to_path_buf(),
-        })
-}
-
 /// A cgroup's `devices.allow` and `devices.deny`, each opened at its first rule.
 struct RuleFiles<'a> {
     cgroup_root: &'a Path,
@@ -80,7 +70,7 @@ impl<'a> RuleFiles<'a> {
         let path = self.cgroup_root.join(name);
         let file = match slot {
             Some(file) => file,
-            None => slot.insert(open_for_writing(&path)?),
+            None => slot.insert(common::open_cgroup_file_for_writing(&path)?),
         };
         let rule = device.to_string();
         // One rule per write: the kernel parses each write as a rule, so it must not be split.
