@@ -78,6 +78,9 @@ async fn pod_lifecycle_network_logs_exec_stats() {
     )
     .await;
     let log_path = log_dir.join("app/0.log");
+    // stdout and stderr are copied by a thread each, as containerd's shim does with a
+    // goroutine each: the order of their lines in the file is not the order of the writes.
+    wait_for_log(&log_path, "hello from ingot").await;
     let log = wait_for_log(&log_path, "to-stderr").await;
     assert!(log.contains(" stdout F hello from ingot\n"), "{log}");
     assert!(log.contains(" stderr F to-stderr\n"), "{log}");
