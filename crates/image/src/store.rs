@@ -467,9 +467,15 @@ impl ImageStore {
                 self.make_dir_now(dir, name, build)
             }
         };
+        // Every call lets go of its handle while it holds the map, so the last one sees only
+        // the map's and removes the entry (counting its own handle, a call that had not let go
+        // yet could make each call think another was left, and the entry stayed forever).
         let mut all = locked(&self.making);
-        // The last of the calls that waited on it drops the lock.
-        if Arc::strong_count(&making) == 2 {
+        drop(making);
+        if all
+            .get(dir)
+            .is_some_and(|entry| Arc::strong_count(entry) == 1)
+        {
             all.remove(dir);
         }
         result
