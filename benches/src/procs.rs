@@ -127,6 +127,64 @@ pub(crate) async fn wakeups(pids: &[i32], window: Duration) -> f64 {
     total as f64 / window.as_secs_f64()
 }
 
+/// The machine's CPU time so far from `/proc/stat`'s `cpu` line, in clock ticks: (busy, all).
+/// Idle and iowait are the idle part; guest time is already inside user.
+fn cpu_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let all: u64 = ticks.iter().sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((all - idle, all))
+}
+
+/// A window of [`settle`]'s.
+const SETTLE_WINDOW: Duration = Duration::from_millis(100);
+/// The most of the CPUs' time in use in a window the machine counts as quiet: this machine
+/// idles at 1-2 %.
+const SETTLE_BUSY: f64 = 0.05;
+/// Quiet windows in a row that end [`settle`].
+const SETTLE_WINDOWS: u32 = 3;
+
+/// Waits until the machine's CPUs are quiet, so a sample does not pay for work left behind by
+/// the one before it (a runtime's deferred teardown: network namespaces the kernel frees in the
+/// background, shims and plugins exiting, a peer's garbage collection). Gives up after `limit`;
+/// returns how long it waited.
+pub(crate) async fn settle(limit: Duration) -> Duration {
+    let started = tokio::time::Instant::now();
+    let read = || {
+        fs::read_to_string("/proc/stat")
+            .ok()
+            .as_deref()
+            .and_then(cpu_ticks)
+    };
+    let mut quiet = 0;
+    let mut last = read();
+    while quiet < SETTLE_WINDOWS && started.elapsed() < limit {
+        tokio::time::sleep(SETTLE_WINDOW).await;
+        let now = read();
+        quiet = match (last, now) {
+            (Some((busy0, all0)), Some((busy1, all1))) if all1 > all0 => {
+                let busy = (busy1 - busy0) as f64 / (all1 - all0) as f64;
+                if busy < SETTLE_BUSY {
+                    quiet + 1
+                } else {
+                    0
+                }
+            }
+            // No readable /proc/stat: nothing to wait for.
+            (None, _) | (_, None) => SETTLE_WINDOWS,
+            _ => 0,
+        };
+        last = now;
+    }
+    started.elapsed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +207,35 @@ mod tests {
             parent(me),
             Some(std::os::unix::process::parent_id().cast_signed())
         );
+    }
+
+    #[test]
+    fn cpu_ticks_count_idle_and_iowait_as_idle() {
+        let stat = "cpu  100 5 50 1000 20 3 2 7 0 0\ncpu0 50 2 25 500 10 1 1 3 0 0\n";
+        // busy: user, nice, system, irq, softirq, steal.
+        assert_eq!(cpu_ticks(stat), Some((167, 1187)));
+        assert_eq!(cpu_ticks("intr 1 2 3\n"), None);
+        assert_eq!(cpu_ticks("cpu  1 2 x 4 5 6 7 8\n"), None);
+    }
+
+    #[tokio::test]
+    async fn settle_waits_while_a_cpu_is_busy() {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spinning = stop.clone();
+        let spinner = std::thread::spawn(move || {
+            let until = std::time::Instant::now() + Duration::from_millis(600);
+            while std::time::Instant::now() < until
+                && !spinning.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                std::hint::spin_loop();
+            }
+        });
+        // One CPU spinning is at least 1/CPUs of the machine's time: busy for as long as it
+        // spins, then three quiet windows.
+        let waited = settle(Duration::from_secs(5)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        spinner.join().expect("spinner");
+        assert!(waited >= Duration::from_millis(600), "{waited:?}");
     }
 
     #[tokio::test]

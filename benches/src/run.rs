@@ -906,6 +906,15 @@ async fn measure(
             for _ in 0..*bursts {
                 for leg in legs.iter_mut() {
                     bar.set_message(format!("churn of {pods}: {}", leg.peer.name()));
+                    // Each burst starts on a quiet machine: the one before it (another
+                    // runtime's, as often as not) leaves teardown work behind.
+                    if procs::settle(SETTLE_LIMIT).await >= SETTLE_LIMIT {
+                        report.notes.push(format!(
+                            "churn of {pods}, {}: the CPUs were still busy {SETTLE_LIMIT:?} \
+                             after the burst before",
+                            leg.peer.name()
+                        ));
+                    }
                     let took = churn(leg, *pods, &image, s.marks.as_deref()).await?;
                     report.add(
                         &format!("churn-{pods}"),
@@ -990,6 +999,9 @@ async fn idle(s: &Settings, leg: &Leg<'_>, pods: usize, report: &mut Report) -> 
     );
     Ok(())
 }
+
+/// The longest a churn burst waits for the machine to settle.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 
 async fn churn(
     leg: &mut Leg<'_>,
