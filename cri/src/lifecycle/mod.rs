@@ -285,9 +285,23 @@ impl Manager {
             .and_then(|exe| exe.parent().map(|dir| dir.join(SHIM_BINARY)))
             .filter(|path| path.is_file())
             .unwrap_or_else(|| PathBuf::from(SHIM_BINARY));
-        for dir in [config.state.join("pods"), config.state.join("containers")] {
+        let layers = config.root.join("containers");
+        for dir in [
+            config.state.join("pods"),
+            config.state.join("containers"),
+            layers.clone(),
+        ] {
             std::fs::create_dir_all(&dir)
                 .map_err(CriError::io(format!("create {}", dir.display())))?;
+        }
+        match crate::host::rootfs::spread_subdirectories(&layers) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(dir = %layers.display(), "no top-directory attribute here")
+            }
+            Err(err) => {
+                tracing::info!(dir = %layers.display(), error = %err, "writable layers not spread")
+            }
         }
         let cdi = ingot_devices::cdi::Registry::new(config.cdi_spec_dirs.clone());
         let manager = Arc::new(Manager {
