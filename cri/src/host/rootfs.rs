@@ -12,7 +12,7 @@ use crate::CriError;
 
 /// ext2/3/4's `T` attribute (`chattr +T`): the directory's subdirectories each top a hierarchy
 /// of their own.
-const FS_TOPDIR_FL: libc::c_long = 0x0002_0000;
+const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
 
 /// Marks `dir`, the parent of the writable layers, as the top of directory hierarchies, so
 /// ext4's Orlov allocator spreads each container's layer over the block groups as it does
@@ -33,7 +33,8 @@ pub fn spread_subdirectories(dir: &Path) -> std::io::Result<bool> {
     };
     if flags & FS_TOPDIR_FL == 0 {
         flags |= FS_TOPDIR_FL;
-        // SAFETY: FS_IOC_SETFLAGS reads an int from `flags`, which outlives the call.
+        // SAFETY: FS_IOC_SETFLAGS reads an int from `flags`, which outlives the call (its
+        // request number is sized for a long, as the kernel's is; the kernel reads an int).
         if unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_SETFLAGS, &raw const flags) } != 0 {
             return unsupported(std::io::Error::last_os_error());
         }
@@ -42,14 +43,15 @@ pub fn spread_subdirectories(dir: &Path) -> std::io::Result<bool> {
 }
 
 /// The inode flags of an open file (`lsattr`).
-fn inode_flags(file: &std::fs::File) -> std::io::Result<libc::c_long> {
-    let mut flags: libc::c_long = 0;
+fn inode_flags(file: &std::fs::File) -> std::io::Result<libc::c_int> {
+    let mut flags: libc::c_int = 0;
     // SAFETY: FS_IOC_GETFLAGS writes an int into `flags`, which outlives the call.
     if unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &raw mut flags) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(flags)
 }
+
 /// The overlay rootfs: the image's layers (top first) under the container's writable layer.
 pub fn mount_rootfs(lower: &[PathBuf], snapshot: &Path, rootfs: &Path) -> Result<(), CriError> {
     let upper = snapshot.join("upper");
