@@ -20,9 +20,9 @@ pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9539";
 pub struct Config {
     /// The CRI socket, `unix:///path`.
     pub listen: String,
-    /// Persistent state (store, images).
+    /// Persistent state (images, writable layers).
     pub root: PathBuf,
-    /// Runtime state (pod namespaces, shim sockets).
+    /// Runtime state (the store, pod namespaces, shim sockets): what does not outlive the boot.
     pub state: PathBuf,
     /// Parent of every pod cgroup ingot creates when the kubelet gives none; absolute.
     pub cgroup_parent: String,

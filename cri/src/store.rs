@@ -1,6 +1,13 @@
-//! ingotd's state: pods and containers in redb under the root directory. Every change is
-//! committed before the RPC that made it answers, so a daemon killed at any point restarts
-//! knowing every pod and container it acknowledged.
+//! ingotd's state: pods and containers in redb under the runtime state directory (`/run/ingot`).
+//! Every change is committed before the RPC that made it answers, so a daemon killed at any
+//! point restarts knowing every pod and container it acknowledged.
+//!
+//! Nothing here outlives the boot: the pods' namespaces, shims and cgroups are gone after a
+//! reboot, the records name directories under the runtime state, the placement is the pods',
+//! and the tuning baselines are dropped at the first start after a reboot. So the store lives on
+//! `/run`'s tmpfs, as CRI-O wipes its pods and containers at a reboot: its commits cost no disk
+//! flush, and what a reboot leaves under the root (the writable layers) no record owns, so
+//! recovery removes it. The images, which do outlive it, are kept under the root.
 
 use std::{
     collections::BTreeMap,
@@ -134,6 +141,9 @@ pub struct ContainerRecord {
     pub layers: Vec<PathBuf>,
 }
 
+/// The state store's file name.
+const STORE_FILE: &str = "state.redb";
+
 /// The page cache of the state store.
 const STORE_CACHE_BYTES: usize = 1 << 20;
 
@@ -143,10 +153,39 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(root: &Path) -> Result<Self, CriError> {
-        std::fs::create_dir_all(root)
-            .map_err(CriError::io(format!("create {}", root.display())))?;
-        let path = root.join("state.redb");
+    /// The store in `state`. A store an earlier ingotd kept in `legacy` (its root directory) is
+    /// moved here first, so the pods it records survive the upgrade.
+    pub fn open_moving(state: &Path, legacy: &Path) -> Result<Self, CriError> {
+        std::fs::create_dir_all(state)
+            .map_err(CriError::io(format!("create {}", state.display())))?;
+        let path = state.join(STORE_FILE);
+        let old = legacy.join(STORE_FILE);
+        if old != path && old.exists() {
+            // Copied beside its place, then renamed into it: a crash leaves either no store
+            // here (the copy is made again) or a whole one (the old file is then only removed).
+            if !path.exists() {
+                let partial = state.join(format!("{STORE_FILE}.moving"));
+                std::fs::copy(&old, &partial).map_err(CriError::io(format!(
+                    "copy {} to {}",
+                    old.display(),
+                    partial.display()
+                )))?;
+                std::fs::rename(&partial, &path).map_err(CriError::io(format!(
+                    "rename {} to {}",
+                    partial.display(),
+                    path.display()
+                )))?;
+                tracing::info!(from = %old.display(), to = %path.display(), "state store moved");
+            }
+            std::fs::remove_file(&old)
+                .map_err(CriError::io(format!("remove {}", old.display())))?;
+        }
+        Self::open(state)
+    }
+
+    pub fn open(dir: &Path) -> Result<Self, CriError> {
+        std::fs::create_dir_all(dir).map_err(CriError::io(format!("create {}", dir.display())))?;
+        let path = dir.join(STORE_FILE);
         let err = |message: String| CriError::Store {
             path: path.display().to_string(),
             message,
@@ -391,5 +430,46 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path()).expect("reopen");
         assert_eq!(store.placement().expect("placement"), Some(b"{}".to_vec()));
+    }
+
+    #[test]
+    fn a_store_under_the_root_moves_to_the_runtime_state() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let state = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(root.path()).expect("open the old store");
+        store.put_pod(&pod("a")).expect("put");
+        drop(store);
+        // A move a crash interrupted left a partial copy: it is made again.
+        std::fs::write(state.path().join("state.redb.moving"), b"partial").expect("write");
+
+        let store = Store::open_moving(state.path(), root.path()).expect("move");
+        assert_eq!(store.pods().expect("pods"), vec![pod("a")]);
+        assert!(
+            !root.path().join(STORE_FILE).exists(),
+            "the old store is left"
+        );
+        assert!(!state.path().join("state.redb.moving").exists());
+        store.put_pod(&pod("b")).expect("put");
+        drop(store);
+
+        // A crash after the rename, before the old file was removed: the moved store stands.
+        let old = Store::open(root.path()).expect("open an old store again");
+        old.put_pod(&pod("stale")).expect("put");
+        drop(old);
+        let store = Store::open_moving(state.path(), root.path()).expect("reopen");
+        let mut ids: Vec<String> = store
+            .pods()
+            .expect("pods")
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "b"]);
+        assert!(!root.path().join(STORE_FILE).exists());
+
+        // One directory for both is no move.
+        drop(store);
+        let store = Store::open_moving(state.path(), state.path()).expect("same directory");
+        assert_eq!(store.pods().expect("pods").len(), 2);
     }
 }

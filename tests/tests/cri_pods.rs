@@ -276,9 +276,21 @@ async fn restart_recovers_pods_and_exits_that_happened_meanwhile() {
     .await;
 
     env.daemon.kill();
+    // The store where an older ingotd kept it, under the root: the new one moves it to the
+    // runtime state and recovers from it.
+    let (moved, legacy) = (
+        env.daemon.dir.path().join("run/state.redb"),
+        env.daemon.dir.path().join("lib/state.redb"),
+    );
+    std::fs::copy(&moved, &legacy).expect("copy the store under the root");
+    std::fs::remove_file(&moved).expect("remove the store");
     tokio::time::sleep(Duration::from_secs(3)).await;
     env.daemon = Daemon::restart(env.daemon);
     let mut client = runtime_client(&env.daemon.socket()).await;
+    assert!(
+        moved.is_file() && !legacy.exists(),
+        "the store was not moved"
+    );
 
     let pods = client
         .list_pod_sandbox(v1::ListPodSandboxRequest { filter: None })
@@ -656,7 +668,7 @@ async fn pod_cpu_ns(client: &mut RuntimeServiceClient<Channel>, pod_id: &str) ->
 /// were committed), and a new daemon over the same root and state.
 fn restart_without_records(mut daemon: Daemon, tables: &[&str]) -> Daemon {
     daemon.kill();
-    let db = redb::Database::create(daemon.dir.path().join("lib/state.redb")).expect("open store");
+    let db = redb::Database::create(daemon.dir.path().join("run/state.redb")).expect("open store");
     let txn = db.begin_write().expect("txn");
     for table in tables {
         let definition: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new(table);

@@ -265,7 +265,7 @@ enum ZygoteSlot {
 
 impl Manager {
     pub fn open(config: Config, images: Arc<ImageStore>) -> Result<Arc<Self>, CriError> {
-        let store = Store::open(&config.root)?;
+        let store = Store::open_moving(&config.state, &config.root)?;
         let pods = store
             .pods()?
             .into_iter()
