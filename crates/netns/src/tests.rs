@@ -166,7 +166,7 @@ fn plugins_get_the_daemons_environment_and_the_cni_variables() {
     let plugin = dir.path().join("env-report");
     std::fs::write(
         &plugin,
-        "#!/bin/sh\ncat >/dev/null\nprintf '{\"cniVersion\":\"1.0.0\",\"path\":\"%s\",\"command\":\"%s\",\"ifname\":\"%s\"}' \"$PATH\" \"$CNI_COMMAND\" \"$CNI_IFNAME\"\n",
+        "#!/bin/sh\ncat >/dev/null\nprintf '{\"cniVersion\":\"1.0.0\",\"path\":\"%s\",\"command\":\"%s\",\"ifname\":\"%s\",\"gomaxprocs\":\"%s\"}' \"$PATH\" \"$CNI_COMMAND\" \"$CNI_IFNAME\" \"$GOMAXPROCS\"\n",
     )
     .expect("plugin");
     std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -187,6 +187,8 @@ fn plugins_get_the_daemons_environment_and_the_cni_variables() {
     assert_eq!(result["path"], path.as_str(), "{result}");
     assert_eq!(result["command"], "ADD", "{result}");
     assert_eq!(result["ifname"], "eth0", "{result}");
+    let gomaxprocs = std::env::var("GOMAXPROCS").unwrap_or_else(|_| PLUGIN_GOMAXPROCS.into());
+    assert_eq!(result["gomaxprocs"], gomaxprocs.as_str(), "{result}");
 }
 
 /// Runs the shell script `body` as a plugin; its pid (it writes `$$` to `pid`) and the result.
