@@ -11,7 +11,7 @@ use std::{
     env,
     io::Write,
     os::{
-        fd::{AsRawFd, IntoRawFd, OwnedFd},
+        fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::{
             net::{UnixListener, UnixStream},
             process::CommandExt,
@@ -26,11 +26,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use containerd_shim::{
     api::DeleteResponse,
-    protos::{
-        protobuf::Message,
-        shim::shim_ttrpc::create_task,
-        ttrpc::{MethodHandler, Server},
-    },
+    protos::{protobuf::Message, shim::shim_ttrpc::create_task, ttrpc::MethodHandler},
     ExitSignal, Flags,
 };
 
@@ -330,26 +326,19 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
         .start(move |pid, code| on_exit.on_exit(pid, code))
         .context("start reaper")?;
 
-    // Two idle workers per connection, more spawned when none is idle, at most three kept idle
-    // (ttrpc wants min < default < max; calls that block, such as Wait, do not count): each
-    // idle thread is about 10 KiB of private memory in every pod's shim.
-    let mut server = Server::new()
-        .set_thread_count_default(2)
-        .set_thread_count_min(1)
-        .set_thread_count_max(3);
-    server = match listen_fd {
-        Some(fd) => server.add_listener(fd)?,
+    let listener = match listen_fd {
+        // SAFETY: the fd ingotd (or the shim's start action) passed is the listening socket,
+        // owned by nothing else in this process.
+        Some(fd) => unsafe { UnixListener::from_raw_fd(fd) },
         None => {
             let path = socket_path(&flags.socket);
-            let listener =
-                UnixListener::bind(path).with_context(|| format!("bind shim socket {path}"))?;
-            server.add_listener(listener.into_raw_fd())?
+            UnixListener::bind(path).with_context(|| format!("bind shim socket {path}"))?
         }
     };
-    server = server
-        .register_service(task_methods(&service, "containerd.task.v3.Task"))
-        .register_service(task_methods(&service, "containerd.task.v2.Task"));
-    server.start().context("start ttrpc server")?;
+    let mut methods = task_methods(&service, "containerd.task.v3.Task");
+    methods.extend(task_methods(&service, "containerd.task.v2.Task"));
+    let server = crate::serve::Server::new(methods);
+    server.start(listener).context("start ttrpc server")?;
     tracing::info!(namespace = %flags.namespace, id = %flags.id, "shim serving");
 
     exit.wait();

@@ -14,6 +14,7 @@ pub mod mount;
 pub mod oom;
 pub mod proctitle;
 pub mod reaper;
+pub mod serve;
 pub mod service;
 pub mod shimlog;
 pub mod spare;
