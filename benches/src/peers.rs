@@ -149,7 +149,10 @@ fn cni_network(name: &str, bridge: &str, subnet: &str, ipam_dir: &Path, version:
 /// on a systemd host: this machine has `/run` on its disk, an ext4 without a journal, where a
 /// file created while many were deleted in the last seconds costs a scan of their inodes.
 /// Persistent state (images, writable layers, the runtimes' databases) stays on the disk, as on
-/// a node. The peer's drop unmounts it with everything below its dir.
+/// a node. host-local's address reservations, which every runtime's plugin writes the same way,
+/// are kept there too: on that disk each new reservation file scanned the inodes every runtime
+/// freed in the last minute (journaled ext4 and xfs, which nodes run, make no such scan), so a
+/// runtime paid for the one before it. The peer's drop unmounts it with everything below its dir.
 fn runtime_state_tmpfs(dir: &Path) -> Result<PathBuf> {
     let state = dir.join("state");
     ingot_tests::mount_tmpfs(&state)?;
@@ -230,7 +233,7 @@ impl Peer {
         fs::create_dir_all(d.join("net.d"))?;
         fs::write(
             d.join("net.d/10-bench.conflist"),
-            cni_network(bridge, bridge, subnet, &d.join("ipam"), "1.0.0"),
+            cni_network(bridge, bridge, subnet, &d.join("state/ipam"), "1.0.0"),
         )?;
         let hosts = d.join("certs.d").join(registry);
         fs::create_dir_all(&hosts)?;
@@ -486,7 +489,7 @@ enable_nri = false
                 "crio-bench",
                 "crio0",
                 "10.95.0.0/24",
-                &d.join("ipam"),
+                &d.join("state/ipam"),
                 "0.4.0",
             ),
         )?;

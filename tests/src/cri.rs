@@ -54,9 +54,9 @@ pub fn bridge_network(dir: &Path) -> String {
     network(dir, "bridge", false)
 }
 
-/// [`bridge_network`] run by the plugin `plugin` (which must hand on to `bridge`); with
-/// `host_ports`, masquerading and the portmap plugin.
-fn network(dir: &Path, plugin: &str, host_ports: bool) -> String {
+/// [`bridge_network`] run by the plugin `plugin` (which must hand on to `bridge`), keeping
+/// host-local's reservations in `ipam`; with `host_ports`, masquerading and the portmap plugin.
+fn network(ipam: &Path, plugin: &str, host_ports: bool) -> String {
     let mut plugins = vec![serde_json::json!({
         "type": plugin,
         "bridge": "ingot0",
@@ -65,7 +65,7 @@ fn network(dir: &Path, plugin: &str, host_ports: bool) -> String {
         "ipam": {
             "type": "host-local",
             "ranges": [[{"subnet": "10.99.0.0/24"}]],
-            "dataDir": dir.join("ipam"),
+            "dataDir": ipam,
         }
     })];
     if host_ports {
@@ -93,7 +93,14 @@ impl Daemon {
         }
         if options.netns.is_some() {
             let plugin = options.cni_plugin.as_deref().unwrap_or("bridge");
-            let network = network(dir.path(), plugin, options.host_ports);
+            // With the runtime state on a tmpfs, host-local's reservations are there too: see
+            // `crate::pods::ipam_dirs`.
+            let ipam = if options.state_tmpfs {
+                dir.path().join("run/ipam")
+            } else {
+                dir.path().join("ipam")
+            };
+            let network = network(&ipam, plugin, options.host_ports);
             std::fs::write(net_d.join("10-ingot.conflist"), network).expect("cni conf");
         }
         let bin_dirs: Vec<String> = options

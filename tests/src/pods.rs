@@ -3,7 +3,11 @@
 //! own), pod and container configs, the calls a kubelet makes, and the check that a removed pod
 //! left nothing behind (mounts, cgroups, shims, directories).
 
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use k8s_cri::v1::{self, runtime_service_client::RuntimeServiceClient};
 use tonic::transport::Channel;
@@ -480,7 +484,7 @@ pub fn daemon_leftovers(daemon: &Daemon) -> Vec<String> {
         );
     }
     // host-local keeps one file per address in use (plus its lock and last-reserved marker).
-    for network in entries(dir.join("ipam")) {
+    for network in ipam_dirs(dir).into_iter().flat_map(&entries) {
         left.extend(
             entries(network.into())
                 .into_iter()
@@ -488,4 +492,10 @@ pub fn daemon_leftovers(daemon: &Daemon) -> Vec<String> {
         );
     }
     left
+}
+
+/// Where a test daemon's host-local keeps its reservations: `<dir>/ipam`, or `<dir>/run/ipam`
+/// for a daemon whose runtime state is a tmpfs (the bench's).
+fn ipam_dirs(dir: &Path) -> [PathBuf; 2] {
+    [dir.join("ipam"), dir.join("run/ipam")]
 }
