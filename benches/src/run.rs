@@ -905,6 +905,15 @@ async fn measure(
 
     // Churn: N pods started at once until all run (the sample), then all removed.
     if s.runs("churn") {
+        // As pod start's round 0: a runtime's first burst pays what it does once (the CNI
+        // bridge made, the image's first use), so each runtime runs one first, not a sample.
+        if let Some((pods, _)) = s.churn.first() {
+            for leg in legs.iter_mut() {
+                bar.set_message(format!("churn warm-up: {}", leg.peer.name()));
+                procs::settle(SETTLE_LIMIT).await;
+                churn(leg, *pods, &image, None).await?;
+            }
+        }
         for (pods, bursts) in &s.churn {
             for _ in 0..*bursts {
                 for leg in legs.iter_mut() {
