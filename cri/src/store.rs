@@ -165,11 +165,13 @@ impl Store {
             // here (the copy is made again) or a whole one (the old file is then only removed).
             if !path.exists() {
                 let partial = state.join(format!("{STORE_FILE}.moving"));
-                std::fs::copy(&old, &partial).map_err(CriError::io(format!(
-                    "copy {} to {}",
-                    old.display(),
-                    partial.display()
-                )))?;
+                std::fs::copy(&old, &partial)
+                    .and_then(|_| std::fs::File::open(&partial)?.sync_all())
+                    .map_err(CriError::io(format!(
+                        "copy {} to {}",
+                        old.display(),
+                        partial.display()
+                    )))?;
                 std::fs::rename(&partial, &path).map_err(CriError::io(format!(
                     "rename {} to {}",
                     partial.display(),

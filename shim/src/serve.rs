@@ -41,7 +41,7 @@ pub struct Server {
 struct Connections {
     closed: bool,
     next: u64,
-    open: HashMap<u64, (UnixStream, Option<thread::JoinHandle<()>>)>,
+    open: HashMap<u64, (UnixStream, thread::JoinHandle<()>)>,
 }
 
 fn lock(connections: &Mutex<Connections>) -> MutexGuard<'_, Connections> {
@@ -82,9 +82,7 @@ impl Server {
         };
         for (stream, handle) in open.into_values() {
             let _ = stream.shutdown(std::net::Shutdown::Read);
-            if let Some(handle) = handle {
-                let _ = handle.join();
-            }
+            let _ = handle.join();
         }
     }
 }
@@ -119,7 +117,7 @@ fn accept(listener: &UnixListener, methods: &Arc<Methods>, connections: &Arc<Mut
             });
         match spawned {
             Ok(handle) => {
-                open.open.insert(id, (control, Some(handle)));
+                open.open.insert(id, (control, handle));
             }
             Err(err) => log::warn!("ttrpc connection thread: {err}"),
         }

@@ -49,9 +49,10 @@ pub struct Daemon {
     options: Options,
 }
 
-/// A CNI configuration list: the bridge `ingot0` with host-local addresses, state kept in `dir`.
+/// A CNI configuration list: the bridge `ingot0` with host-local addresses, kept in
+/// `<dir>/ipam`.
 pub fn bridge_network(dir: &Path) -> String {
-    network(dir, "bridge", false)
+    network(&dir.join("ipam"), "bridge", false)
 }
 
 /// [`bridge_network`] run by the plugin `plugin` (which must hand on to `bridge`), keeping
