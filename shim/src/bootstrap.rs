@@ -7,7 +7,6 @@
 //! both names, so the service is registered under both.
 
 use std::{
-    collections::HashMap,
     env,
     io::Write,
     os::{
@@ -24,11 +23,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use containerd_shim::{
-    api::DeleteResponse,
-    protos::{protobuf::Message, shim::shim_ttrpc::create_task, ttrpc::MethodHandler},
-    ExitSignal, Flags,
-};
+use containerd_shim::{api::DeleteResponse, protos::protobuf::Message, ExitSignal, Flags};
 
 use crate::{
     events::Publisher,
@@ -335,8 +330,9 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
             UnixListener::bind(path).with_context(|| format!("bind shim socket {path}"))?
         }
     };
-    let mut methods = task_methods(&service, "containerd.task.v3.Task");
-    methods.extend(task_methods(&service, "containerd.task.v2.Task"));
+    let task: Arc<dyn containerd_shim::Task + Send + Sync> = Arc::new(service.clone());
+    let mut methods = crate::serve::task_methods(Arc::clone(&task), "containerd.task.v3.Task");
+    methods.extend(crate::serve::task_methods(task, "containerd.task.v2.Task"));
     let server = crate::serve::Server::new(methods);
     server.start(listener).context("start ttrpc server")?;
     tracing::info!(namespace = %flags.namespace, id = %flags.id, "shim serving");
@@ -416,21 +412,6 @@ pub const SHIM_DIR_SUFFIX: &str = ".shim";
 /// shim's id is its pod's (or its first container's).
 fn shim_work_dir(root: &Path, id: &str) -> PathBuf {
     root.join(format!("{id}{SHIM_DIR_SUFFIX}"))
-}
-
-/// The task service's methods under one ttrpc service name.
-fn task_methods(
-    service: &Service,
-    name: &str,
-) -> HashMap<String, Box<dyn MethodHandler + Send + Sync>> {
-    let task: Arc<dyn containerd_shim::Task + Send + Sync> = Arc::new(service.clone());
-    create_task(task)
-        .into_iter()
-        .map(|(method, handler)| {
-            let short = method.rsplit('/').next().unwrap_or_default().to_string();
-            (format!("/{name}/{short}"), handler)
-        })
-        .collect()
 }
 
 fn start_publisher(events: mpsc::Receiver<Event>, address: String, namespace: String) {

@@ -29,6 +29,18 @@ use containerd_shim::protos::ttrpc::{
 /// Handlers by their full path, `/<service>/<method>`.
 pub type Methods = HashMap<String, Box<dyn MethodHandler + Send + Sync>>;
 
+/// The Task service's handlers under the service name `name` (containerd calls the same methods
+/// as `containerd.task.v2.Task` and `containerd.task.v3.Task`).
+pub fn task_methods(task: Arc<dyn containerd_shim::Task + Send + Sync>, name: &str) -> Methods {
+    containerd_shim::protos::shim::shim_ttrpc::create_task(task)
+        .into_iter()
+        .map(|(method, handler)| {
+            let short = method.rsplit('/').next().unwrap_or_default().to_string();
+            (format!("/{name}/{short}"), handler)
+        })
+        .collect()
+}
+
 /// The method whose calls block until a process exits.
 const BLOCKING_METHOD: &str = "/Wait";
 
@@ -171,14 +183,6 @@ fn serve(stream: UnixStream, methods: &Arc<Methods>) {
             }
         };
         let path = format!("/{}/{}", request.service, request.method);
-        if !methods.contains_key(&path) {
-            let status =
-                ttrpc::get_status(Code::INVALID_ARGUMENT, format!("{path} does not exist"));
-            if reply(&writer, &conn_ctx, mh.stream_id, status) {
-                continue;
-            }
-            break;
-        }
         let call = Call {
             methods: Arc::clone(methods),
             path,
@@ -224,10 +228,15 @@ struct Call {
 }
 
 impl Call {
-    /// Runs the handler and writes what it answered; false when the connection must close.
+    /// Runs the handler and writes what it answered (an error naming the method when there is
+    /// no such method); false when the connection must close.
     fn run(self) -> bool {
         let Some(method) = self.methods.get(&self.path) else {
-            return false;
+            let status = ttrpc::get_status(
+                Code::INVALID_ARGUMENT,
+                format!("{} does not exist", self.path),
+            );
+            return reply(&self.writer, &self.conn_ctx, self.mh.stream_id, status);
         };
         let (res_tx, res_rx) = mpsc::channel();
         let ctx = TtrpcContext {

@@ -5,7 +5,7 @@ use std::{
 
 use containerd_shim::protos::{
     api,
-    shim::shim_ttrpc::{create_task, Task, TaskClient},
+    shim::shim_ttrpc::{Task, TaskClient},
     ttrpc::{self, context, Code, TtrpcContext},
 };
 
@@ -49,19 +49,17 @@ fn serving(dir: &std::path::Path, service: &str) -> (Server, String, mpsc::Sende
     let fake: Arc<dyn Task + Send + Sync> = Arc::new(Fake {
         release: Mutex::new(waits),
     });
-    let methods = create_task(fake)
-        .into_iter()
-        .map(|(method, handler)| {
-            let short = method.rsplit('/').next().unwrap_or_default().to_string();
-            (format!("/{service}/{short}"), handler)
-        })
-        .collect();
+    let methods = task_methods(fake, service);
     let path = dir.join("s.sock");
     let server = Server::new(methods);
     server
         .start(UnixListener::bind(&path).expect("bind"))
         .expect("start");
     (server, format!("unix://{}", path.display()), release)
+}
+
+fn connect(address: &str) -> TaskClient {
+    TaskClient::new(ttrpc::Client::connect(address).expect("connect"))
 }
 
 fn state(client: &TaskClient, id: &str) -> ttrpc::Result<api::StateResponse> {
@@ -76,7 +74,7 @@ fn state(client: &TaskClient, id: &str) -> ttrpc::Result<api::StateResponse> {
 fn calls_are_answered_and_a_blocked_wait_holds_up_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, address, release) = serving(dir.path(), "containerd.task.v3.Task");
-    let client = TaskClient::new(ttrpc::Client::connect(&address).expect("connect"));
+    let client = connect(&address);
     assert_eq!(state(&client, "a").expect("state").id, "a");
 
     // A Wait on the same connection blocks in its handler; the calls after it are answered.
@@ -107,7 +105,7 @@ fn calls_are_answered_and_a_blocked_wait_holds_up_nothing() {
     assert_eq!(state(&client, "d").expect("state").id, "d");
 
     // A second client has its own connection.
-    let other = TaskClient::new(ttrpc::Client::connect(&address).expect("connect"));
+    let other = connect(&address);
     assert_eq!(state(&other, "e").expect("state").id, "e");
     server.shutdown();
     assert!(state(&client, "f").is_err(), "served after shutdown");
@@ -118,7 +116,7 @@ fn an_unknown_method_is_an_error_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     // The client calls containerd.task.v3.Task; this server knows only v2.
     let (server, address, _release) = serving(dir.path(), "containerd.task.v2.Task");
-    let client = TaskClient::new(ttrpc::Client::connect(&address).expect("connect"));
+    let client = connect(&address);
     let err = state(&client, "a").expect_err("unknown");
     assert!(
         matches!(&err, ttrpc::Error::RpcStatus(s) if s.code() == Code::INVALID_ARGUMENT
@@ -132,7 +130,7 @@ fn an_unknown_method_is_an_error_naming_it() {
 fn shutdown_waits_for_the_call_in_flight_and_refuses_new_connections() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, address, release) = serving(dir.path(), "containerd.task.v3.Task");
-    let client = TaskClient::new(ttrpc::Client::connect(&address).expect("connect"));
+    let client = connect(&address);
     assert_eq!(state(&client, "a").expect("state").id, "a");
     server.shutdown();
     // The connection's thread ended (joined above): the client's calls fail.
