@@ -76,7 +76,22 @@ fn network(ipam: &Path, plugin: &str, host_ports: bool) -> String {
     serde_json::json!({"cniVersion": "1.0.0", "name": "ingot-test", "plugins": plugins}).to_string()
 }
 
+/// Where the daemon in `dir` started with `options` has host-local keep its reservations:
+/// `<dir>/ipam`, or with the runtime state on a tmpfs (the bench's), there too.
+fn ipam_dir(dir: &Path, options: &Options) -> PathBuf {
+    if options.state_tmpfs {
+        dir.join("run/ipam")
+    } else {
+        dir.join("ipam")
+    }
+}
+
 impl Daemon {
+    /// host-local's reservations for this daemon's pods.
+    pub fn ipam_dir(&self) -> PathBuf {
+        ipam_dir(self.dir.path(), &self.options)
+    }
+
     pub fn start(extra_config: &str) -> Daemon {
         Self::start_with(Options {
             extra_config: extra_config.to_string(),
@@ -94,13 +109,7 @@ impl Daemon {
         }
         if options.netns.is_some() {
             let plugin = options.cni_plugin.as_deref().unwrap_or("bridge");
-            // With the runtime state on a tmpfs, host-local's reservations are there too: see
-            // `crate::pods::ipam_dirs`.
-            let ipam = if options.state_tmpfs {
-                dir.path().join("run/ipam")
-            } else {
-                dir.path().join("ipam")
-            };
+            let ipam = ipam_dir(dir.path(), &options);
             let network = network(&ipam, plugin, options.host_ports);
             std::fs::write(net_d.join("10-ingot.conflist"), network).expect("cni conf");
         }

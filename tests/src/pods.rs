@@ -3,11 +3,7 @@
 //! own), pod and container configs, the calls a kubelet makes, and the check that a removed pod
 //! left nothing behind (mounts, cgroups, shims, directories).
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use k8s_cri::v1::{self, runtime_service_client::RuntimeServiceClient};
 use tonic::transport::Channel;
@@ -436,7 +432,7 @@ pub async fn remove_pod(client: &mut RuntimeServiceClient<Channel>, pod_id: &str
 
 /// What a daemon whose pods are all removed still has: pod directories, pod inits and shims
 /// of its own, children it did not reap (shims, plugins), mounts under its directory, pod
-/// cgroups under its parent, and addresses its CNI network (host-local, under `<dir>/ipam`)
+/// cgroups under its parent, and addresses its CNI network (host-local, [`Daemon::ipam_dir`])
 /// still holds.
 pub fn daemon_leftovers(daemon: &Daemon) -> Vec<String> {
     let dir = daemon.dir.path();
@@ -484,7 +480,7 @@ pub fn daemon_leftovers(daemon: &Daemon) -> Vec<String> {
         );
     }
     // host-local keeps one file per address in use (plus its lock and last-reserved marker).
-    for network in ipam_dirs(dir).into_iter().flat_map(&entries) {
+    for network in entries(daemon.ipam_dir()) {
         left.extend(
             entries(network.into())
                 .into_iter()
@@ -492,10 +488,4 @@ pub fn daemon_leftovers(daemon: &Daemon) -> Vec<String> {
         );
     }
     left
-}
-
-/// Where a test daemon's host-local keeps its reservations: `<dir>/ipam`, or `<dir>/run/ipam`
-/// for a daemon whose runtime state is a tmpfs (the bench's).
-fn ipam_dirs(dir: &Path) -> [PathBuf; 2] {
-    [dir.join("ipam"), dir.join("run/ipam")]
 }
